@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# `npm test`: install the Debian packages the tests need (when missing and when root),
+# build, then run the whole vitest suite. Under CI=true a missing tool is a failure
+# (tests check this themselves via test/helpers/tools.ts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(qemu-utils qemu-block-extra libnbd-bin python3-libnbd nbdkit fio nbd-client
+          uml-utilities user-mode-linux e2fsprogs)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "test.sh: WARNING: missing packages ${missing[*]} (not root: tests needing them will skip locally)" >&2
+  fi
+fi
+
+npm run build
+npx vitest run "$@"

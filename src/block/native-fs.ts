@@ -1,0 +1,39 @@
+/**
+ * Sparse-file system calls Node does not expose: lseek(SEEK_DATA/SEEK_HOLE) and
+ * fallocate(PUNCH_HOLE / ZERO_RANGE). They come from a tiny Node-API addon
+ * (native/fsx.c, built at install time by scripts/build-native.sh against the
+ * `node-api-headers` package, so it is ABI-stable across Node versions).
+ *
+ * If the addon is missing (no C compiler at install time), `nativeFs` is undefined and
+ * callers fall back: raw devices then report everything as data and zero by writing.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+export interface NativeFs {
+  /** Next offset >= `offset` that holds data, or -1 if there is none before EOF (ENXIO). */
+  seekData(fd: number, offset: number): Promise<number>;
+  /** Next offset >= `offset` that starts a hole (EOF counts as a hole), or -1 past EOF. */
+  seekHole(fd: number, offset: number): Promise<number>;
+  /** fallocate(PUNCH_HOLE|KEEP_SIZE): deallocate; the range reads as zeros. */
+  punchHole(fd: number, offset: number, length: number): Promise<void>;
+  /** fallocate(ZERO_RANGE|KEEP_SIZE): zeros that stay allocated. */
+  zeroRange(fd: number, offset: number, length: number): Promise<void>;
+}
+
+function load(): NativeFs | undefined {
+  if (process.env.COWNBD_NO_NATIVE === '1') return undefined;
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  // dist/block/native-fs.js or src/block/native-fs.ts → <root>/build/fsx.node
+  const candidate = path.resolve(here, '..', '..', 'build', 'fsx.node');
+  if (!existsSync(candidate)) return undefined;
+  try {
+    return createRequire(import.meta.url)(candidate) as NativeFs;
+  } catch {
+    return undefined;
+  }
+}
+
+export const nativeFs: NativeFs | undefined = load();
