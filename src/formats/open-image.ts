@@ -1,0 +1,82 @@
+/**
+ * openImage: turn a path (+ explicit options) into a ready BlockDevice stack.
+ *
+ *   openImage("vm.cow")  ──►  CheckedDevice(CowDevice(overlay, openImage(backing, RO, raw)))
+ *
+ * Format selection: an explicit `format` always wins. Otherwise only an exact magic
+ * match selects an overlay format ("OOOM"/"MOOO" → cow, "ACOW" → add-cow); anything
+ * else is raw. Backing files are NEVER probed: they are raw unless the operator (or an
+ * add-cow header, which records formats) names another format. A guest can write any
+ * magic into a raw disk, so probing a backing file would be a security hole.
+ *
+ * Format modules receive `openBacking` as a parameter (composition, no import cycle).
+ */
+import { open } from 'node:fs/promises';
+import type { BlockDevice } from '../block/block-device.js';
+import { CheckedDevice } from '../block/checked-device.js';
+import { RawFileDevice } from '../block/raw-file-device.js';
+
+export type ImageFormat = 'raw' | 'cow' | 'add-cow';
+export const IMAGE_FORMATS: readonly ImageFormat[] = ['raw', 'cow', 'add-cow'];
+
+export interface OpenImageOptions {
+  readOnly?: boolean;
+  /** Explicit format; when absent the image's magic decides (never for backing files). */
+  format?: ImageFormat;
+  /** Override the backing file path recorded in the overlay header (cow: like uml_moo -b). */
+  backingFile?: string;
+  /** Format of the backing file. Default: raw for cow; the header's value for add-cow. */
+  backingFormat?: ImageFormat;
+  /** cow: skip the backing mtime check (recovery). */
+  ignoreMtime?: boolean;
+  /** cow: force a header layout when detection is ambiguous (v2 vs QEMU). */
+  layout?: string;
+}
+
+/** Opens a backing device: always read-only, never probed. Passed to format drivers. */
+export type OpenBacking = (path: string, format: ImageFormat) => Promise<BlockDevice>;
+
+export async function openImage(path: string, options: OpenImageOptions = {}): Promise<CheckedDevice> {
+  const format = options.format ?? (await probeFormat(path));
+  const openBacking: OpenBacking = (backingPath, backingFormat) =>
+    openImage(backingPath, { readOnly: true, format: backingFormat });
+  const driver = await openDriver(path, format, options, openBacking);
+  return new CheckedDevice(driver, { readOnly: options.readOnly });
+}
+
+async function openDriver(
+  path: string,
+  format: ImageFormat,
+  options: OpenImageOptions,
+  openBacking: OpenBacking,
+): Promise<BlockDevice> {
+  switch (format) {
+    case 'raw':
+      return RawFileDevice.open(path, { readOnly: options.readOnly });
+    case 'cow': {
+      const { openCow } = await import('./cow/index.js');
+      return openCow(path, options, openBacking);
+    }
+    case 'add-cow': {
+      const { openAddCow } = await import('./add-cow/index.js');
+      return openAddCow(path, options, openBacking);
+    }
+  }
+}
+
+/** Magic-only detection for the image the operator named (not for backing files). */
+export async function probeFormat(path: string): Promise<ImageFormat> {
+  const fh = await open(path, 'r');
+  try {
+    const head = Buffer.alloc(8);
+    const { bytesRead } = await fh.read(head, 0, 8, 0);
+    if (bytesRead >= 8) {
+      const magicBE = head.readUInt32BE(0);
+      if (magicBE === 0x4f4f4f4d || magicBE === 0x4d4f4f4f) return 'cow';
+      if (head.toString('latin1', 0, 4) === 'ACOW') return 'add-cow';
+    }
+    return 'raw';
+  } finally {
+    await fh.close();
+  }
+}
