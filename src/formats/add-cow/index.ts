@@ -1,26 +1,22 @@
-// Placeholder until the add-cow driver lands: the public surface of the add-cow format.
-import type { BlockDevice } from '../../block/block-device.js';
-import type { ImageFormat, OpenBacking, OpenImageOptions } from '../open-image.js';
-
-export interface CreateAddCowOptions {
-  imageFile: string;
-  backingFile?: string;
-  backingFormat?: ImageFormat;
-  imageFormat?: 'raw';
-  clusterSize?: number;
-  /** Virtual size; default: existing image file's size, else the backing file's size. */
-  size?: number;
-  force?: boolean;
-}
-
-export async function openAddCow(path: string, _options: OpenImageOptions, _openBacking: OpenBacking): Promise<BlockDevice> {
-  throw new Error(`${path}: add-cow format not implemented yet`);
-}
-
-export async function createAddCow(path: string, _options: CreateAddCowOptions): Promise<void> {
-  throw new Error(`${path}: add-cow format not implemented yet`);
-}
-
-export async function finalizeAddCow(path: string): Promise<void> {
-  throw new Error(`${path}: add-cow format not implemented yet`);
-}
+/**
+ * The add-cow format (QEMU's proposed format, final V19/V20 spec): public surface.
+ *
+ *   add-cow-header.ts  header layout: parse / validate / serialize by explicit offsets
+ *   add-cow-open.ts    name resolution, identity checks, bitmap load, openAddCow
+ *   add-cow-device.ts  the BlockDevice (read/write/COW-fill/flush ordering/block status)
+ *   add-cow-create.ts  create, finalize (set ALL_ALLOCATED), inspect
+ */
+export { openAddCow, openAddCowWith, openAddCowFiles, resolveAddCowName, ADD_COW_SECTOR } from './add-cow-open.js';
+export { createAddCow, finalizeAddCow, inspectAddCow } from './add-cow-create.js';
+export type { CreateAddCowOptions, AddCowInspection } from './add-cow-create.js';
+export { AddCowDevice } from './add-cow-device.js';
+export {
+  ADD_COW_COMPAT_ALL_ALLOCATED,
+  AddCowHeaderError,
+  AddCowOffset,
+  addCowHeaderSize,
+  addCowMetadataLength,
+  encodeAddCowHeader,
+  parseAddCowHeader,
+} from './add-cow-header.js';
+export type { AddCowHeader, AddCowHeaderFields } from './add-cow-header.js';

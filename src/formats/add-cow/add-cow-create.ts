@@ -1,0 +1,196 @@
+/**
+ * Creating, finalizing and inspecting add-cow images.
+ *
+ * create: writes [header][zero bitmap] and truncates the .add-cow file to
+ *   HEADER_SIZE + roundup(bitmap_len, cluster_size) (the reference `bdrv_add_cow_truncate`).
+ *   - The image file is adopted if it exists, else created sparse. Virtual size: explicit
+ *     `size` (the image is grown/shrunk to it), else the existing image's length, else the
+ *     backing device's size.
+ *   - Names are stored EXACTLY as given (relative stays relative) and, like at open, a
+ *     relative name means "relative to the .add-cow file's directory", not the CWD.
+ *   - Formats are recorded, never probed: backing format defaults to "raw"; image "raw".
+ *   - No backing file → ALL_ALLOCATED is set (the image alone is the disk).
+ *   - An existing .add-cow file is only overwritten with `force`.
+ *
+ * finalize: when every cluster bit is set, set ALL_ALLOCATED durably (image fdatasync
+ *   first, then header write + fdatasync). Afterwards the image file alone is the disk.
+ */
+import { open, stat } from 'node:fs/promises';
+import { DeviceError } from '../../block/block-device.js';
+import { writeFully } from '../../block/raw-file-device.js';
+import { type ImageFormat, openImage } from '../open-image.js';
+import {
+  ADD_COW_COMPAT_ALL_ALLOCATED,
+  ADD_COW_DEFAULT_CLUSTER_BITS,
+  ADD_COW_MAX_CLUSTER_BITS,
+  ADD_COW_MIN_CLUSTER_BITS,
+  type AddCowHeader,
+  AddCowOffset,
+  addCowMetadataLength,
+  encodeAddCowHeader,
+} from './add-cow-header.js';
+import { ADD_COW_SECTOR, checkDistinctFiles, openAddCowFiles, resolveAddCowName } from './add-cow-open.js';
+
+export interface CreateAddCowOptions {
+  imageFile: string;
+  backingFile?: string;
+  backingFormat?: ImageFormat;
+  imageFormat?: 'raw';
+  clusterSize?: number;
+  /** Virtual size; default: existing image file's size, else the backing file's size. */
+  size?: number;
+  force?: boolean;
+}
+
+export async function createAddCow(addCowPath: string, options: CreateAddCowOptions): Promise<void> {
+  const clusterBits = clusterBitsOf(options.clusterSize ?? 2 ** ADD_COW_DEFAULT_CLUSTER_BITS);
+  const imageFormat = options.imageFormat ?? 'raw';
+  if (imageFormat !== 'raw') throw new DeviceError('ENOTSUP', `image format "${imageFormat as string}" is not supported (only raw)`);
+  if (!options.force && (await exists(addCowPath))) {
+    throw new DeviceError('EINVAL', `${addCowPath} already exists (use force to overwrite)`);
+  }
+  const imagePath = resolveAddCowName(addCowPath, options.imageFile);
+  const backingPath = options.backingFile === undefined ? undefined : resolveAddCowName(addCowPath, options.backingFile);
+  const backingFormat = options.backingFile === undefined ? undefined : (options.backingFormat ?? 'raw');
+  await checkDistinctFiles(addCowPath, imagePath, backingPath);
+  if (backingPath !== undefined && !(await exists(backingPath))) {
+    throw new DeviceError('EINVAL', `backing file "${options.backingFile}" (${backingPath}) does not exist`);
+  }
+
+  // Validate everything that can fail before touching any file.
+  const header = encodeAddCowHeader({
+    clusterBits,
+    imageName: options.imageFile,
+    imageFormat,
+    backingName: options.backingFile,
+    backingFormat,
+    compatFeatures: options.backingFile === undefined ? ADD_COW_COMPAT_ALL_ALLOCATED : 0n,
+  });
+  const imageLength = (await stat(imagePath).catch(() => undefined))?.size;
+  const size = options.size ?? imageLength ?? (backingPath ? await backingSize(backingPath, backingFormat!) : undefined);
+  if (size === undefined) {
+    throw new DeviceError('EINVAL', `${addCowPath}: no size given, the image file does not exist and there is no backing file`);
+  }
+  if (!Number.isSafeInteger(size) || size < 0) throw new DeviceError('EINVAL', `size ${size} is not a valid byte count`);
+  if (options.size !== undefined && size % ADD_COW_SECTOR !== 0) {
+    throw new DeviceError('EINVAL', `size ${size} is not a multiple of ${ADD_COW_SECTOR}`);
+  }
+  const virtualSize = Math.floor(size / ADD_COW_SECTOR) * ADD_COW_SECTOR;
+
+  // Image first (created sparse or resized), then the metadata that refers to it.
+  const image = await open(imagePath, imageLength === undefined ? 'wx' : 'r+');
+  try {
+    if (imageLength === undefined || (options.size !== undefined && imageLength !== size)) await image.truncate(size);
+    await image.datasync();
+  } finally {
+    await image.close();
+  }
+  const meta = await open(addCowPath, 'w');
+  try {
+    await writeFully(meta, 0, header);
+    await meta.truncate(addCowMetadataLength(virtualSize, clusterBits));
+    await meta.datasync();
+  } finally {
+    await meta.close();
+  }
+}
+
+/** Set ALL_ALLOCATED once every cluster is in the image file. No-op if already set. */
+export async function finalizeAddCow(addCowPath: string): Promise<void> {
+  const files = await openAddCowFiles(addCowPath, false);
+  try {
+    const { header, bitmap } = files;
+    if (header.allAllocated) return;
+    const missing = bitmap.bitCount - bitmap.countSet();
+    if (missing > 0) {
+      throw new DeviceError(
+        'EINVAL',
+        `${addCowPath}: cannot finalize: ${missing} of ${bitmap.bitCount} clusters are not allocated in the image file (copy them from the backing file first)`,
+      );
+    }
+    await files.imageFile.datasync();
+    // Rewrite only the compat field, so every other header byte stays exactly as it was.
+    const compat = Buffer.alloc(8);
+    compat.writeBigUInt64LE(header.compatFeatures | ADD_COW_COMPAT_ALL_ALLOCATED);
+    await writeFully(files.metaFile, AddCowOffset.compatFeatures, compat);
+    await files.metaFile.datasync();
+  } finally {
+    await files.imageFile.close();
+    await files.metaFile.close();
+  }
+}
+
+export interface AddCowInspection {
+  readonly path: string;
+  readonly header: AddCowHeader;
+  readonly imagePath: string;
+  readonly backingPath: string | undefined;
+  readonly imageLength: number;
+  readonly virtualSize: number;
+  readonly clusterSize: number;
+  readonly clusterCount: number;
+  readonly allocatedClusters: number;
+  readonly allocatedBytes: number;
+  /** Allocated cluster runs as [firstCluster, count] pairs (empty when ALL_ALLOCATED). */
+  readonly allocatedRuns: ReadonlyArray<readonly [number, number]>;
+  /** The raw bitmap bytes (as on disk, tail bits cleared). */
+  readonly bitmap: Buffer;
+}
+
+/** Read-only look at an add-cow image for the image tool; does not open the backing file. */
+export async function inspectAddCow(addCowPath: string): Promise<AddCowInspection> {
+  const files = await openAddCowFiles(addCowPath, true);
+  try {
+    const { header, bitmap, size } = files;
+    const runs: Array<[number, number]> = [];
+    let allocatedBytes = 0;
+    if (!header.allAllocated) {
+      for (let c = 0; c < bitmap.bitCount; ) {
+        const run = bitmap.runLength(c, bitmap.bitCount - c);
+        if (bitmap.get(c)) {
+          runs.push([c, run]);
+          allocatedBytes += Math.min((c + run) * header.clusterSize, size) - c * header.clusterSize;
+        }
+        c += run;
+      }
+    }
+    return {
+      path: addCowPath,
+      header,
+      imagePath: files.imagePath,
+      backingPath: files.backingPath,
+      imageLength: files.imageLength,
+      virtualSize: size,
+      clusterSize: header.clusterSize,
+      clusterCount: bitmap.bitCount,
+      allocatedClusters: header.allAllocated ? bitmap.bitCount : bitmap.countSet(),
+      allocatedBytes: header.allAllocated ? size : allocatedBytes,
+      allocatedRuns: runs,
+      bitmap: Buffer.from(bitmap.bytes),
+    };
+  } finally {
+    await files.imageFile.close();
+    await files.metaFile.close();
+  }
+}
+
+function clusterBitsOf(clusterSize: number): number {
+  const bits = Math.log2(clusterSize);
+  if (!Number.isInteger(bits) || bits < ADD_COW_MIN_CLUSTER_BITS || bits > ADD_COW_MAX_CLUSTER_BITS) {
+    throw new DeviceError('EINVAL', `cluster size ${clusterSize} must be a power of two from 4096 to 2097152`);
+  }
+  return bits;
+}
+
+async function backingSize(backingPath: string, format: ImageFormat): Promise<number> {
+  const dev = await openImage(backingPath, { readOnly: true, format });
+  try {
+    return dev.size;
+  } finally {
+    await dev.close();
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  return (await stat(p).catch(() => undefined)) !== undefined;
+}
