@@ -6,6 +6,13 @@
  *
  * If the addon is missing (no C compiler at install time), `nativeFs` is undefined and
  * callers fall back: raw devices then report everything as data and zero by writing.
+ *
+ * All four calls run on libuv's thread pool. Failures reject with an Error carrying
+ * `code` (errno name; EOPNOTSUPP is spelled 'ENOTSUP'), `errno` and `syscall`; bad
+ * arguments reject with 'EINVAL'. punchHole rejects 'ENOTSUP' where the filesystem
+ * cannot punch; zeroRange never does: it falls back to punch + re-allocate, then to
+ * writing zeros (see native/fsx.c). On ext4, ZERO_RANGE leaves unwritten extents,
+ * which SEEK_DATA reports as holes (they read as zeros, so that is still correct).
  */
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
@@ -23,15 +30,26 @@ export interface NativeFs {
   zeroRange(fd: number, offset: number, length: number): Promise<void>;
 }
 
+/** Why `nativeFs` is undefined (for logs and `info`), or undefined when it loaded. */
+export let nativeFsUnavailableReason: string | undefined;
+
 function load(): NativeFs | undefined {
-  if (process.env.COWNBD_NO_NATIVE === '1') return undefined;
+  if (process.env.COWNBD_NO_NATIVE === '1') {
+    nativeFsUnavailableReason = 'disabled by COWNBD_NO_NATIVE=1';
+    return undefined;
+  }
   const here = path.dirname(fileURLToPath(import.meta.url));
   // dist/block/native-fs.js or src/block/native-fs.ts → <root>/build/fsx.node
   const candidate = path.resolve(here, '..', '..', 'build', 'fsx.node');
-  if (!existsSync(candidate)) return undefined;
+  if (!existsSync(candidate)) {
+    nativeFsUnavailableReason = `${candidate} not built (run scripts/build-native.sh; needs a C compiler)`;
+    return undefined;
+  }
   try {
     return createRequire(import.meta.url)(candidate) as NativeFs;
-  } catch {
+  } catch (err) {
+    // A broken build must not take the server down: degrade to the no-holes fallback.
+    nativeFsUnavailableReason = `${candidate} failed to load: ${(err as Error).message}`;
     return undefined;
   }
 }

@@ -90,8 +90,17 @@ export class RawFileDevice implements BlockDevice {
   }
 
   async writeZeroes(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
-    if (options.noHole) await this.native!.zeroRange(this.fh.fd, offset, length);
-    else await this.native!.punchHole(this.fh.fd, offset, length);
+    if (options.noHole) {
+      await this.native!.zeroRange(this.fh.fd, offset, length);
+    } else {
+      try {
+        await this.native!.punchHole(this.fh.fd, offset, length);
+      } catch (err) {
+        // Filesystems without hole punching (e.g. some network filesystems): zero in place.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOTSUP') throw err;
+        await this.native!.zeroRange(this.fh.fd, offset, length);
+      }
+    }
     if (options.fua) await this.fh.datasync();
   }
 
