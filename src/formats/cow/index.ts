@@ -1,16 +1,157 @@
-// Placeholder until the cow driver lands: the public surface of the cow format.
+/**
+ * The cow format (User-Mode-Linux COW, byte-compatible with UML, uml_mkcow and uml_moo):
+ * public surface. See cow-device.ts for the design note and cow-formats.md §1 for the
+ * on-disk format.
+ *
+ *   openCow(path, options, openBacking)  detect layout → validate backing (size, mtime)
+ *                                        → CowDevice over openBacking(path, 'raw' | options.backingFormat)
+ *   createCow(path, { backingFile })     new v3 file, byte-identical to `uml_mkcow path backing`
+ *   inspectCowFile(path, options)        header/geometry/bitmap without opening the backing device
+ *   cowInspection(device)                the same for an open device (CheckedDevice or CowDevice)
+ */
+import { open, stat, unlink } from 'node:fs/promises';
 import type { BlockDevice } from '../../block/block-device.js';
+import { CheckedDevice } from '../../block/checked-device.js';
+import { nativeFs } from '../../block/native-fs.js';
 import type { OpenBacking, OpenImageOptions } from '../open-image.js';
+import { absolutizeLikeUml, CowBackingError, statBacking } from './cow-backing.js';
+import { CowDevice, type CowInspection } from './cow-device.js';
+import { COW_SECTOR_SIZE, encodeCowHeader } from './cow-header.js';
+import { cowGeometry } from './cow-layout.js';
+import { readCowFile, type CowReadOptions } from './cow-open.js';
 
 export interface CreateCowOptions {
   backingFile: string;
+  /** Overwrite an existing file; also accept a backing mtime outside [0, 2^32) (P3). */
   force?: boolean;
 }
 
-export async function openCow(path: string, _options: OpenImageOptions, _openBacking: OpenBacking): Promise<BlockDevice> {
-  throw new Error(`${path}: cow format not implemented yet`);
+export async function openCow(path: string, options: OpenImageOptions, openBacking: OpenBacking): Promise<BlockDevice> {
+  const backingFormat = options.backingFormat ?? 'raw';
+  const state = await readCowFile(path, {
+    readOnly: options.readOnly,
+    layout: options.layout,
+    backingFile: options.backingFile,
+    ignoreMtime: options.ignoreMtime,
+    // A non-raw backing (a chain) is compared by its virtual size, not its file size.
+    ...(backingFormat === 'raw'
+      ? {}
+      : {
+          backingSizeOf: async (file: string) => {
+            const dev = await openBacking(file, backingFormat);
+            const size = dev.size;
+            await dev.close();
+            return size;
+          },
+        }),
+  });
+  let backing: BlockDevice;
+  try {
+    backing = await openBacking(state.backingResolved, backingFormat);
+  } catch (err) {
+    await state.fh.close();
+    throw err;
+  }
+  return new CowDevice({
+    path,
+    fh: state.fh,
+    header: state.header,
+    geometry: state.geometry,
+    bitmapBytes: state.bitmap,
+    backing,
+    backingStored: state.backingStored,
+    backingResolved: state.backingResolved,
+    readOnly: Boolean(options.readOnly),
+    native: nativeFs,
+  });
 }
 
-export async function createCow(path: string, _options: CreateCowOptions): Promise<void> {
-  throw new Error(`${path}: cow format not implemented yet`);
+/**
+ * Create a v3 COW exactly like uml_mkcow: packed v3 header, sectorsize 512, alignment
+ * 4096, absolutized backing path, backing mtime as u32, file length data_offset + size
+ * (sparse: only the header is written).
+ */
+export async function createCow(path: string, options: CreateCowOptions): Promise<void> {
+  if (!options.backingFile) throw new CowBackingError('createCow: backing file path is empty');
+  const backingFile = await absolutizeLikeUml(options.backingFile);
+  const st = await statBacking(backingFile);
+  if ((st.mtime < 0 || st.mtime >= 2 ** 32) && !options.force) {
+    throw new CowBackingError(
+      `backing file "${backingFile}" mtime ${st.mtime} does not fit the header's 32-bit field; UML and uml_moo would refuse the COW forever (use force to create it anyway)`,
+    );
+  }
+  const header = {
+    layout: 'v3' as const,
+    backingFile,
+    mtime: ((st.mtime % 2 ** 32) + 2 ** 32) % 2 ** 32, // low 32 bits, as uml_mkcow stores it
+    size: st.size,
+    sectorSize: COW_SECTOR_SIZE,
+    alignment: 4096,
+  };
+  const bytes = encodeCowHeader(header);
+  const geometry = cowGeometry({ ...header, version: 3, headerSize: bytes.length });
+  const fh = await open(path, options.force ? 'w' : 'wx').catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'EEXIST') throw new CowBackingError(`${path}: file exists (use force to overwrite): EEXIST`);
+    throw err;
+  });
+  try {
+    await fh.write(bytes, 0, bytes.length, 0);
+    await fh.truncate(geometry.dataOffset + st.size);
+    await fh.sync();
+  } catch (err) {
+    await fh.close();
+    await unlink(path).catch(() => {});
+    throw err;
+  } finally {
+    await fh.close().catch(() => {});
+  }
 }
+
+/** Header, geometry and bitmap of a COW file, without opening its backing device. */
+export async function inspectCowFile(
+  path: string,
+  options: Pick<CowReadOptions, 'layout' | 'backingFile' | 'ignoreMtime' | 'validateBacking'> = {},
+): Promise<Omit<CowInspection, 'bitmap'> & { bitmapBytes: Buffer; fileLength: number }> {
+  const state = await readCowFile(path, { ...options, readOnly: true });
+  await state.fh.close();
+  return {
+    path,
+    layout: state.header.layout,
+    header: state.header,
+    geometry: state.geometry,
+    backingFile: { stored: state.backingStored, resolved: state.backingResolved },
+    bitmapBytes: state.bitmap,
+    fileLength: state.fileLength,
+  };
+}
+
+/** The COW inspection of an open device (unwraps CheckedDevice), or undefined if not cow. */
+export function cowInspection(device: BlockDevice): CowInspection | undefined {
+  const inner = device instanceof CheckedDevice ? device.driver : device;
+  return inner instanceof CowDevice ? inner.inspect() : undefined;
+}
+
+/** Does `file` exist? (for tools deciding between create and open) */
+export async function cowFileExists(file: string): Promise<boolean> {
+  return stat(file).then(
+    () => true,
+    () => false,
+  );
+}
+
+export { CowDevice } from './cow-device.js';
+export type { CowBitmapView, CowInspection } from './cow-device.js';
+export {
+  COW_LAYOUTS,
+  COW_MAGIC,
+  CowHeaderError,
+  decodeCowHeader,
+  detectCowLayout,
+  encodeCowHeader,
+  isCowLayoutName,
+  type CowHeader,
+  type CowLayoutName,
+} from './cow-header.js';
+export { cowGeometry, type CowGeometry } from './cow-layout.js';
+export { CowBackingError, absolutizeLikeUml, checkBacking, resolveBackingPath, statBacking } from './cow-backing.js';
+export { readCowFile, type CowReadOptions, type CowFileState } from './cow-open.js';

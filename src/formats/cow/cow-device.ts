@@ -1,0 +1,427 @@
+/**
+ * CowDevice: a UML COW file as a BlockDevice (cow-formats.md §1.9–1.10).
+ *
+ *   read  ──► split into runs of equal bits (AllocationBitmap.runLength)
+ *             set run   → pread COW file at dataOffset + off (past EOF: zeros)
+ *             unset run → backing device at off (past the backing's end: zeros, P9)
+ *   write ──► SectorWriteLock (only partial edge sectors exclude others)
+ *             → ONE pwrite of the sector-aligned span (partial edge sectors are
+ *               completed from the current view first: read-modify-write)
+ *             → set bits in memory (dirty pages), never on disk yet
+ *   flush ──► snapshot dirty bitmap pages → fdatasync(COW) → pwrite the snapshot
+ *             → fdatasync, serialised by an async-mutex (concurrent flushes coalesce)
+ *
+ * Invariants:
+ *   - A bit is set in memory only after its sector's data write completed, and a bitmap
+ *     page reaches the disk only inside flush, after an fdatasync that began after every
+ *     bit in the snapshot was set. So on a crash no bit on disk claims data that is not
+ *     durable (overlay data before bitmap bit). FUA = the write, then a flush.
+ *   - The backing device is opened read-only by the caller and never written.
+ *   - Bits are never cleared. TRIM and WRITE_ZEROES set the bits and leave zeros in the
+ *     data area (hole punch when the native addon is present, else written zeros), as UML
+ *     does (P17): the backing's data must not shine through afterwards.
+ *   - Sectors without a bit in the layout (v1/v2 rounding bug P11, QEMU's partial last
+ *     sector) read from the backing and refuse writes with EIO.
+ *   - No image-wide lock: reads take no lock, and writes of different sectors (or whole
+ *     sectors of the same range) proceed concurrently.
+ */
+import type { FileHandle } from 'node:fs/promises';
+import { Mutex } from 'async-mutex';
+import {
+  type BlockDevice,
+  type DeviceCapabilities,
+  DeviceError,
+  EXTENT_HOLE,
+  EXTENT_ZERO,
+  type Extent,
+  type IoOptions,
+  type LayerInfo,
+  type ZeroOptions,
+} from '../../block/block-device.js';
+import type { NativeFs } from '../../block/native-fs.js';
+import { readFully, sparseExtents, writeFully } from '../../block/raw-file-device.js';
+import { AllocationBitmap } from '../allocation-bitmap.js';
+import { COW_SECTOR_SIZE as SECTOR, type CowHeader } from './cow-header.js';
+import type { CowGeometry } from './cow-layout.js';
+import { SectorWriteLock } from './cow-write-lock.js';
+
+const MAX_EXTENTS = 1024;
+const ZERO_CHUNK = 1024 * 1024;
+const ZEROS = Buffer.alloc(ZERO_CHUNK);
+
+export interface CowDeviceInit {
+  readonly path: string;
+  readonly fh: FileHandle;
+  readonly header: CowHeader;
+  readonly geometry: CowGeometry;
+  readonly bitmapBytes: Buffer;
+  readonly backing: BlockDevice;
+  readonly backingStored: string;
+  readonly backingResolved: string;
+  readonly readOnly: boolean;
+  readonly native: NativeFs | undefined;
+}
+
+/** Read-only view of the allocation bitmap for tools (one bit per 512-byte sector). */
+export interface CowBitmapView {
+  readonly sectors: number;
+  isAllocated(sector: number): boolean;
+  /** Run of sectors with the same state as `sector`, at most `max` long. */
+  runLength(sector: number, max: number): number;
+  countAllocated(): number;
+  /** Copy of the in-memory bitmap bytes (bitmapLength bytes, as they will be on disk). */
+  copyBytes(): Buffer;
+}
+
+export interface CowInspection {
+  readonly path: string;
+  readonly layout: CowHeader['layout'];
+  readonly header: CowHeader;
+  readonly geometry: CowGeometry;
+  readonly backingFile: { readonly stored: string; readonly resolved: string };
+  readonly bitmap: CowBitmapView;
+}
+
+export class CowDevice implements BlockDevice {
+  readonly size: number;
+  readonly capabilities: DeviceCapabilities;
+  readonly preferredBlockSize = 4096;
+
+  private readonly fh: FileHandle;
+  private readonly backing: BlockDevice;
+  private readonly bitmap: AllocationBitmap;
+  private readonly dataOffset: number;
+  private readonly writable: number;
+  private readonly lock = new SectorWriteLock();
+  private readonly persistMutex = new Mutex();
+  private queuedFlush: Promise<void> | undefined;
+  /** Data written since the last fdatasync started. */
+  private unsynced = false;
+
+  constructor(private readonly init: CowDeviceInit) {
+    const g = init.geometry;
+    this.fh = init.fh;
+    this.backing = init.backing;
+    this.size = g.virtualSize;
+    this.dataOffset = g.dataOffset;
+    this.writable = g.representableSectors;
+    this.bitmap = new AllocationBitmap(g.sectors, g.bitmapLength, 4096, init.bitmapBytes);
+    clearBitsFrom(this.bitmap.bytes, g.representableSectors); // tail garbage is ignored (P6)
+    const rw = !init.readOnly;
+    this.capabilities = Object.freeze({
+      writable: rw,
+      flush: rw,
+      fua: rw,
+      trim: rw,
+      zero: rw,
+      fastZero: rw && init.native !== undefined,
+      blockStatus: true,
+      cache: false,
+      multiConn: true,
+    });
+  }
+
+  // ---- reads -------------------------------------------------------------------------
+
+  async read(offset: number, target: Buffer): Promise<void> {
+    const end = offset + target.length;
+    const lastSector = Math.ceil(end / SECTOR);
+    const parts: Promise<void>[] = [];
+    let pos = offset;
+    while (pos < end) {
+      const s = Math.floor(pos / SECTOR);
+      // get() and runLength() are synchronous: the run is a consistent snapshot.
+      const allocated = this.bitmap.get(s);
+      const run = this.bitmap.runLength(s, lastSector - s);
+      const runEnd = Math.min(end, (s + run) * SECTOR);
+      const slice = target.subarray(pos - offset, runEnd - offset);
+      parts.push(allocated ? readFully(this.fh, this.dataOffset + pos, slice) : this.readBacking(pos, slice));
+      pos = runEnd;
+    }
+    await Promise.all(parts);
+  }
+
+  private async readBacking(pos: number, slice: Buffer): Promise<void> {
+    const avail = Math.max(0, Math.min(slice.length, this.backing.size - pos));
+    if (avail < slice.length) slice.fill(0, avail);
+    if (avail > 0) await this.backing.read(pos, slice.subarray(0, avail));
+  }
+
+  // ---- writes ------------------------------------------------------------------------
+
+  async write(offset: number, data: Buffer, options: IoOptions = {}): Promise<void> {
+    await this.mutate(offset, data.length, async (span) => {
+      if (span.start === offset && span.end === offset + data.length) {
+        // Aligned: the caller's buffer goes straight to the data area in one pwrite.
+        await writeFully(this.fh, this.dataOffset + offset, data);
+        return;
+      }
+      const buf = await this.completeEdges(span, offset, data.length);
+      data.copy(buf, offset - span.start);
+      await writeFully(this.fh, this.dataOffset + span.start, buf);
+    });
+    if (options.fua) await this.flush();
+  }
+
+  async writeZeroes(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
+    await this.zeroRange(offset, length, Boolean(options.noHole));
+    if (options.fua) await this.flush();
+  }
+
+  async trim(offset: number, length: number, options: IoOptions = {}): Promise<void> {
+    await this.zeroRange(offset, length, false);
+    if (options.fua) await this.flush();
+  }
+
+  private async zeroRange(offset: number, length: number, noHole: boolean): Promise<void> {
+    await this.mutate(offset, length, async (span) => {
+      const bodyStart = span.headPartial ? span.start + SECTOR : span.start;
+      const bodyEnd = span.tailPartial ? span.end - SECTOR : span.end;
+      const io: Promise<void>[] = [];
+      if (span.headPartial || span.tailPartial) {
+        // Partial sectors: RMW with zeros (only the edge sectors, not the whole span).
+        const edges = span.headPartial && span.tailPartial && span.end - span.start === SECTOR ? [span.start] : [
+          ...(span.headPartial ? [span.start] : []),
+          ...(span.tailPartial ? [span.end - SECTOR] : []),
+        ];
+        for (const sectorStart of edges) {
+          io.push(
+            (async () => {
+              const buf = Buffer.alloc(SECTOR);
+              await this.read(sectorStart, buf);
+              const from = Math.max(offset, sectorStart) - sectorStart;
+              const to = Math.min(offset + length, sectorStart + SECTOR) - sectorStart;
+              buf.fill(0, from, to);
+              await writeFully(this.fh, this.dataOffset + sectorStart, buf);
+            })(),
+          );
+        }
+      }
+      if (bodyEnd > bodyStart) io.push(this.zeroData(bodyStart, bodyEnd - bodyStart, noHole));
+      await Promise.all(io);
+    });
+  }
+
+  /** Make [pos, pos+len) of the data area read as zeros. */
+  private async zeroData(pos: number, len: number, noHole: boolean): Promise<void> {
+    const native = this.init.native;
+    if (native) {
+      try {
+        if (noHole) await native.zeroRange(this.fh.fd, this.dataOffset + pos, len);
+        else await native.punchHole(this.fh.fd, this.dataOffset + pos, len);
+        return;
+      } catch (err) {
+        // A filesystem that cannot punch holes: fall back to writing zeros below.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOTSUP') throw err;
+      }
+    }
+    for (let done = 0; done < len; done += ZERO_CHUNK) {
+      await writeFully(this.fh, this.dataOffset + pos + done, ZEROS.subarray(0, Math.min(ZERO_CHUNK, len - done)));
+    }
+  }
+
+  /**
+   * Common frame of every mutation: refuse sectors the layout cannot represent, take
+   * the write lock, do the data I/O, then (and only then) set the bits in memory.
+   */
+  private async mutate(offset: number, length: number, io: (span: Span) => Promise<void>): Promise<void> {
+    if (length === 0) return;
+    const first = Math.floor(offset / SECTOR);
+    const end = Math.ceil((offset + length) / SECTOR);
+    if (end > this.writable) {
+      throw new DeviceError(
+        'EIO',
+        `${this.init.path}: sector ${Math.max(first, this.writable)} has no bit in this ${this.init.header.layout} COW ` +
+          `(bitmap covers ${this.writable} of ${this.init.geometry.sectors} sectors; cow-formats P11): not writable`,
+      );
+    }
+    const span: Span = {
+      start: first * SECTOR,
+      end: end * SECTOR,
+      headPartial: offset % SECTOR !== 0 || offset + length < (first + 1) * SECTOR,
+      tailPartial: (offset + length) % SECTOR !== 0,
+    };
+    const edges: number[] = [];
+    if (span.headPartial) edges.push(first);
+    if (span.tailPartial && end - 1 !== first) edges.push(end - 1);
+    await this.lock.run(first, end, edges, async () => {
+      await io(span);
+      this.unsynced = true;
+      this.bitmap.setRange(first, end - first);
+    });
+  }
+
+  /** Buffer for the whole span with the partial edge sectors filled from the current view. */
+  private async completeEdges(span: Span, offset: number, length: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(span.end - span.start);
+    const reads: Promise<void>[] = [];
+    if (offset > span.start || offset + length < span.start + SECTOR) {
+      reads.push(this.read(span.start, buf.subarray(0, SECTOR)));
+    }
+    const tailSector = span.end - SECTOR;
+    if ((offset + length) % SECTOR !== 0 && tailSector !== span.start) {
+      reads.push(this.read(tailSector, buf.subarray(tailSector - span.start)));
+    }
+    await Promise.all(reads);
+    return buf;
+  }
+
+  // ---- durability --------------------------------------------------------------------
+
+  flush(): Promise<void> {
+    // Callers that arrive while a flush is still queued share it: their writes completed
+    // before it takes its snapshot.
+    if (this.queuedFlush) return this.queuedFlush;
+    const p = this.persistMutex.runExclusive(async () => {
+      this.queuedFlush = undefined;
+      await this.persist();
+    });
+    this.queuedFlush = p;
+    return p;
+  }
+
+  private async persist(): Promise<void> {
+    const pages = this.bitmap.takeDirtyPages();
+    // Snapshot now: every bit in it belongs to a completed data write, which the
+    // fdatasync below (started after this point) makes durable before the page is written.
+    const snapshot = pages.map((p) => {
+      const { offset, data } = this.bitmap.pageBytes(p);
+      return { offset, data: Buffer.from(data) };
+    });
+    try {
+      if (this.unsynced || snapshot.length > 0) {
+        this.unsynced = false;
+        await this.fh.datasync();
+      }
+      if (snapshot.length === 0) return;
+      for (const { offset, data } of snapshot) {
+        await writeFully(this.fh, this.init.geometry.bitmapOffset + offset, data);
+      }
+      await this.fh.datasync();
+    } catch (err) {
+      this.unsynced = true;
+      this.bitmap.markPagesDirty(pages);
+      throw err;
+    }
+  }
+
+  // ---- status ------------------------------------------------------------------------
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    const end = offset + length;
+    const out: Extent[] = [];
+    let pos = offset;
+    while (pos < end && out.length < MAX_EXTENTS) {
+      const s = Math.floor(pos / SECTOR);
+      const allocated = this.bitmap.get(s);
+      const run = this.bitmap.runLength(s, Math.ceil(end / SECTOR) - s);
+      const runEnd = Math.min(end, (s + run) * SECTOR);
+      const got = allocated ? await this.ownExtents(pos, runEnd - pos) : await this.backingExtents(pos, runEnd - pos);
+      let covered = 0;
+      for (const e of got) {
+        out.push(e);
+        covered += e.length;
+      }
+      pos += covered;
+      if (covered < runEnd - (pos - covered)) break; // the lower layer stopped early
+    }
+    return out;
+  }
+
+  private async ownExtents(pos: number, len: number): Promise<Extent[]> {
+    const native = this.init.native;
+    if (!native) return [{ length: len, flags: 0, depth: 1 }];
+    return sparseExtents(native, this.fh.fd, this.dataOffset + pos, len, 1);
+  }
+
+  private async backingExtents(pos: number, len: number): Promise<Extent[]> {
+    const inBacking = Math.max(0, Math.min(len, this.backing.size - pos));
+    const out: Extent[] = [];
+    let covered = 0;
+    while (covered < inBacking) {
+      const ext = await this.backing.blockStatus(pos + covered, inBacking - covered);
+      for (const e of ext) {
+        out.push({ length: e.length, flags: e.flags, depth: e.depth + 1 });
+        covered += e.length;
+      }
+      if (out.length >= MAX_EXTENTS) return out;
+    }
+    // Past the backing file's end (the partial last sector): zeros held by no layer.
+    if (inBacking < len) out.push({ length: len - inBacking, flags: EXTENT_HOLE | EXTENT_ZERO, depth: 0 });
+    return out;
+  }
+
+  async cache(): Promise<void> {}
+
+  async close(): Promise<void> {
+    try {
+      await this.fh.close();
+    } finally {
+      await this.backing.close();
+    }
+  }
+
+  // ---- introspection -----------------------------------------------------------------
+
+  describe(): LayerInfo {
+    const { header: h, geometry: g } = this.init;
+    return {
+      format: 'cow',
+      path: this.init.path,
+      detail: {
+        layout: h.layout,
+        version: h.version,
+        size: h.size,
+        virtualSize: g.virtualSize,
+        mtime: h.mtime,
+        sectorSize: h.sectorSize,
+        alignment: h.alignment,
+        bitmapOffset: g.bitmapOffset,
+        bitmapLength: g.bitmapLength,
+        dataOffset: g.dataOffset,
+        backingFile: h.backingFile,
+        backingResolved: this.init.backingResolved,
+        allocatedBytes: this.bitmap.countSet() * SECTOR,
+      },
+      backing: this.backing.describe(),
+    };
+  }
+
+  inspect(): CowInspection {
+    const bitmap = this.bitmap;
+    return {
+      path: this.init.path,
+      layout: this.init.header.layout,
+      header: this.init.header,
+      geometry: this.init.geometry,
+      backingFile: { stored: this.init.backingStored, resolved: this.init.backingResolved },
+      bitmap: {
+        sectors: bitmap.bitCount,
+        isAllocated: (sector) => bitmap.get(sector),
+        runLength: (sector, max) => bitmap.runLength(sector, max),
+        countAllocated: () => bitmap.countSet(),
+        copyBytes: () => Buffer.from(bitmap.bytes),
+      },
+    };
+  }
+}
+
+interface Span {
+  /** Sector-aligned byte range covering the request. */
+  readonly start: number;
+  readonly end: number;
+  /** The first / last sector is only partly covered (read-modify-write). */
+  readonly headPartial: boolean;
+  readonly tailPartial: boolean;
+}
+
+/** Clear bits >= `from` (garbage tail bits and bits a layout cannot represent). */
+function clearBitsFrom(bytes: Buffer, from: number): void {
+  for (let bit = from; bit < bytes.length * 8; bit++) {
+    if ((bit & 7) === 0) {
+      bytes.fill(0, bit >> 3);
+      return;
+    }
+    bytes[bit >> 3] = bytes[bit >> 3]! & ~(1 << (bit & 7));
+  }
+}

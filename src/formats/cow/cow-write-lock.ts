@@ -1,0 +1,85 @@
+/**
+ * SectorWriteLock: the narrow lock that keeps read-modify-write of partial sectors from
+ * losing concurrent writes. Reads never take it.
+ *
+ * A write covers sectors [first, end). Its *edge* sectors (the first and last, when the
+ * write only partly covers them) are read-modify-written: the rest of the sector is
+ * copied from the current view. Two writes conflict only when they overlap and some
+ * overlapped sector is an edge of either one:
+ *
+ *   - edge vs anything: the RMW could copy stale bytes over the other write;
+ *   - whole sector vs whole sector: no conflict (each byte ends up from one of them,
+ *     which NBD allows for overlapping in-flight requests), so large aligned writes run
+ *     fully in parallel.
+ *
+ * Grants are all-or-nothing and decided synchronously (Node is single-threaded), in
+ * FIFO order among conflicting requests, so there is no hold-and-wait and no deadlock.
+ * Cost: O(writes in flight) per write; no per-sector objects for aligned writes.
+ */
+
+interface Claim {
+  readonly first: number;
+  readonly end: number;
+  /** Partially covered sectors (0, 1 or 2 of them). */
+  readonly edges: readonly number[];
+  grant?: () => void;
+}
+
+export class SectorWriteLock {
+  private readonly granted = new Set<Claim>();
+  private readonly waiting: Claim[] = [];
+
+  /** Run `fn` while holding sectors [first, end) with the given partial edges. */
+  async run<T>(first: number, end: number, edges: readonly number[], fn: () => Promise<T>): Promise<T> {
+    const claim: Claim = { first, end, edges };
+    if (this.waiting.length === 0 && !this.conflictsWithAny(claim, this.granted)) {
+      this.granted.add(claim);
+    } else {
+      await new Promise<void>((resolve) => {
+        claim.grant = resolve;
+        this.waiting.push(claim);
+      });
+    }
+    try {
+      return await fn();
+    } finally {
+      this.granted.delete(claim);
+      this.wake();
+    }
+  }
+
+  /** Number of held claims (for tests). */
+  get held(): number {
+    return this.granted.size;
+  }
+
+  private wake(): void {
+    // Grant every waiter that conflicts neither with a granted claim nor with an earlier
+    // waiter that is still blocked (FIFO among conflicting requests).
+    const blocked: Claim[] = [];
+    for (let i = 0; i < this.waiting.length; ) {
+      const c = this.waiting[i]!;
+      if (!this.conflictsWithAny(c, this.granted) && !this.conflictsWithAny(c, blocked)) {
+        this.waiting.splice(i, 1);
+        this.granted.add(c);
+        c.grant!();
+      } else {
+        blocked.push(c);
+        i++;
+      }
+    }
+  }
+
+  private conflictsWithAny(c: Claim, others: Iterable<Claim>): boolean {
+    for (const o of others) if (conflicts(c, o)) return true;
+    return false;
+  }
+}
+
+function conflicts(a: Claim, b: Claim): boolean {
+  const lo = Math.max(a.first, b.first);
+  const hi = Math.min(a.end, b.end);
+  if (lo >= hi) return false;
+  const inOverlap = (s: number): boolean => s >= lo && s < hi;
+  return a.edges.some(inOverlap) || b.edges.some(inOverlap);
+}
