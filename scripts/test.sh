@@ -21,5 +21,6 @@ if ((${#missing[@]})); then
   fi
 fi
 
+bash scripts/build-native.sh
 npm run build
 npx vitest run "$@"

@@ -24,6 +24,11 @@ export interface CreateCowOptions {
   backingFile: string;
   /** Overwrite an existing file; also accept a backing mtime outside [0, 2^32) (P3). */
   force?: boolean;
+  /**
+   * Size to record for a non-raw backing (a chain such as cow → add-cow): its virtual size,
+   * which openCow compares against when opened with that backing format. Default: file size.
+   */
+  backingSize?: number;
 }
 
 export async function openCow(path: string, options: OpenImageOptions, openBacking: OpenBacking): Promise<BlockDevice> {
@@ -84,7 +89,7 @@ export async function createCow(path: string, options: CreateCowOptions): Promis
     layout: 'v3' as const,
     backingFile,
     mtime: ((st.mtime % 2 ** 32) + 2 ** 32) % 2 ** 32, // low 32 bits, as uml_mkcow stores it
-    size: st.size,
+    size: options.backingSize ?? st.size,
     sectorSize: COW_SECTOR_SIZE,
     alignment: 4096,
   };
@@ -96,7 +101,7 @@ export async function createCow(path: string, options: CreateCowOptions): Promis
   });
   try {
     await fh.write(bytes, 0, bytes.length, 0);
-    await fh.truncate(geometry.dataOffset + st.size);
+    await fh.truncate(geometry.dataOffset + header.size);
     await fh.sync();
   } catch (err) {
     await fh.close();
