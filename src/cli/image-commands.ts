@@ -1,13 +1,28 @@
 /**
- * Image subcommands (create, add-cow finalize; info/check/map/commit/convert/rebase come
- * with the image tool). Registered on the commander program by cli/main.ts.
- * Exit codes follow qemu-img: 0 success, 1 error.
+ * Image subcommands: create, add-cow finalize, info, check, map, commit, convert, rebase.
+ * Registered on the commander program by cli/main.ts. Parsing and printing only; the
+ * work lives in src/tools/*.ts (one module per subcommand).
+ *
+ * Exit codes follow qemu-img: 0 success, 1 error (the message names file/field/value);
+ * check: 2 corruption, 3 leaks/cosmetic only; 130 after SIGINT (a safe state was kept).
+ * --json prints exactly one JSON document on stdout (schemas: src/tools/json-schemas.ts).
  */
 import { type Command, Option } from 'commander';
 import { createAddCow, finalizeAddCow } from '../formats/add-cow/index.js';
 import { createCow } from '../formats/cow/index.js';
 import { IMAGE_FORMATS, type ImageFormat } from '../formats/open-image.js';
 import { parseSize } from '../util/size.js';
+import { formatCheckText, runCheck } from '../tools/check.js';
+import { runCommit, type OutputSize, type ToolContext } from '../tools/commit.js';
+import { journalPath } from '../tools/commit-journal.js';
+import { runConvert } from '../tools/convert.js';
+import { EXIT_INTERRUPTED, InterruptedError, ToolError } from '../tools/errors.js';
+import { formatInfoText, runInfo } from '../tools/info.js';
+import { Interrupt } from '../tools/interrupt.js';
+import { formatMapText, runMap } from '../tools/map.js';
+import { makeProgress } from '../tools/progress.js';
+import { runRebase } from '../tools/rebase.js';
+import { formatSize } from '../util/size.js';
 
 interface CreateFlags {
   format: 'cow' | 'add-cow';
@@ -17,6 +32,41 @@ interface CreateFlags {
   clusterSize?: string;
   size?: string;
   force?: boolean;
+}
+
+interface CommonFlags {
+  format?: ImageFormat;
+  backingFormat?: ImageFormat;
+  layout?: string;
+  ignoreMtime?: boolean;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+const formatOption = (): Option => new Option('-f, --format <format>', 'format of FILE (default: detected from its magic)').choices([...IMAGE_FORMATS]);
+const backingFormatOption = (): Option =>
+  new Option('-F, --backing-format <format>', 'format of the backing file (cow default raw; add-cow: as recorded)').choices([...IMAGE_FORMATS]);
+const layoutOption = (): Option => new Option('--layout <layout>', 'cow: force a header layout (v1, v2, v3, v3-broken, qemu-i386, qemu-x86_64)');
+
+function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** Run a long operation with SIGINT handling and an optional progress bar. */
+async function longRun<T>(flags: CommonFlags, state: () => string, fn: (ctx: ToolContext) => Promise<T>, print: (r: T) => void): Promise<void> {
+  try {
+    const r = await Interrupt.run(state, (interrupt) =>
+      fn({ interrupt, makeProgress: (label, total) => makeProgress(label, total, Boolean(flags.quiet || flags.json)) }),
+    );
+    print(r);
+  } catch (err) {
+    if (err instanceof InterruptedError) {
+      process.stderr.write(`cownbd: ${err.message}\n`);
+      process.exitCode = EXIT_INTERRUPTED;
+      return;
+    }
+    throw err;
+  }
 }
 
 export function registerImageCommands(program: Command): void {
@@ -29,14 +79,21 @@ export function registerImageCommands(program: Command): void {
     .addOption(new Option('-F, --backing-format <format>', 'format of the backing image (never probed)').choices([...IMAGE_FORMATS]))
     .option('--image <path>', 'add-cow: image file holding guest data (created if missing)')
     .option('--cluster-size <size>', 'add-cow: cluster size, 4K..2M (default 64K)')
-    .option('--size <size>', 'add-cow: virtual size (default: image file size, else backing size)')
+    .option('--size <size>', 'add-cow: virtual size (default: image file size, else backing size); cow: must equal the backing size')
     .option('--force', 'overwrite an existing overlay')
     .action(async (file: string, flags: CreateFlags) => {
       if (flags.format === 'cow') {
         if (!flags.backing) throw new Error('create -f cow needs --backing (a cow overlay always has a backing file)');
+        if (flags.image !== undefined || flags.clusterSize !== undefined) throw new Error('--image and --cluster-size apply to -f add-cow only');
         if (flags.backingFormat && flags.backingFormat !== 'raw') {
           // The cow header has no format field: record nothing, but the operator must repeat it when serving.
           process.stderr.write(`note: cow headers cannot record the backing format; pass --backing-format ${flags.backingFormat} when opening\n`);
+        }
+        if (flags.size !== undefined) {
+          const { stat } = await import('node:fs/promises');
+          const want = parseSize(flags.size);
+          const have = (await stat(flags.backing)).size;
+          if (want !== have) throw new Error(`--size ${want}: a cow overlay is always the size of its backing file (${flags.backing} is ${have} bytes)`);
         }
         await createCow(file, { backingFile: flags.backing, force: flags.force });
       } else {
@@ -60,4 +117,177 @@ export function registerImageCommands(program: Command): void {
     .action(async (file: string) => {
       await finalizeAddCow(file);
     });
+
+  program
+    .command('info')
+    .description('show format, layout, sizes, offsets and backing-file checks of an image (never writes)')
+    .argument('<file>', 'image file')
+    .addOption(formatOption())
+    .addOption(backingFormatOption())
+    .addOption(layoutOption())
+    .option('--backing-chain', 'also describe every backing layer (JSON: an array, top first)')
+    .option('--json', 'machine-readable output')
+    .action(async (file: string, flags: CommonFlags & { backingChain?: boolean }) => {
+      const infos = await runInfo(file, { format: flags.format, backingFormat: flags.backingFormat, layout: flags.layout, chain: flags.backingChain });
+      if (flags.json) printJson(flags.backingChain ? infos : infos[0]);
+      else process.stdout.write(infos.map(formatInfoText).join('\n'));
+    });
+
+  program
+    .command('check')
+    .description('check overlay metadata; exit 0 clean, 2 corruption, 3 leaks/cosmetic only, 1 could not check')
+    .argument('<file>', 'overlay file')
+    .addOption(formatOption())
+    .addOption(layoutOption())
+    .option('--repair', 'fix what is provably safe (tail bits, padding garbage, file length); never data or backing files')
+    .option('--json', 'machine-readable output')
+    .action(async (file: string, flags: CommonFlags & { repair?: boolean }) => {
+      const r = await runCheck(file, { format: flags.format, layout: flags.layout, repair: flags.repair });
+      if (flags.json) printJson(r);
+      else if (r.error) process.stderr.write(formatCheckText(r));
+      else process.stdout.write(formatCheckText(r));
+      process.exitCode = r.exitCode;
+    });
+
+  program
+    .command('map')
+    .description('allocation map of a chain: offset, length, depth (layer), zero/data (same as NBD qemu:allocation-depth + base:allocation)')
+    .argument('<file>', 'image file')
+    .addOption(formatOption())
+    .addOption(backingFormatOption())
+    .addOption(layoutOption())
+    .option('--ignore-mtime', 'cow: open even if the backing mtime does not match')
+    .option('--json', 'machine-readable output')
+    .action(async (file: string, flags: CommonFlags) => {
+      const m = await runMap(file, flags);
+      if (flags.json) printJson(m);
+      else process.stdout.write(formatMapText(m));
+    });
+
+  program
+    .command('commit')
+    .description('merge an overlay with its backing file: in place (--to, like uml_moo -d) or into a new file (-o, like uml_moo)')
+    .argument('<file>', 'overlay file')
+    .option('--to <backing>', 'merge IN PLACE into this backing file (it is written; other overlays on it become invalid)')
+    .option('-o, --output <file>', 'write the merged image to a new sparse raw file')
+    .addOption(
+      new Option('--output-size <mode>', 'cow: length of the result: backing (exactly the backing size), virtual (rounded up to 512), uml-moo (rounded down like uml_moo)').choices([
+        'backing',
+        'virtual',
+        'uml-moo',
+      ]),
+    )
+    .option('--uml-moo', 'same as --output-size uml-moo (byte-identical to uml_moo, which drops a partial last sector)')
+    .option('--no-update-header', 'in place, cow: leave the header mtime stale, as uml_moo -d does')
+    .addOption(formatOption())
+    .addOption(backingFormatOption())
+    .addOption(layoutOption())
+    .option('--ignore-mtime', 'cow: accept a backing file whose mtime does not match (recovery)')
+    .option('--force', '-o: overwrite an existing output file')
+    .option('-q, --quiet', 'no progress bar')
+    .option('--json', 'print a JSON result (implies --quiet)')
+    .action(async (file: string, flags: CommonFlags & { to?: string; output?: string; outputSize?: OutputSize; umlMoo?: boolean; updateHeader?: boolean; force?: boolean }) => {
+      const outputSize: OutputSize | undefined = flags.umlMoo ? 'uml-moo' : flags.outputSize;
+      const state = (): string =>
+        flags.to
+          ? `the view through ${file} is unchanged; ${flags.to} is partially updated and ${journalPath(file)} records it: run the same commit again to finish`
+          : `${flags.output} was not created`;
+      await longRun(
+        flags,
+        state,
+        (ctx) => runCommit(file, { ...flags, outputSize }, ctx),
+        (r) => {
+          if (flags.json) printJson(r);
+          else if (!flags.quiet) {
+            process.stdout.write(
+              `${r.resumed ? 'Resumed and completed' : 'Committed'} ${file} ${r.mode === 'in-place' ? 'into' : 'to'} ${r.target}: ${formatSize(r.bytesWritten)} written${r.headerUpdated ? ' (overlay header mtime updated)' : ''}\n`,
+            );
+          }
+        },
+      );
+    });
+
+  program
+    .command('convert')
+    .description('copy the full view of an image chain into a new raw image, cow overlay or add-cow overlay')
+    .argument('<src>', 'source image (any chain)')
+    .addOption(new Option('-O, --output-format <format>', 'format of the new image').choices([...IMAGE_FORMATS]).makeOptionMandatory())
+    .argument('<dst>', 'new image')
+    .addOption(formatOption())
+    .addOption(new Option('--source-backing-format <format>', 'format of the source backing file').choices([...IMAGE_FORMATS]))
+    .addOption(layoutOption())
+    .option('--ignore-mtime', 'source cow: accept a backing file whose mtime does not match')
+    .option('-b, --backing <path>', 'backing file of the new overlay (-O cow: required; -O add-cow: optional)')
+    .addOption(new Option('-B, --backing-format <format>', 'format of the new overlay\'s backing file').choices([...IMAGE_FORMATS]))
+    .option('--image <path>', '-O add-cow: image file (default: DST without .add-cow, plus .img)')
+    .option('--cluster-size <size>', '-O add-cow: cluster size (default 64K)')
+    .option('--force', 'overwrite existing output files')
+    .option('-q, --quiet', 'no progress bar')
+    .option('--json', 'print a JSON result (implies --quiet)')
+    .action(
+      async (
+        src: string,
+        dst: string,
+        flags: CommonFlags & { outputFormat: ImageFormat; sourceBackingFormat?: ImageFormat; backing?: string; image?: string; clusterSize?: string; force?: boolean },
+      ) => {
+        await longRun(
+          flags,
+          () => `the partial output ${dst} was removed`,
+          (ctx) =>
+            runConvert(
+              src,
+              dst,
+              {
+                format: flags.format,
+                backingFormat: flags.sourceBackingFormat,
+                layout: flags.layout,
+                ignoreMtime: flags.ignoreMtime,
+                outputFormat: flags.outputFormat,
+                outBacking: flags.backing,
+                outBackingFormat: flags.backingFormat,
+                image: flags.image,
+                clusterSize: flags.clusterSize ? parseSize(flags.clusterSize, 'cluster size') : undefined,
+                force: flags.force,
+              },
+              ctx,
+            ),
+          (r) => {
+            if (flags.json) printJson(r);
+            else if (!flags.quiet) process.stdout.write(`Converted ${src} to ${r.outputFormat} ${dst}: ${formatSize(r.bytesWritten)} written\n`);
+          },
+        );
+      },
+    );
+
+  program
+    .command('rebase')
+    .description('point an overlay at a different backing file (safe: copies sectors that differ; --unsafe: header only)')
+    .argument('<file>', 'overlay file')
+    .requiredOption('-b, --backing <path>', 'the new backing file')
+    .addOption(backingFormatOption())
+    .addOption(formatOption())
+    .addOption(layoutOption())
+    .option('--unsafe', 'only rewrite the header (the caller guarantees the new backing has the same content)')
+    .option('--ignore-mtime', 'cow: accept an old backing file whose mtime does not match')
+    .option('--force', 'cow: accept a new backing whose mtime does not fit 32 bits (P3)')
+    .option('-q, --quiet', 'no progress bar')
+    .option('--json', 'print a JSON result (implies --quiet)')
+    .action(async (file: string, flags: CommonFlags & { backing: string; unsafe?: boolean; force?: boolean }) => {
+      await longRun(
+        flags,
+        () => `${file} still names its old backing file; data copied so far is flushed and harmless`,
+        (ctx) =>
+          runRebase(
+            file,
+            { format: flags.format, layout: flags.layout, ignoreMtime: flags.ignoreMtime, newBacking: flags.backing, newBackingFormat: flags.backingFormat, unsafe: flags.unsafe, force: flags.force },
+            ctx,
+          ),
+        (r) => {
+          if (flags.json) printJson(r);
+          else if (!flags.quiet) process.stdout.write(`Rebased ${file} onto ${r.storedBacking}${r.unsafe ? ' (unsafe: header only)' : `: ${formatSize(r.bytesCopied)} copied into the overlay`}\n`);
+        },
+      );
+    });
 }
+
+export { ToolError };

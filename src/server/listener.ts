@@ -1,0 +1,125 @@
+/**
+ * NbdServer: listeners (TCP or Unix socket), accepted connections, graceful stop.
+ *
+ *   listen({host, port} | {path}) ─► net.Server ─► Connection per socket
+ *   stop(): close listeners ─► each connection: running requests finish, new ones get
+ *           ESHUTDOWN ─► sockets closed ─► provider.close() (flush + close every device)
+ *
+ * No state at module level: several servers can live in one process (tests, library use).
+ */
+import net from 'node:net';
+import { lstat, unlink } from 'node:fs/promises';
+import type { Logger } from '../logging.js';
+import { Connection } from './connection.js';
+import type { ExportProvider } from './exports.js';
+
+export type ListenEndpoint = { readonly host: string; readonly port: number } | { readonly path: string };
+
+export interface ListenAddress {
+  readonly host?: string;
+  readonly port?: number;
+  readonly path?: string;
+}
+
+export interface NbdServerOptions {
+  readonly provider: ExportProvider;
+  readonly log: Logger;
+  /** How long stop() waits for connections to finish before destroying them (ms). */
+  readonly stopGraceMs?: number;
+}
+
+export class NbdServer {
+  private readonly servers: net.Server[] = [];
+  private readonly connections = new Set<Connection>();
+  private nextId = 1;
+  private stopping: Promise<void> | undefined;
+
+  constructor(private readonly options: NbdServerOptions) {}
+
+  get provider(): ExportProvider {
+    return this.options.provider;
+  }
+
+  /** Start listening; resolves with the real address (the real port when port is 0). */
+  async listen(endpoint: ListenEndpoint): Promise<ListenAddress> {
+    const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.accept(socket));
+    server.on('error', (err) => this.options.log.error({ err }, 'listener error'));
+    if ('path' in endpoint) await removeStaleSocket(endpoint.path);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      const done = () => {
+        server.off('error', reject);
+        resolve();
+      };
+      if ('path' in endpoint) server.listen(endpoint.path, done);
+      else server.listen(endpoint.port, endpoint.host, done);
+    });
+    this.servers.push(server);
+    const addr = server.address();
+    if (typeof addr === 'string') return { path: addr };
+    if (addr) return { host: addr.address, port: addr.port };
+    return {};
+  }
+
+  /** Connections currently open (for tests and metrics). */
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /** Graceful stop; idempotent. */
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  isStopping(): boolean {
+    return this.stopping !== undefined;
+  }
+
+  private accept(socket: net.Socket): void {
+    if (this.stopping) {
+      socket.destroy();
+      return;
+    }
+    // Notice vanished clients (NBD issue #52: state lingering after an unclean death).
+    socket.setKeepAlive(true, 60_000);
+    const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
+    const conn = new Connection(socket, this.nextId++, peer, { provider: this.options.provider, isStopping: () => this.isStopping() }, this.options.log);
+    this.connections.add(conn);
+    void conn.closed.then(() => this.connections.delete(conn));
+    void conn.start();
+  }
+
+  private async doStop(): Promise<void> {
+    const log = this.options.log;
+    log.info({ connections: this.connections.size }, 'stopping: no new connections, draining requests');
+    const closing = this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
+    const conns = [...this.connections];
+    const drained = Promise.all(conns.map((c) => c.shutdown()));
+    const grace = this.options.stopGraceMs ?? 10_000;
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([
+      drained.then(() => false),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), grace))),
+    ]);
+    clearTimeout(timer);
+    if (timedOut) {
+      log.warn('connections did not finish in time; closing them');
+      for (const c of conns) c.destroy();
+      await Promise.all(conns.map((c) => c.closed));
+    }
+    await Promise.all(closing);
+    await this.options.provider.close();
+    log.info('stopped: all devices flushed and closed');
+  }
+}
+
+/** A Unix socket left by a crashed server would make listen() fail with EADDRINUSE. */
+async function removeStaleSocket(path: string): Promise<void> {
+  try {
+    const st = await lstat(path);
+    if (st.isSocket()) await unlink(path);
+  } catch {
+    // Does not exist: nothing to do.
+  }
+}

@@ -1,0 +1,462 @@
+/**
+ * Transmission phase (NBD spec §"Transmission"): the request pipeline of one connection.
+ *
+ *   socket chunks ─► ByteReader ─► pump(): header → validate → payload/drain → start()
+ *                                                                       │ (concurrent)
+ *   socket.write(one Buffer per reply) ◄── handler (handleRead, handleWrite, …) ◄─┘
+ *
+ * - Parsing is synchronous and push-driven (no promise per header); handlers run
+ *   concurrently and complete out of order, each reply is ONE socket.write() of one
+ *   Buffer (header and data together), so replies can never interleave.
+ * - Backpressure: at most MAX_IN_FLIGHT requests (and MAX_IN_FLIGHT_BYTES of READ/WRITE
+ *   data) per connection; beyond that, or while socket.write() reports a full buffer,
+ *   the socket is paused and resumed on completion / 'drain'.
+ * - Zero copy: READ allocates one Buffer for header(s)+data and the device reads into
+ *   a subarray; a WRITE payload is a view of the received chunk when it is contiguous.
+ * - Errors: validation failures and device errors become NBD error replies (the real
+ *   cause is logged at debug); only a ProtocolError (bad magic) closes the connection.
+ */
+import type { Logger } from '../logging.js';
+import type { BlockDevice, Extent } from '../block/block-device.js';
+import { EXTENT_HOLE, EXTENT_ZERO } from '../block/block-device.js';
+import {
+  MAX_EXTENTS,
+  NbdCmd,
+  NbdCmdFlag,
+  NbdError,
+  REQUEST_HEADER_SIZE,
+  SIMPLE_REPLY_SIZE,
+  nameOf,
+} from '../protocol/constants.js';
+import type { ByteReader } from '../protocol/byte-reader.js';
+import { RequestError, toNbdError } from '../protocol/nbd-errors.js';
+import {
+  OFFSET_DATA_HEADER_SIZE,
+  OFFSET_HOLE_SIZE,
+  decodeRequestHeader,
+  encodeBlockStatusChunk,
+  encodeErrorChunk,
+  encodeNoneChunk,
+  encodeSimpleReply,
+  writeOffsetDataHeader,
+  writeOffsetHole,
+  writeSimpleReply,
+  type RequestHeader,
+} from '../protocol/transmission-codec.js';
+import type { NegotiatedSession } from './handshake.js';
+import { COMMAND_RULES, validateRequest, type ValidationContext } from './request-rules.js';
+
+/** Requests running at once on one connection (QEMU uses 16, the kernel up to 128 tags). */
+export const MAX_IN_FLIGHT = 64;
+/** READ/WRITE data held by running requests before reading pauses. */
+export const MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
+/** Oversized WRITE payloads up to this are drained and answered EINVAL; beyond it we close. */
+export const MAX_DRAIN = 256 * 1024 * 1024;
+/**
+ * Extents per BLOCK_STATUS reply (spec maximum 2^20). Lower, so a fragmented multi-GiB
+ * query cannot build a huge reply; the client simply asks again from where we stopped.
+ */
+export const MAX_REPLY_EXTENTS = Math.min(MAX_EXTENTS, 1 << 16);
+/** Structured READs at least this long are split into data/hole chunks. */
+export const SPARSE_READ_MIN = 64 * 1024;
+
+/** What the session needs from its connection (socket control stays in connection.ts). */
+export interface TransmissionIo {
+  readonly reader: ByteReader;
+  /** Write one reply; returns false when the socket buffer is full (wait for drain). */
+  write(buf: Buffer): boolean;
+  pause(): void;
+  resume(): void;
+  /** Close the connection (after everything written so far is flushed). */
+  end(): void;
+  readonly log: Logger;
+}
+
+export class TransmissionSession {
+  readonly device: BlockDevice;
+  readonly structured: boolean;
+  readonly baseAllocationId: number;
+  readonly allocationDepthId: number;
+  private readonly validation: ValidationContext;
+  private readonly traceEnabled: boolean;
+
+  private inFlight = 0;
+  private inFlightBytes = 0;
+  /** A WRITE header whose payload has not fully arrived. */
+  private pendingWrite: RequestHeader | undefined;
+  /** Payload bytes of a rejected WRITE still to be discarded. */
+  private drainLeft = 0;
+  private writeBlocked = false;
+  private paused = false;
+  /** DISC received, server stopping, or fatal error: read no more requests. */
+  private stopReading = false;
+  private shuttingDown = false;
+  private ended = false;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(
+    readonly io: TransmissionIo,
+    session: NegotiatedSession,
+  ) {
+    this.device = session.handle.device;
+    this.structured = session.structured;
+    this.baseAllocationId = session.baseAllocationId;
+    this.allocationDepthId = session.allocationDepthId;
+    this.validation = {
+      size: session.handle.size,
+      writable: session.handle.capabilities.writable,
+      structured: session.structured,
+      hasContexts: session.baseAllocationId !== 0 || session.allocationDepthId !== 0,
+    };
+    this.traceEnabled = io.log.isLevelEnabled('trace');
+  }
+
+  get requestsInFlight(): number {
+    return this.inFlight;
+  }
+
+  /** Parse and start as many requests as the buffered bytes and the limits allow. */
+  pump(): void {
+    const reader = this.io.reader;
+    while (!this.stopReading) {
+      if (this.drainLeft > 0) {
+        this.drainLeft -= reader.skip(this.drainLeft);
+        if (this.drainLeft > 0) return;
+        continue;
+      }
+      const pending = this.pendingWrite;
+      if (pending) {
+        if (reader.length < pending.length) return;
+        this.pendingWrite = undefined;
+        this.start(pending, reader.take(pending.length));
+        continue;
+      }
+      if (this.inFlight >= MAX_IN_FLIGHT || this.inFlightBytes >= MAX_IN_FLIGHT_BYTES || this.writeBlocked) {
+        this.pauseReading();
+        return;
+      }
+      if (reader.length < REQUEST_HEADER_SIZE) return;
+      // A bad magic throws ProtocolError: the connection closes (caller catches).
+      this.dispatch(decodeRequestHeader(reader.take(REQUEST_HEADER_SIZE)));
+    }
+  }
+
+  /** The socket accepted all buffered output again. */
+  onDrain(): void {
+    this.writeBlocked = false;
+    this.maybeResume();
+  }
+
+  /** Server stop: new requests get ESHUTDOWN; resolves when nothing is in flight. */
+  shutdown(): Promise<void> {
+    this.shuttingDown = true;
+    return this.whenIdle();
+  }
+
+  /** Resolves when no request is running. */
+  whenIdle(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** The client half-closed: parse nothing more, but still send replies to running requests. */
+  stopInput(): void {
+    this.stopReading = true;
+  }
+
+  /** The connection is gone: stop parsing (running handlers finish, replies are dropped). */
+  close(): void {
+    this.stopReading = true;
+    this.ended = true;
+  }
+
+  private dispatch(h: RequestHeader): void {
+    if (this.traceEnabled) this.io.log.trace({ cmd: nameOf(NbdCmd, h.type), flags: h.flags, offset: h.offset, length: h.length }, 'request');
+    if (h.type === NbdCmd.DISC) {
+      // Finish what is running, then close; anything after DISC is ignored.
+      this.stopReading = true;
+      this.io.log.debug('client sent DISC');
+      void this.whenIdle().then(() => this.io.end());
+      return;
+    }
+    const rejection = validateRequest(h, this.validation);
+    const isWrite = COMMAND_RULES[h.type]?.hasPayload === true;
+    if (rejection) {
+      if (isWrite) this.discardPayload(h);
+      this.io.log.debug({ cmd: nameOf(NbdCmd, h.type), offset: h.offset, length: h.length, error: rejection.message }, 'request rejected');
+      this.sendError(h, rejection.error, rejection.message);
+      return;
+    }
+    if (this.shuttingDown) {
+      if (isWrite) this.discardPayload(h);
+      this.sendError(h, NbdError.ESHUTDOWN, 'server is shutting down');
+      return;
+    }
+    if (isWrite && h.length > 0) {
+      this.pendingWrite = h; // pump() starts it once the payload is complete
+      return;
+    }
+    this.start(h, undefined);
+  }
+
+  private discardPayload(h: RequestHeader): void {
+    if (h.length > MAX_DRAIN) {
+      // Not worth reading: treat as abuse and close (the spec allows it above 32 MiB).
+      this.io.log.warn({ length: h.length }, 'WRITE payload too large to drain; closing connection');
+      this.stopReading = true;
+      this.io.end();
+      return;
+    }
+    this.drainLeft = h.length;
+  }
+
+  private start(h: RequestHeader, payload: Buffer | undefined): void {
+    this.inFlight++;
+    const bytes = h.type === NbdCmd.READ || h.type === NbdCmd.WRITE ? h.length : 0;
+    this.inFlightBytes += bytes;
+    void runRequest(this, h, payload, bytes);
+  }
+
+  /** Called by runRequest when a request has replied (or failed). */
+  complete(bytes: number): void {
+    this.inFlight--;
+    this.inFlightBytes -= bytes;
+    if (this.inFlight === 0 && this.idleWaiters.length > 0) {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
+    }
+    this.maybeResume();
+  }
+
+  send(buf: Buffer): void {
+    if (this.ended) return;
+    if (!this.io.write(buf)) this.writeBlocked = true;
+  }
+
+  sendError(h: RequestHeader, error: number, message: string, offset?: number): void {
+    if (this.structured) this.send(encodeErrorChunk(h.cookieHi, h.cookieLo, error, message, offset));
+    else this.send(encodeSimpleReply(error, h.cookieHi, h.cookieLo));
+  }
+
+  sendOk(h: RequestHeader): void {
+    this.send(encodeSimpleReply(0, h.cookieHi, h.cookieLo));
+  }
+
+  private pauseReading(): void {
+    if (!this.paused) {
+      this.paused = true;
+      this.io.pause();
+    }
+  }
+
+  private maybeResume(): void {
+    if (this.stopReading) return;
+    if (this.inFlight >= MAX_IN_FLIGHT || this.inFlightBytes >= MAX_IN_FLIGHT_BYTES || this.writeBlocked) return;
+    if (this.paused) {
+      this.paused = false;
+      this.io.resume();
+    }
+    // Requests may already be buffered: parse them now rather than on the next chunk.
+    if (this.io.reader.length > 0) {
+      try {
+        this.pump();
+      } catch (err) {
+        this.onFatal(err);
+      }
+    }
+  }
+
+  /** Set by the connection: called when pump() hits a protocol error outside a data event. */
+  onFatal: (err: unknown) => void = () => this.io.end();
+}
+
+/** One request, start to reply. Never throws: failures become error replies. */
+async function runRequest(s: TransmissionSession, h: RequestHeader, payload: Buffer | undefined, bytes: number): Promise<void> {
+  try {
+    await HANDLERS[h.type]!(s, h, payload);
+  } catch (err) {
+    const error = toNbdError(err);
+    // Keep the real cause for the operator; the client only gets an errno.
+    s.io.log.debug({ err, cmd: nameOf(NbdCmd, h.type), offset: h.offset, length: h.length, nbdError: error }, 'request failed');
+    const hasOffset = h.type !== NbdCmd.FLUSH && h.type !== NbdCmd.DISC;
+    s.sendError(h, error, `${nameOf(NbdCmd, h.type)} failed: ${(err as Error)?.message ?? String(err)}`, hasOffset ? h.offset : undefined);
+  } finally {
+    s.complete(bytes);
+  }
+}
+
+type Handler = (s: TransmissionSession, h: RequestHeader, payload: Buffer | undefined) => Promise<void>;
+
+async function handleRead(s: TransmissionSession, h: RequestHeader): Promise<void> {
+  const { offset, length } = h;
+  if (!s.structured) {
+    // Simple reply: nothing is sent until the data is in, so an error can still be reported.
+    const buf = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE + length);
+    if (length > 0) await s.device.read(offset, buf.subarray(SIMPLE_REPLY_SIZE));
+    writeSimpleReply(buf, 0, 0, h.cookieHi, h.cookieLo);
+    s.send(buf);
+    return;
+  }
+  if (length === 0) {
+    s.send(encodeNoneChunk(h.cookieHi, h.cookieLo));
+    return;
+  }
+  if ((h.flags & NbdCmdFlag.DF) === 0 && length >= SPARSE_READ_MIN && s.device.capabilities.blockStatus) {
+    const extents = await collectExtents(s.device, offset, length, false);
+    if (extents.some(isZero)) return sparseRead(s, h, extents);
+  }
+  const buf = Buffer.allocUnsafe(OFFSET_DATA_HEADER_SIZE + length);
+  await s.device.read(offset, buf.subarray(OFFSET_DATA_HEADER_SIZE));
+  writeOffsetDataHeader(buf, 0, true, h.cookieHi, h.cookieLo, offset, length);
+  s.send(buf);
+}
+
+function isZero(e: Extent): boolean {
+  return (e.flags & EXTENT_ZERO) !== 0;
+}
+
+/** One Buffer holding OFFSET_HOLE chunks for zero extents and OFFSET_DATA chunks (read in place). */
+async function sparseRead(s: TransmissionSession, h: RequestHeader, extents: readonly Extent[]): Promise<void> {
+  // Coalesce neighbours of the same kind so each run becomes one chunk.
+  const runs: Array<{ zero: boolean; length: number }> = [];
+  for (const e of extents) {
+    const zero = isZero(e);
+    const last = runs[runs.length - 1];
+    if (last && last.zero === zero) last.length += e.length;
+    else runs.push({ zero, length: e.length });
+  }
+  // The device may have described less than the whole range (extent cap): read the rest.
+  let covered = 0;
+  for (const r of runs) covered += r.length;
+  if (covered < h.length) runs.push({ zero: false, length: h.length - covered });
+  let total = 0;
+  for (const r of runs) total += r.zero ? OFFSET_HOLE_SIZE : OFFSET_DATA_HEADER_SIZE + r.length;
+  const buf = Buffer.allocUnsafe(total);
+  const reads: Promise<void>[] = [];
+  let pos = 0;
+  let off = h.offset;
+  for (let i = 0; i < runs.length; i++) {
+    const r = runs[i]!;
+    const done = i === runs.length - 1;
+    if (r.zero) {
+      writeOffsetHole(buf, pos, done, h.cookieHi, h.cookieLo, off, r.length);
+      pos += OFFSET_HOLE_SIZE;
+    } else {
+      writeOffsetDataHeader(buf, pos, done, h.cookieHi, h.cookieLo, off, r.length);
+      pos += OFFSET_DATA_HEADER_SIZE;
+      reads.push(s.device.read(off, buf.subarray(pos, pos + r.length)));
+      pos += r.length;
+    }
+    off += r.length;
+  }
+  await Promise.all(reads);
+  s.send(buf);
+}
+
+/**
+ * Extents covering [offset, offset+length) (or just the first with `one`), asking the
+ * device again when it answers short. Stops at MAX_REPLY_EXTENTS (the client asks again).
+ */
+async function collectExtents(device: BlockDevice, offset: number, length: number, one: boolean): Promise<Extent[]> {
+  const out: Extent[] = [];
+  let covered = 0;
+  while (covered < length && out.length < MAX_REPLY_EXTENTS) {
+    const got = await device.blockStatus(offset + covered, length - covered);
+    if (got.length === 0) break;
+    for (const e of got) {
+      out.push(e);
+      covered += e.length;
+    }
+    if (one) break;
+  }
+  return out;
+}
+
+async function handleWrite(s: TransmissionSession, h: RequestHeader, payload: Buffer | undefined): Promise<void> {
+  if (h.length > 0) await s.device.write(h.offset, payload!, { fua: (h.flags & NbdCmdFlag.FUA) !== 0 });
+  else if (h.flags & NbdCmdFlag.FUA) await s.device.flush();
+  s.sendOk(h);
+}
+
+async function handleFlush(s: TransmissionSession, h: RequestHeader): Promise<void> {
+  // The device is shared by every connection of the export, so this makes all of
+  // their completed writes durable — what CAN_MULTI_CONN promises.
+  await s.device.flush();
+  s.sendOk(h);
+}
+
+async function handleTrim(s: TransmissionSession, h: RequestHeader): Promise<void> {
+  await s.device.trim(h.offset, h.length, { fua: (h.flags & NbdCmdFlag.FUA) !== 0 });
+  s.sendOk(h);
+}
+
+async function handleCache(s: TransmissionSession, h: RequestHeader): Promise<void> {
+  await s.device.cache(h.offset, h.length);
+  s.sendOk(h);
+}
+
+async function handleWriteZeroes(s: TransmissionSession, h: RequestHeader): Promise<void> {
+  await s.device.writeZeroes(h.offset, h.length, {
+    fua: (h.flags & NbdCmdFlag.FUA) !== 0,
+    noHole: (h.flags & NbdCmdFlag.NO_HOLE) !== 0,
+    fast: (h.flags & NbdCmdFlag.FAST_ZERO) !== 0,
+  });
+  s.sendOk(h);
+}
+
+async function handleBlockStatus(s: TransmissionSession, h: RequestHeader): Promise<void> {
+  const size = s.device.size;
+  if (h.offset >= size) {
+    // Only reachable with length 0 at the very end: nothing to describe.
+    s.send(encodeNoneChunk(h.cookieHi, h.cookieLo));
+    return;
+  }
+  const one = (h.flags & NbdCmdFlag.REQ_ONE) !== 0;
+  // Length 0 is a harmless no-op: describe the extent at `offset` (the last extent may overrun).
+  const length = h.length === 0 ? 1 : h.length;
+  const extents = await collectExtents(s.device, h.offset, length, one);
+  if (extents.length === 0) throw new RequestError(NbdError.EIO, 'device returned no extents');
+  const chunks: Buffer[] = [];
+  const ids = [s.baseAllocationId, s.allocationDepthId];
+  const values = [baseAllocationValue, depthValue];
+  let last = -1;
+  for (let i = 0; i < 2; i++) if (ids[i]) last = i;
+  for (let i = 0; i < 2; i++) {
+    if (!ids[i]) continue;
+    chunks.push(encodeBlockStatusChunk(h.cookieHi, h.cookieLo, i === last, ids[i]!, extentPairs(extents, values[i]!, one)));
+  }
+  s.send(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
+}
+
+function baseAllocationValue(e: Extent): number {
+  return e.flags & (EXTENT_HOLE | EXTENT_ZERO);
+}
+
+/** qemu:allocation-depth: one u32 per extent, the depth itself (0 = unallocated). */
+function depthValue(e: Extent): number {
+  return e.depth;
+}
+
+/** (length, value) pairs, merging neighbours with equal values; REQ_ONE keeps the first. */
+function extentPairs(extents: readonly Extent[], value: (e: Extent) => number, one: boolean): number[] {
+  const pairs: number[] = [];
+  for (const e of extents) {
+    const v = value(e);
+    const n = pairs.length;
+    if (n > 0 && pairs[n - 1] === v && pairs[n - 2]! + e.length <= 0xffffffff) pairs[n - 2] = pairs[n - 2]! + e.length;
+    else pairs.push(e.length, v);
+  }
+  return one ? pairs.slice(0, 2) : pairs;
+}
+
+const HANDLERS: Readonly<Record<number, Handler>> = {
+  [NbdCmd.READ]: handleRead,
+  [NbdCmd.WRITE]: handleWrite,
+  [NbdCmd.FLUSH]: handleFlush,
+  [NbdCmd.TRIM]: handleTrim,
+  [NbdCmd.CACHE]: handleCache,
+  [NbdCmd.WRITE_ZEROES]: handleWriteZeroes,
+  [NbdCmd.BLOCK_STATUS]: handleBlockStatus,
+};
+
