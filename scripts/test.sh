@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(qemu-utils qemu-block-extra libnbd-bin python3-libnbd nbdkit fio nbd-client
+PACKAGES=(qemu-utils qemu-block-extra libnbd-bin python3-libnbd nbdkit fio nbd-client time
           uml-utilities user-mode-linux e2fsprogs)
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,0 +1,237 @@
+/**
+ * JSON Schemas (draft 2020-12) of every `--json` output of the image tool. These are the
+ * contract documented in docs/image-tool.md; tests validate real CLI output against them.
+ * Integers are byte counts or offsets unless named otherwise; paths are strings as given
+ * or resolved (see each description).
+ */
+
+const uint = { type: 'integer', minimum: 0 } as const;
+const nullableUint = { type: ['integer', 'null'], minimum: 0 } as const;
+const nullableString = { type: ['string', 'null'] } as const;
+const checkResult = { enum: ['ok', 'mismatch', 'missing', 'not-applicable', 'not-checked'] } as const;
+
+export const BACKING_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['stored', 'resolved', 'format', 'exists', 'size', 'expectedSize', 'sizeCheck', 'expectedMtime', 'actualMtime', 'mtimeCheck', 'message'],
+  properties: {
+    stored: { ...nullableString, description: 'backing path exactly as stored in the header' },
+    resolved: { ...nullableString, description: 'absolute path it resolves to (cow UML layouts: against the CWD; QEMU/add-cow: the overlay directory)' },
+    format: nullableString,
+    exists: { type: 'boolean' },
+    size: { ...nullableUint, description: 'backing size (raw: file size; otherwise virtual size)' },
+    expectedSize: { ...nullableUint, description: 'cow: header size field; add-cow: null (no identity check)' },
+    sizeCheck: checkResult,
+    expectedMtime: { type: ['integer', 'null'], description: 'cow: header mtime (u32; QEMU layouts i32)' },
+    actualMtime: { type: ['integer', 'null'], description: 'whole-second st_mtime of the backing file' },
+    mtimeCheck: checkResult,
+    message: { ...nullableString, description: 'first failed check, in UML wording' },
+  },
+} as const;
+
+export const INFO_SCHEMA = {
+  $schema: 'https://json-schema.org/draft/2020-12/schema',
+  $id: 'https://cownbd.dev/schemas/info.json',
+  title: 'cownbd info --json',
+  type: 'object',
+  additionalProperties: false,
+  required: ['filename', 'format', 'virtualSize', 'apparentSize', 'actualSize', 'allocatedBytes', 'backing', 'commitInProgress'],
+  properties: {
+    filename: { type: 'string' },
+    format: { enum: ['raw', 'cow', 'add-cow'] },
+    virtualSize: uint,
+    apparentSize: { ...uint, description: 'st_size of the file' },
+    actualSize: { ...uint, description: 'st_blocks * 512 (space used on disk)' },
+    allocatedBytes: { ...uint, description: 'bytes of the virtual disk held by this layer itself' },
+    backing: { oneOf: [{ type: 'null' }, BACKING_SCHEMA] },
+    cow: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['layout', 'version', 'headerSize', 'mtime', 'size', 'sectorSize', 'alignment', 'bitmapOffset', 'bitmapLength', 'dataOffset', 'sectors', 'representableSectors', 'allocatedSectors'],
+      properties: {
+        layout: { enum: ['v1', 'v2', 'v3', 'v3-broken', 'qemu-i386', 'qemu-x86_64'] },
+        version: { enum: [1, 2, 3] },
+        headerSize: uint,
+        mtime: { type: 'integer' },
+        size: { ...uint, description: 'header size field = backing file size' },
+        sectorSize: uint,
+        alignment: uint,
+        bitmapOffset: uint,
+        bitmapLength: uint,
+        dataOffset: uint,
+        sectors: uint,
+        representableSectors: { ...uint, description: '< sectors for v1/v2 rounding bug (P11) and QEMU partial last sector' },
+        allocatedSectors: uint,
+      },
+    },
+    addCow: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['clusterSize', 'clusterBits', 'headerSize', 'features', 'compatFeatures', 'allAllocated', 'bitmapOffset', 'bitmapLength', 'clusterCount', 'allocatedClusters', 'imageFile'],
+      properties: {
+        clusterSize: uint,
+        clusterBits: { type: 'integer', minimum: 12, maximum: 21 },
+        headerSize: uint,
+        features: { type: 'string', pattern: '^0x[0-9a-f]+$' },
+        compatFeatures: { type: 'string', pattern: '^0x[0-9a-f]+$' },
+        allAllocated: { type: 'boolean' },
+        bitmapOffset: uint,
+        bitmapLength: uint,
+        clusterCount: uint,
+        allocatedClusters: uint,
+        imageFile: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['stored', 'resolved', 'format', 'apparentSize', 'actualSize'],
+          properties: { stored: { type: 'string' }, resolved: { type: 'string' }, format: { type: 'string' }, apparentSize: uint, actualSize: uint },
+        },
+      },
+    },
+    commitInProgress: {
+      oneOf: [
+        { type: 'null' },
+        { type: 'object', additionalProperties: false, required: ['target', 'started'], properties: { target: { type: 'string' }, started: { type: 'string' } } },
+      ],
+    },
+  },
+} as const;
+
+const { $schema: _schema, $id: _id, title: _title, ...INFO_ITEM } = INFO_SCHEMA;
+
+export const INFO_CHAIN_SCHEMA = {
+  $schema: 'https://json-schema.org/draft/2020-12/schema',
+  $id: 'https://cownbd.dev/schemas/info-chain.json',
+  title: 'cownbd info --json --backing-chain (top layer first)',
+  type: 'array',
+  minItems: 1,
+  items: INFO_ITEM,
+} as const;
+
+const FINDING = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['class', 'severity', 'message', 'repairable'],
+  properties: {
+    class: { enum: ['header', 'file-length', 'tail-bits', 'padding', 'lost-writes', 'backing', 'names', 'image-file', 'commit-incomplete'] },
+    severity: { enum: ['corruption', 'leak', 'info'] },
+    message: { type: 'string' },
+    repairable: { type: 'boolean' },
+  },
+} as const;
+
+export const CHECK_SCHEMA = {
+  $schema: 'https://json-schema.org/draft/2020-12/schema',
+  $id: 'https://cownbd.dev/schemas/check.json',
+  title: 'cownbd check --json',
+  type: 'object',
+  additionalProperties: false,
+  required: ['filename', 'format', 'result', 'exitCode', 'findings', 'repaired', 'error'],
+  properties: {
+    filename: { type: 'string' },
+    format: { type: 'string' },
+    result: { enum: ['clean', 'corrupt', 'leaks', 'error'] },
+    exitCode: { enum: [0, 1, 2, 3] },
+    findings: { type: 'array', items: FINDING },
+    repaired: { type: 'array', items: FINDING },
+    error: nullableString,
+  },
+} as const;
+
+export const MAP_SCHEMA = {
+  $schema: 'https://json-schema.org/draft/2020-12/schema',
+  $id: 'https://cownbd.dev/schemas/map.json',
+  title: 'cownbd map --json',
+  type: 'object',
+  additionalProperties: false,
+  required: ['filename', 'virtualSize', 'extents'],
+  properties: {
+    filename: { type: 'string' },
+    virtualSize: uint,
+    extents: {
+      type: 'array',
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['start', 'length', 'depth', 'zero', 'hole', 'data', 'file'],
+        properties: {
+          start: uint,
+          length: { type: 'integer', minimum: 1 },
+          depth: { ...uint, description: 'qemu:allocation-depth: 0 none, 1 this file, 2 its backing, ...' },
+          zero: { type: 'boolean' },
+          hole: { type: 'boolean' },
+          data: { type: 'boolean' },
+          file: nullableString,
+        },
+      },
+    },
+  },
+} as const;
+
+export const COMMIT_SCHEMA = {
+  $schema: 'https://json-schema.org/draft/2020-12/schema',
+  $id: 'https://cownbd.dev/schemas/commit.json',
+  title: 'cownbd commit --json',
+  type: 'object',
+  additionalProperties: false,
+  required: ['command', 'mode', 'overlay', 'format', 'target', 'bytesWritten', 'length', 'resumed', 'headerUpdated', 'elapsedMs'],
+  properties: {
+    command: { const: 'commit' },
+    mode: { enum: ['in-place', 'new-file'] },
+    overlay: { type: 'string' },
+    format: { enum: ['cow', 'add-cow'] },
+    target: { type: 'string' },
+    bytesWritten: uint,
+    length: uint,
+    resumed: { type: 'boolean' },
+    headerUpdated: { type: 'boolean' },
+    elapsedMs: uint,
+  },
+} as const;
+
+export const CONVERT_SCHEMA = {
+  $schema: 'https://json-schema.org/draft/2020-12/schema',
+  $id: 'https://cownbd.dev/schemas/convert.json',
+  title: 'cownbd convert --json',
+  type: 'object',
+  additionalProperties: false,
+  required: ['command', 'source', 'target', 'outputFormat', 'virtualSize', 'bytesWritten', 'elapsedMs'],
+  properties: {
+    command: { const: 'convert' },
+    source: { type: 'string' },
+    target: { type: 'string' },
+    outputFormat: { enum: ['raw', 'cow', 'add-cow'] },
+    virtualSize: uint,
+    bytesWritten: uint,
+    elapsedMs: uint,
+  },
+} as const;
+
+export const REBASE_SCHEMA = {
+  $schema: 'https://json-schema.org/draft/2020-12/schema',
+  $id: 'https://cownbd.dev/schemas/rebase.json',
+  title: 'cownbd rebase --json',
+  type: 'object',
+  additionalProperties: false,
+  required: ['command', 'overlay', 'format', 'oldBacking', 'newBacking', 'storedBacking', 'unsafe', 'bytesCopied', 'elapsedMs'],
+  properties: {
+    command: { const: 'rebase' },
+    overlay: { type: 'string' },
+    format: { enum: ['cow', 'add-cow'] },
+    oldBacking: nullableString,
+    newBacking: { type: 'string' },
+    storedBacking: { type: 'string', description: 'the path now stored in the header' },
+    unsafe: { type: 'boolean' },
+    bytesCopied: uint,
+    elapsedMs: uint,
+  },
+} as const;
+
+export const SCHEMAS = {
+  info: INFO_SCHEMA,
+  infoChain: INFO_CHAIN_SCHEMA,
+  check: CHECK_SCHEMA,
+  map: MAP_SCHEMA,
+  commit: COMMIT_SCHEMA,
+  convert: CONVERT_SCHEMA,
+  rebase: REBASE_SCHEMA,
+} as const;
