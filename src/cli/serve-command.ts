@@ -8,11 +8,14 @@
  *   cownbd serve --export a=a.cow --export b=b.raw,ro,description=Base disk
  */
 import { access, constants } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger, type Logger } from '../logging.js';
 import { IMAGE_FORMATS, type ImageFormat } from '../formats/open-image.js';
 import { NbdServer, type ListenAddress, type ListenEndpoint } from '../server/listener.js';
-import { StaticExportProvider, type ExportProvider, type StaticExportConfig } from '../server/exports.js';
+import { CompositeExportProvider, StaticExportProvider, type ExportProvider, type StaticExportConfig } from '../server/exports.js';
+import { EphemeralProvider, OverlayDirProvider } from '../server/overlay-providers.js';
 
 export const DEFAULT_PORT = 10809;
 export const DEFAULT_BIND = '127.0.0.1';
@@ -28,6 +31,11 @@ export interface ServeOptions {
   backingFormat?: ImageFormat;
   export: StaticExportConfig[];
   logLevel?: string;
+  base?: string;
+  baseFormat?: ImageFormat;
+  overlayDir?: string;
+  ephemeral?: boolean;
+  ephemeralDir?: string;
 }
 
 export function parsePort(value: string): number {
@@ -73,7 +81,7 @@ export function parseExportSpec(spec: string): StaticExportConfig {
 }
 
 /** The exports named on the command line: the positional IMAGE plus every --export. */
-export function exportConfigs(image: string | undefined, o: ServeOptions): StaticExportConfig[] {
+export function exportConfigs(image: string | undefined, o: ServeOptions, allowNone = false): StaticExportConfig[] {
   const list: StaticExportConfig[] = [];
   if (image) {
     list.push({
@@ -86,7 +94,7 @@ export function exportConfigs(image: string | undefined, o: ServeOptions): Stati
     });
   }
   for (const e of o.export) list.push(o.readOnly ? { ...e, readOnly: true } : e);
-  if (list.length === 0) throw new Error('nothing to serve: give an IMAGE or at least one --export NAME=PATH');
+  if (list.length === 0 && !allowNone) throw new Error('nothing to serve: give an IMAGE or at least one --export NAME=PATH');
   const seen = new Set<string>();
   for (const e of list) {
     if (seen.has(e.name)) throw new Error(`export name "${e.name}" is used twice`);
@@ -168,10 +176,20 @@ export function registerServeCommand(program: Command): void {
       (v: string, prev: StaticExportConfig[]) => [...prev, parseExportSpec(v)],
       [] as StaticExportConfig[],
     )
+    .option('--base <path>', 'golden base image for --overlay-dir (never modified)')
+    .addOption(new Option('--base-format <format>', 'format of the base image (never probed)').choices(IMAGE_FORMATS as string[]).default('raw'))
+    .option('--overlay-dir <dir>', 'serve every export NAME as its own cow overlay DIR/NAME.cow over --base, created on first connect')
+    .option('--ephemeral', 'IMAGE (or --base) is a base: every connection gets its own temporary overlay, deleted on disconnect (no CAN_MULTI_CONN)')
+    .option('--ephemeral-dir <dir>', 'where ephemeral overlays live', path.join(os.tmpdir(), 'cownbd-ephemeral'))
     .option('--log-level <level>', 'trace, debug, info, warn, error (logs go to stderr)', 'info')
     .action(async (image: string | undefined, o: ServeOptions) => {
       const log = createLogger({ level: o.logLevel });
-      const configs = exportConfigs(image, o);
+      if (o.overlayDir && !o.base) throw new Error('--overlay-dir needs --base (the golden image every overlay is made over)');
+      if (o.ephemeral && !(o.base ?? image)) throw new Error('--ephemeral needs a base image: cownbd serve --ephemeral golden.img');
+      if (o.ephemeral && o.readOnly) throw new Error('--ephemeral overlays are writable by design; drop --read-only');
+      // With --ephemeral the positional IMAGE is the base, not a static export.
+      const ephemeralBase = o.ephemeral ? (o.base ?? image) : undefined;
+      const configs = exportConfigs(o.ephemeral ? undefined : image, o, Boolean(o.overlayDir || o.ephemeral));
       // Fail at startup, not at the first client, when an image is missing or unreadable.
       for (const c of configs) {
         try {
@@ -180,7 +198,18 @@ export function registerServeCommand(program: Command): void {
           throw new Error(`export "${c.name}": cannot access ${c.path}: ${(err as Error).message}`);
         }
       }
-      const provider = new StaticExportProvider(configs, log);
-      await runServer(provider, o, configs[0]!.name, log);
+      const providers: ExportProvider[] = [];
+      if (configs.length) providers.push(new StaticExportProvider(configs, log));
+      if (ephemeralBase) {
+        const base = { path: path.resolve(ephemeralBase), format: o.baseFormat ?? 'raw' };
+        providers.push(await EphemeralProvider.create(base, o.name, o.ephemeralDir!, log));
+      }
+      if (o.overlayDir) {
+        const base = { path: path.resolve(o.base!), format: o.baseFormat ?? 'raw' };
+        providers.push(await OverlayDirProvider.create(base, o.overlayDir, log));
+      }
+      const provider = providers.length === 1 ? providers[0]! : new CompositeExportProvider(providers);
+      const defaultName = configs[0]?.name ?? (ephemeralBase ? o.name : 'vm1');
+      await runServer(provider, o, defaultName, log);
     });
 }

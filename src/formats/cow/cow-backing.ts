@@ -67,7 +67,7 @@ export function checkBacking(h: CowHeader, actual: BackingStat, file: string, op
   }
   if (options.ignoreMtime || isQemuLayout(h.layout)) return;
   if (h.mtime !== actual.mtime) {
-    throw new CowBackingError(`mtime mismatch (${h.mtime} vs ${actual.mtime}) of COW header vs backing file "${file}" (use ignoreMtime to override)`);
+    throw new CowBackingError(`mtime mismatch (${h.mtime} vs ${actual.mtime}) of COW header vs backing file "${file}" (override with --ignore-mtime if the backing content is unchanged)`);
   }
 }
 

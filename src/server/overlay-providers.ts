@@ -1,0 +1,341 @@
+/**
+ * Export providers that make copy-on-write overlays on demand over one golden base image.
+ *
+ *   OverlayDirProvider  `serve --base golden.img --overlay-dir DIR`
+ *                       export NAME ⇒ DIR/NAME.cow (a UML v3 cow over the base), created on
+ *                       the first GO for that name and reused after; every connection to
+ *                       NAME shares one device (CAN_MULTI_CONN stays honest). The device is
+ *                       flushed and closed when its last connection ends.
+ *
+ *   EphemeralProvider   `serve --ephemeral golden.img`
+ *                       every connection gets its own temporary overlay, deleted when the
+ *                       connection closes. Such exports never advertise CAN_MULTI_CONN: a
+ *                       second connection would see a different disk.
+ *                       Overlay files carry the server's pid in their name; at start-up the
+ *                       files of dead pids are removed (left-overs of a crashed server).
+ *
+ * Neither provider creates anything in describe() (INFO, LIST_META_CONTEXT): the size and
+ * flags come from the base, so `nbdinfo --list` leaves no overlay behind.
+ *
+ * Export names become file names, so they are sanitised: [A-Za-z0-9._-], not starting
+ * with a dot, at most MAX_OVERLAY_NAME bytes. A refused name answers ERR_UNKNOWN and logs.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, readdir, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import type { BlockDevice, DeviceCapabilities } from '../block/block-device.js';
+import { alignUp } from '../block/block-split.js';
+import { nativeFs } from '../block/native-fs.js';
+import { createCow } from '../formats/cow/index.js';
+import { openImage, type ImageFormat } from '../formats/open-image.js';
+import type { Logger } from '../logging.js';
+import type { ExportContext, ExportHandle, ExportInfo, ExportProvider, ExportSummary } from './exports.js';
+
+export const MAX_OVERLAY_NAME = 128;
+const OVERLAY_NAME = /^[A-Za-z0-9_-][A-Za-z0-9._-]*$/;
+const COW_SECTOR = 512;
+const COW_PREFERRED_BLOCK = 4096;
+
+/** Why `name` cannot be an overlay file name, or undefined if it can. */
+export function overlayNameProblem(name: string): string | undefined {
+  if (name.length === 0) return 'the empty export name has no overlay (name the machine, e.g. nbd://host/vm1)';
+  if (Buffer.byteLength(name) > MAX_OVERLAY_NAME) return `longer than ${MAX_OVERLAY_NAME} bytes`;
+  if (!OVERLAY_NAME.test(name)) return 'only letters, digits, ".", "_" and "-" are allowed, and no leading "."';
+  if (name.includes('..')) return '".." is not allowed';
+  return undefined;
+}
+
+export interface BaseImage {
+  readonly path: string;
+  /** Format of the base; never probed (default raw). */
+  readonly format: ImageFormat;
+}
+
+/** Virtual size of the base as a cow overlay will present it (rounded up to whole sectors). */
+async function baseVirtualSize(base: BaseImage): Promise<{ overlaySize: number; backingSize: number }> {
+  const dev = await openImage(base.path, { readOnly: true, format: base.format });
+  try {
+    return { overlaySize: alignUp(dev.size, COW_SECTOR), backingSize: dev.size };
+  } finally {
+    await dev.close();
+  }
+}
+
+/** What GO will report for a cow overlay that does not exist yet (must match the opened device). */
+function overlayCapabilities(multiConn: boolean): DeviceCapabilities {
+  const sparse = nativeFs !== undefined;
+  return {
+    writable: true,
+    flush: true,
+    fua: true,
+    trim: true,
+    zero: true,
+    fastZero: sparse,
+    blockStatus: true,
+    cache: false,
+    multiConn,
+  };
+}
+
+async function createOverlay(file: string, base: BaseImage, backingSize: number): Promise<void> {
+  await createCow(file, {
+    backingFile: base.path,
+    // A non-raw base is compared by its virtual size when the overlay is opened.
+    ...(base.format === 'raw' ? {} : { backingSize }),
+  });
+}
+
+function openOverlay(file: string, base: BaseImage): Promise<BlockDevice> {
+  return openImage(file, { format: 'cow', backingFormat: base.format });
+}
+
+interface SharedOverlay {
+  opening: Promise<BlockDevice>;
+  refs: number;
+  /** Set while the last user's release flushes and closes the device. */
+  closing?: Promise<void>;
+}
+
+export class OverlayDirProvider implements ExportProvider {
+  private readonly overlays = new Map<string, SharedOverlay>();
+  private closed = false;
+
+  private constructor(
+    private readonly base: BaseImage,
+    private readonly dir: string,
+    private readonly sizes: { overlaySize: number; backingSize: number },
+    private readonly log: Logger,
+  ) {}
+
+  static async create(base: BaseImage, dir: string, log: Logger): Promise<OverlayDirProvider> {
+    await mkdir(dir, { recursive: true });
+    return new OverlayDirProvider(base, path.resolve(dir), await baseVirtualSize(base), log);
+  }
+
+  overlayPath(name: string): string {
+    return path.join(this.dir, `${name}.cow`);
+  }
+
+  async list(): Promise<ExportSummary[]> {
+    const files = await readdir(this.dir).catch(() => [] as string[]);
+    return files
+      .filter((f) => f.endsWith('.cow') && overlayNameProblem(f.slice(0, -4)) === undefined)
+      .sort()
+      .map((f) => ({ name: f.slice(0, -4), description: this.description(f.slice(0, -4)) }));
+  }
+
+  async describe(name: string): Promise<ExportInfo | undefined> {
+    if (!this.accepts(name)) return undefined;
+    return this.info(name);
+  }
+
+  async open(name: string, ctx: ExportContext): Promise<ExportHandle | undefined> {
+    if (!this.accepts(name, ctx)) return undefined;
+    const device = await this.acquire(name);
+    let released = false;
+    return {
+      ...this.info(name),
+      device,
+      release: async () => {
+        if (released) return;
+        released = true;
+        await this.releaseOne(name);
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(
+      [...this.overlays.entries()].map(async ([name, entry]) => {
+        entry.refs = 0;
+        await this.shutdown(name, entry);
+      }),
+    );
+  }
+
+  private accepts(name: string, ctx?: ExportContext): boolean {
+    const problem = overlayNameProblem(name);
+    if (problem) {
+      this.log.warn({ export: name.slice(0, 200), conn: ctx?.connId, peer: ctx?.peer, reason: problem }, 'refused export name');
+      return false;
+    }
+    return true;
+  }
+
+  private info(name: string): ExportInfo {
+    return {
+      name,
+      description: this.description(name),
+      size: this.sizes.overlaySize,
+      capabilities: overlayCapabilities(true),
+      preferredBlockSize: COW_PREFERRED_BLOCK,
+    };
+  }
+
+  private description(name: string): string {
+    return `cow overlay ${name}.cow over ${path.basename(this.base.path)}`;
+  }
+
+  private async acquire(name: string): Promise<BlockDevice> {
+    if (this.closed) throw Object.assign(new Error('server is shutting down'), { code: 'ESHUTDOWN' });
+    let entry = this.overlays.get(name);
+    // A previous last user is still closing the device: wait, then open afresh.
+    if (entry?.closing) {
+      await entry.closing;
+      entry = this.overlays.get(name);
+    }
+    if (!entry) {
+      const file = this.overlayPath(name);
+      const opening = (async () => {
+        try {
+          await createOverlay(file, this.base, this.sizes.backingSize);
+          this.log.info({ export: name, file }, 'created overlay');
+        } catch (err) {
+          if ((err as Error).message.includes('EEXIST') === false && (err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        }
+        return openOverlay(file, this.base);
+      })();
+      entry = { opening, refs: 0 };
+      this.overlays.set(name, entry);
+      opening.catch(() => {
+        if (this.overlays.get(name) === entry) this.overlays.delete(name);
+      });
+    }
+    entry.refs++;
+    try {
+      return await entry.opening;
+    } catch (err) {
+      entry.refs--;
+      throw err;
+    }
+  }
+
+  private async releaseOne(name: string): Promise<void> {
+    const entry = this.overlays.get(name);
+    if (!entry) return;
+    entry.refs--;
+    if (entry.refs <= 0) await this.shutdown(name, entry);
+  }
+
+  private async shutdown(name: string, entry: SharedOverlay): Promise<void> {
+    entry.closing ??= (async () => {
+      try {
+        const device = await entry.opening;
+        await device.flush();
+        await device.close();
+      } catch (err) {
+        this.log.error({ err, export: name }, 'closing overlay failed');
+      } finally {
+        if (this.overlays.get(name) === entry) this.overlays.delete(name);
+      }
+    })();
+    await entry.closing;
+  }
+}
+
+/** Ephemeral overlay files: cownbd-ephemeral-<pid>-<conn>-<random>.cow */
+const EPHEMERAL_FILE = /^cownbd-ephemeral-(\d+)-\d+-[0-9a-f]+\.cow$/;
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export class EphemeralProvider implements ExportProvider {
+  private readonly live = new Set<{ file: string; device: BlockDevice }>();
+
+  private constructor(
+    private readonly base: BaseImage,
+    private readonly exportName: string,
+    private readonly dir: string,
+    private readonly sizes: { overlaySize: number; backingSize: number },
+    private readonly log: Logger,
+  ) {}
+
+  static async create(base: BaseImage, exportName: string, dir: string, log: Logger): Promise<EphemeralProvider> {
+    await mkdir(dir, { recursive: true });
+    const provider = new EphemeralProvider(base, exportName, path.resolve(dir), await baseVirtualSize(base), log);
+    await provider.removeLeftovers();
+    return provider;
+  }
+
+  /** Delete overlays whose server process is gone (a crash or kill -9 left them behind). */
+  async removeLeftovers(): Promise<string[]> {
+    const removed: string[] = [];
+    for (const f of await readdir(this.dir).catch(() => [] as string[])) {
+      const m = EPHEMERAL_FILE.exec(f);
+      if (!m) continue;
+      const pid = Number(m[1]);
+      if (pid === process.pid || pidAlive(pid)) continue;
+      await unlink(path.join(this.dir, f)).catch(() => {});
+      removed.push(f);
+    }
+    if (removed.length) this.log.info({ dir: this.dir, files: removed }, 'removed left-over ephemeral overlays');
+    return removed;
+  }
+
+  async list(): Promise<ExportSummary[]> {
+    return [{ name: this.exportName, description: this.description() }];
+  }
+
+  async describe(name: string): Promise<ExportInfo | undefined> {
+    return name === this.exportName ? this.info() : undefined;
+  }
+
+  async open(name: string, ctx: ExportContext): Promise<ExportHandle | undefined> {
+    if (name !== this.exportName) return undefined;
+    const file = path.join(this.dir, `cownbd-ephemeral-${process.pid}-${ctx.connId}-${randomBytes(4).toString('hex')}.cow`);
+    await createOverlay(file, this.base, this.sizes.backingSize);
+    let device: BlockDevice;
+    try {
+      device = await openOverlay(file, this.base);
+    } catch (err) {
+      await unlink(file).catch(() => {});
+      throw err;
+    }
+    const entry = { file, device };
+    this.live.add(entry);
+    this.log.info({ conn: ctx.connId, peer: ctx.peer, file }, 'ephemeral overlay created');
+    let released = false;
+    return {
+      ...this.info(),
+      device,
+      release: async () => {
+        if (released) return;
+        released = true;
+        await this.discard(entry);
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.live].map((e) => this.discard(e)));
+  }
+
+  private async discard(entry: { file: string; device: BlockDevice }): Promise<void> {
+    if (!this.live.delete(entry)) return;
+    // Throwaway data: no flush, just close and delete.
+    await entry.device.close().catch((err: unknown) => this.log.warn({ err, file: entry.file }, 'closing ephemeral overlay failed'));
+    await unlink(entry.file).catch(() => {});
+    this.log.info({ file: entry.file }, 'ephemeral overlay deleted');
+  }
+
+  private info(): ExportInfo {
+    return {
+      name: this.exportName,
+      description: this.description(),
+      size: this.sizes.overlaySize,
+      capabilities: overlayCapabilities(false),
+      preferredBlockSize: COW_PREFERRED_BLOCK,
+    };
+  }
+
+  private description(): string {
+    return `ephemeral overlay per connection over ${path.basename(this.base.path)}`;
+  }
+}
