@@ -6,6 +6,7 @@
  * trim punches holes and writeZeroes uses fallocate, all through native-fs. Without
  * the native addon the device still works, reporting everything as data.
  */
+import fs from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import {
   type BlockDevice,
@@ -152,11 +153,28 @@ export async function sparseExtents(
   return extents;
 }
 
+/*
+ * pread/pwrite through the callback fs API on the raw fd: measured ~2x faster than
+ * FileHandle.read/write on Node 24 (FileHandle adds per-call promise bookkeeping and
+ * close-tracking). The FileHandle still owns the fd and closes it.
+ */
+function pread(fd: number, buffer: Buffer, at: number, length: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fs.read(fd, buffer, at, length, position, (err, n) => (err ? reject(err) : resolve(n)));
+  });
+}
+
+function pwrite(fd: number, buffer: Buffer, at: number, length: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fs.write(fd, buffer, at, length, position, (err, n) => (err ? reject(err) : resolve(n)));
+  });
+}
+
 /** pread until `target` is full; bytes past EOF read as zeros. */
 export async function readFully(fh: FileHandle, offset: number, target: Buffer): Promise<void> {
   let done = 0;
   while (done < target.length) {
-    const { bytesRead } = await fh.read(target, done, target.length - done, offset + done);
+    const bytesRead = await pread(fh.fd, target, done, target.length - done, offset + done);
     if (bytesRead === 0) {
       target.fill(0, done);
       return;
@@ -169,7 +187,6 @@ export async function readFully(fh: FileHandle, offset: number, target: Buffer):
 export async function writeFully(fh: FileHandle, offset: number, data: Buffer): Promise<void> {
   let done = 0;
   while (done < data.length) {
-    const { bytesWritten } = await fh.write(data, done, data.length - done, offset + done);
-    done += bytesWritten;
+    done += await pwrite(fh.fd, data, done, data.length - done, offset + done);
   }
 }
