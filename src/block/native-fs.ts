@@ -28,6 +28,18 @@ export interface NativeFs {
   punchHole(fd: number, offset: number, length: number): Promise<void>;
   /** fallocate(ZERO_RANGE|KEEP_SIZE): zeros that stay allocated. */
   zeroRange(fd: number, offset: number, length: number): Promise<void>;
+  /**
+   * Synchronous preadv2(RWF_NOWAIT): bytes read (0 = EOF), -1 if the kernel would block
+   * (not in page cache) or failed, -2 if RWF_NOWAIT is unsupported. Never sleeps on I/O.
+   */
+  preadNoWait?(fd: number, target: Uint8Array, position: number): number;
+  /**
+   * All pwrites of a batch in ONE threadpool job; result[i] = bytes written or -errno.
+   * (One job per write costs a futex wake-up each on the main thread.)
+   */
+  pwriteBatch?(fd: number, buffers: Uint8Array[], positions: number[]): Promise<number[]>;
+  /** Synchronous pwritev2(RWF_NOWAIT): bytes written, -1 would block/failed, -2 unsupported. */
+  pwriteNoWait?(fd: number, data: Uint8Array, position: number): number;
 }
 
 /** Why `nativeFs` is undefined (for logs and `info`), or undefined when it loaded. */

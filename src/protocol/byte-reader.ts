@@ -51,8 +51,11 @@ export class ByteReader {
     }
   }
 
-  /** Consume exactly n bytes (caller checked `length >= n`). */
-  take(n: number): Buffer {
+  /**
+   * Consume exactly n bytes (caller checked `length >= n`). `alloc` supplies the buffer
+   * when the bytes span chunks and must be copied (e.g. from a buffer pool).
+   */
+  take(n: number, alloc: (n: number) => Buffer = Buffer.allocUnsafe): Buffer {
     if (n > this.total) throw new RangeError(`take(${n}) with only ${this.total} bytes buffered`);
     if (n === 0) return Buffer.alloc(0);
     const first = this.chunks[0]!;
@@ -62,8 +65,8 @@ export class ByteReader {
       this.advance(n, first, avail);
       return view;
     }
-    // Spans chunks: one copy into a fresh buffer.
-    const out = Buffer.allocUnsafe(n);
+    // Spans chunks: one copy into a fresh (or pooled) buffer.
+    const out = alloc(n);
     let filled = 0;
     while (filled < n) {
       const c = this.chunks[0]!;

@@ -79,7 +79,7 @@ export class Connection {
     const session = new TransmissionSession(
       {
         reader: this.reader,
-        write: (buf) => this.write(buf),
+        write: (buf, onWritten) => this.write(buf, onWritten),
         pause: () => this.socket.pause(),
         resume: () => this.socket.resume(),
         end: () => this.end(),
@@ -116,14 +116,17 @@ export class Connection {
    * are corked and leave in one writev() at setImmediate: far fewer syscalls at high
    * queue depth, no added latency beyond the current turn.
    */
-  private write(buf: Buffer): boolean {
-    if (this.destroyed || !this.socket.writable) return true;
+  private write(buf: Buffer, onWritten?: () => void): boolean {
+    if (this.destroyed || !this.socket.writable) {
+      onWritten?.();
+      return true;
+    }
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
       setImmediate(this.uncork);
     }
-    return this.socket.write(buf);
+    return onWritten ? this.socket.write(buf, onWritten) : this.socket.write(buf);
   }
 
   private corked = false;

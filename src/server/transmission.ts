@@ -45,6 +45,7 @@ import {
 } from '../protocol/transmission-codec.js';
 import type { NegotiatedSession } from './handshake.js';
 import { COMMAND_RULES, validateRequest, type ValidationContext } from './request-rules.js';
+import { BufferPool, MIN_POOLED } from './buffer-pool.js';
 
 /** Requests running at once on one connection (QEMU uses 16, the kernel up to 128 tags). */
 export const MAX_IN_FLIGHT = 64;
@@ -63,8 +64,12 @@ export const SPARSE_READ_MIN = 64 * 1024;
 /** What the session needs from its connection (socket control stays in connection.ts). */
 export interface TransmissionIo {
   readonly reader: ByteReader;
-  /** Write one reply; returns false when the socket buffer is full (wait for drain). */
-  write(buf: Buffer): boolean;
+  /**
+   * Write one reply; returns false when the socket buffer is full (wait for drain).
+   * `onWritten` runs once the bytes were handed to the kernel (or dropped): only then may
+   * a pooled buffer be reused.
+   */
+  write(buf: Buffer, onWritten?: () => void): boolean;
   pause(): void;
   resume(): void;
   /** Close the connection (after everything written so far is flushed). */
@@ -93,6 +98,8 @@ export class TransmissionSession {
   private shuttingDown = false;
   private ended = false;
   private idleWaiters: Array<() => void> = [];
+  /** Large READ replies and WRITE payloads reuse buffers (see buffer-pool.ts). */
+  readonly pool = new BufferPool(64 * 1024 * 1024);
 
   constructor(
     readonly io: TransmissionIo,
@@ -128,7 +135,13 @@ export class TransmissionSession {
       if (pending) {
         if (reader.length < pending.length) return;
         this.pendingWrite = undefined;
-        this.start(pending, reader.take(pending.length));
+        let pooled: Buffer | undefined;
+        const payload = reader.take(pending.length, (n) => {
+          if (n < MIN_POOLED) return Buffer.allocUnsafe(n);
+          pooled = this.pool.acquire(n);
+          return pooled.subarray(0, n);
+        });
+        this.start(pending, payload, pooled);
         continue;
       }
       if (this.inFlight >= MAX_IN_FLIGHT || this.inFlightBytes >= MAX_IN_FLIGHT_BYTES || this.writeBlocked) {
@@ -210,11 +223,11 @@ export class TransmissionSession {
     this.drainLeft = h.length;
   }
 
-  private start(h: RequestHeader, payload: Buffer | undefined): void {
+  private start(h: RequestHeader, payload: Buffer | undefined, pooled?: Buffer): void {
     this.inFlight++;
     const bytes = h.type === NbdCmd.READ || h.type === NbdCmd.WRITE ? h.length : 0;
     this.inFlightBytes += bytes;
-    void runRequest(this, h, payload, bytes);
+    void runRequest(this, h, payload, bytes, pooled);
   }
 
   /** Called by runRequest when a request has replied (or failed). */
@@ -229,9 +242,25 @@ export class TransmissionSession {
     this.maybeResume();
   }
 
-  send(buf: Buffer): void {
-    if (this.ended) return;
-    if (!this.io.write(buf)) this.writeBlocked = true;
+  send(buf: Buffer, onWritten?: () => void): void {
+    if (this.ended) {
+      onWritten?.();
+      return;
+    }
+    if (!this.io.write(buf, onWritten)) this.writeBlocked = true;
+  }
+
+  /** A reply buffer of `size` bytes; pooled when large. Pass the result to sendReply(). */
+  replyBuffer(size: number): { buf: Buffer; backing?: Buffer } {
+    if (size < MIN_POOLED) return { buf: Buffer.allocUnsafe(size) };
+    const backing = this.pool.acquire(size);
+    return { buf: backing.subarray(0, size), backing };
+  }
+
+  /** Send a buffer from replyBuffer(); its backing returns to the pool once written. */
+  sendReply(reply: { buf: Buffer; backing?: Buffer }): void {
+    const backing = reply.backing;
+    this.send(reply.buf, backing ? () => this.pool.release(backing) : undefined);
   }
 
   sendError(h: RequestHeader, error: number, message: string, offset?: number): void {
@@ -272,9 +301,18 @@ export class TransmissionSession {
 }
 
 /** One request, start to reply. Never throws: failures become error replies. */
-async function runRequest(s: TransmissionSession, h: RequestHeader, payload: Buffer | undefined, bytes: number): Promise<void> {
+async function runRequest(
+  s: TransmissionSession,
+  h: RequestHeader,
+  payload: Buffer | undefined,
+  bytes: number,
+  pooled: Buffer | undefined,
+): Promise<void> {
   try {
     await HANDLERS[h.type]!(s, h, payload);
+    // The device is done with the payload: its buffer can serve the next request.
+    // (Not on failure: a failed multi-part write may still have I/O using it.)
+    if (pooled) s.pool.release(pooled);
   } catch (err) {
     const error = toNbdError(err);
     // Keep the real cause for the operator; the client only gets an errno.
@@ -292,10 +330,10 @@ async function handleRead(s: TransmissionSession, h: RequestHeader): Promise<voi
   const { offset, length } = h;
   if (!s.structured) {
     // Simple reply: nothing is sent until the data is in, so an error can still be reported.
-    const buf = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE + length);
-    if (length > 0) await s.device.read(offset, buf.subarray(SIMPLE_REPLY_SIZE));
-    writeSimpleReply(buf, 0, 0, h.cookieHi, h.cookieLo);
-    s.send(buf);
+    const reply = s.replyBuffer(SIMPLE_REPLY_SIZE + length);
+    if (length > 0) await s.device.read(offset, reply.buf.subarray(SIMPLE_REPLY_SIZE));
+    writeSimpleReply(reply.buf, 0, 0, h.cookieHi, h.cookieLo);
+    s.sendReply(reply);
     return;
   }
   if (length === 0) {
@@ -306,10 +344,10 @@ async function handleRead(s: TransmissionSession, h: RequestHeader): Promise<voi
     const extents = await collectExtents(s.device, offset, length, false);
     if (extents.some(isZero)) return sparseRead(s, h, extents);
   }
-  const buf = Buffer.allocUnsafe(OFFSET_DATA_HEADER_SIZE + length);
-  await s.device.read(offset, buf.subarray(OFFSET_DATA_HEADER_SIZE));
-  writeOffsetDataHeader(buf, 0, true, h.cookieHi, h.cookieLo, offset, length);
-  s.send(buf);
+  const reply = s.replyBuffer(OFFSET_DATA_HEADER_SIZE + length);
+  await s.device.read(offset, reply.buf.subarray(OFFSET_DATA_HEADER_SIZE));
+  writeOffsetDataHeader(reply.buf, 0, true, h.cookieHi, h.cookieLo, offset, length);
+  s.sendReply(reply);
 }
 
 function isZero(e: Extent): boolean {
@@ -332,7 +370,8 @@ async function sparseRead(s: TransmissionSession, h: RequestHeader, extents: rea
   if (covered < h.length) runs.push({ zero: false, length: h.length - covered });
   let total = 0;
   for (const r of runs) total += r.zero ? OFFSET_HOLE_SIZE : OFFSET_DATA_HEADER_SIZE + r.length;
-  const buf = Buffer.allocUnsafe(total);
+  const reply = s.replyBuffer(total);
+  const buf = reply.buf;
   const reads: Promise<void>[] = [];
   let pos = 0;
   let off = h.offset;
@@ -351,7 +390,7 @@ async function sparseRead(s: TransmissionSession, h: RequestHeader, extents: rea
     off += r.length;
   }
   await Promise.all(reads);
-  s.send(buf);
+  s.sendReply(reply);
 }
 
 /**
