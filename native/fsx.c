@@ -493,13 +493,13 @@ static napi_value pwrite_batch(napi_env env, napi_callback_info info) {
 
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
-      {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"zeroRange", NULL, zero_range_js, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"preadNoWait", NULL, pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"pwriteNoWait", NULL, pwrite_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"pwriteBatch", NULL, pwrite_batch, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+      {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+      {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+      {"zeroRange", NULL, zero_range_js, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+      {"preadNoWait", NULL, pread_nowait, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+      {"pwriteNoWait", NULL, pwrite_nowait, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+      {"pwriteBatch", NULL, pwrite_batch, NULL, NULL, NULL, napi_default_jsproperty, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok)
     return NULL;

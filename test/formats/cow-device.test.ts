@@ -32,11 +32,19 @@ const DATA = 12288;
 describe('cow device', () => {
   it('a 256 KiB aligned write is ONE pwrite to the data area; bits reach disk only at flush', async () => {
     const dev = await openImage(cow);
-    // Drivers pwrite through fs.write(fd, buffer, offset, length, position, cb).
+    // Drivers pwrite through fs.write(fd, buffer, offset, length, position, cb) or, batched,
+    // nativeFs.pwriteBatch(fd, buffers, positions): count [position, length] at both.
     const spy = vi.spyOn(fs, 'write');
+    const native = nativeFs as Required<NonNullable<typeof nativeFs>> | undefined;
+    const batchSpy = native?.pwriteBatch ? vi.spyOn(native, 'pwriteBatch') : undefined;
     const data = Buffer.alloc(256 * 1024, 0x5c);
     await dev.write(65536, data);
-    const writes = spy.mock.calls.map((c) => [(c as unknown[])[4], (c as unknown[])[3]]); // [position, length]
+    const writes = [
+      ...spy.mock.calls.map((c) => [(c as unknown[])[4], (c as unknown[])[3]]),
+      ...(batchSpy?.mock.calls ?? []).flatMap(([, buffers, positions]) =>
+        buffers.map((b: Uint8Array, i: number) => [positions[i], b.length]),
+      ),
+    ];
     expect(writes).toEqual([[DATA + 65536, 256 * 1024]]);
     // Not flushed: the on-disk bitmap is still all zero (bits never precede a data sync).
     expect(readFileSync(cow).subarray(BITMAP, BITMAP + 245).every((b) => b === 0)).toBe(true);
