@@ -1,17 +1,27 @@
 /**
- * `cownbd demo` (what `npm start` runs): create a small demo disk in the user cache dir
- * and serve it on 127.0.0.1:10809, printing ready-to-paste client commands.
+ * `cownbd demo` (what `npm start` runs): a small demo disk in the user cache dir, served
+ * as a copy-on-write overlay on 127.0.0.1:10809 with ready-to-paste client commands.
  *
- * The demo image: 64 MiB sparse raw file with a text banner at offset 0, a patterned
- * 64 KiB block at 1 MiB and a 1 MiB block at 8 MiB; the rest is holes — so
- * `nbdinfo --map` shows a mix of data and hole extents.
- * setupDemoImage() is separate so the demo can later become a cow overlay on top.
+ *   $XDG_CACHE_HOME/cownbd/demo/demo-base.raw     64 MiB sparse raw base: a text banner at
+ *                                                 offset 0, a patterned 64 KiB block at 1 MiB,
+ *                                                 a 1 MiB block at 8 MiB, holes elsewhere.
+ *                                                 Never written by the server.
+ *   $XDG_CACHE_HOME/cownbd/demo/demo-overlay.cow  UML v3 cow over the base; every client
+ *                                                 write lands here (and persists across
+ *                                                 runs). `demo --reset` throws it away.
+ *
+ * `nbdinfo --map=qemu:allocation-depth` then shows depth 1 where a client wrote (overlay)
+ * and 2 where the base shows through. An overlay that no longer validates (the base was
+ * re-created, so its mtime changed) is replaced by a fresh one, with a warning.
  */
-import { mkdir, open, stat } from 'node:fs/promises';
+import { mkdir, open, stat, unlink } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { createLogger } from '../logging.js';
+import type { BlockDevice } from '../block/block-device.js';
+import { createCow } from '../formats/cow/index.js';
+import { openImage } from '../formats/open-image.js';
+import { createLogger, type Logger } from '../logging.js';
 import { StaticExportProvider } from '../server/exports.js';
 import { DEFAULT_BIND, DEFAULT_PORT, parsePort, runServer } from './serve-command.js';
 
@@ -46,6 +56,41 @@ export async function setupDemoImage(dir = demoCacheDir()): Promise<string> {
   return file;
 }
 
+/** Path of the demo overlay next to the demo base. */
+export function demoOverlayPath(dir = demoCacheDir()): string {
+  return path.join(dir, 'demo-overlay.cow');
+}
+
+/**
+ * Open the demo overlay over `base`, creating it when missing, when `reset` asks for a
+ * fresh one, or when the existing one no longer validates against the base.
+ */
+export async function openDemoOverlay(base: string, options: { reset?: boolean; log?: Logger } = {}): Promise<{ file: string; device: BlockDevice; created: boolean }> {
+  const file = demoOverlayPath(path.dirname(base));
+  if (options.reset) await unlink(file).catch(() => {});
+  let created = false;
+  if (!(await exists(file))) {
+    await createCow(file, { backingFile: base });
+    created = true;
+  }
+  try {
+    return { file, device: await openImage(file, { format: 'cow' }), created };
+  } catch (err) {
+    if (created) throw err;
+    // Stale overlay (e.g. the base was re-created: size or mtime mismatch): start over.
+    options.log?.warn({ file, reason: (err as Error).message }, 'demo overlay does not match the base any more; creating a new one');
+    await createCow(file, { backingFile: base, force: true });
+    return { file, device: await openImage(file, { format: 'cow' }), created: true };
+  }
+}
+
+async function exists(file: string): Promise<boolean> {
+  return stat(file).then(
+    () => true,
+    () => false,
+  );
+}
+
 function demoPattern(length: number, seed: number): Buffer {
   const b = Buffer.alloc(length);
   for (let i = 0; i < length; i += 4) b.writeUInt32BE((i * 2654435761 + seed) >>> 0, i);
@@ -55,24 +100,34 @@ function demoPattern(length: number, seed: number): Buffer {
 export function registerDemoCommand(program: Command): void {
   program
     .command('demo')
-    .description('create a demo disk and serve it on 127.0.0.1:10809')
-    .option('-p, --port <port>', 'TCP port', parsePort, DEFAULT_PORT)
+    .description('serve a demo disk (a cow overlay over a 64 MiB raw base) on 127.0.0.1:10809')
+    .option('-p, --port <port>', 'TCP port (0 = pick a free port)', parsePort, DEFAULT_PORT)
+    .option('-b, --bind <addr>', 'address to listen on', DEFAULT_BIND)
+    .option('--reset', 'throw the demo overlay away (every write so far) and start from the base')
     .option('--log-level <level>', 'log level', 'info')
-    .action(async (o: { port: number; logLevel: string }) => {
+    .action(async (o: { port: number; bind: string; reset?: boolean; logLevel: string }) => {
       const log = createLogger({ level: o.logLevel });
-      const image = await setupDemoImage();
-      const provider = new StaticExportProvider([{ name: '', path: image, description: 'cownbd demo disk' }], log);
-      const { uris } = await runServer(provider, { port: o.port, bind: DEFAULT_BIND }, '', log);
-      const uri = uris[0]!;
-      const base = uri.replace(/\/$/, '');
+      const base = await setupDemoImage();
+      const overlay = await openDemoOverlay(base, { reset: o.reset, log });
+      const provider = new StaticExportProvider(
+        [{ name: '', path: overlay.file, format: 'cow', description: 'cownbd demo disk (cow overlay)' }],
+        log,
+        () => Promise.resolve(overlay.device),
+      );
+      const { uris } = await runServer(provider, { port: o.port, bind: o.bind }, '', log);
+      const uri = uris[0]!.replace(/\/$/, '');
       process.stdout.write(
         [
-          `cownbd demo: serving ${image} (${DEMO_SIZE / 1024 / 1024} MiB) at ${uri}`,
+          `cownbd demo: serving ${overlay.file} (${overlay.created ? 'new' : 'existing'} cow overlay, ${DEMO_SIZE / 1024 / 1024} MiB)`,
+          `  over the read-only base ${base}`,
+          `  at ${uri}`,
           'try:',
-          `  nbdinfo ${base}`,
-          `  nbdinfo --map ${base}`,
-          `  qemu-img info ${base}`,
-          `  nbdsh -u ${base} -c 'print(h.pread(64, 0))'`,
+          `  nbdinfo ${uri}`,
+          `  nbdinfo --map=qemu:allocation-depth ${uri}`,
+          `  qemu-img info ${uri}`,
+          `  qemu-io -f raw -c 'write -P 0x55 0 64k' ${uri}`,
+          `  nbdinfo --map=qemu:allocation-depth ${uri}    # depth 1 = written to the overlay, 2 = base`,
+          `writes persist in the overlay; \`cownbd demo --reset\` discards them`,
           'press Ctrl-C to stop',
           '',
         ].join('\n'),

@@ -18,7 +18,12 @@ registerServeCommand(program);
 registerDemoCommand(program);
 registerImageCommands(program);
 
+// Operator errors (bad option, missing file, cow "mtime mismatch", port in use) end the
+// process with ONE line naming the problem and status 1; a stack trace would bury the
+// message. COWNBD_DEBUG=1 adds the stack for bug reports.
 program.parseAsync(process.argv).catch((err: unknown) => {
-  process.stderr.write(`cownbd: ${(err as Error)?.message ?? String(err)}\n`);
+  const message = err instanceof Error ? err.message : String(err);
+  process.stderr.write(`cownbd: ${message.replace(/\s*\n\s*/g, ' ')}\n`);
+  if (process.env.COWNBD_DEBUG && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
   process.exit(1);
 });

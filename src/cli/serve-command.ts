@@ -1,18 +1,28 @@
 /**
  * `cownbd serve`: parse the export definitions, start an NbdServer, print one
  * "cownbd: listening on <uri>" line per listener on stdout, and stop gracefully on
- * SIGINT/SIGTERM (a second signal exits at once).
+ * SIGINT/SIGTERM (a second signal exits at once, status 1).
+ *
+ * Static exports are opened at start-up, not at the first client: a missing backing
+ * file or a cow "mtime mismatch" is an operator error that should stop `serve` with one
+ * line naming the export and file, not surface later as a refused GO.
+ *
+ * systemd socket activation (sd_listen_fds(3)): when LISTEN_PID is our pid and
+ * LISTEN_FDS >= 1, the inherited listening sockets fds 3.. are used instead of
+ * -p/-b/-U, and the variables are removed so children do not inherit them.
  *
  *   cownbd serve disk.img                         export "" on 127.0.0.1:10809
  *   cownbd serve -U /run/nbd.sock -n vm1 vm1.cow  export "vm1" on a Unix socket
  *   cownbd serve --export a=a.cow --export b=b.raw,ro,description=Base disk
  */
+import { readFileSync, readlinkSync } from 'node:fs';
 import { access, constants } from 'node:fs/promises';
+import type { BlockDevice } from '../block/block-device.js';
 import os from 'node:os';
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger, type Logger } from '../logging.js';
-import { IMAGE_FORMATS, type ImageFormat } from '../formats/open-image.js';
+import { IMAGE_FORMATS, openImage, type ImageFormat } from '../formats/open-image.js';
 import { NbdServer, type ListenAddress, type ListenEndpoint } from '../server/listener.js';
 import { CompositeExportProvider, StaticExportProvider, type ExportProvider, type StaticExportConfig } from '../server/exports.js';
 import { EphemeralProvider, OverlayDirProvider } from '../server/overlay-providers.js';
@@ -36,6 +46,33 @@ export interface ServeOptions {
   overlayDir?: string;
   ephemeral?: boolean;
   ephemeralDir?: string;
+  ignoreMtime?: boolean;
+}
+
+/** An operator error: main.ts prints its message as one line, without a stack trace. */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+/** First fd passed by systemd (SD_LISTEN_FDS_START). */
+export const SD_LISTEN_FDS_START = 3;
+
+/**
+ * The listening fds systemd passed us (sd_listen_fds semantics), or [] when not socket
+ * activated. LISTEN_PID guards against variables inherited from an activated parent.
+ * The variables are removed from `env` either way (unset_environment = 1).
+ */
+export function takeSystemdListenFds(env: NodeJS.ProcessEnv = process.env, pid = process.pid): number[] {
+  const listenPid = env.LISTEN_PID;
+  const listenFds = env.LISTEN_FDS;
+  delete env.LISTEN_PID;
+  delete env.LISTEN_FDS;
+  delete env.LISTEN_FDNAMES;
+  if (listenPid === undefined || listenFds === undefined) return [];
+  if (!/^\d+$/.test(listenPid) || Number(listenPid) !== pid) return [];
+  if (!/^\d+$/.test(listenFds)) throw new UsageError(`LISTEN_FDS must be a count of inherited sockets (got "${listenFds}")`);
+  const n = Number(listenFds);
+  return Array.from({ length: n }, (_, i) => SD_LISTEN_FDS_START + i);
 }
 
 export function parsePort(value: string): number {
@@ -106,6 +143,7 @@ export function exportConfigs(image: string | undefined, o: ServeOptions, allowN
 export function formatUri(addr: ListenAddress, exportName: string): string {
   const name = encodeURIComponent(exportName);
   if (addr.path) return `nbd+unix:///${name}?socket=${addr.path}`;
+  if (addr.fd !== undefined) return `nbd+unix:///${name}?socket=(inherited-fd-${addr.fd})`;
   const host = addr.host && addr.host.includes(':') ? `[${addr.host}]` : addr.host;
   return `nbd://${host}:${addr.port}/${name}`;
 }
@@ -121,19 +159,105 @@ export interface RunningServer {
  */
 export async function runServer(
   provider: ExportProvider,
-  o: { port: number; bind: string; socket?: string },
+  o: { port: number; bind: string; socket?: string; listenFds?: readonly number[] },
   defaultExport: string,
   log: Logger,
 ): Promise<RunningServer> {
   const server = new NbdServer({ provider, log });
-  const endpoint: ListenEndpoint = o.socket ? { path: o.socket } : { host: o.bind, port: o.port };
+  const endpoints: ListenEndpoint[] = o.listenFds?.length
+    ? o.listenFds.map((fd) => ({ fd }))
+    : [o.socket ? { path: o.socket } : { host: o.bind, port: o.port }];
   // Handlers first: whoever reads the listening line may signal us immediately.
   installSignalHandlers(server, log);
-  const addr = await server.listen(endpoint);
-  const uri = formatUri(addr, defaultExport);
-  log.info({ uri }, 'listening');
-  process.stdout.write(`cownbd: listening on ${uri}\n`);
-  return { server, uris: [uri] };
+  const uris: string[] = [];
+  for (const endpoint of endpoints) {
+    let addr: ListenAddress;
+    try {
+      addr = await server.listen(endpoint);
+      if (addr.fd !== undefined) addr = { ...addr, path: unixSocketPathOfFd(addr.fd) };
+    } catch (err) {
+      await provider.close().catch(() => {});
+      throw new UsageError(`cannot listen on ${describeEndpoint(endpoint)}: ${(err as Error).message}`);
+    }
+    const uri = formatUri(addr, defaultExport);
+    log.info({ uri, ...('fd' in endpoint ? { fd: endpoint.fd } : {}) }, 'listening');
+    process.stdout.write(`cownbd: listening on ${uri}\n`);
+    uris.push(uri);
+  }
+  return { server, uris };
+}
+
+/**
+ * The path a listening Unix socket fd is bound to, found through its inode in
+ * /proc/net/unix (Node only knows paths it bound itself); undefined when not found
+ * (abstract or unnamed socket, no /proc).
+ */
+export function unixSocketPathOfFd(fd: number): string | undefined {
+  try {
+    const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
+    if (!m) return undefined;
+    for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1)) {
+      // Num RefCount Protocol Flags Type St Inode Path
+      const f = line.trim().split(/\s+/);
+      if (f[6] === m[1] && f[7]?.startsWith('/')) return f.slice(7).join(' ');
+    }
+  } catch {
+    // Not Linux, or /proc not mounted: the URI will say "inherited fd".
+  }
+  return undefined;
+}
+
+/** Run `fn`; a failure becomes a UsageError prefixed with `what` (the file it concerns). */
+async function namedFailure<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw new UsageError(`${what}: ${(err as Error).message}`);
+  }
+}
+
+function describeEndpoint(e: ListenEndpoint): string {
+  if ('fd' in e) return `inherited socket fd ${e.fd} (systemd socket activation)`;
+  if ('path' in e) return e.path;
+  return `${e.host}:${e.port}`;
+}
+
+/**
+ * A StaticExportProvider whose devices are opened now: every open error becomes one
+ * UsageError naming the export and its file (devices opened so far are closed again,
+ * so no cow write lock is left behind).
+ */
+export async function openStaticExports(
+  configs: readonly StaticExportConfig[],
+  log: Logger,
+  options: { ignoreMtime?: boolean } = {},
+): Promise<StaticExportProvider> {
+  const devices = new Map<string, BlockDevice>();
+  for (const c of configs) {
+    try {
+      devices.set(
+        c.name,
+        await openImage(c.path, {
+          readOnly: c.readOnly,
+          format: c.format,
+          backingFormat: c.backingFormat,
+          ignoreMtime: options.ignoreMtime,
+        }),
+      );
+    } catch (err) {
+      await Promise.all([...devices.values()].map((d) => d.close().catch(() => {})));
+      const message = (err as Error).message;
+      // Drivers usually name the file already; do not say it twice.
+      const what = message.includes(c.path) ? `export "${c.name}"` : `export "${c.name}" (${c.path})`;
+      throw new UsageError(`${what}: ${message}`);
+    }
+  }
+  return new StaticExportProvider(configs, log, async (c) => {
+    const device = devices.get(c.name);
+    if (!device) throw new Error(`export "${c.name}" was not opened at start-up`);
+    devices.delete(c.name); // handed over: the provider owns and closes it
+    return device;
+  });
 }
 
 export function installSignalHandlers(server: NbdServer, log: Logger): void {
@@ -181,12 +305,19 @@ export function registerServeCommand(program: Command): void {
     .option('--overlay-dir <dir>', 'serve every export NAME as its own cow overlay DIR/NAME.cow over --base, created on first connect')
     .option('--ephemeral', 'IMAGE (or --base) is a base: every connection gets its own temporary overlay, deleted on disconnect (no CAN_MULTI_CONN)')
     .option('--ephemeral-dir <dir>', 'where ephemeral overlays live', path.join(os.tmpdir(), 'cownbd-ephemeral'))
+    .option('--ignore-mtime', 'cow exports: accept a backing file whose mtime no longer matches the header (recovery after the base was touched but not changed)')
     .option('--log-level <level>', 'trace, debug, info, warn, error (logs go to stderr)', 'info')
-    .action(async (image: string | undefined, o: ServeOptions) => {
+    .action(async (image: string | undefined, o: ServeOptions, cmd: Command) => {
       const log = createLogger({ level: o.logLevel });
-      if (o.overlayDir && !o.base) throw new Error('--overlay-dir needs --base (the golden image every overlay is made over)');
-      if (o.ephemeral && !(o.base ?? image)) throw new Error('--ephemeral needs a base image: cownbd serve --ephemeral golden.img');
-      if (o.ephemeral && o.readOnly) throw new Error('--ephemeral overlays are writable by design; drop --read-only');
+      // Read (and unset) the activation variables first, before anything can spawn a child.
+      const listenFds = takeSystemdListenFds();
+      if (listenFds.length) {
+        const ignored = ['port', 'bind', 'socket'].filter((k) => cmd.getOptionValueSource(k) === 'cli');
+        if (ignored.length) log.warn({ ignored, fds: listenFds }, 'socket activated: ignoring --port/--bind/--socket');
+      }
+      if (o.overlayDir && !o.base) throw new UsageError('--overlay-dir needs --base (the golden image every overlay is made over)');
+      if (o.ephemeral && !(o.base ?? image)) throw new UsageError('--ephemeral needs a base image: cownbd serve --ephemeral golden.img');
+      if (o.ephemeral && o.readOnly) throw new UsageError('--ephemeral overlays are writable by design; drop --read-only');
       // With --ephemeral the positional IMAGE is the base, not a static export.
       const ephemeralBase = o.ephemeral ? (o.base ?? image) : undefined;
       const configs = exportConfigs(o.ephemeral ? undefined : image, o, Boolean(o.overlayDir || o.ephemeral));
@@ -195,21 +326,25 @@ export function registerServeCommand(program: Command): void {
         try {
           await access(c.path, c.readOnly ? constants.R_OK : constants.R_OK | constants.W_OK);
         } catch (err) {
-          throw new Error(`export "${c.name}": cannot access ${c.path}: ${(err as Error).message}`);
+          throw new UsageError(`export "${c.name}": cannot access ${c.path}: ${(err as Error).message}`);
         }
       }
+      if (o.ignoreMtime && configs.length === 0) {
+        // The overlay providers open their own cow files; they do not take the flag (yet).
+        log.warn('--ignore-mtime applies to IMAGE / --export exports only; --overlay-dir and --ephemeral overlays are checked as usual');
+      }
       const providers: ExportProvider[] = [];
-      if (configs.length) providers.push(new StaticExportProvider(configs, log));
+      if (configs.length) providers.push(await openStaticExports(configs, log, { ignoreMtime: o.ignoreMtime }));
       if (ephemeralBase) {
         const base = { path: path.resolve(ephemeralBase), format: o.baseFormat ?? 'raw' };
-        providers.push(await EphemeralProvider.create(base, o.name, o.ephemeralDir!, log));
+        providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log)));
       }
       if (o.overlayDir) {
         const base = { path: path.resolve(o.base!), format: o.baseFormat ?? 'raw' };
-        providers.push(await OverlayDirProvider.create(base, o.overlayDir, log));
+        providers.push(await namedFailure(`--base ${base.path} / --overlay-dir ${o.overlayDir}`, () => OverlayDirProvider.create(base, o.overlayDir!, log)));
       }
       const provider = providers.length === 1 ? providers[0]! : new CompositeExportProvider(providers);
       const defaultName = configs[0]?.name ?? (ephemeralBase ? o.name : 'vm1');
-      await runServer(provider, o, defaultName, log);
+      await runServer(provider, { ...o, listenFds }, defaultName, log);
     });
 }

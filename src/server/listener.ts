@@ -1,7 +1,9 @@
 /**
  * NbdServer: listeners (TCP or Unix socket), accepted connections, graceful stop.
  *
- *   listen({host, port} | {path}) ─► net.Server ─► Connection per socket
+ *   listen({host, port} | {path} | {fd}) ─► net.Server ─► Connection per socket
+ *   ({fd}: an already-listening socket inherited from systemd socket activation, TCP or
+ *   Unix; the listener owns it from then on and closes it on stop())
  *   stop(): close listeners ─► each connection: running requests finish, new ones get
  *           ESHUTDOWN ─► sockets closed ─► provider.close() (flush + close every device)
  *
@@ -13,12 +15,17 @@ import type { Logger } from '../logging.js';
 import { Connection } from './connection.js';
 import type { ExportProvider } from './exports.js';
 
-export type ListenEndpoint = { readonly host: string; readonly port: number } | { readonly path: string };
+export type ListenEndpoint =
+  | { readonly host: string; readonly port: number }
+  | { readonly path: string }
+  | { readonly fd: number };
 
 export interface ListenAddress {
   readonly host?: string;
   readonly port?: number;
   readonly path?: string;
+  /** An inherited Unix socket whose path Node cannot tell (it did not bind it). */
+  readonly fd?: number;
 }
 
 export interface NbdServerOptions {
@@ -43,22 +50,24 @@ export class NbdServer {
   /** Start listening; resolves with the real address (the real port when port is 0). */
   async listen(endpoint: ListenEndpoint): Promise<ListenAddress> {
     const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.accept(socket));
-    server.on('error', (err) => this.options.log.error({ err }, 'listener error'));
     if ('path' in endpoint) await removeStaleSocket(endpoint.path);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       const done = () => {
         server.off('error', reject);
+        // Errors after listening are logged; a failed listen() is the caller's to report.
+        server.on('error', (err) => this.options.log.error({ err }, 'listener error'));
         resolve();
       };
       if ('path' in endpoint) server.listen(endpoint.path, done);
+      else if ('fd' in endpoint) server.listen({ fd: endpoint.fd }, done);
       else server.listen(endpoint.port, endpoint.host, done);
     });
     this.servers.push(server);
     const addr = server.address();
     if (typeof addr === 'string') return { path: addr };
     if (addr) return { host: addr.address, port: addr.port };
-    return {};
+    return 'fd' in endpoint ? { fd: endpoint.fd } : {};
   }
 
   /** Connections currently open (for tests and metrics). */

@@ -2,11 +2,17 @@
  * SIGTERM with requests in flight: the server stops accepting, answers new requests
  * ESHUTDOWN, finishes running ones, flushes, and exits 0 — and every WRITE the client
  * saw acknowledged is in the image afterwards.
+ *
+ * A second signal while the drain is held up exits at once with status 1 (the operator
+ * who presses Ctrl-C twice, or systemd's stop escalation, must not wait for the grace
+ * period). The drain is held by a client that sends large READs and stops reading: the
+ * replies cannot be flushed, so the connection cannot finish.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { createRawImage, makeTempDir } from '../helpers/images.js';
-import { requireNbdPython, runNbdPython, startServer } from '../helpers/server.js';
+import { CMD, RawClient, request } from '../helpers/nbd-fixtures.js';
+import { requireNbdPython, runNbdPython, startServer, type RunningServer } from '../helpers/server.js';
 import { PRELUDE, lastJson } from './py-prelude.js';
 
 const MiB = 1024 * 1024;
@@ -85,5 +91,105 @@ out({"acked": acked, "errors": errors})
     const srv = await startServer([image]);
     const code = await srv.stop('SIGINT');
     expect(code, srv.stderr() + ' signal=' + String(srv.proc.signalCode)).toBe(0);
+  });
+});
+
+/** Connect, then send READs totalling 128 MiB with simple replies and never read them. */
+async function stalledReader(port: number): Promise<RawClient> {
+  const c = await RawClient.connect({ port });
+  await c.handshake(); // no structured replies: a READ reply carries all its bytes, holes too
+  c.socket.pause(); // stop reading: the kernel buffers fill and the server's writes back up
+  c.write(Buffer.concat([0, 1, 2, 3].map((i) => request(CMD.READ, { cookie: BigInt(i + 1), offset: i * 32 * MiB, length: 32 * MiB }))));
+  return c;
+}
+
+function waitFor(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const tick = () => {
+      if (cond()) resolve();
+      else if (Date.now() > end) reject(new Error(`timed out waiting for ${what}`));
+      else setTimeout(tick, 20);
+    };
+    tick();
+  });
+}
+
+function exitOf(srv: RunningServer): Promise<{ code: number | null; at: number }> {
+  return new Promise((resolve) => {
+    if (srv.proc.exitCode !== null) resolve({ code: srv.proc.exitCode, at: Date.now() });
+    else srv.proc.once('exit', (code) => resolve({ code, at: Date.now() }));
+  });
+}
+
+describe('second signal', () => {
+  const tmp = makeTempDir();
+  afterAll(() => tmp.cleanup());
+
+  it('exits at once with status 1 when a second SIGTERM arrives while the drain is held up', async () => {
+    const image = createRawImage(tmp.file('held.raw'), 128 * MiB);
+    const srv = await startServer([image]);
+    const exit = exitOf(srv);
+    const c = await stalledReader(srv.port!);
+    try {
+      // All four READs ran (their replies are queued): the server is now draining nothing
+      // but a connection that cannot flush.
+      await new Promise((r) => setTimeout(r, 500));
+      srv.proc.kill('SIGTERM');
+      await waitFor(() => /stopping: no new connections/.test(srv.stderr()), 'the first SIGTERM to start the drain');
+      // The drain is held: one second later the process is still there (grace is 10 s).
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(srv.proc.exitCode, srv.stderr()).toBeNull();
+      const sent = Date.now();
+      srv.proc.kill('SIGTERM');
+      const { code, at } = await exit;
+      expect(code).toBe(1);
+      expect(at - sent).toBeLessThan(2000);
+      expect(srv.stderr()).toMatch(/second signal: exiting immediately/);
+      expect(srv.stderr()).not.toMatch(/stopped: all devices flushed and closed/);
+    } finally {
+      c.close();
+      await srv.stop('SIGKILL');
+    }
+  });
+
+  it('the same held-up drain still ends gracefully (status 0) once the client reads its replies', async () => {
+    const image = createRawImage(tmp.file('slow.raw'), 128 * MiB);
+    const srv = await startServer([image]);
+    const exit = exitOf(srv);
+    const c = await stalledReader(srv.port!);
+    try {
+      await new Promise((r) => setTimeout(r, 500));
+      srv.proc.kill('SIGTERM');
+      await waitFor(() => /stopping: no new connections/.test(srv.stderr()), 'the drain');
+      await new Promise((r) => setTimeout(r, 300));
+      expect(srv.proc.exitCode).toBeNull();
+      // The client catches up: every reply arrives complete, then the server closes.
+      // (Counted by hand: RawClient's buffer-concatenating reader is too slow for 128 MiB.)
+      c.socket.removeAllListeners('data');
+      let received = 0;
+      let firstHeader: Buffer | undefined;
+      c.socket.on('data', (d: Buffer) => {
+        if (!firstHeader) firstHeader = Buffer.from(d.subarray(0, 16));
+        received += d.length;
+      });
+      const closed = new Promise<void>((r) => c.socket.once('close', () => r()));
+      c.socket.resume();
+      await closed;
+      // Whole replies only: READs the server had started were answered in full (how many
+      // it parsed before backpressure paused its reading is its business; requests it never
+      // read end with the connection).
+      const reply = 16 + 32 * MiB;
+      expect(received % reply, `received ${received}`).toBe(0);
+      expect(received / reply).toBeGreaterThanOrEqual(1);
+      expect(firstHeader!.readUInt32BE(0)).toBe(0x67446698); // simple reply magic
+      expect(firstHeader!.readUInt32BE(4)).toBe(0); // no error
+      const { code } = await exit;
+      expect(code, srv.stderr()).toBe(0);
+      expect(srv.stderr()).toMatch(/stopped: all devices flushed and closed/);
+    } finally {
+      c.close();
+      await srv.stop('SIGKILL');
+    }
   });
 });
