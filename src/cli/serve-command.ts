@@ -329,18 +329,14 @@ export function registerServeCommand(program: Command): void {
           throw new UsageError(`export "${c.name}": cannot access ${c.path}: ${(err as Error).message}`);
         }
       }
-      if (o.ignoreMtime && configs.length === 0) {
-        // The overlay providers open their own cow files; they do not take the flag (yet).
-        log.warn('--ignore-mtime applies to IMAGE / --export exports only; --overlay-dir and --ephemeral overlays are checked as usual');
-      }
       const providers: ExportProvider[] = [];
       if (configs.length) providers.push(await openStaticExports(configs, log, { ignoreMtime: o.ignoreMtime }));
       if (ephemeralBase) {
-        const base = { path: path.resolve(ephemeralBase), format: o.baseFormat ?? 'raw' };
+        const base = { path: path.resolve(ephemeralBase), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime };
         providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log)));
       }
       if (o.overlayDir) {
-        const base = { path: path.resolve(o.base!), format: o.baseFormat ?? 'raw' };
+        const base = { path: path.resolve(o.base!), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime };
         providers.push(await namedFailure(`--base ${base.path} / --overlay-dir ${o.overlayDir}`, () => OverlayDirProvider.create(base, o.overlayDir!, log)));
       }
       const provider = providers.length === 1 ? providers[0]! : new CompositeExportProvider(providers);

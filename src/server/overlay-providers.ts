@@ -49,6 +49,8 @@ export interface BaseImage {
   readonly path: string;
   /** Format of the base; never probed (default raw). */
   readonly format: ImageFormat;
+  /** Open existing overlays even if the base's mtime changed (`serve --ignore-mtime`). */
+  readonly ignoreMtime?: boolean;
 }
 
 /** Virtual size of the base as a cow overlay will present it (rounded up to whole sectors). */
@@ -86,7 +88,7 @@ async function createOverlay(file: string, base: BaseImage, backingSize: number)
 }
 
 function openOverlay(file: string, base: BaseImage): Promise<BlockDevice> {
-  return openImage(file, { format: 'cow', backingFormat: base.format });
+  return openImage(file, { format: 'cow', backingFormat: base.format, ignoreMtime: base.ignoreMtime });
 }
 
 interface SharedOverlay {

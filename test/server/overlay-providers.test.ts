@@ -79,6 +79,44 @@ print(h.pread(12, 4096))
     expect(sha256File(base)).toBe(baseSum);
   });
 
+  it('an overlay whose base was touched is refused, and served again with --ignore-mtime', async () => {
+    const { utimesSync } = await import('node:fs');
+    const touchDir = tmp.file('touched');
+    const srv = await startServer(['--base', base, '--overlay-dir', touchDir]);
+    try {
+      await nbdPython(`
+import nbd
+h = nbd.NBD(); h.connect_uri(URI); h.pwrite(b"before touch", 0); h.flush()
+`, { URI: srv.uri('vmt') });
+    } finally {
+      await srv.stop();
+    }
+    const later = Date.now() / 1000 + 3600;
+    utimesSync(base, later, later);
+    const read = `
+import nbd
+h = nbd.NBD()
+try:
+    h.connect_uri(URI); print(h.pread(12, 0))
+except nbd.Error as e:
+    print("REFUSED", e)
+`;
+    const strict = await startServer(['--base', base, '--overlay-dir', touchDir]);
+    try {
+      expect(await nbdPython(read, { URI: strict.uri('vmt') })).toMatch(/REFUSED/);
+      expect(strict.stderr()).toMatch(/mtime mismatch/);
+    } finally {
+      await strict.stop();
+    }
+    const lenient = await startServer(['--base', base, '--overlay-dir', touchDir, '--ignore-mtime']);
+    try {
+      expect(await nbdPython(read, { URI: lenient.uri('vmt') })).toContain('before touch');
+    } finally {
+      await lenient.stop();
+    }
+    expect(sha256File(base)).toBe(baseSum);
+  });
+
   it.each([
     ['../escape', 'path separator and ..'],
     ['.hidden', 'leading dot'],
