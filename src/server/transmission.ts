@@ -144,7 +144,7 @@ export class TransmissionSession {
         this.start(pending, payload, pooled);
         continue;
       }
-      if (this.inFlight >= MAX_IN_FLIGHT || this.inFlightBytes >= MAX_IN_FLIGHT_BYTES || this.writeBlocked) {
+      if (!this.shuttingDown && (this.inFlight >= MAX_IN_FLIGHT || this.inFlightBytes >= MAX_IN_FLIGHT_BYTES || this.writeBlocked)) {
         this.pauseReading();
         return;
       }
@@ -163,6 +163,20 @@ export class TransmissionSession {
   /** Server stop: new requests get ESHUTDOWN; resolves when nothing is in flight. */
   shutdown(): Promise<void> {
     this.shuttingDown = true;
+    // Requests already buffered while reading was paused (backpressure) are answered
+    // ESHUTDOWN now instead of being dropped when the connection closes: parse on,
+    // ignoring the in-flight bounds (ESHUTDOWN replies start no device work).
+    if (!this.stopReading) {
+      if (this.paused) {
+        this.paused = false;
+        this.io.resume();
+      }
+      try {
+        this.pump();
+      } catch (err) {
+        this.onFatal(err);
+      }
+    }
     return this.whenIdle();
   }
 
