@@ -23,4 +23,14 @@ fi
 
 bash scripts/build-native.sh
 npm run build
-npx vitest run "$@"
+# Default reporter for people, JSON for the closing summary line CI reads.
+results=$(mktemp -t cownbd-vitest-XXXXXX.json)
+trap 'rm -f "$results"' EXIT
+status=0
+npx vitest run --reporter=default --reporter=json --outputFile.json="$results" "$@" || status=$?
+node -e '
+  const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+  const skipped = (r.numPendingTests || 0) + (r.numTodoTests || 0);
+  console.log(`Tests: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
+' "$results" || echo "Tests: summary unavailable (vitest wrote no JSON report)"
+exit "$status"
