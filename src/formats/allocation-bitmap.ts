@@ -77,25 +77,36 @@ export class AllocationBitmap {
   /** Set bits [start, start+count); returns true if any bit changed. Marks pages dirty. */
   setRange(start: number, count: number): boolean {
     const end = Math.min(start + count, this.usableBits);
+    const bytes = this.bytes;
     let changed = false;
+    // Last page marked dirty by this call: a 1 MiB cow write touches 256 bitmap bytes of
+    // one page, so mark it once instead of once per byte.
+    let lastPage = -1;
     let bit = Math.max(0, start);
     while (bit < end) {
+      const i = bit >> 3;
       if ((bit & 7) === 0 && bit + 8 <= end) {
-        const i = bit >> 3;
-        if (this.bytes[i] !== 0xff) {
-          this.bytes[i] = 0xff;
-          this.markDirty(i);
+        if (bytes[i] !== 0xff) {
+          bytes[i] = 0xff;
           changed = true;
+          const page = Math.floor(i / this.pageSize);
+          if (page !== lastPage) {
+            this.dirty.add(page);
+            lastPage = page;
+          }
         }
         bit += 8;
         continue;
       }
-      const i = bit >> 3;
       const mask = 1 << (bit & 7);
-      if ((this.bytes[i]! & mask) === 0) {
-        this.bytes[i] = this.bytes[i]! | mask;
-        this.markDirty(i);
+      if ((bytes[i]! & mask) === 0) {
+        bytes[i] = bytes[i]! | mask;
         changed = true;
+        const page = Math.floor(i / this.pageSize);
+        if (page !== lastPage) {
+          this.dirty.add(page);
+          lastPage = page;
+        }
       }
       bit++;
     }
@@ -139,9 +150,5 @@ export class AllocationBitmap {
   pageBytes(page: number): { offset: number; data: Buffer } {
     const offset = page * this.pageSize;
     return { offset, data: this.bytes.subarray(offset, Math.min(offset + this.pageSize, this.bytes.length)) };
-  }
-
-  private markDirty(byteIndex: number): void {
-    this.dirty.add(Math.floor(byteIndex / this.pageSize));
   }
 }

@@ -1,40 +1,42 @@
 /**
- * BlockLocks: one async mutex per block index, created on demand and dropped when idle.
+ * BlockLocks: one exclusive lock per block index, created on demand and dropped when idle.
  *
  * Overlay formats serialise only the allocation of the SAME block (read-modify-write /
  * copy-on-write fill + bit set), never the whole image (style.md §6.11). Locks for a set
  * of blocks are always taken in ascending order, so two requests can never deadlock.
+ *
+ * A held block is a map entry with its FIFO of waiters; releasing hands the lock straight
+ * to the first waiter (or drops the entry). A free block is taken synchronously, with no
+ * promise or mutex object per block: allocating writes usually find their blocks free
+ * (a 1 MiB add-cow write takes 16 locks of 64 KiB clusters), and this path used to cost
+ * an async-mutex plus an await per cluster.
  */
-import { Mutex } from 'async-mutex';
 
-interface Entry {
-  readonly mutex: Mutex;
-  users: number;
+interface Held {
+  /** Resolvers of the requests waiting for this block, in arrival order. */
+  readonly waiters: Array<() => void>;
 }
 
 export class BlockLocks {
-  private readonly entries = new Map<number, Entry>();
+  private readonly held = new Map<number, Held>();
 
   /** Number of blocks currently locked or waited for (for tests). */
   get activeCount(): number {
-    return this.entries.size;
+    return this.held.size;
   }
 
   /** Lock every block in `blocks` (any order, duplicates ok); returns one release function. */
   async acquire(blocks: Iterable<number>): Promise<() => void> {
     const sorted = [...new Set(blocks)].sort((a, b) => a - b);
-    const releases: Array<() => void> = [];
-    try {
-      for (const block of sorted) releases.push(await this.acquireOne(block));
-    } catch (err) {
-      for (const r of releases.reverse()) r();
-      throw err;
+    for (const block of sorted) {
+      const wait = this.take(block);
+      if (wait) await wait;
     }
     let released = false;
     return () => {
       if (released) return;
       released = true;
-      for (const r of releases.reverse()) r();
+      for (let i = sorted.length - 1; i >= 0; i--) this.release(sorted[i]!);
     };
   }
 
@@ -48,29 +50,21 @@ export class BlockLocks {
     }
   }
 
-  private async acquireOne(block: number): Promise<() => void> {
-    let entry = this.entries.get(block);
+  /** Take `block` now (undefined) or get a promise that resolves once it is ours. */
+  private take(block: number): Promise<void> | undefined {
+    const entry = this.held.get(block);
     if (!entry) {
-      entry = { mutex: new Mutex(), users: 0 };
-      this.entries.set(block, entry);
+      this.held.set(block, { waiters: [] });
+      return undefined;
     }
-    entry.users++;
-    const e = entry;
-    let releaseMutex: () => void;
-    try {
-      releaseMutex = await e.mutex.acquire();
-    } catch (err) {
-      this.drop(block, e);
-      throw err;
-    }
-    return () => {
-      releaseMutex();
-      this.drop(block, e);
-    };
+    return new Promise<void>((resolve) => entry.waiters.push(resolve));
   }
 
-  private drop(block: number, entry: Entry): void {
-    entry.users--;
-    if (entry.users === 0 && this.entries.get(block) === entry) this.entries.delete(block);
+  private release(block: number): void {
+    const entry = this.held.get(block);
+    if (!entry) return;
+    const next = entry.waiters.shift();
+    if (next) next(); // ownership passes to the next waiter; the entry stays
+    else this.held.delete(block);
   }
 }

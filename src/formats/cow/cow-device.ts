@@ -4,10 +4,17 @@
  *   read  ──► split into runs of equal bits (AllocationBitmap.runLength)
  *             set run   → pread COW file at dataOffset + off (past EOF: zeros)
  *             unset run → backing device at off (past the backing's end: zeros, P9)
- *   write ──► SectorWriteLock (only partial edge sectors exclude others)
+ *             (a request inside ONE run — nearly all — is one direct call: no arrays,
+ *             closures or Promise.all on the hot path)
+ *   write ──► SectorWriteLock (only partial edge sectors exclude others; whole-sector
+ *             writes take the lock's O(1) path and skip the span/edge bookkeeping)
  *             → ONE pwrite of the sector-aligned span (partial edge sectors are
  *               completed from the current view first: read-modify-write)
  *             → set bits in memory (dirty pages), never on disk yet
+ *   block status ─► set runs: SEEK_DATA/HOLE on the COW file; unset runs: the backing's
+ *             extents from a BackingExtentCache (the backing never changes under us;
+ *             the server asks before every structured read >= 64 KiB, and uncached that
+ *             was two threadpool lseeks per read — on tmpfs a scan to the next hole)
  *   flush ──► snapshot dirty bitmap pages → fdatasync(COW) → pwrite the snapshot
  *             → fdatasync, serialised by an async-mutex (concurrent flushes coalesce)
  *
@@ -41,6 +48,7 @@ import {
 import type { NativeFs } from '../../block/native-fs.js';
 import { readFully, sparseExtents, writeFully } from '../../block/raw-file-device.js';
 import { AllocationBitmap } from '../allocation-bitmap.js';
+import { BackingExtentCache } from '../backing-extent-cache.js';
 import { COW_SECTOR_SIZE as SECTOR, type CowHeader } from './cow-header.js';
 import type { CowGeometry } from './cow-layout.js';
 import { SectorWriteLock } from './cow-write-lock.js';
@@ -48,6 +56,7 @@ import { SectorWriteLock } from './cow-write-lock.js';
 const MAX_EXTENTS = 1024;
 const ZERO_CHUNK = 1024 * 1024;
 const ZEROS = Buffer.alloc(ZERO_CHUNK);
+const NO_EDGES: readonly number[] = [];
 
 export interface CowDeviceInit {
   readonly path: string;
@@ -90,6 +99,7 @@ export class CowDevice implements BlockDevice {
   private readonly fh: FileHandle;
   private readonly backing: BlockDevice;
   private readonly bitmap: AllocationBitmap;
+  private readonly backingStatus: BackingExtentCache;
   private readonly dataOffset: number;
   private readonly writable: number;
   private readonly lock = new SectorWriteLock();
@@ -102,6 +112,7 @@ export class CowDevice implements BlockDevice {
     const g = init.geometry;
     this.fh = init.fh;
     this.backing = init.backing;
+    this.backingStatus = new BackingExtentCache(init.backing);
     this.size = g.virtualSize;
     this.dataOffset = g.dataOffset;
     this.writable = g.representableSectors;
@@ -123,14 +134,28 @@ export class CowDevice implements BlockDevice {
 
   // ---- reads -------------------------------------------------------------------------
 
-  async read(offset: number, target: Buffer): Promise<void> {
+  read(offset: number, target: Buffer): Promise<void> {
+    const end = offset + target.length;
+    const s = Math.floor(offset / SECTOR);
+    const lastSector = Math.ceil(end / SECTOR);
+    // get() and runLength() are synchronous: the run is a consistent snapshot.
+    const allocated = this.bitmap.get(s);
+    const run = this.bitmap.runLength(s, lastSector - s);
+    // Fast path (nearly every request): one run → one call, no per-request arrays,
+    // closures or Promise.all. Set runs go straight to the page-cache read.
+    if (s + run >= lastSector) {
+      return allocated ? readFully(this.fh, this.dataOffset + offset, target) : this.readBacking(offset, target);
+    }
+    return this.readRuns(offset, target);
+  }
+
+  private async readRuns(offset: number, target: Buffer): Promise<void> {
     const end = offset + target.length;
     const lastSector = Math.ceil(end / SECTOR);
     const parts: Promise<void>[] = [];
     let pos = offset;
     while (pos < end) {
       const s = Math.floor(pos / SECTOR);
-      // get() and runLength() are synchronous: the run is a consistent snapshot.
       const allocated = this.bitmap.get(s);
       const run = this.bitmap.runLength(s, lastSector - s);
       const runEnd = Math.min(end, (s + run) * SECTOR);
@@ -141,26 +166,45 @@ export class CowDevice implements BlockDevice {
     await Promise.all(parts);
   }
 
-  private async readBacking(pos: number, slice: Buffer): Promise<void> {
+  private readBacking(pos: number, slice: Buffer): Promise<void> {
     const avail = Math.max(0, Math.min(slice.length, this.backing.size - pos));
-    if (avail < slice.length) slice.fill(0, avail);
-    if (avail > 0) await this.backing.read(pos, slice.subarray(0, avail));
+    if (avail === slice.length) return this.backing.read(pos, slice);
+    slice.fill(0, avail);
+    return avail > 0 ? this.backing.read(pos, slice.subarray(0, avail)) : Promise.resolve();
   }
 
   // ---- writes ------------------------------------------------------------------------
 
   async write(offset: number, data: Buffer, options: IoOptions = {}): Promise<void> {
+    if (offset % SECTOR === 0 && data.length % SECTOR === 0) await this.writeAligned(offset, data);
+    else await this.writeUnaligned(offset, data);
+    if (options.fua) await this.flush();
+  }
+
+  /**
+   * Whole sectors (what every real client sends): no read-modify-write, so no edges in
+   * the lock and the caller's buffer goes straight to the data area in one pwrite. Same
+   * order as mutate(): data write completes, then the bits are set, under the lock (a
+   * partial write waiting for these sectors must see the bits when it reads them).
+   */
+  private async writeAligned(offset: number, data: Buffer): Promise<void> {
+    if (data.length === 0) return;
+    const first = offset / SECTOR;
+    const end = first + data.length / SECTOR;
+    if (end > this.writable) throw this.unwritable(first);
+    await this.lock.run(first, end, NO_EDGES, async () => {
+      await writeFully(this.fh, this.dataOffset + offset, data);
+      this.unsynced = true;
+      this.bitmap.setRange(first, end - first);
+    });
+  }
+
+  private async writeUnaligned(offset: number, data: Buffer): Promise<void> {
     await this.mutate(offset, data.length, async (span) => {
-      if (span.start === offset && span.end === offset + data.length) {
-        // Aligned: the caller's buffer goes straight to the data area in one pwrite.
-        await writeFully(this.fh, this.dataOffset + offset, data);
-        return;
-      }
       const buf = await this.completeEdges(span, offset, data.length);
       data.copy(buf, offset - span.start);
       await writeFully(this.fh, this.dataOffset + span.start, buf);
     });
-    if (options.fua) await this.flush();
   }
 
   async writeZeroes(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
@@ -228,13 +272,7 @@ export class CowDevice implements BlockDevice {
     if (length === 0) return;
     const first = Math.floor(offset / SECTOR);
     const end = Math.ceil((offset + length) / SECTOR);
-    if (end > this.writable) {
-      throw new DeviceError(
-        'EIO',
-        `${this.init.path}: sector ${Math.max(first, this.writable)} has no bit in this ${this.init.header.layout} COW ` +
-          `(bitmap covers ${this.writable} of ${this.init.geometry.sectors} sectors; cow-formats P11): not writable`,
-      );
-    }
+    if (end > this.writable) throw this.unwritable(first);
     const span: Span = {
       start: first * SECTOR,
       end: end * SECTOR,
@@ -249,6 +287,14 @@ export class CowDevice implements BlockDevice {
       this.unsynced = true;
       this.bitmap.setRange(first, end - first);
     });
+  }
+
+  private unwritable(first: number): DeviceError {
+    return new DeviceError(
+      'EIO',
+      `${this.init.path}: sector ${Math.max(first, this.writable)} has no bit in this ${this.init.header.layout} COW ` +
+        `(bitmap covers ${this.writable} of ${this.init.geometry.sectors} sectors; cow-formats P11): not writable`,
+    );
   }
 
   /** Buffer for the whole span with the partial edge sectors filled from the current view. */
@@ -337,14 +383,14 @@ export class CowDevice implements BlockDevice {
   private async backingExtents(pos: number, len: number): Promise<Extent[]> {
     const inBacking = Math.max(0, Math.min(len, this.backing.size - pos));
     const out: Extent[] = [];
-    let covered = 0;
-    while (covered < inBacking) {
-      const ext = await this.backing.blockStatus(pos + covered, inBacking - covered);
-      for (const e of ext) {
+    if (inBacking > 0) {
+      // Cached: the backing never changes while we are open (backing-extent-cache.ts).
+      const ext = await this.backingStatus.extents(pos, inBacking);
+      for (let i = 0; i < ext.length && i < MAX_EXTENTS; i++) {
+        const e = ext[i]!;
         out.push({ length: e.length, flags: e.flags, depth: e.depth + 1 });
-        covered += e.length;
       }
-      if (out.length >= MAX_EXTENTS) return out;
+      if (ext.length > MAX_EXTENTS) return out;
     }
     // Past the backing file's end (the partial last sector): zeros held by no layer.
     if (inBacking < len) out.push({ length: len - inBacking, flags: EXTENT_HOLE | EXTENT_ZERO, depth: 0 });

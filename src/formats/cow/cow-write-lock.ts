@@ -14,7 +14,10 @@
  *
  * Grants are all-or-nothing and decided synchronously (Node is single-threaded), in
  * FIFO order among conflicting requests, so there is no hold-and-wait and no deadlock.
- * Cost: O(writes in flight) per write; no per-sector objects for aligned writes.
+ * Cost: O(writes in flight) per write; no per-sector objects for aligned writes. The
+ * common case — a whole-sector write while no partial-sector write is held or waiting —
+ * is granted without scanning (it cannot conflict with anything held: conflicts need an
+ * edge on one side), which keeps 4 KiB random writes at QD32 O(1).
  */
 
 interface Claim {
@@ -28,12 +31,14 @@ interface Claim {
 export class SectorWriteLock {
   private readonly granted = new Set<Claim>();
   private readonly waiting: Claim[] = [];
+  /** Granted claims with at least one partial edge sector. */
+  private grantedWithEdges = 0;
 
   /** Run `fn` while holding sectors [first, end) with the given partial edges. */
   async run<T>(first: number, end: number, edges: readonly number[], fn: () => Promise<T>): Promise<T> {
     const claim: Claim = { first, end, edges };
-    if (this.waiting.length === 0 && !this.conflictsWithAny(claim, this.granted)) {
-      this.granted.add(claim);
+    if (this.waiting.length === 0 && !this.conflictsWithAnyGranted(claim)) {
+      this.grant(claim);
     } else {
       await new Promise<void>((resolve) => {
         claim.grant = resolve;
@@ -44,7 +49,8 @@ export class SectorWriteLock {
       return await fn();
     } finally {
       this.granted.delete(claim);
-      this.wake();
+      if (claim.edges.length > 0) this.grantedWithEdges--;
+      if (this.waiting.length > 0) this.wake();
     }
   }
 
@@ -61,13 +67,24 @@ export class SectorWriteLock {
       const c = this.waiting[i]!;
       if (!this.conflictsWithAny(c, this.granted) && !this.conflictsWithAny(c, blocked)) {
         this.waiting.splice(i, 1);
-        this.granted.add(c);
+        this.grant(c);
         c.grant!();
       } else {
         blocked.push(c);
         i++;
       }
     }
+  }
+
+  private grant(c: Claim): void {
+    this.granted.add(c);
+    if (c.edges.length > 0) this.grantedWithEdges++;
+  }
+
+  /** Like conflictsWithAny(c, granted), skipped when neither side can have an edge. */
+  private conflictsWithAnyGranted(c: Claim): boolean {
+    if (c.edges.length === 0 && this.grantedWithEdges === 0) return false;
+    return this.conflictsWithAny(c, this.granted);
   }
 
   private conflictsWithAny(c: Claim, others: Iterable<Claim>): boolean {
@@ -77,6 +94,7 @@ export class SectorWriteLock {
 }
 
 function conflicts(a: Claim, b: Claim): boolean {
+  if (a.edges.length === 0 && b.edges.length === 0) return false;
   const lo = Math.max(a.first, b.first);
   const hi = Math.min(a.end, b.end);
   if (lo >= hi) return false;
