@@ -38,8 +38,6 @@ export interface NativeFs {
    * (One job per write costs a futex wake-up each on the main thread.)
    */
   pwriteBatch?(fd: number, buffers: Uint8Array[], positions: number[]): Promise<number[]>;
-  /** Synchronous pwritev2(RWF_NOWAIT): bytes written, -1 would block/failed, -2 unsupported. */
-  pwriteNoWait?(fd: number, data: Uint8Array, position: number): number;
 }
 
 /** Why `nativeFs` is undefined (for logs and `info`), or undefined when it loaded. */

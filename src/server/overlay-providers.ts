@@ -70,7 +70,7 @@ function overlayCapabilities(multiConn: boolean): DeviceCapabilities {
     writable: true,
     flush: true,
     fua: true,
-    trim: true,
+    trim: sparse,
     zero: true,
     fastZero: sparse,
     blockStatus: true,

@@ -211,3 +211,62 @@ describe.runIf(available)('native-fs addon', () => {
     }
   });
 });
+
+describe.runIf(available)('native fast paths: preadNoWait and pwriteBatch', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'fsx-fast-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('preadNoWait reads cached data into a view at the right position, 0 at EOF, -1/-2 otherwise', async () => {
+    const fh = await open(path.join(dir, 'cached'), 'w+');
+    try {
+      const data = Buffer.alloc(16 * KiB);
+      for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff;
+      await fh.write(data, 0, data.length, 0); // just written: in the page cache
+      const target = Buffer.alloc(8 * KiB + 10, 0xee);
+      const n = fsx.preadNoWait!(fh.fd, target.subarray(10), 4 * KiB);
+      // Either served from the cache (the normal case) or "would block" / unsupported here.
+      if (n >= 0) {
+        expect(n).toBe(8 * KiB);
+        expect(target.subarray(10).equals(data.subarray(4 * KiB, 12 * KiB))).toBe(true);
+        expect(target.subarray(0, 10).every((b) => b === 0xee)).toBe(true); // the view's offset is honoured
+        expect(fsx.preadNoWait!(fh.fd, Buffer.alloc(10), 16 * KiB)).toBe(0); // EOF
+      } else {
+        expect([-1, -2]).toContain(n);
+      }
+      expect(fsx.preadNoWait!(-5 as number, Buffer.alloc(1), 0)).toBeLessThan(0); // bad fd: never throws
+    } finally {
+      await fh.close();
+    }
+  });
+
+  it('pwriteBatch writes every buffer at its position in one job and reports -errno per item', async () => {
+    const file = path.join(dir, 'batch');
+    const fh = await open(file, 'w+');
+    try {
+      const a = Buffer.alloc(4 * KiB, 0x11);
+      const b = Buffer.alloc(100, 0x22);
+      const big = Buffer.alloc(2 * MiB + 3, 0x33);
+      const results = await fsx.pwriteBatch!(fh.fd, [a, b.subarray(10), big], [0, 8 * KiB, 1 * MiB]);
+      expect(results).toEqual([4 * KiB, 90, 2 * MiB + 3]);
+      const back = await readAt(fh, 0, 4 * KiB);
+      expect(back.equals(a)).toBe(true);
+      expect((await readAt(fh, 8 * KiB, 90)).every((x) => x === 0x22)).toBe(true);
+      expect((await readAt(fh, 1 * MiB, 2 * MiB + 3)).equals(big)).toBe(true);
+    } finally {
+      await fh.close();
+    }
+    const ro = await open(file, 'r');
+    try {
+      const [r] = await fsx.pwriteBatch!(ro.fd, [Buffer.alloc(1)], [0]);
+      expect(r).toBe(-9); // EBADF: the descriptor is not open for writing
+    } finally {
+      await ro.close();
+    }
+    await expect(fsx.pwriteBatch!(3, [Buffer.alloc(1)], [0, 1])).rejects.toMatchObject({ code: 'EINVAL' });
+  });
+});

@@ -107,7 +107,8 @@ export class AddCowDevice implements BlockDevice {
       writable,
       flush: writable,
       fua: writable,
-      trim: writable,
+      // Without hole punching TRIM is a no-op (allowed: a hint), not a slow zero-fill.
+      trim: writable && parts.native !== undefined,
       zero: writable,
       fastZero: writable && parts.native !== undefined,
       blockStatus: true,

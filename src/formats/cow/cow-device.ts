@@ -25,8 +25,10 @@
  *     durable (overlay data before bitmap bit). FUA = the write, then a flush.
  *   - The backing device is opened read-only by the caller and never written.
  *   - Bits are never cleared. TRIM and WRITE_ZEROES set the bits and leave zeros in the
- *     data area (hole punch when the native addon is present, else written zeros), as UML
- *     does (P17): the backing's data must not shine through afterwards.
+ *     data area (a punched hole), as UML does (P17): the backing's data must not shine
+ *     through afterwards. Without the native addon WRITE_ZEROES writes zeros and TRIM is
+ *     not offered (a hint the spec lets us ignore; zero-filling a 4 GiB discard would
+ *     outlast the kernel's request timeout).
  *   - Sectors without a bit in the layout (v1/v2 rounding bug P11, QEMU's partial last
  *     sector) read from the backing and refuse writes with EIO.
  *   - No image-wide lock: reads take no lock, and writes of different sectors (or whole
@@ -123,7 +125,9 @@ export class CowDevice implements BlockDevice {
       writable: rw,
       flush: rw,
       fua: rw,
-      trim: rw,
+      // TRIM is a hint: without hole punching it is a no-op (contents stay; the spec allows
+      // it) rather than writing gigabytes of zeros for a kernel's 4 GiB discard.
+      trim: rw && init.native !== undefined,
       zero: rw,
       fastZero: rw && init.native !== undefined,
       blockStatus: true,
