@@ -23,10 +23,11 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
-import type { BlockDevice, DeviceCapabilities } from '../block/block-device.js';
+import type { BlockDevice } from '../block/block-device.js';
 import { alignUp } from '../block/block-split.js';
 import { nativeFs } from '../block/native-fs.js';
 import { createCow } from '../formats/cow/index.js';
+import { overlayCapabilities } from '../formats/overlay-capabilities.js';
 import { openImage, type ImageFormat } from '../formats/open-image.js';
 import type { Logger } from '../logging.js';
 import type { ExportContext, ExportHandle, ExportInfo, ExportProvider, ExportSummary } from './exports.js';
@@ -63,21 +64,6 @@ async function baseVirtualSize(base: BaseImage): Promise<{ overlaySize: number; 
   }
 }
 
-/** What GO will report for a cow overlay that does not exist yet (must match the opened device). */
-function overlayCapabilities(multiConn: boolean): DeviceCapabilities {
-  const sparse = nativeFs !== undefined;
-  return {
-    writable: true,
-    flush: true,
-    fua: true,
-    trim: sparse,
-    zero: true,
-    fastZero: sparse,
-    blockStatus: true,
-    cache: false,
-    multiConn,
-  };
-}
 
 async function createOverlay(file: string, base: BaseImage, backingSize: number): Promise<void> {
   await createCow(file, {
@@ -170,7 +156,7 @@ export class OverlayDirProvider implements ExportProvider {
       name,
       description: this.description(name),
       size: this.sizes.overlaySize,
-      capabilities: overlayCapabilities(true),
+      capabilities: overlayCapabilities(true, nativeFs !== undefined, true),
       preferredBlockSize: COW_PREFERRED_BLOCK,
     };
   }
@@ -332,7 +318,7 @@ export class EphemeralProvider implements ExportProvider {
       name: this.exportName,
       description: this.description(),
       size: this.sizes.overlaySize,
-      capabilities: overlayCapabilities(false),
+      capabilities: overlayCapabilities(true, nativeFs !== undefined, false),
       preferredBlockSize: COW_PREFERRED_BLOCK,
     };
   }

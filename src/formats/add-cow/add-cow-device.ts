@@ -54,6 +54,7 @@ import { mergeExtents } from '../../block/checked-device.js';
 import type { NativeFs } from '../../block/native-fs.js';
 import { readFully, sparseExtents, writeFully } from '../../block/raw-file-device.js';
 import type { AllocationBitmap } from '../allocation-bitmap.js';
+import { overlayCapabilities } from '../overlay-capabilities.js';
 import { BackingExtentCache } from '../backing-extent-cache.js';
 import { BitmapPersister } from '../bitmap-persistence.js';
 import { BlockLocks } from '../block-locks.js';
@@ -103,18 +104,7 @@ export class AddCowDevice implements BlockDevice {
     this.preferredBlockSize = this.cluster;
     this.backingExtents = parts.backing ? new BackingExtentCache(parts.backing) : undefined;
     const writable = !parts.readOnly;
-    this.capabilities = Object.freeze({
-      writable,
-      flush: writable,
-      fua: writable,
-      // Without hole punching TRIM is a no-op (allowed: a hint), not a slow zero-fill.
-      trim: writable && parts.native !== undefined,
-      zero: writable,
-      fastZero: writable && parts.native !== undefined,
-      blockStatus: true,
-      cache: false,
-      multiConn: true,
-    });
+    this.capabilities = overlayCapabilities(writable, parts.native !== undefined);
     this.persister = new BitmapPersister(parts.bitmap, {
       file: parts.metaFile,
       offset: parts.header.headerSize,

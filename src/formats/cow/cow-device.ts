@@ -50,6 +50,7 @@ import {
 import type { NativeFs } from '../../block/native-fs.js';
 import { readFully, sparseExtents, writeFully } from '../../block/raw-file-device.js';
 import { AllocationBitmap } from '../allocation-bitmap.js';
+import { overlayCapabilities } from '../overlay-capabilities.js';
 import { BackingExtentCache } from '../backing-extent-cache.js';
 import { COW_SECTOR_SIZE as SECTOR, type CowHeader } from './cow-header.js';
 import type { CowGeometry } from './cow-layout.js';
@@ -121,19 +122,7 @@ export class CowDevice implements BlockDevice {
     this.bitmap = new AllocationBitmap(g.sectors, g.bitmapLength, 4096, init.bitmapBytes);
     clearBitsFrom(this.bitmap.bytes, g.representableSectors); // tail garbage is ignored (P6)
     const rw = !init.readOnly;
-    this.capabilities = Object.freeze({
-      writable: rw,
-      flush: rw,
-      fua: rw,
-      // TRIM is a hint: without hole punching it is a no-op (contents stay; the spec allows
-      // it) rather than writing gigabytes of zeros for a kernel's 4 GiB discard.
-      trim: rw && init.native !== undefined,
-      zero: rw,
-      fastZero: rw && init.native !== undefined,
-      blockStatus: true,
-      cache: false,
-      multiConn: true,
-    });
+    this.capabilities = overlayCapabilities(rw, init.native !== undefined);
   }
 
   // ---- reads -------------------------------------------------------------------------
