@@ -1,42 +1,44 @@
 /**
- * BlockLocks: one exclusive lock per block index, created on demand and dropped when idle.
+ * BlockLocks: one async mutex per block index, created on demand and dropped when idle.
  *
  * Overlay formats serialise only the allocation of the SAME block (read-modify-write /
  * copy-on-write fill + bit set), never the whole image (style.md §6.11). Locks for a set
  * of blocks are always taken in ascending order, so two requests can never deadlock.
  *
- * A held block is a map entry with its FIFO of waiters; releasing hands the lock straight
- * to the first waiter (or drops the entry). A free block is taken synchronously, with no
- * promise or mutex object per block: allocating writes usually find their blocks free
- * (a 1 MiB add-cow write takes 16 locks of 64 KiB clusters), and this path used to cost
- * an async-mutex plus an await per cluster.
+ * The mutexes are async-mutex's (the project uses the library, not a hand-written lock).
+ * Only allocating writes take them — writes to allocated blocks need no lock — so the
+ * await per block is paid once per newly allocated cluster.
  */
+import { Mutex } from 'async-mutex';
 
-interface Held {
-  /** Resolvers of the requests waiting for this block, in arrival order. */
-  readonly waiters: Array<() => void>;
+interface Entry {
+  readonly mutex: Mutex;
+  users: number;
 }
 
 export class BlockLocks {
-  private readonly held = new Map<number, Held>();
+  private readonly entries = new Map<number, Entry>();
 
   /** Number of blocks currently locked or waited for (for tests). */
   get activeCount(): number {
-    return this.held.size;
+    return this.entries.size;
   }
 
   /** Lock every block in `blocks` (any order, duplicates ok); returns one release function. */
   async acquire(blocks: Iterable<number>): Promise<() => void> {
     const sorted = [...new Set(blocks)].sort((a, b) => a - b);
-    for (const block of sorted) {
-      const wait = this.take(block);
-      if (wait) await wait;
+    const releases: Array<() => void> = [];
+    try {
+      for (const block of sorted) releases.push(await this.acquireOne(block));
+    } catch (err) {
+      for (const r of releases.reverse()) r();
+      throw err;
     }
     let released = false;
     return () => {
       if (released) return;
       released = true;
-      for (let i = sorted.length - 1; i >= 0; i--) this.release(sorted[i]!);
+      for (const r of releases.reverse()) r();
     };
   }
 
@@ -50,21 +52,29 @@ export class BlockLocks {
     }
   }
 
-  /** Take `block` now (undefined) or get a promise that resolves once it is ours. */
-  private take(block: number): Promise<void> | undefined {
-    const entry = this.held.get(block);
+  private async acquireOne(block: number): Promise<() => void> {
+    let entry = this.entries.get(block);
     if (!entry) {
-      this.held.set(block, { waiters: [] });
-      return undefined;
+      entry = { mutex: new Mutex(), users: 0 };
+      this.entries.set(block, entry);
     }
-    return new Promise<void>((resolve) => entry.waiters.push(resolve));
+    entry.users++;
+    const e = entry;
+    let releaseMutex: () => void;
+    try {
+      releaseMutex = await e.mutex.acquire();
+    } catch (err) {
+      this.drop(block, e);
+      throw err;
+    }
+    return () => {
+      releaseMutex();
+      this.drop(block, e);
+    };
   }
 
-  private release(block: number): void {
-    const entry = this.held.get(block);
-    if (!entry) return;
-    const next = entry.waiters.shift();
-    if (next) next(); // ownership passes to the next waiter; the entry stays
-    else this.held.delete(block);
+  private drop(block: number, entry: Entry): void {
+    entry.users--;
+    if (entry.users === 0 && this.entries.get(block) === entry) this.entries.delete(block);
   }
 }

@@ -26,7 +26,7 @@
  * Hot paths: a read inside one run of equal bits (nearly every request) is one direct
  * call to the image file or the backing; block status of unallocated ranges comes from a
  * BackingExtentCache (the backing never changes while open), not from two threadpool
- * lseeks per query; BlockLocks takes free clusters synchronously.
+ * lseeks per query.
  *
  * Crash ordering: FLUSH/FUA = image fdatasync → dirty bitmap pages → .add-cow fdatasync.
  * A bit is set only after its data and COW-fill pwrites completed, and a page snapshot is
