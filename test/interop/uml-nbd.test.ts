@@ -7,12 +7,12 @@
  *     sector may read data that was never written (each sector is either its old
  *     contents or its complete new contents).
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync, utimesSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openImage } from '../../src/formats/open-image.js';
 import { createPatternedImage, createRawImage, makeTempDir, sha256File, type TempDir } from '../helpers/images.js';
-import { nbdPython, requireNbdPython, runNbdPython, startServer } from '../helpers/server.js';
+import { findNbdPython, nbdPython, requireNbdPython, startServer } from '../helpers/server.js';
 import { requireTool } from '../helpers/tools.js';
 
 const ready = requireTool('uml_mkcow') && requireTool('uml_moo') && requireNbdPython();
@@ -79,7 +79,7 @@ h.shutdown()
   });
 
   it('SIGKILL during writes: flushed writes survive, no sector holds unwritten data', async () => {
-    const size = 64 * MiB;
+    const size = 256 * MiB; // room for more writes than can finish before the kill
     const base = createRawImage(tmp.file('base.img'), size, [[0, 4 * MiB]], 41);
     utimesSync(base, MTIME, MTIME);
     const cow = tmp.file('ov.cow');
@@ -98,7 +98,7 @@ def region(i):
     return off, ln
 try:
     i = 0
-    while i < 8000:
+    while i < 32000:
         cookies = []
         for k in range(16):
             off, ln = region(i + k)
@@ -116,11 +116,28 @@ try:
 except Exception as e:
     print('ERROR', e, flush=True)
 `;
-    const client = runNbdPython(script, { URI: srv.uri() }, 60_000);
-    // Let some flushes complete, then kill -9 while writes are in flight.
-    await new Promise((r) => setTimeout(r, 1500));
-    srv.proc.kill('SIGKILL');
-    const res = await client;
+    // Kill -9 as soon as a few flushes have completed (watching the writer's output rather
+    // than sleeping: a fixed delay let a fast server finish every write first).
+    const res = await new Promise<{ stdout: string; stderr: string }>((resolve) => {
+      const prelude = `URI = ${JSON.stringify(srv.uri())}\n`;
+      const py = spawn(findNbdPython()!, ['-c', prelude + script], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      let killed = false;
+      const timer = setTimeout(() => py.kill('SIGKILL'), 60_000);
+      py.stdout.setEncoding('utf8').on('data', (d: string) => {
+        stdout += d;
+        if (!killed && /FLUSHED (\d{3,})/.test(stdout) && Number(/.*FLUSHED (\d+)/s.exec(stdout)![1]) >= 160) {
+          killed = true;
+          srv.proc.kill('SIGKILL');
+        }
+      });
+      py.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+      py.once('close', () => {
+        clearTimeout(timer);
+        resolve({ stdout, stderr });
+      });
+    });
     await srv.stop('SIGKILL');
     const flushed = Math.max(0, ...[...res.stdout.matchAll(/FLUSHED (\d+)/g)].map((m) => Number(m[1])));
     expect(flushed, res.stdout + res.stderr).toBeGreaterThan(0);
