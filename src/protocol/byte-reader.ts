@@ -32,7 +32,15 @@ export class ByteReader {
 
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
-    this.chunks.push(chunk);
+    const n = this.chunks.length;
+    const last = n > 0 ? this.chunks[n - 1]! : undefined;
+    if (last && last.buffer === chunk.buffer && last.byteOffset + last.length === chunk.byteOffset) {
+      // Adjacent in the same memory (arena reads): extend the view, so a message received
+      // in several reads can still be taken without a copy.
+      this.chunks[n - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + chunk.length);
+    } else {
+      this.chunks.push(chunk);
+    }
     this.total += chunk.length;
     const w = this.waiter;
     if (w && this.total >= w.n) {

@@ -38,9 +38,12 @@ export class Connection {
     readonly peer: string,
     private readonly server: ConnectionServer,
     parentLog: Logger,
+    /** Arena-read sockets deliver bytes through a sink instead of 'data' events. */
+    setSink?: (sink: (bytes: Buffer) => void) => void,
   ) {
     this.log = parentLog.child({ conn: id, peer });
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (setSink) setSink((chunk) => this.onData(chunk));
+    else socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => this.onEnd());
     socket.on('error', (err) => this.log.debug({ err }, 'socket error'));
     socket.on('close', () => void this.onClose());

@@ -10,6 +10,7 @@
  * No state at module level: several servers can live in one process (tests, library use).
  */
 import net from 'node:net';
+import { arenaSocket } from './arena-reads.js';
 import { lstat, unlink } from 'node:fs/promises';
 import type { Logger } from '../logging.js';
 import { Connection } from './connection.js';
@@ -49,7 +50,8 @@ export class NbdServer {
 
   /** Start listening; resolves with the real address (the real port when port is 0). */
   async listen(endpoint: ListenEndpoint): Promise<ListenAddress> {
-    const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.accept(socket));
+    // pauseOnConnect: accepted sockets are re-wrapped for arena reads before any read.
+    const server = net.createServer({ noDelay: true, allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     if ('path' in endpoint) await removeStaleSocket(endpoint.path);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -85,15 +87,17 @@ export class NbdServer {
     return this.stopping !== undefined;
   }
 
-  private accept(socket: net.Socket): void {
+  private accept(accepted: net.Socket): void {
     if (this.stopping) {
-      socket.destroy();
+      accepted.destroy();
       return;
     }
+    const peer = accepted.remoteAddress ? `${accepted.remoteAddress}:${accepted.remotePort}` : 'unix';
+    const { socket, setSink } = arenaSocket(accepted, { allowHalfOpen: true });
+    socket.setNoDelay(true);
     // Notice vanished clients (NBD issue #52: state lingering after an unclean death).
     socket.setKeepAlive(true, 60_000);
-    const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
-    const conn = new Connection(socket, this.nextId++, peer, { provider: this.options.provider, isStopping: () => this.isStopping() }, this.options.log);
+    const conn = new Connection(socket, this.nextId++, peer, { provider: this.options.provider, isStopping: () => this.isStopping() }, this.options.log, setSink);
     this.connections.add(conn);
     void conn.closed.then(() => this.connections.delete(conn));
     void conn.start();
