@@ -81,3 +81,31 @@ describe('ByteReader', () => {
     expect(() => reader.take(4)).toThrow(RangeError);
   });
 });
+
+describe('ByteReader with arena reads', () => {
+  it('merges views adjacent in one arena, so a message split across reads is taken without a copy', () => {
+    const arena = Buffer.alloc(64);
+    for (let i = 0; i < 64; i++) arena[i] = i;
+    const r = new ByteReader();
+    r.push(arena.subarray(0, 10));
+    r.push(arena.subarray(10, 25));
+    r.push(arena.subarray(25, 40));
+    const head = r.take(4);
+    const msg = r.take(30); // spans the three reads
+    expect([...head]).toEqual([0, 1, 2, 3]);
+    expect([...msg]).toEqual(Array.from({ length: 30 }, (_, i) => i + 4));
+    expect(msg.buffer).toBe(arena.buffer); // a view into the arena, not a copy
+    expect(msg.byteOffset).toBe(arena.byteOffset + 4);
+    expect(r.length).toBe(6);
+  });
+
+  it('does not merge views of different memory, or non-adjacent views of the same memory', () => {
+    const a = Buffer.from([1, 2, 3, 4]);
+    const b = Buffer.from([5, 6]);
+    const r = new ByteReader();
+    r.push(a.subarray(0, 2));
+    r.push(a.subarray(3, 4)); // gap at index 2: must stay separate
+    r.push(b);
+    expect([...r.take(5)]).toEqual([1, 2, 4, 5, 6]);
+  });
+});
