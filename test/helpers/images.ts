@@ -61,3 +61,16 @@ export function sha256File(file: string): string {
 export function sha256(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
 }
+
+/** The whole virtual disk of an image (any format, opened read-only through openImage). */
+export async function readImage(file: string): Promise<Buffer> {
+  const { openImage } = await import('../../src/formats/open-image.js');
+  const dev = await openImage(file, { readOnly: true });
+  try {
+    const out = Buffer.alloc(dev.size);
+    await dev.read(0, out);
+    return out;
+  } finally {
+    await dev.close();
+  }
+}

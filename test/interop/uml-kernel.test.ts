@@ -18,7 +18,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../src/formats/open-image.js';
 import { createCow } from '../../src/formats/cow/index.js';
-import { createPatternedImage, makeTempDir, sha256File } from '../helpers/images.js';
+import { createPatternedImage, makeTempDir, sha256File, readImage } from '../helpers/images.js';
 import { requireTool } from '../helpers/tools.js';
 
 const haveTools = requireTool('linux.uml') && requireTool('uml_mkcow') && requireTool('gcc') && requireTool('mkfs.ext4') && requireTool('busybox');
@@ -142,16 +142,6 @@ function runUml(h: UmlHarness, script: string, ubdArgs: string[], timeoutSec = 1
 const tmp = makeTempDir('uml-kernel-');
 afterAll(() => tmp.cleanup());
 
-async function readAll(file: string): Promise<Buffer> {
-  const dev = await openImage(file);
-  try {
-    const out = Buffer.alloc(dev.size);
-    await dev.read(0, out);
-    return out;
-  } finally {
-    await dev.close();
-  }
-}
 
 describe.runIf(haveTools)('UML kernel interop', () => {
   it('UML reads what the driver wrote, and the driver reads what UML wrote', async () => {
@@ -174,7 +164,7 @@ describe.runIf(haveTools)('UML kernel interop', () => {
     await dev.write(MiB - 512, Buffer.alloc(512, 0xe4));
     await dev.flush();
     await dev.close();
-    const ourView = await readAll(ov1);
+    const ourView = await readImage(ov1);
 
     // ubd2: made by uml_mkcow, written by UML.
     const ov2 = tmp.file('ov2.cow');
@@ -214,7 +204,7 @@ describe.runIf(haveTools)('UML kernel interop', () => {
     put(2047, 1, 0xee);
     put(500, 8, 0);
     put(600, 8, 0);
-    const view2 = await readAll(ov2);
+    const view2 = await readImage(ov2);
     expect(view2.equals(expected)).toBe(true);
     const bm = readFileSync(ov2).subarray(8192, 8192 + 256);
     expect(bm[0]).toBe(0x01);

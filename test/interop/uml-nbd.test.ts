@@ -10,8 +10,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync, utimesSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { openImage } from '../../src/formats/open-image.js';
-import { createPatternedImage, createRawImage, makeTempDir, sha256File, type TempDir } from '../helpers/images.js';
+import { createPatternedImage, createRawImage, makeTempDir, sha256File, type TempDir, readImage } from '../helpers/images.js';
 import { findNbdPython, nbdPython, requireNbdPython, startServer } from '../helpers/server.js';
 import { requireTool } from '../helpers/tools.js';
 
@@ -25,16 +24,6 @@ beforeEach(() => {
 });
 afterEach(() => tmp.cleanup());
 
-async function readAll(file: string): Promise<Buffer> {
-  const dev = await openImage(file, { readOnly: true });
-  try {
-    const out = Buffer.alloc(dev.size);
-    await dev.read(0, out);
-    return out;
-  } finally {
-    await dev.close();
-  }
-}
 
 describe.runIf(ready)('cow over NBD', () => {
   it('uml_mkcow overlay written through the server merges (uml_moo) to what the server reads', async () => {
@@ -70,7 +59,7 @@ h.shutdown()
       const merged = readFileSync(tmp.file('merged.img'));
       const { createHash } = await import('node:crypto');
       expect(createHash('sha256').update(merged).digest('hex')).toBe(served);
-      expect(createHash('sha256').update(await readAll(cow)).digest('hex')).toBe(served);
+      expect(createHash('sha256').update(await readImage(cow)).digest('hex')).toBe(served);
       expect(merged[1000]).toBe(0xaa);
       expect(sha256File(base)).toBe(before);
     } finally {
@@ -143,7 +132,7 @@ except Exception as e:
     expect(flushed, res.stdout + res.stderr).toBeGreaterThan(0);
     expect(res.stdout).not.toContain('DONE'); // the kill really interrupted the writer
 
-    const view = await readAll(cow);
+    const view = await readImage(cow);
     const backing = readFileSync(base);
     const attempted = flushed + 16 + 16; // generous bound on writes that may have reached the server
     for (let i = 0; i < attempted && i * 8192 < size; i++) {

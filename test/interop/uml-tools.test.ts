@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../src/formats/open-image.js';
 import { createCow } from '../../src/formats/cow/index.js';
 import { writeCraftedCow, type CraftLayout } from '../helpers/cow-craft.js';
-import { createPatternedImage, createRawImage, makeTempDir, sha256File, type TempDir } from '../helpers/images.js';
+import { createPatternedImage, createRawImage, makeTempDir, sha256File, type TempDir, readImage } from '../helpers/images.js';
 import { requireTool } from '../helpers/tools.js';
 
 const haveTools = requireTool('uml_mkcow') && requireTool('uml_moo');
@@ -27,16 +27,6 @@ beforeAll(() => {
 });
 afterAll(() => tmp?.cleanup());
 
-async function readAll(file: string): Promise<Buffer> {
-  const dev = await openImage(file);
-  try {
-    const out = Buffer.alloc(dev.size);
-    await dev.read(0, out);
-    return out;
-  } finally {
-    await dev.close();
-  }
-}
 
 function moo(cow: string, out: string): Buffer {
   execFileSync('uml_moo', [cow, out], { stdio: 'pipe' });
@@ -111,7 +101,7 @@ describe.runIf(haveTools)('uml_mkcow / uml_moo interop', () => {
       await dev.write(size - 700, Buffer.alloc(700, 0x33)); // last (possibly partial) sector
       await dev.flush();
       await dev.close();
-      const view = await readAll(cow);
+      const view = await readImage(cow);
       const merged = moo(cow, path.join(dir, 'merged.img'));
       // uml_moo drops the partial last sector (floor(size/512)*512, cow-formats §1.13).
       const mooLen = Math.floor(size / 512) * 512;
@@ -146,7 +136,7 @@ describe.runIf(haveTools)('uml_mkcow / uml_moo interop', () => {
       garbage: true,
       sectors: { 3: 0xa1, 4: 0xa2, 1000: 0xb1, 2047: 0xc1 },
     });
-    const view = await readAll(cow);
+    const view = await readImage(cow);
     expect(view[3 * 512]).toBe(0xa1);
     expect(view[2047 * 512]).toBe(0xc1);
     expect(moo(cow, path.join(dir, 'merged.img')).equals(view)).toBe(true);
@@ -174,7 +164,7 @@ describe.runIf(haveTools)('uml_mkcow / uml_moo interop', () => {
     await dev.flush();
     await dev.close();
     expect(readFileSync(cow).subarray(0, hdrLen).equals(headerBefore)).toBe(true); // layout untouched
-    const view = await readAll(cow);
+    const view = await readImage(cow);
     expect(view[3 * 512]).toBe(0xa1);
     expect(view[3 * 512 + 10]).toBe(0x01);
     expect(moo(cow, path.join(dir, 'merged.img')).equals(view)).toBe(true);
@@ -189,7 +179,7 @@ describe.runIf(haveTools)('uml_mkcow / uml_moo interop', () => {
     const r = spawnSync('uml_moo', [cow, path.join(dir, 'merged.img')], { encoding: 'utf8' });
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/Size mismatch \(0 vs 1048576\)/);
-    const view = await readAll(cow);
+    const view = await readImage(cow);
     expect(view.subarray(7 * 512, 8 * 512).every((x) => x === 0x77)).toBe(true);
     expect(view.subarray(0, 7 * 512).equals(readFileSync(b).subarray(0, 7 * 512))).toBe(true);
   });
