@@ -186,8 +186,12 @@ RESULTS="$RUN_DIR/rows.tsv" # target  row  status  fio-json-or-reason
 : >"$RESULTS"
 echo "bench.sh: set=$SET targets=${TARGETS[*]} ${RUNTIME}s/row (+${RAMP}s ramp), base ${SIZE_MIB} MiB, run dir $RUN_DIR" >&2
 
-for target in "${TARGETS[@]}"; do
-  for spec in "${ROWS[@]}"; do
+# Row-major: every target runs a row back to back, so the machine's state (dirty pages
+# from earlier write rows, writeback) is as similar as possible for the targets compared.
+# (A `sync` before each row made things worse here: the flush of gigabytes to the VM's
+# disk kept writing back during the following measurements.)
+for spec in "${ROWS[@]}"; do
+  for target in "${TARGETS[@]}"; do
     read -r row rw bs qd <<<"$spec"
     log="$RUN_DIR/$target.$row.log"
     port="$(free_port)"
