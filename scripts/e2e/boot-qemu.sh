@@ -40,9 +40,7 @@ if [[ -z $log ]]; then log=$(mktemp); own_log=1; fi
 cleanup() { [[ -n $own_log ]] && rm -f "$log"; return 0; }
 trap cleanup EXIT
 
-payload=$(base64 -w0 <"$script")
-# COMMAND_LINE_SIZE is 2048 on x86; leave room for the fixed part.
-((${#payload} < 1700)) || e2e_die "guest script too long for the kernel command line (${#payload} base64 bytes)"
+payload=$(e2e_guest_payload "$script")
 append="console=ttyS0 root=/dev/vda rw quiet loglevel=3 panic=-1 nokaslr 8250.nr_uarts=1 e2e_script=$payload"
 
 set +e
@@ -56,14 +54,4 @@ timeout -k 5 "$timeout_s" qemu-system-x86_64 \
   </dev/null >&2
 qrc=$?
 set -e
-tr -d '\r' <"$log"
-if ((qrc == 124 || qrc == 137)); then
-  e2e_log "boot timed out after ${timeout_s}s"
-  exit 124
-fi
-rc=$(tr -d '\r' <"$log" | sed -n 's/.*E2E-END rc=\([0-9][0-9]*\).*/\1/p' | tail -n1)
-if [[ -z $rc ]]; then
-  e2e_log "guest ended without E2E-END (qemu exit $qrc)"
-  exit 125
-fi
-exit "$rc"
+e2e_boot_result QEMU "$qrc" "$log"

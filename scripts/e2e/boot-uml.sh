@@ -35,8 +35,7 @@ umltmp=$(mktemp -d -p "$shm" cownbd-uml.XXXXXX)
 cleanup() { rm -rf "$umltmp"; [[ -n $own_log ]] && rm -f "$log"; return 0; }
 trap cleanup EXIT
 
-payload=$(base64 -w0 <"$script")
-((${#payload} < 1700)) || e2e_die "guest script too long for the kernel command line"
+payload=$(e2e_guest_payload "$script")
 
 set +e
 # con=null con0=fd:0,fd:1: only the console, on our stdout; stdin is /dev/null so UML never
@@ -45,14 +44,4 @@ TMPDIR=$umltmp timeout -k 5 "$timeout_s" linux.uml mem=64M "ubd0=$ubd" root=/dev
   con=null con0=fd:0,fd:1 quiet "e2e_script=$payload" </dev/null >"$log" 2>&1
 urc=$?
 set -e
-tr -d '\r' <"$log"
-if ((urc == 124 || urc == 137)); then
-  e2e_log "UML boot timed out after ${timeout_s}s"
-  exit 124
-fi
-rc=$(tr -d '\r' <"$log" | sed -n 's/.*E2E-END rc=\([0-9][0-9]*\).*/\1/p' | tail -n1)
-if [[ -z $rc ]]; then
-  e2e_log "UML ended without E2E-END (exit $urc)"
-  exit 125
-fi
-exit "$rc"
+e2e_boot_result UML "$urc" "$log"

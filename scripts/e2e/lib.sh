@@ -53,3 +53,30 @@ e2e_install_busybox() {
   done
   ln -sf bin "$root/sbin"
 }
+
+# e2e_guest_payload SCRIPT -> the guest script, base64, for `e2e_script=` on the kernel
+# command line (COMMAND_LINE_SIZE is 2048 on x86; leave room for the fixed part).
+e2e_guest_payload() {
+  local payload
+  payload=$(base64 -w0 <"$1")
+  ((${#payload} < 1700)) || e2e_die "guest script too long for the kernel command line (${#payload} base64 bytes)"
+  printf '%s' "$payload"
+}
+
+# e2e_boot_result NAME EXIT_CODE CONSOLE_LOG: print the console (CRs stripped) and exit
+# like the boot scripts promise: the guest script's status from "E2E-END rc=N", 124 on a
+# timeout (timeout(1) exit 124, or 137 after its -k kill), 125 when the marker is missing.
+e2e_boot_result() {
+  local name=$1 code=$2 log=$3 rc
+  tr -d '\r' <"$log"
+  if ((code == 124 || code == 137)); then
+    e2e_log "$name boot timed out"
+    exit 124
+  fi
+  rc=$(tr -d '\r' <"$log" | sed -n 's/.*E2E-END rc=\([0-9][0-9]*\).*/\1/p' | tail -n1)
+  if [[ -z $rc ]]; then
+    e2e_log "$name ended without E2E-END (exit $code)"
+    exit 125
+  fi
+  exit "$rc"
+}

@@ -128,16 +128,3 @@ export type DeviceErrorCode =
   | 'EOVERFLOW'
   | 'ENOTSUP'
   | 'ESHUTDOWN';
-
-/** Capabilities of a device that can do nothing but read. */
-export const READ_ONLY_CAPABILITIES: DeviceCapabilities = Object.freeze({
-  writable: false,
-  flush: false,
-  fua: false,
-  trim: false,
-  zero: false,
-  fastZero: false,
-  blockStatus: false,
-  cache: false,
-  multiConn: true,
-});

@@ -180,7 +180,8 @@ export class OverlayDirProvider implements ExportProvider {
           await createOverlay(file, this.base, this.sizes.backingSize);
           this.log.info({ export: name, file }, 'created overlay');
         } catch (err) {
-          if ((err as Error).message.includes('EEXIST') === false && (err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+          // Another server (or an earlier run) made it: reuse it.
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
         }
         return openOverlay(file, this.base);
       })();

@@ -43,9 +43,3 @@ export class Interrupt {
     }
   }
 }
-
-/** An Interrupt that never fires (library use, tests). */
-export const NEVER_INTERRUPTED: Pick<Interrupt, 'check' | 'isRequested'> = {
-  check: () => {},
-  isRequested: false,
-};

@@ -100,10 +100,6 @@ export function isQemuLayout(layout: CowLayoutName): boolean {
   return layout === 'qemu-i386' || layout === 'qemu-x86_64';
 }
 
-export function cowHeaderSize(layout: CowLayoutName): number {
-  return FIELDS[layout].headerSize;
-}
-
 /**
  * The kernel's detection (§1.2). Returns one layout, or the three version-2 candidates
  * that only the backing file can tell apart.

@@ -9,7 +9,7 @@
  *   inspectCowFile(path, options)        header/geometry/bitmap without opening the backing device
  *   cowInspection(device)                the same for an open device (CheckedDevice or CowDevice)
  */
-import { open, stat, unlink } from 'node:fs/promises';
+import { open, unlink } from 'node:fs/promises';
 import type { BlockDevice } from '../../block/block-device.js';
 import { CheckedDevice } from '../../block/checked-device.js';
 import { nativeFs } from '../../block/native-fs.js';
@@ -96,7 +96,8 @@ export async function createCow(path: string, options: CreateCowOptions): Promis
   const bytes = encodeCowHeader(header);
   const geometry = cowGeometry({ ...header, version: 3, headerSize: bytes.length });
   const fh = await open(path, options.force ? 'w' : 'wx').catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'EEXIST') throw new CowBackingError(`${path}: file exists (use force to overwrite): EEXIST`);
+    // Keep the errno code: callers (e.g. the overlay-dir provider) branch on it.
+    if (err.code === 'EEXIST') throw Object.assign(new CowBackingError(`${path}: file exists (use force to overwrite): EEXIST`), { code: 'EEXIST' });
     throw err;
   });
   try {
@@ -136,13 +137,6 @@ export function cowInspection(device: BlockDevice): CowInspection | undefined {
   return inner instanceof CowDevice ? inner.inspect() : undefined;
 }
 
-/** Does `file` exist? (for tools deciding between create and open) */
-export async function cowFileExists(file: string): Promise<boolean> {
-  return stat(file).then(
-    () => true,
-    () => false,
-  );
-}
 
 export { CowDevice } from './cow-device.js';
 export type { CowBitmapView, CowInspection } from './cow-device.js';
