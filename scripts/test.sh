@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-utils qemu-block-extra libnbd-bin python3-libnbd nbdkit fio nbd-client time
-          uml-utilities user-mode-linux e2fsprogs qemu-system-x86 busybox-static systemd)
+          uml-utilities user-mode-linux patchelf e2fsprogs qemu-system-x86 busybox-static systemd)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,6 +22,9 @@ if ((${#missing[@]})); then
 fi
 
 bash scripts/build-native.sh
+# A linux.uml that boots on this CPU (see the script for why Debian 12's may not).
+uml_dir=$(bash scripts/uml-kernel.sh)
+if [[ -n "$uml_dir" ]]; then export PATH="$uml_dir:$PATH"; fi
 npm run build
 # Default reporter for people, JSON for the closing summary line CI reads.
 results=$(mktemp -t cownbd-vitest-XXXXXX.json)
