@@ -60,7 +60,7 @@ export const INFO_SCHEMA = {
         bitmapLength: uint,
         dataOffset: uint,
         sectors: uint,
-        representableSectors: { ...uint, description: '< sectors for v1/v2 rounding bug (P11) and QEMU partial last sector' },
+        representableSectors: { ...uint, description: '< sectors when the layout has no bit for some sectors (short v1/v2 bitmap, QEMU partial last sector)' },
         allocatedSectors: uint,
       },
     },
