@@ -2,7 +2,7 @@
  * BlockLocks: one async mutex per block index, created on demand and dropped when idle.
  *
  * Overlay formats serialise only the allocation of the SAME block (read-modify-write /
- * copy-on-write fill + bit set), never the whole image (style.md §6.11). Locks for a set
+ * copy-on-write fill + bit set), never the whole image (docs/add-cow-format.md#a10). Locks for a set
  * of blocks are always taken in ascending order, so two requests can never deadlock.
  *
  * The mutexes are async-mutex's (the project uses the library, not a hand-written lock).

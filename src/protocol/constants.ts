@@ -1,10 +1,10 @@
 /**
- * NBD wire constants, grouped and named as in the NBD spec (doc/proto.md). One place
- * only: everything else imports from here, and nameOf() derives log names from the
- * same objects (never a hand-written reverse table).
+ * NBD wire constants, grouped and named as in the NBD protocol specification
+ * (docs/protocol.md#wire-values). One place only: everything else imports from here, and
+ * nameOf() derives log names from the same objects (never a hand-written reverse table).
  */
 
-// §"Newstyle negotiation": magics.
+// Newstyle negotiation: magics.
 export const NBD_MAGIC = 0x4e42444d41474943n; // "NBDMAGIC"
 export const IHAVEOPT = 0x49484156454f5054n; // "IHAVEOPT"
 export const OPTION_REPLY_MAGIC = 0x3e889045565a9n;
@@ -12,19 +12,19 @@ export const REQUEST_MAGIC = 0x25609513;
 export const SIMPLE_REPLY_MAGIC = 0x67446698;
 export const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
 
-// §"Handshake flags" (server → client, u16).
+// Handshake flags (server → client, u16).
 export const NbdHandshakeFlag = {
   FIXED_NEWSTYLE: 1 << 0,
   NO_ZEROES: 1 << 1,
 } as const;
 
-// §"Client flags" (client → server, u32).
+// Client flags (client → server, u32).
 export const NbdClientFlag = {
   C_FIXED_NEWSTYLE: 1 << 0,
   C_NO_ZEROES: 1 << 1,
 } as const;
 
-// §"Option types".
+// Option types.
 export const NbdOpt = {
   EXPORT_NAME: 1,
   ABORT: 2,
@@ -39,7 +39,7 @@ export const NbdOpt = {
   EXTENDED_HEADERS: 11,
 } as const;
 
-// §"Option reply types" (errors have bit 31 set).
+// Option reply types (errors have bit 31 set).
 export const NbdRep = {
   ACK: 1,
   SERVER: 2,
@@ -57,7 +57,7 @@ export const NbdRep = {
   ERR_EXT_HEADER_REQD: 0x8000000a,
 } as const;
 
-// §"Info types" (inside NBD_REP_INFO).
+// Info types (inside NBD_REP_INFO).
 export const NbdInfo = {
   EXPORT: 0,
   NAME: 1,
@@ -65,7 +65,7 @@ export const NbdInfo = {
   BLOCK_SIZE: 3,
 } as const;
 
-// §"Transmission flags" (u16).
+// Transmission flags (u16).
 export const NbdFlag = {
   HAS_FLAGS: 1 << 0,
   READ_ONLY: 1 << 1,
@@ -81,7 +81,7 @@ export const NbdFlag = {
   SEND_FAST_ZERO: 1 << 11,
 } as const;
 
-// §"Request types".
+// Request types.
 export const NbdCmd = {
   READ: 0,
   WRITE: 1,
@@ -94,7 +94,7 @@ export const NbdCmd = {
 } as const;
 export type NbdCmdCode = (typeof NbdCmd)[keyof typeof NbdCmd];
 
-// §"Command flags" (u16).
+// Command flags (u16).
 export const NbdCmdFlag = {
   FUA: 1 << 0,
   NO_HOLE: 1 << 1,
@@ -103,7 +103,7 @@ export const NbdCmdFlag = {
   FAST_ZERO: 1 << 4,
 } as const;
 
-// §"Structured reply chunk message" types and flags.
+// Structured reply chunk message types and flags.
 export const NbdReplyFlag = { DONE: 1 << 0 } as const;
 export const NbdReplyType = {
   NONE: 0,
@@ -114,7 +114,7 @@ export const NbdReplyType = {
   ERROR_OFFSET: 0x8002,
 } as const;
 
-// §"Error values".
+// Error values.
 export const NbdError = {
   OK: 0,
   EPERM: 1,
@@ -127,7 +127,7 @@ export const NbdError = {
   ESHUTDOWN: 108,
 } as const;
 
-// §"Metadata querying": the contexts this server offers.
+// Metadata contexts this server offers (docs/protocol.md#meta-contexts).
 export const META_BASE_ALLOCATION = 'base:allocation';
 export const META_QEMU_ALLOCATION_DEPTH = 'qemu:allocation-depth';
 
@@ -138,7 +138,7 @@ export const STRUCTURED_HEADER_SIZE = 20;
 export const OPTION_HEADER_SIZE = 16;
 export const OPTION_REPLY_HEADER_SIZE = 20;
 
-// Server limits (§"Size constraints", §"Option haggling" string limits).
+// Server limits (docs/protocol.md#limits).
 export const MAX_STRING_LENGTH = 4096;
 export const MIN_BLOCK_SIZE = 1;
 export const DEFAULT_PREFERRED_BLOCK_SIZE = 4096;

@@ -1,5 +1,5 @@
 /**
- * Two kinds of failure (style.md §6.6):
+ * Two kinds of failure (docs/protocol.md#errors):
  *   - ProtocolError: the peer broke the protocol (bad magic, over-long string, EOF
  *     mid-message) — the connection is closed, other connections are untouched.
  *   - anything else a request handler throws becomes an NBD error reply via

@@ -1,5 +1,5 @@
 /**
- * Fixed-newstyle option haggling (NBD spec §"Option haggling"): one handleOpt* per
+ * Fixed-newstyle option haggling (docs/protocol.md#options): one handleOpt* per
  * option, a dispatch table, and bounds against abusive clients.
  *
  *   greeting ─► client flags ─► loop { option header, data, handleOpt*(…) }

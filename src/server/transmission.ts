@@ -1,5 +1,5 @@
 /**
- * Transmission phase (NBD spec §"Transmission"): the request pipeline of one connection.
+ * Transmission phase (docs/protocol.md#requests): the request pipeline of one connection.
  *
  *   socket chunks ─► ByteReader ─► pump(): header → validate → payload/drain → start()
  *                                                                       │ (concurrent)
