@@ -4,7 +4,7 @@
  *
  * On-disk convention for both formats: bit n lives in byte n >> 3 with mask
  * 1 << (n & 7) — least significant bit first, byte-wise (never native words, so the
- * layout is independent of host endianness; cow-formats.md P14).
+ * layout is independent of host endianness; docs/cow-format.md#c14).
  *
  * The bitmap tracks which of its bytes changed since the last persist, at "page"
  * granularity (pageSize bytes of bitmap), so FLUSH writes only dirty pages.

@@ -10,7 +10,7 @@
  * ~200 MiB/s on tmpfs and paid two futex hand-offs per request on ext4.
  *
  * Validity: an overlay's backing is opened read-only and is never written while the
- * overlay is open (cow-formats.md: "nothing ever writes to a base/backing image"; the cow
+ * overlay is open (nothing ever writes to a backing image, docs/cow-format.md#model; the cow
  * mtime check refuses a backing changed behind the overlay's back). Its extents are
  * therefore fixed for the lifetime of the device, so caching them changes no answer.
  *

@@ -7,7 +7,7 @@
  * Why a snapshot taken BEFORE syncData: a driver sets a bit only after the pwrite of that
  * cluster's data (and its COW-fill) has completed. Every bit present in the snapshot
  * therefore belongs to data that syncData() makes durable, so no bit can reach the disk
- * ahead of its data (cow-formats.md P15/P19). Bits set by writes that complete while we
+ * ahead of its data (docs/cow-format.md#c15, docs/add-cow-format.md#a10). Bits set by writes that complete while we
  * are syncing mark their page dirty again and go out with the next flush.
  *
  * Flushes are serialised by a mutex so two overlapping flushes never write the same page

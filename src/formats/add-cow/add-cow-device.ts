@@ -6,13 +6,13 @@
  *                                    └──► backing BlockDevice (read-only, may be absent)
  *
  * Invariants
- *   - Virtual size = floor(image_len / 512) * 512, fixed at open (P20).
+ *   - Virtual size = floor(image_len / 512) * 512, fixed at open (docs/add-cow-format.md#a2).
  *   - Bit c set ⇔ cluster c's bytes are valid in the image file; clear ⇔ read them from the
  *     backing device (zeros past its end, zeros when there is none).
  *   - ALL_ALLOCATED: bitmap and backing are ignored; every op goes straight to the image.
  *   - Bits are only ever set, and only in memory until a flush (BitmapPersister).
  *
- * Write / allocation (final add-cow code order, §2.4):
+ * Write / allocation (final add-cow code order, docs/add-cow-format.md#io):
  *   1. guest data → image file at the same offset;
  *   2. for a partially covered, still-unallocated first/last cluster, COW-fill the
  *      uncovered head/tail of that cluster from the backing device (never past the

@@ -1,8 +1,8 @@
 /**
  * add-cow header: parse, validate and serialize, by explicit little-endian offsets.
  *
- * Source: QEMU add-cow proposal, final spec (V19/V20, docs/specs/add-cow.txt blob fba74dd)
- * plus the stricter checks of its final code (e79bcd945); cow-formats.md §2.2 and P19.
+ * Source: the final (V19/V20) spec and code of QEMU's add-cow proposal, with the code's
+ * stricter checks: docs/add-cow-format.md#header and docs/add-cow-format.md#a1.
  *
  *   .add-cow file:  [ header: HEADER_SIZE bytes ][ COW bitmap: 1 bit per cluster, LSB first ]
  *
@@ -21,7 +21,7 @@
  *   [76 .. HEADER_SIZE-1]            name area: the two names (NOT NUL-terminated); every
  *                                    other byte must be 0
  *
- * Interpretations (documented decisions):
+ * Interpretations (docs/add-cow-format.md#a3 … docs/add-cow-format.md#a6):
  *   - Format strings: V19+ writes them NUL-terminated (<= 15 chars); a V18-style 16-char
  *     string without NUL is accepted on read, never written. Characters must be printable
  *     ASCII and the bytes after the NUL must be zero.

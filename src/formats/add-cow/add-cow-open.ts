@@ -1,7 +1,7 @@
 /**
  * Opening an add-cow image: header → names → image file → bitmap → backing device.
  *
- * Names (cow-formats.md §2.2, P19): a relative image or backing name is resolved against
+ * Names (docs/add-cow-format.md#a7): a relative image or backing name is resolved against
  * the DIRECTORY OF THE .add-cow FILE (the final code's path_combine), never the CWD.
  * After resolving, the image file, the backing file and the .add-cow file must be three
  * different files (compared by resolved path and, where they exist, by device+inode).
@@ -32,7 +32,7 @@ import {
 } from './add-cow-header.js';
 import { AddCowDevice } from './add-cow-device.js';
 
-/** Logical sector: the virtual size is the image length rounded down to this (P20). */
+/** Logical sector: the virtual size is the image length rounded down to this (docs/add-cow-format.md#a2). */
 export const ADD_COW_SECTOR = 512;
 
 export interface AddCowFiles {

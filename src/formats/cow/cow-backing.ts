@@ -1,8 +1,9 @@
 /**
  * The backing file of a COW: where it is, and whether it is still the file the COW was
- * made against (cow-formats.md §1.8, §1.12, P3–P5).
+ * made against (docs/cow-format.md#backing-checks, docs/cow-format.md#backing-paths,
+ * decisions docs/cow-format.md#c3 to docs/cow-format.md#c5).
  *
- * Resolution of a RELATIVE stored path (P5):
+ * Resolution of a RELATIVE stored path (docs/cow-format.md#c5):
  *   - UML layouts (v1, v2, v3, v3-broken): relative to the process's current directory,
  *     exactly like UML and uml_moo (a COW with a relative path only works from the right
  *     CWD there too; createCow never writes relative paths).
@@ -14,7 +15,7 @@
  *   1. stat size must equal the header's size:  "Size mismatch (H vs A) of COW header vs backing file"
  *   2. whole-second st_mtime must equal the header's u32 mtime zero-extended:
  *                                               "mtime mismatch (H vs A) of COW header vs backing file"
- *      skipped with ignoreMtime (recovery), and for QEMU layouts (QEMU never checked it, P18).
+ *      skipped with ignoreMtime (recovery), and for QEMU layouts (QEMU never checked it, docs/cow-format.md#c18).
  */
 import { stat, realpath } from 'node:fs/promises';
 import path from 'node:path';
@@ -74,7 +75,7 @@ export function checkBacking(h: CowHeader, actual: BackingStat, file: string, op
 /**
  * uml_mkcow's absolutize(): resolve the directory part physically (getcwd after chdir),
  * keep the final component as given, so a final-component symlink stays a symlink
- * (P5). Unlike UML there is no 256-byte CWD limit.
+ * (docs/cow-format.md#c5). Unlike UML there is no 256-byte CWD limit.
  */
 export async function absolutizeLikeUml(file: string): Promise<string> {
   if (file === '') throw new CowBackingError('backing file path is empty');

@@ -1,9 +1,10 @@
 /**
- * CowDevice: a UML COW file as a BlockDevice (cow-formats.md §1.9–1.10).
+ * CowDevice: a UML COW file as a BlockDevice (docs/cow-format.md#bitmap and
+ * docs/cow-format.md#uml-io).
  *
  *   read  ──► split into runs of equal bits (AllocationBitmap.runLength)
  *             set run   → pread COW file at dataOffset + off (past EOF: zeros)
- *             unset run → backing device at off (past the backing's end: zeros, P9)
+ *             unset run → backing device at off (past the backing's end: zeros, docs/cow-format.md#c9)
  *             (a request inside ONE run — nearly all — is one direct call: no arrays,
  *             closures or Promise.all on the hot path)
  *   write ──► SectorWriteLock (only partial edge sectors exclude others; whole-sector
@@ -25,11 +26,11 @@
  *     durable (overlay data before bitmap bit). FUA = the write, then a flush.
  *   - The backing device is opened read-only by the caller and never written.
  *   - Bits are never cleared. TRIM and WRITE_ZEROES set the bits and leave zeros in the
- *     data area (a punched hole), as UML does (P17): the backing's data must not shine
+ *     data area (a punched hole), as UML does (docs/cow-format.md#c17): the backing's data must not shine
  *     through afterwards. Without the native addon WRITE_ZEROES writes zeros and TRIM is
  *     not offered (a hint the spec lets us ignore; zero-filling a 4 GiB discard would
  *     outlast the kernel's request timeout).
- *   - Sectors without a bit in the layout (v1/v2 rounding bug P11, QEMU's partial last
+ *   - Sectors without a bit in the layout (v1/v2 rounding quirk, docs/cow-format.md#c11; QEMU's partial last
  *     sector) read from the backing and refuse writes with EIO.
  *   - No image-wide lock: reads take no lock, and writes of different sectors (or whole
  *     sectors of the same range) proceed concurrently.
@@ -120,7 +121,7 @@ export class CowDevice implements BlockDevice {
     this.dataOffset = g.dataOffset;
     this.writable = g.representableSectors;
     this.bitmap = new AllocationBitmap(g.sectors, g.bitmapLength, 4096, init.bitmapBytes);
-    clearBitsFrom(this.bitmap.bytes, g.representableSectors); // tail garbage is ignored (P6)
+    clearBitsFrom(this.bitmap.bytes, g.representableSectors); // tail garbage is ignored (docs/cow-format.md#c6)
     const rw = !init.readOnly;
     this.capabilities = overlayCapabilities(rw, init.native !== undefined);
   }
@@ -286,7 +287,7 @@ export class CowDevice implements BlockDevice {
     return new DeviceError(
       'EIO',
       `${this.init.path}: sector ${Math.max(first, this.writable)} has no bit in this ${this.init.header.layout} COW ` +
-        `(bitmap covers ${this.writable} of ${this.init.geometry.sectors} sectors; cow-formats P11): not writable`,
+        `(bitmap covers ${this.writable} of ${this.init.geometry.sectors} sectors; the v1/v2 bitmap is one byte short): not writable`,
     );
   }
 

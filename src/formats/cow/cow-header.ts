@@ -1,6 +1,7 @@
 /**
  * UML COW headers ("OOOM", magic 0x4f4f4f4d): detect, decode, validate and encode every
- * layout by explicit byte offsets (cow-formats.md §1.2–1.8). Pure: no I/O.
+ * layout by explicit byte offsets (docs/cow-format.md#detection and the layout sections).
+ * Pure: no I/O.
  *
  * Layouts (offsets in bytes; BE unless noted):
  *
@@ -30,13 +31,13 @@
  * selects host-order fields for v1; a BE magic reads the version BE; version 2 fields are
  * BE; version 3 is packed unless bytes 32..35 are all zero ("broken v3"). Version 2 is
  * shared by UML v2 and QEMU's layouts: detectCowLayout returns all three candidates and
- * the opener picks the one that validates against the backing file (cow-formats P1).
+ * the opener picks the one that validates against the backing file (docs/cow-format.md#c1).
  *
- * Garbage after the path's NUL, in padding and in cow_format is ignored (P6/P10).
+ * Garbage after the path's NUL, in padding and in cow_format is ignored (docs/cow-format.md#c6).
  */
 
 export const COW_MAGIC = 0x4f4f4f4d;
-/** The only sector size the kernel really uses for bits and offsets (P8). */
+/** The only sector size the kernel really uses for bits and offsets (docs/cow-format.md#c8). */
 export const COW_SECTOR_SIZE = 512;
 /** The largest header variant (broken v3); the kernel reads this much. */
 export const COW_MAX_HEADER_SIZE = 4136;
@@ -101,7 +102,7 @@ export function isQemuLayout(layout: CowLayoutName): boolean {
 }
 
 /**
- * The kernel's detection (§1.2). Returns one layout, or the three version-2 candidates
+ * The kernel's detection (docs/cow-format.md#detection). Returns one layout, or the three version-2 candidates
  * that only the backing file can tell apart.
  */
 export function detectCowLayout(head: Buffer): CowLayoutName[] {
@@ -145,7 +146,7 @@ export function decodeCowHeader(head: Buffer, layout: CowLayoutName): CowHeader 
   if (sizeBig > BigInt(Number.MAX_SAFE_INTEGER) - 4096n) throw new CowHeaderError(`size ${sizeBig} too large (limit 2^53)`);
   const size = Number(sizeBig);
   const sectorSize = i32(f.sectorSize);
-  if (sectorSize !== COW_SECTOR_SIZE) throw new CowHeaderError(`sectorsize ${sectorSize} unsupported (only 512; cow-formats P8)`);
+  if (sectorSize !== COW_SECTOR_SIZE) throw new CowHeaderError(`sectorsize ${sectorSize} unsupported (only 512 is accepted)`);
   let alignment = sectorSize;
   if (f.alignment !== undefined) {
     alignment = u32(f.alignment);
@@ -174,8 +175,8 @@ function decodePath(head: Buffer, offset: number, length: number, layout: CowLay
 }
 
 /**
- * Serialize a header in any layout; every byte not owned by a field is zero (P6). Used
- * by createCow (v3) and by tools that rewrite a header in its own layout (P4).
+ * Serialize a header in any layout; every byte not owned by a field is zero (docs/cow-format.md#c6). Used
+ * by createCow (v3) and by tools that rewrite a header in its own layout (docs/cow-format.md#c4).
  */
 export function encodeCowHeader(h: Omit<CowHeader, 'headerSize' | 'version'>): Buffer {
   const f = FIELDS[h.layout];

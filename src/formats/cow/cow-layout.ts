@@ -1,5 +1,5 @@
 /**
- * Where the bitmap and the data area live, per header layout (cow-formats.md §1.8).
+ * Where the bitmap and the data area live, per header layout (docs/cow-format.md#geometry).
  *
  *   +--------+---------+---------------------+---------------------------------------+
  *   | header | padding | bitmap (bitmapLength)| padding | data area: sector s at      |
@@ -13,7 +13,7 @@
  *   v3-broken   roundup(4136, align)    ceil(ceil(size/ss)/8)         roundup(bo+bl, align)
  *   qemu-*      sizeof (1048/1056)      ceil(floor(size/512)/8)       roundup(bo+bl, 512)
  *
- * ⚠ P11: UML's v1/v2 formula can be one byte short; bits past bitmapLength*8 read as
+ * ⚠ docs/cow-format.md#c11: UML's v1/v2 formula can be one byte short; bits past bitmapLength*8 read as
  * unset (what UML and uml_moo show) and those sectors are not writable in that layout.
  * QEMU files hold no bit for a partial last sector, with the same consequence.
  */
@@ -24,11 +24,11 @@ export interface CowGeometry {
   readonly bitmapOffset: number;
   readonly bitmapLength: number;
   readonly dataOffset: number;
-  /** Virtual size: roundup(size, 512) (P9). */
+  /** Virtual size: roundup(size, 512) (docs/cow-format.md#c9). */
   readonly virtualSize: number;
   /** Sectors of the virtual disk (= bits that have a meaning). */
   readonly sectors: number;
-  /** Sectors that have a bit inside bitmapLength (may be < sectors: P11). */
+  /** Sectors that have a bit inside bitmapLength (may be < sectors: docs/cow-format.md#c11). */
   readonly representableSectors: number;
   /** Minimum plausible file length (UML layouts are created data_offset+size long). */
   readonly minFileLength: number;

@@ -4,7 +4,7 @@
  * device needs except the backing device itself. Used by openCow and by image tools
  * (info/check/map) through inspectCowFile.
  *
- * Version-2 choice (cow-formats P1): UML v2 (4120) and QEMU's i386 (1048) / x86_64 (1056)
+ * Version-2 choice (docs/cow-format.md#c1): UML v2 (4120) and QEMU's i386 (1048) / x86_64 (1056)
  * layouts share magic and version. Each candidate is decoded and accepted only if its
  * sectorsize is 512, the file is long enough for its bitmap (and, for UML, its data
  * offset), and its size field equals the backing file's size. Exactly one must pass;

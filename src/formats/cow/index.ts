@@ -1,6 +1,6 @@
 /**
  * The cow format (User-Mode-Linux COW, byte-compatible with UML, uml_mkcow and uml_moo):
- * public surface. See cow-device.ts for the design note and cow-formats.md §1 for the
+ * public surface. See cow-device.ts for the design note and docs/cow-format.md for the
  * on-disk format.
  *
  *   openCow(path, options, openBacking)  detect layout → validate backing (size, mtime)
@@ -22,7 +22,7 @@ import { readCowFile, type CowReadOptions } from './cow-open.js';
 
 export interface CreateCowOptions {
   backingFile: string;
-  /** Overwrite an existing file; also accept a backing mtime outside [0, 2^32) (P3). */
+  /** Overwrite an existing file; also accept a backing mtime outside [0, 2^32) (docs/cow-format.md#c3). */
   force?: boolean;
   /**
    * Size to record for a non-raw backing (a chain such as cow → add-cow): its virtual size,
