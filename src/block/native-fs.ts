@@ -40,28 +40,30 @@ export interface NativeFs {
   pwriteBatch?(fd: number, buffers: Uint8Array[], positions: number[]): Promise<number[]>;
 }
 
-/** Why `nativeFs` is undefined (for logs and `info`), or undefined when it loaded. */
-export let nativeFsUnavailableReason: string | undefined;
+interface Loaded {
+  readonly native?: NativeFs;
+  readonly reason?: string;
+}
 
-function load(): NativeFs | undefined {
-  if (process.env.COWNBD_NO_NATIVE === '1') {
-    nativeFsUnavailableReason = 'disabled by COWNBD_NO_NATIVE=1';
-    return undefined;
-  }
+/*
+ * Loading the addon reads no configuration: whether to USE it is the IoPolicy's business
+ * (io-policy.ts; COWNBD_NO_NATIVE is read there, by the CLI, once).
+ */
+function load(): Loaded {
   const here = path.dirname(fileURLToPath(import.meta.url));
   // dist/block/native-fs.js or src/block/native-fs.ts → <root>/build/fsx.node
   const candidate = path.resolve(here, '..', '..', 'build', 'fsx.node');
-  if (!existsSync(candidate)) {
-    nativeFsUnavailableReason = `${candidate} not built (run scripts/build-native.sh; needs a C compiler)`;
-    return undefined;
-  }
+  if (!existsSync(candidate)) return { reason: `${candidate} not built (run scripts/build-native.sh; needs a C compiler)` };
   try {
-    return createRequire(import.meta.url)(candidate) as NativeFs;
+    return { native: createRequire(import.meta.url)(candidate) as NativeFs };
   } catch (err) {
     // A broken build must not take the server down: degrade to the no-holes fallback.
-    nativeFsUnavailableReason = `${candidate} failed to load: ${(err as Error).message}`;
-    return undefined;
+    return { reason: `${candidate} failed to load: ${(err as Error).message}` };
   }
 }
 
-export const nativeFs: NativeFs | undefined = load();
+const loaded = load();
+/** The addon, or undefined when it is missing (see nativeFsUnavailableReason). */
+export const nativeFs: NativeFs | undefined = loaded.native;
+/** Why `nativeFs` is undefined (for logs and `info`), or undefined when it loaded. */
+export const nativeFsUnavailableReason: string | undefined = loaded.reason;

@@ -19,6 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
 import type { BlockDevice } from '../block/block-device.js';
+import type { FileIo } from '../block/file-io.js';
 import { createCow } from '../formats/cow/index.js';
 import { openImage } from '../formats/open-image.js';
 import { createLogger, type Logger } from '../logging.js';
@@ -65,7 +66,7 @@ export function demoOverlayPath(dir = demoCacheDir()): string {
  * Open the demo overlay over `base`, creating it when missing, when `reset` asks for a
  * fresh one, or when the existing one no longer validates against the base.
  */
-export async function openDemoOverlay(base: string, options: { reset?: boolean; log?: Logger } = {}): Promise<{ file: string; device: BlockDevice; created: boolean }> {
+export async function openDemoOverlay(base: string, options: { reset?: boolean; log?: Logger; io?: FileIo } = {}): Promise<{ file: string; device: BlockDevice; created: boolean }> {
   const file = demoOverlayPath(path.dirname(base));
   if (options.reset) await unlink(file).catch(() => {});
   let created = false;
@@ -74,13 +75,13 @@ export async function openDemoOverlay(base: string, options: { reset?: boolean; 
     created = true;
   }
   try {
-    return { file, device: await openImage(file, { format: 'cow' }), created };
+    return { file, device: await openImage(file, { format: 'cow', io: options.io }), created };
   } catch (err) {
     if (created) throw err;
     // Stale overlay (e.g. the base was re-created: size or mtime mismatch): start over.
     options.log?.warn({ file, reason: (err as Error).message }, 'demo overlay does not match the base any more; creating a new one');
     await createCow(file, { backingFile: base, force: true });
-    return { file, device: await openImage(file, { format: 'cow' }), created: true };
+    return { file, device: await openImage(file, { format: 'cow', io: options.io }), created: true };
   }
 }
 
@@ -97,7 +98,7 @@ function demoPattern(length: number, seed: number): Buffer {
   return b;
 }
 
-export function registerDemoCommand(program: Command): void {
+export function registerDemoCommand(program: Command, io: FileIo): void {
   program
     .command('demo')
     .description('serve a demo disk (a cow overlay over a 64 MiB raw base) on 127.0.0.1:10809')
@@ -108,13 +109,13 @@ export function registerDemoCommand(program: Command): void {
     .action(async (o: { port: number; bind: string; reset?: boolean; logLevel: string }) => {
       const log = createLogger({ level: o.logLevel });
       const base = await setupDemoImage();
-      const overlay = await openDemoOverlay(base, { reset: o.reset, log });
+      const overlay = await openDemoOverlay(base, { reset: o.reset, log, io });
       const provider = new StaticExportProvider(
         [{ name: '', path: overlay.file, format: 'cow', description: 'cownbd demo disk (cow overlay)' }],
         log,
         () => Promise.resolve(overlay.device),
       );
-      const { uris } = await runServer(provider, { port: o.port, bind: o.bind }, '', log);
+      const { uris } = await runServer(provider, { port: o.port, bind: o.bind, arenaReads: io.policy.arenaReads }, '', log);
       const uri = uris[0]!.replace(/\/$/, '');
       process.stdout.write(
         [

@@ -8,6 +8,7 @@
  * --json prints exactly one JSON document on stdout (schemas: src/tools/json-schemas.ts).
  */
 import { type Command, Option } from 'commander';
+import type { FileIo } from '../block/file-io.js';
 import { createAddCow, finalizeAddCow } from '../formats/add-cow/index.js';
 import { createCow } from '../formats/cow/index.js';
 import { IMAGE_FORMATS, type ImageFormat } from '../formats/open-image.js';
@@ -69,7 +70,7 @@ async function longRun<T>(flags: CommonFlags, state: () => string, fn: (ctx: Too
   }
 }
 
-export function registerImageCommands(program: Command): void {
+export function registerImageCommands(program: Command, io: FileIo): void {
   program
     .command('create')
     .description('create a copy-on-write overlay (cow: UML v3 like uml_mkcow; add-cow: metadata + image file)')
@@ -128,7 +129,7 @@ export function registerImageCommands(program: Command): void {
     .option('--backing-chain', 'also describe every backing layer (JSON: an array, top first)')
     .option('--json', 'machine-readable output')
     .action(async (file: string, flags: CommonFlags & { backingChain?: boolean }) => {
-      const infos = await runInfo(file, { format: flags.format, backingFormat: flags.backingFormat, layout: flags.layout, chain: flags.backingChain });
+      const infos = await runInfo(file, { format: flags.format, backingFormat: flags.backingFormat, layout: flags.layout, chain: flags.backingChain, io });
       if (flags.json) printJson(flags.backingChain ? infos : infos[0]);
       else process.stdout.write(infos.map(formatInfoText).join('\n'));
     });
@@ -159,7 +160,7 @@ export function registerImageCommands(program: Command): void {
     .option('--ignore-mtime', 'cow: open even if the backing mtime does not match')
     .option('--json', 'machine-readable output')
     .action(async (file: string, flags: CommonFlags) => {
-      const m = await runMap(file, flags);
+      const m = await runMap(file, { ...flags, io });
       if (flags.json) printJson(m);
       else process.stdout.write(formatMapText(m));
     });
@@ -195,7 +196,7 @@ export function registerImageCommands(program: Command): void {
       await longRun(
         flags,
         state,
-        (ctx) => runCommit(file, { ...flags, outputSize }, ctx),
+        (ctx) => runCommit(file, { ...flags, outputSize, io }, ctx),
         (r) => {
           if (flags.json) printJson(r);
           else if (!flags.quiet) {
@@ -242,6 +243,7 @@ export function registerImageCommands(program: Command): void {
                 backingFormat: flags.sourceBackingFormat,
                 layout: flags.layout,
                 ignoreMtime: flags.ignoreMtime,
+                io,
                 outputFormat: flags.outputFormat,
                 outBacking: flags.backing,
                 outBackingFormat: flags.backingFormat,
@@ -279,7 +281,7 @@ export function registerImageCommands(program: Command): void {
         (ctx) =>
           runRebase(
             file,
-            { format: flags.format, layout: flags.layout, ignoreMtime: flags.ignoreMtime, newBacking: flags.backing, newBackingFormat: flags.backingFormat, unsafe: flags.unsafe, force: flags.force },
+            { format: flags.format, layout: flags.layout, ignoreMtime: flags.ignoreMtime, io, newBacking: flags.backing, newBackingFormat: flags.backingFormat, unsafe: flags.unsafe, force: flags.force },
             ctx,
           ),
         (r) => {

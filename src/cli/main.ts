@@ -4,6 +4,8 @@
  * image-commands.ts). Kept thin: parsing and wiring only.
  */
 import { Command } from 'commander';
+import { FileIo } from '../block/file-io.js';
+import { ioPolicyFromEnv } from '../block/io-policy.js';
 import { registerImageCommands } from './image-commands.js';
 import { registerServeCommand } from './serve-command.js';
 import { registerDemoCommand } from './demo.js';
@@ -14,9 +16,11 @@ program
   .description('NBD server for copy-on-write disk images (User-Mode-Linux cow and add-cow overlays)')
   .version('0.1.0');
 
-registerServeCommand(program);
-registerDemoCommand(program);
-registerImageCommands(program);
+// The one place the I/O switches are read (io-policy.ts); everything below gets the object.
+const io = new FileIo(ioPolicyFromEnv(process.env));
+registerServeCommand(program, io);
+registerDemoCommand(program, io);
+registerImageCommands(program, io);
 
 // Operator errors (bad option, missing file, cow "mtime mismatch", port in use) end the
 // process with ONE line naming the problem and status 1; a stack trace would bury the

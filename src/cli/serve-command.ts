@@ -18,6 +18,7 @@
 import { readFileSync, readlinkSync } from 'node:fs';
 import { access, constants } from 'node:fs/promises';
 import type { BlockDevice } from '../block/block-device.js';
+import type { FileIo } from '../block/file-io.js';
 import os from 'node:os';
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
@@ -159,11 +160,11 @@ export interface RunningServer {
  */
 export async function runServer(
   provider: ExportProvider,
-  o: { port: number; bind: string; socket?: string; listenFds?: readonly number[] },
+  o: { port: number; bind: string; socket?: string; listenFds?: readonly number[]; arenaReads?: boolean },
   defaultExport: string,
   log: Logger,
 ): Promise<RunningServer> {
-  const server = new NbdServer({ provider, log });
+  const server = new NbdServer({ provider, log, arenaReads: o.arenaReads });
   const endpoints: ListenEndpoint[] = o.listenFds?.length
     ? o.listenFds.map((fd) => ({ fd }))
     : [o.socket ? { path: o.socket } : { host: o.bind, port: o.port }];
@@ -230,7 +231,7 @@ function describeEndpoint(e: ListenEndpoint): string {
 export async function openStaticExports(
   configs: readonly StaticExportConfig[],
   log: Logger,
-  options: { ignoreMtime?: boolean } = {},
+  options: { ignoreMtime?: boolean; io?: FileIo } = {},
 ): Promise<StaticExportProvider> {
   const devices = new Map<string, BlockDevice>();
   for (const c of configs) {
@@ -242,6 +243,7 @@ export async function openStaticExports(
           format: c.format,
           backingFormat: c.backingFormat,
           ignoreMtime: options.ignoreMtime,
+          io: options.io,
         }),
       );
     } catch (err) {
@@ -281,7 +283,7 @@ export function installSignalHandlers(server: NbdServer, log: Logger): void {
   process.on('SIGTERM', onSignal);
 }
 
-export function registerServeCommand(program: Command): void {
+export function registerServeCommand(program: Command, io: FileIo): void {
   program
     .command('serve')
     .description('serve disk images (raw, cow, add-cow) over NBD')
@@ -330,17 +332,17 @@ export function registerServeCommand(program: Command): void {
         }
       }
       const providers: ExportProvider[] = [];
-      if (configs.length) providers.push(await openStaticExports(configs, log, { ignoreMtime: o.ignoreMtime }));
+      if (configs.length) providers.push(await openStaticExports(configs, log, { ignoreMtime: o.ignoreMtime, io }));
       if (ephemeralBase) {
-        const base = { path: path.resolve(ephemeralBase), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime };
+        const base = { path: path.resolve(ephemeralBase), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
         providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log)));
       }
       if (o.overlayDir) {
-        const base = { path: path.resolve(o.base!), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime };
+        const base = { path: path.resolve(o.base!), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
         providers.push(await namedFailure(`--base ${base.path} / --overlay-dir ${o.overlayDir}`, () => OverlayDirProvider.create(base, o.overlayDir!, log)));
       }
       const provider = providers.length === 1 ? providers[0]! : new CompositeExportProvider(providers);
       const defaultName = configs[0]?.name ?? (ephemeralBase ? o.name : 'vm1');
-      await runServer(provider, { ...o, listenFds }, defaultName, log);
+      await runServer(provider, { ...o, listenFds, arenaReads: io.policy.arenaReads }, defaultName, log);
     });
 }

@@ -17,7 +17,7 @@
 import { Mutex } from 'async-mutex';
 import type { FileHandle } from 'node:fs/promises';
 import type { AllocationBitmap } from './allocation-bitmap.js';
-import { writeFully } from '../block/raw-file-device.js';
+import { writeFully } from '../block/file-io.js';
 
 export interface BitmapPersisterOptions {
   /** The file holding the bitmap. */

@@ -14,6 +14,7 @@
 import { open } from 'node:fs/promises';
 import type { BlockDevice } from '../block/block-device.js';
 import { CheckedDevice } from '../block/checked-device.js';
+import { FileIo } from '../block/file-io.js';
 import { RawFileDevice } from '../block/raw-file-device.js';
 
 export type ImageFormat = 'raw' | 'cow' | 'add-cow';
@@ -31,6 +32,8 @@ export interface OpenImageOptions {
   ignoreMtime?: boolean;
   /** cow: force a header layout when detection is ambiguous (v2 vs QEMU). */
   layout?: string;
+  /** I/O policy of the whole stack (default: a FileIo with every fast path). */
+  io?: FileIo;
 }
 
 /** Opens a backing device: always read-only, never probed. Passed to format drivers. */
@@ -38,9 +41,10 @@ export type OpenBacking = (path: string, format: ImageFormat) => Promise<BlockDe
 
 export async function openImage(path: string, options: OpenImageOptions = {}): Promise<CheckedDevice> {
   const format = options.format ?? (await probeFormat(path));
+  const io = options.io ?? new FileIo();
   const openBacking: OpenBacking = (backingPath, backingFormat) =>
-    openImage(backingPath, { readOnly: true, format: backingFormat });
-  const driver = await openDriver(path, format, options, openBacking);
+    openImage(backingPath, { readOnly: true, format: backingFormat, io });
+  const driver = await openDriver(path, format, { ...options, io }, openBacking);
   return new CheckedDevice(driver, { readOnly: options.readOnly });
 }
 
@@ -52,7 +56,7 @@ async function openDriver(
 ): Promise<BlockDevice> {
   switch (format) {
     case 'raw':
-      return RawFileDevice.open(path, { readOnly: options.readOnly });
+      return RawFileDevice.open(path, { readOnly: options.readOnly, io: options.io });
     case 'cow': {
       const { openCow } = await import('./cow/index.js');
       return openCow(path, options, openBacking);

@@ -52,7 +52,7 @@ export interface ArenaSocket {
  * through setSink() (no 'data' events), or, when re-wrapping is impossible, the original
  * socket resumed with its 'data' events routed to the sink.
  */
-export function arenaSocket(accepted: net.Socket, options: { allowHalfOpen: boolean }): ArenaSocket {
+export function arenaSocket(accepted: net.Socket, options: { allowHalfOpen: boolean; arena: boolean }): ArenaSocket {
   let sink: ((bytes: Buffer) => void) | undefined;
   const early: Buffer[] = [];
   const deliver = (bytes: Buffer): void => {
@@ -64,7 +64,7 @@ export function arenaSocket(accepted: net.Socket, options: { allowHalfOpen: bool
     for (const b of early.splice(0)) s(b);
   };
   const handle = (accepted as unknown as { _handle?: unknown })._handle;
-  if (!handle || process.env.COWNBD_NO_ARENA === '1') {
+  if (!handle || !options.arena) {
     accepted.on('data', deliver);
     accepted.resume();
     return { socket: accepted, setSink };

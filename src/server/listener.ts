@@ -34,6 +34,8 @@ export interface NbdServerOptions {
   readonly log: Logger;
   /** How long stop() waits for connections to finish before destroying them (ms). */
   readonly stopGraceMs?: number;
+  /** Read accepted sockets into arenas (IoPolicy.arenaReads; default true). */
+  readonly arenaReads?: boolean;
 }
 
 export class NbdServer {
@@ -93,7 +95,7 @@ export class NbdServer {
       return;
     }
     const peer = accepted.remoteAddress ? `${accepted.remoteAddress}:${accepted.remotePort}` : 'unix';
-    const { socket, setSink } = arenaSocket(accepted, { allowHalfOpen: true });
+    const { socket, setSink } = arenaSocket(accepted, { allowHalfOpen: true, arena: this.options.arenaReads ?? true });
     socket.setNoDelay(true);
     // Notice vanished clients (NBD issue #52: state lingering after an unclean death).
     socket.setKeepAlive(true, 60_000);

@@ -25,7 +25,7 @@ import { mkdir, readdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { BlockDevice } from '../block/block-device.js';
 import { alignUp } from '../block/block-split.js';
-import { nativeFs } from '../block/native-fs.js';
+import { FileIo } from '../block/file-io.js';
 import { createCow } from '../formats/cow/index.js';
 import { overlayCapabilities } from '../formats/overlay-capabilities.js';
 import { openImage, type ImageFormat } from '../formats/open-image.js';
@@ -52,11 +52,13 @@ export interface BaseImage {
   readonly format: ImageFormat;
   /** Open existing overlays even if the base's mtime changed (`serve --ignore-mtime`). */
   readonly ignoreMtime?: boolean;
+  /** I/O policy for the base and the overlays (default: every fast path). */
+  readonly io?: FileIo;
 }
 
 /** Virtual size of the base as a cow overlay will present it (rounded up to whole sectors). */
 async function baseVirtualSize(base: BaseImage): Promise<{ overlaySize: number; backingSize: number }> {
-  const dev = await openImage(base.path, { readOnly: true, format: base.format });
+  const dev = await openImage(base.path, { readOnly: true, format: base.format, io: base.io });
   try {
     return { overlaySize: alignUp(dev.size, COW_SECTOR), backingSize: dev.size };
   } finally {
@@ -74,7 +76,7 @@ async function createOverlay(file: string, base: BaseImage, backingSize: number)
 }
 
 function openOverlay(file: string, base: BaseImage): Promise<BlockDevice> {
-  return openImage(file, { format: 'cow', backingFormat: base.format, ignoreMtime: base.ignoreMtime });
+  return openImage(file, { format: 'cow', backingFormat: base.format, ignoreMtime: base.ignoreMtime, io: base.io });
 }
 
 interface SharedOverlay {
@@ -156,7 +158,7 @@ export class OverlayDirProvider implements ExportProvider {
       name,
       description: this.description(name),
       size: this.sizes.overlaySize,
-      capabilities: overlayCapabilities(true, nativeFs !== undefined, true),
+      capabilities: overlayCapabilities(true, (this.base.io ?? new FileIo()).native !== undefined, true),
       preferredBlockSize: COW_PREFERRED_BLOCK,
     };
   }
@@ -319,7 +321,7 @@ export class EphemeralProvider implements ExportProvider {
       name: this.exportName,
       description: this.description(),
       size: this.sizes.overlaySize,
-      capabilities: overlayCapabilities(true, nativeFs !== undefined, false),
+      capabilities: overlayCapabilities(true, (this.base.io ?? new FileIo()).native !== undefined, false),
       preferredBlockSize: COW_PREFERRED_BLOCK,
     };
   }

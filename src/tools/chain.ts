@@ -5,6 +5,7 @@
  */
 import type { BlockDevice, LayerInfo } from '../block/block-device.js';
 import type { CheckedDevice } from '../block/checked-device.js';
+import type { FileIo } from '../block/file-io.js';
 import { openImage, type ImageFormat, type OpenImageOptions } from '../formats/open-image.js';
 
 export interface ChainOptions {
@@ -13,6 +14,8 @@ export interface ChainOptions {
   backingFormat?: ImageFormat;
   layout?: string;
   ignoreMtime?: boolean;
+  /** I/O policy of the opened stacks (default: every fast path). */
+  io?: FileIo;
 }
 
 export async function openChain(file: string, options: ChainOptions, readOnly = true): Promise<CheckedDevice> {
@@ -23,6 +26,7 @@ export async function openChain(file: string, options: ChainOptions, readOnly = 
     backingFormat: options.backingFormat,
     layout: options.layout,
     ignoreMtime: options.ignoreMtime,
+    io: options.io,
   };
   return openImage(file, o);
 }

@@ -40,7 +40,7 @@ import {
   type CowLayoutName,
 } from '../formats/cow/index.js';
 import { probeFormat, type ImageFormat } from '../formats/open-image.js';
-import { readFully, writeFully } from '../block/raw-file-device.js';
+import { readFully, writeFully } from '../block/file-io.js';
 import { readJournal } from './commit-journal.js';
 import { EXIT_CORRUPT, EXIT_ERROR, EXIT_LEAKS, EXIT_OK } from './errors.js';
 import { countBits } from './inspect.js';

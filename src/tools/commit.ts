@@ -21,7 +21,7 @@ import path from 'node:path';
 
 import { open, stat } from 'node:fs/promises';
 import type { BlockDevice } from '../block/block-device.js';
-import { writeFully } from '../block/raw-file-device.js';
+import { writeFully } from '../block/file-io.js';
 import { resolveBackingPath, statBacking } from '../formats/cow/index.js';
 import { openImage, probeFormat, type ImageFormat } from '../formats/open-image.js';
 import { openChain, type ChainOptions } from './chain.js';
@@ -111,7 +111,7 @@ async function commitInPlace(file: string, format: ImageFormat, to: string, opti
       throw new ToolError(`${file}: the overlay uses no backing file (ALL_ALLOCATED or none recorded): nothing to commit into`);
     }
     const targetFormat = (top.backingFormat ?? 'raw') as ImageFormat;
-    targetDev = await openImage(target, { format: targetFormat, readOnly: false });
+    targetDev = await openImage(target, { format: targetFormat, readOnly: false, io: options.io });
     let limit = Math.min(dev.size, targetDev.size);
     if (top.cow && options.outputSize === 'uml-moo') limit = Math.min(limit, Math.floor(top.cow.header.size / 512) * 512);
     if (top.addCow) {

@@ -85,7 +85,7 @@ async function convertToOverlay(src: BlockDevice, dst: string, options: ConvertO
       }
       await createCow(dst, { backingFile: options.outBacking, force: options.force });
       created.push(dst);
-      out = await openImage(dst, { format: 'cow', readOnly: false });
+      out = await openImage(dst, { format: 'cow', readOnly: false, io: options.io });
     } else {
       const image = options.image ?? `${dst.replace(/\.add-cow$/, '')}.img`;
       const imagePath = path.resolve(path.dirname(path.resolve(dst)), image);
@@ -103,7 +103,7 @@ async function convertToOverlay(src: BlockDevice, dst: string, options: ConvertO
         force: options.force,
       });
       created.push(dst, imagePath);
-      out = await openImage(dst, { format: 'add-cow', readOnly: false });
+      out = await openImage(dst, { format: 'add-cow', readOnly: false, io: options.io });
     }
     const bytesWritten = await copyDifferences(src, out, options.outBacking !== undefined, ctx, label);
     await out.flush();

@@ -13,7 +13,7 @@
 import { open, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { BlockDevice } from '../block/block-device.js';
-import { writeFully } from '../block/raw-file-device.js';
+import { writeFully } from '../block/file-io.js';
 import { syncDir } from './commit-journal.js';
 import { ToolError } from './errors.js';
 import type { Interrupt } from './interrupt.js';

@@ -10,6 +10,7 @@
  * naming the candidates (pass --layout).
  */
 import { stat } from 'node:fs/promises';
+import type { FileIo } from '../block/file-io.js';
 import { inspectAddCow, type AddCowInspection } from '../formats/add-cow/index.js';
 import {
   checkBacking,
@@ -31,6 +32,8 @@ export interface InspectOptions {
   backingFile?: string;
   /** Backing format override (cow default raw; add-cow default: recorded). */
   backingFormat?: ImageFormat;
+  /** I/O policy for the devices opened to measure backing sizes. */
+  io?: FileIo;
 }
 
 export interface FileSizes {

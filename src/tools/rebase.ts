@@ -22,7 +22,7 @@
 import { open, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { BlockDevice } from '../block/block-device.js';
-import { readFully, writeFully } from '../block/raw-file-device.js';
+import { readFully, writeFully } from '../block/file-io.js';
 import { encodeAddCowHeader, inspectAddCow } from '../formats/add-cow/index.js';
 import { checkDistinctFiles } from '../formats/add-cow/add-cow-open.js';
 import {
@@ -138,7 +138,7 @@ async function copyDivergent(file: string, format: ImageFormat, newPath: string,
   const dev = await openChain(file, { ...options, format }, false);
   let nb: BlockDevice | undefined;
   try {
-    nb = await openImage(newPath, { format: newFormat, readOnly: true });
+    nb = await openImage(newPath, { format: newFormat, readOnly: true, io: options.io });
     const top = topLayer(dev, options.backingFormat);
     const progress = ctx.makeProgress(`rebase ${path.basename(file)}`, dev.size);
     const a = Buffer.allocUnsafe(CHUNK);

@@ -8,6 +8,8 @@ import { readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { CheckedDevice } from '../../src/block/checked-device.js';
 import { createAddCow, openAddCowWith } from '../../src/formats/add-cow/index.js';
 import { openImage } from '../../src/formats/open-image.js';
+import { FileIo } from '../../src/block/file-io.js';
+import { defaultIoPolicy, withoutNative } from '../../src/block/io-policy.js';
 import { writeCraftedAddCow } from '../helpers/add-cow-craft.js';
 import { createPatternedImage, makeTempDir, pattern, sha256File } from '../helpers/images.js';
 import { deviceModelSuite, type ModelFixture } from './device-model.suite.js';
@@ -32,7 +34,7 @@ function addCowFixture(opts: {
     const open = async () =>
       opts.noNative
         ? new CheckedDevice(
-            await openAddCowWith(dir.file('ov.add-cow'), {}, (p, f) => openImage(p, { readOnly: true, format: f }), { native: undefined }),
+            await openAddCowWith(dir.file('ov.add-cow'), {}, (p, f) => openImage(p, { readOnly: true, format: f }), { io: new FileIo(withoutNative(defaultIoPolicy())) }),
           )
         : openImage(dir.file('ov.add-cow'));
     return { open, reopen: open, ...(backingPath ? { backingPath } : {}), cleanup: async () => dir.cleanup() };

@@ -7,11 +7,13 @@
 import { mkdtemp, open, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXTENT_HOLE, EXTENT_ZERO, type Extent } from '../../src/block/block-device.js';
 import { CheckedDevice } from '../../src/block/checked-device.js';
 import { nativeFs, nativeFsUnavailableReason } from '../../src/block/native-fs.js';
 import { RawFileDevice } from '../../src/block/raw-file-device.js';
+import { FileIo } from '../../src/block/file-io.js';
+import { ioPolicyFromEnv } from '../../src/block/io-policy.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -220,19 +222,15 @@ describe('RawFileDevice via CheckedDevice', () => {
     });
   });
 
-  it('without the addon (COWNBD_NO_NATIVE=1) reports everything as data and still zeroes', async () => {
-    // Fresh module instances, loaded with the addon disabled: the TS fallback path, where
-    // CheckedDevice answers block status and emulates zeroing with writes.
-    process.env.COWNBD_NO_NATIVE = '1';
-    vi.resetModules();
-    let Raw: typeof RawFileDevice;
-    try {
-      ({ RawFileDevice: Raw } = await import('../../src/block/raw-file-device.js'));
-    } finally {
-      delete process.env.COWNBD_NO_NATIVE;
-    }
+  it('without the addon (an IoPolicy without native, as COWNBD_NO_NATIVE=1 builds) reports everything as data and still zeroes', async () => {
+    // The TS fallback path, where CheckedDevice answers block status and emulates zeroing
+    // with writes. The CLI builds this policy from COWNBD_NO_NATIVE=1 (ioPolicyFromEnv).
+    const policy = ioPolicyFromEnv({ COWNBD_NO_NATIVE: '1' });
+    expect(policy.native).toBeUndefined();
+    const Raw = RawFileDevice;
+    const io = new FileIo(policy);
     const file = await makeImage('fallback.img');
-    const dev = new CheckedDevice(await Raw.open(file));
+    const dev = new CheckedDevice(await Raw.open(file, { io }));
     try {
       expect(dev.capabilities.blockStatus).toBe(false);
       expect(dev.capabilities.trim).toBe(false);

@@ -17,7 +17,7 @@
  */
 import { open, stat } from 'node:fs/promises';
 import { DeviceError } from '../../block/block-device.js';
-import { writeFully } from '../../block/raw-file-device.js';
+import { writeFully } from '../../block/file-io.js';
 import { type ImageFormat, openImage } from '../open-image.js';
 import {
   ADD_COW_COMPAT_ALL_ALLOCATED,

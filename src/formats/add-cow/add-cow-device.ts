@@ -51,8 +51,7 @@ import {
   type ZeroOptions,
 } from '../../block/block-device.js';
 import { mergeExtents } from '../../block/checked-device.js';
-import type { NativeFs } from '../../block/native-fs.js';
-import { readFully, sparseExtents, writeFully } from '../../block/raw-file-device.js';
+import { type FileIo, sparseExtents } from '../../block/file-io.js';
 import type { AllocationBitmap } from '../allocation-bitmap.js';
 import { overlayCapabilities } from '../overlay-capabilities.js';
 import { BackingExtentCache } from '../backing-extent-cache.js';
@@ -82,7 +81,8 @@ export interface AddCowDeviceParts {
   readonly size: number;
   readonly bitmap: AllocationBitmap;
   readonly readOnly: boolean;
-  readonly native: NativeFs | undefined;
+  /** Data-path I/O (and the native addon, when the policy allows it). */
+  readonly io: FileIo;
 }
 
 export class AddCowDevice implements BlockDevice {
@@ -104,7 +104,7 @@ export class AddCowDevice implements BlockDevice {
     this.preferredBlockSize = this.cluster;
     this.backingExtents = parts.backing ? new BackingExtentCache(parts.backing) : undefined;
     const writable = !parts.readOnly;
-    this.capabilities = overlayCapabilities(writable, parts.native !== undefined);
+    this.capabilities = overlayCapabilities(writable, parts.io.native !== undefined);
     this.persister = new BitmapPersister(parts.bitmap, {
       file: parts.metaFile,
       offset: parts.header.headerSize,
@@ -138,13 +138,13 @@ export class AddCowDevice implements BlockDevice {
   // ----- read ------------------------------------------------------------------------
 
   read(offset: number, target: Buffer): Promise<void> {
-    if (this.allAllocated) return readFully(this.parts.imageFile, offset, target);
+    if (this.allAllocated) return this.parts.io.read(this.parts.imageFile, offset, target);
     const end = offset + target.length;
     const c = Math.floor(offset / this.cluster);
     const lastCluster = Math.floor((end - 1) / this.cluster);
     // Fast path (nearly every request): one run of equal bits → one call, no awaits here.
     if (c + this.bitmap.runLength(c, lastCluster - c + 1) > lastCluster) {
-      return this.bitmap.get(c) ? readFully(this.parts.imageFile, offset, target) : this.readBacking(offset, target);
+      return this.bitmap.get(c) ? this.parts.io.read(this.parts.imageFile, offset, target) : this.readBacking(offset, target);
     }
     return this.readRuns(offset, target);
   }
@@ -158,7 +158,7 @@ export class AddCowDevice implements BlockDevice {
       const run = this.bitmap.runLength(c, lastCluster - c + 1);
       const runEnd = Math.min(end, (c + run) * this.cluster);
       const slice = target.subarray(pos - offset, runEnd - offset);
-      if (this.bitmap.get(c)) await readFully(this.parts.imageFile, pos, slice);
+      if (this.bitmap.get(c)) await this.parts.io.read(this.parts.imageFile, pos, slice);
       else await this.readBacking(pos, slice);
       pos = runEnd;
     }
@@ -176,7 +176,7 @@ export class AddCowDevice implements BlockDevice {
   // ----- write / trim / zero --------------------------------------------------------
 
   async write(offset: number, data: Buffer, options: IoOptions = {}): Promise<void> {
-    await this.mutate(offset, data.length, () => writeFully(this.parts.imageFile, offset, data));
+    await this.mutate(offset, data.length, () => this.parts.io.write(this.parts.imageFile, offset, data));
     if (options.fua) await this.flush();
   }
 
@@ -231,11 +231,11 @@ export class AddCowDevice implements BlockDevice {
   private async copyFromBacking(start: number, end: number): Promise<void> {
     const buf = Buffer.allocUnsafe(end - start);
     await this.readBacking(start, buf);
-    await writeFully(this.parts.imageFile, start, buf);
+    await this.parts.io.write(this.parts.imageFile, start, buf);
   }
 
   private async zeroImage(offset: number, length: number, noHole: boolean): Promise<void> {
-    const native = this.parts.native;
+    const native = this.parts.io.native;
     if (native) {
       const fd = this.parts.imageFile.fd;
       if (noHole) return native.zeroRange(fd, offset, length);
@@ -248,7 +248,7 @@ export class AddCowDevice implements BlockDevice {
     }
     for (let done = 0; done < length; done += ZERO_CHUNK) {
       const n = Math.min(ZERO_CHUNK, length - done);
-      await writeFully(this.parts.imageFile, offset + done, ZERO_BUFFER.subarray(0, n));
+      await this.parts.io.write(this.parts.imageFile, offset + done, ZERO_BUFFER.subarray(0, n));
     }
   }
 
@@ -279,7 +279,7 @@ export class AddCowDevice implements BlockDevice {
 
   /** Allocated range: depth 1; a hole in the image file reads as zeros (when detectable). */
   private async imageStatus(offset: number, length: number): Promise<Extent[]> {
-    const native = this.parts.native;
+    const native = this.parts.io.native;
     if (!native) return [{ length, flags: 0, depth: 1 }];
     return sparseExtents(native, this.parts.imageFile.fd, offset, length, 1);
   }

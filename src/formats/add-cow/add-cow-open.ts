@@ -18,8 +18,7 @@
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { DeviceError, type BlockDevice } from '../../block/block-device.js';
-import { nativeFs, type NativeFs } from '../../block/native-fs.js';
-import { readFully } from '../../block/raw-file-device.js';
+import { FileIo, readFully } from '../../block/file-io.js';
 import { AllocationBitmap } from '../allocation-bitmap.js';
 import { IMAGE_FORMATS, type ImageFormat, type OpenBacking, type OpenImageOptions } from '../open-image.js';
 import {
@@ -145,7 +144,7 @@ function toImageFormat(addCowPath: string, value: string): ImageFormat {
 
 /** openAddCow: the add-cow driver entry point used by openImage. */
 export function openAddCow(addCowPath: string, options: OpenImageOptions, openBacking: OpenBacking): Promise<AddCowDevice> {
-  return openAddCowWith(addCowPath, options, openBacking, { native: nativeFs });
+  return openAddCowWith(addCowPath, options, openBacking, { io: options.io ?? new FileIo() });
 }
 
 /** openAddCow with injectable dependencies (tests run the no-native-fs fallback this way). */
@@ -153,7 +152,7 @@ export async function openAddCowWith(
   addCowPath: string,
   options: OpenImageOptions,
   openBacking: OpenBacking,
-  deps: { native: NativeFs | undefined },
+  deps: { io: FileIo },
 ): Promise<AddCowDevice> {
   const readOnly = options.readOnly ?? false;
   const files = await openAddCowFiles(addCowPath, readOnly, options.backingFile);
@@ -184,7 +183,7 @@ export async function openAddCowWith(
       size: files.size,
       bitmap: files.bitmap,
       readOnly,
-      native: deps.native,
+      io: deps.io,
     });
   } catch (err) {
     await backing?.close().catch(() => {});

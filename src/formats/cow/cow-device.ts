@@ -48,8 +48,7 @@ import {
   type LayerInfo,
   type ZeroOptions,
 } from '../../block/block-device.js';
-import type { NativeFs } from '../../block/native-fs.js';
-import { readFully, sparseExtents, writeFully } from '../../block/raw-file-device.js';
+import { type FileIo, sparseExtents } from '../../block/file-io.js';
 import { AllocationBitmap } from '../allocation-bitmap.js';
 import { overlayCapabilities } from '../overlay-capabilities.js';
 import { BackingExtentCache } from '../backing-extent-cache.js';
@@ -72,7 +71,8 @@ export interface CowDeviceInit {
   readonly backingStored: string;
   readonly backingResolved: string;
   readonly readOnly: boolean;
-  readonly native: NativeFs | undefined;
+  /** Data-path I/O (and the native addon, when the policy allows it). */
+  readonly io: FileIo;
 }
 
 /** Read-only view of the allocation bitmap for tools (one bit per 512-byte sector). */
@@ -123,7 +123,7 @@ export class CowDevice implements BlockDevice {
     this.bitmap = new AllocationBitmap(g.sectors, g.bitmapLength, 4096, init.bitmapBytes);
     clearBitsFrom(this.bitmap.bytes, g.representableSectors); // tail garbage is ignored (docs/cow-format.md#c6)
     const rw = !init.readOnly;
-    this.capabilities = overlayCapabilities(rw, init.native !== undefined);
+    this.capabilities = overlayCapabilities(rw, init.io.native !== undefined);
   }
 
   // ---- reads -------------------------------------------------------------------------
@@ -138,7 +138,7 @@ export class CowDevice implements BlockDevice {
     // Fast path (nearly every request): one run → one call, no per-request arrays,
     // closures or Promise.all. Set runs go straight to the page-cache read.
     if (s + run >= lastSector) {
-      return allocated ? readFully(this.fh, this.dataOffset + offset, target) : this.readBacking(offset, target);
+      return allocated ? this.init.io.read(this.fh, this.dataOffset + offset, target) : this.readBacking(offset, target);
     }
     return this.readRuns(offset, target);
   }
@@ -154,7 +154,7 @@ export class CowDevice implements BlockDevice {
       const run = this.bitmap.runLength(s, lastSector - s);
       const runEnd = Math.min(end, (s + run) * SECTOR);
       const slice = target.subarray(pos - offset, runEnd - offset);
-      parts.push(allocated ? readFully(this.fh, this.dataOffset + pos, slice) : this.readBacking(pos, slice));
+      parts.push(allocated ? this.init.io.read(this.fh, this.dataOffset + pos, slice) : this.readBacking(pos, slice));
       pos = runEnd;
     }
     await Promise.all(parts);
@@ -187,7 +187,7 @@ export class CowDevice implements BlockDevice {
     const end = first + data.length / SECTOR;
     if (end > this.writable) throw this.unwritable(first);
     await this.lock.run(first, end, NO_EDGES, async () => {
-      await writeFully(this.fh, this.dataOffset + offset, data);
+      await this.init.io.write(this.fh, this.dataOffset + offset, data);
       this.unsynced = true;
       this.bitmap.setRange(first, end - first);
     });
@@ -197,7 +197,7 @@ export class CowDevice implements BlockDevice {
     await this.mutate(offset, data.length, async (span) => {
       const buf = await this.completeEdges(span, offset, data.length);
       data.copy(buf, offset - span.start);
-      await writeFully(this.fh, this.dataOffset + span.start, buf);
+      await this.init.io.write(this.fh, this.dataOffset + span.start, buf);
     });
   }
 
@@ -230,7 +230,7 @@ export class CowDevice implements BlockDevice {
               const from = Math.max(offset, sectorStart) - sectorStart;
               const to = Math.min(offset + length, sectorStart + SECTOR) - sectorStart;
               buf.fill(0, from, to);
-              await writeFully(this.fh, this.dataOffset + sectorStart, buf);
+              await this.init.io.write(this.fh, this.dataOffset + sectorStart, buf);
             })(),
           );
         }
@@ -242,7 +242,7 @@ export class CowDevice implements BlockDevice {
 
   /** Make [pos, pos+len) of the data area read as zeros. */
   private async zeroData(pos: number, len: number, noHole: boolean): Promise<void> {
-    const native = this.init.native;
+    const native = this.init.io.native;
     if (native) {
       try {
         if (noHole) await native.zeroRange(this.fh.fd, this.dataOffset + pos, len);
@@ -254,7 +254,7 @@ export class CowDevice implements BlockDevice {
       }
     }
     for (let done = 0; done < len; done += ZERO_CHUNK) {
-      await writeFully(this.fh, this.dataOffset + pos + done, ZEROS.subarray(0, Math.min(ZERO_CHUNK, len - done)));
+      await this.init.io.write(this.fh, this.dataOffset + pos + done, ZEROS.subarray(0, Math.min(ZERO_CHUNK, len - done)));
     }
   }
 
@@ -335,7 +335,7 @@ export class CowDevice implements BlockDevice {
       }
       if (snapshot.length === 0) return;
       for (const { offset, data } of snapshot) {
-        await writeFully(this.fh, this.init.geometry.bitmapOffset + offset, data);
+        await this.init.io.write(this.fh, this.init.geometry.bitmapOffset + offset, data);
       }
       await this.fh.datasync();
     } catch (err) {
@@ -369,7 +369,7 @@ export class CowDevice implements BlockDevice {
   }
 
   private async ownExtents(pos: number, len: number): Promise<Extent[]> {
-    const native = this.init.native;
+    const native = this.init.io.native;
     if (!native) return [{ length: len, flags: 0, depth: 1 }];
     return sparseExtents(native, this.fh.fd, this.dataOffset + pos, len, 1);
   }

@@ -11,7 +11,7 @@
  * otherwise we refuse and name every candidate with its verdict. options.layout forces one.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { readFully } from '../../block/raw-file-device.js';
+import { readFully } from '../../block/file-io.js';
 import { checkBacking, CowBackingError, resolveBackingPath, statBacking, type BackingStat } from './cow-backing.js';
 import {
   COW_MAX_HEADER_SIZE,

@@ -12,7 +12,7 @@
 import { open, unlink } from 'node:fs/promises';
 import type { BlockDevice } from '../../block/block-device.js';
 import { CheckedDevice } from '../../block/checked-device.js';
-import { nativeFs } from '../../block/native-fs.js';
+import { FileIo } from '../../block/file-io.js';
 import type { OpenBacking, OpenImageOptions } from '../open-image.js';
 import { absolutizeLikeUml, CowBackingError, statBacking } from './cow-backing.js';
 import { CowDevice, type CowInspection } from './cow-device.js';
@@ -67,7 +67,7 @@ export async function openCow(path: string, options: OpenImageOptions, openBacki
     backingStored: state.backingStored,
     backingResolved: state.backingResolved,
     readOnly: Boolean(options.readOnly),
-    native: nativeFs,
+    io: options.io ?? new FileIo(),
   });
 }
 
