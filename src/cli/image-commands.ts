@@ -271,7 +271,7 @@ export function registerImageCommands(program: Command, io: FileIo): void {
     .addOption(layoutOption())
     .option('--unsafe', 'only rewrite the header (the caller guarantees the new backing has the same content)')
     .option('--ignore-mtime', 'cow: accept an old backing file whose mtime does not match')
-    .option('--force', 'cow: accept a new backing whose mtime does not fit 32 bits (P3)')
+    .option('--force', 'cow: accept a new backing whose mtime does not fit 32 bits')
     .option('-q, --quiet', 'no progress bar')
     .option('--json', 'print a JSON result (implies --quiet)')
     .action(async (file: string, flags: CommonFlags & { backing: string; unsafe?: boolean; force?: boolean }) => {

@@ -5,14 +5,15 @@
  *
  *   corruption  data may be lost or the image is unusable      → exit 2
  *   leak        wasted or cosmetic (tail bits, garbage, length) → exit 3 (if no corruption)
- *   info        harmless, reported only (e.g. UML's garbage after the path NUL, P10)
+ *   info        harmless, reported only (e.g. UML's garbage after the path NUL,
+ *               docs/cow-format.md#c10)
  *   could not check (unreadable file, ambiguous layout)        → exit 1
  *
  * --repair fixes only what is provably safe, and ONLY in the overlay's own metadata file
  * (never the backing file, never the add-cow image file, never data sectors):
  *   - clear tail bits (bits past the last sector/cluster; no reader uses them);
- *   - zero garbage in padding that no layout reads (never the v1/v2 bytes that hold P11
- *     "lost" bits: they are evidence of real guest writes);
+ *   - zero garbage in padding that no layout reads (never the v1/v2 bytes that hold
+ *     "lost" bits, docs/cow-format.md#c11: they are evidence of real guest writes);
  *   - extend a short file to its full layout length (only adds zeros where reads already
  *     return zeros) or truncate bytes past the end of the data area / bitmap area.
  * After repairing, the file is checked again and the exit code reflects what is left.
@@ -197,7 +198,7 @@ async function checkCow(file: string, fh: FileHandle, options: CheckOptions, c: 
   if (decoded.length === 0) return corrupt('header', `${file}: ${errors.join('; ')}`);
   let header = decoded[0]!;
   if (decoded.length > 1) {
-    // Version 2: UML v2 vs QEMU layouts; only the backing file's size tells them apart (P1).
+    // Version 2: UML v2 vs QEMU layouts; only the backing file's size tells them apart (docs/cow-format.md#c1).
     const fits: CowHeader[] = [];
     for (const h of decoded) {
       const st = await statBacking(resolveBackingPath(h.layout, h.backingFile, file, options.backingFile)).catch(() => undefined);
@@ -221,7 +222,7 @@ async function checkCow(file: string, fh: FileHandle, options: CheckOptions, c: 
   const nul = pathField.indexOf(0);
   if (nul >= 0 && pathField.subarray(nul + 1).some((b) => b !== 0)) {
     const at = f.path + nul + 1;
-    c.findings.push({ class: 'padding', severity: 'info', message: `non-zero bytes after the backing path's NUL (offsets ${at}..${f.path + f.pathLength - 1}); ignored by every reader (UML leaves memory there, P10)`, repairable: true });
+    c.findings.push({ class: 'padding', severity: 'info', message: `non-zero bytes after the backing path's NUL (offsets ${at}..${f.path + f.pathLength - 1}); ignored by every reader (UML leaves memory there)`, repairable: true });
     c.repairs.push({ finding: last(c), apply: (w) => writeFully(w, at, Buffer.alloc(f.path + f.pathLength - at)) });
   }
   if (header.layout === 'v3-broken' && head.readUInt32BE(12) !== 0) {
@@ -268,14 +269,14 @@ async function checkCow(file: string, fh: FileHandle, options: CheckOptions, c: 
   }
   let pad2Start = bitmapEnd;
   if ((header.layout === 'v1' || header.layout === 'v2') && g.representableSectors < g.sectors) {
-    // P11: UML stores the bits of the last sectors past bitmap_len and never reads them back.
+    // docs/cow-format.md#c11: UML stores the bits of the last sectors past bitmap_len and never reads them back.
     const lostBytes = Math.ceil(g.sectors / 8) - g.bitmapLength;
     const lostBuf = Buffer.alloc(lostBytes + g.bitmapLength);
     await readFully(fh, g.bitmapOffset, lostBuf);
     let lost = 0;
     for (let s = g.representableSectors; s < g.sectors; s++) if (lostBuf[s >> 3]! & (1 << (s & 7))) lost++;
     if (lost > 0) {
-      corrupt('lost-writes', `${lost} bit(s) for sectors ${g.representableSectors}..${g.sectors - 1} were written past bitmap_len (${g.bitmapLength}) by UML's v1/v2 rounding bug (P11): UML and uml_moo never read them back, so those writes are invisible; convert the image to keep them`);
+      corrupt('lost-writes', `${lost} bit(s) for sectors ${g.representableSectors}..${g.sectors - 1} were written past bitmap_len (${g.bitmapLength}) by UML's v1/v2 rounding bug (its bitmap is one byte short): UML and uml_moo never read them back, so those writes are invisible; convert the image to keep them`);
     }
     pad2Start = bitmapEnd + lostBytes; // never touch the bytes that may hold those bits
   }
@@ -299,7 +300,7 @@ async function checkCow(file: string, fh: FileHandle, options: CheckOptions, c: 
     corrupt('backing', (err as Error).message);
   }
   if (!qemu && (st.mtime < 0 || st.mtime >= 2 ** 32)) {
-    corrupt('backing', `backing file "${backing}" mtime ${st.mtime} is outside the header's 32-bit range: UML and uml_moo can never validate this COW (P3)`);
+    corrupt('backing', `backing file "${backing}" mtime ${st.mtime} is outside the header's 32-bit range: UML and uml_moo can never validate this COW`);
   }
 }
 
@@ -357,7 +358,7 @@ async function checkAddCow(file: string, fh: FileHandle, options: CheckOptions, 
   if (!imageSt) return corrupt('image-file', `image file "${header.imageName}" (${imagePath}) does not exist`);
   const size = Math.floor(imageSt.size / 512) * 512;
   if (imageSt.size !== size) {
-    c.findings.push({ class: 'image-file', severity: 'info', message: `image file length ${imageSt.size} is not a multiple of 512; the last ${imageSt.size - size} bytes are not part of the disk (P20)`, repairable: false });
+    c.findings.push({ class: 'image-file', severity: 'info', message: `image file length ${imageSt.size} is not a multiple of 512; the last ${imageSt.size - size} bytes are not part of the disk`, repairable: false });
   }
   if (backingPath !== undefined && !header.allAllocated) {
     if (header.backingFormat === '' ) corrupt('names', 'a backing file is named but its format (bytes 44..59) is empty');

@@ -115,7 +115,7 @@ async function commitInPlace(file: string, format: ImageFormat, to: string, opti
     let limit = Math.min(dev.size, targetDev.size);
     if (top.cow && options.outputSize === 'uml-moo') limit = Math.min(limit, Math.floor(top.cow.header.size / 512) * 512);
     if (top.addCow) {
-      // An add-cow image may be larger than its backing (P20): never drop allocated data silently.
+      // An add-cow image may be larger than its backing (docs/add-cow-format.md#a2): never drop allocated data silently.
       let past = 0;
       for (const [s, e] of top.runs()) past += Math.max(0, e - Math.max(s, targetDev.size));
       if (past > 0) {

@@ -149,7 +149,7 @@ export function formatInfoText(info: InfoJson): string {
     kv('header mtime', `${c.mtime} (${new Date(c.mtime * 1000).toISOString()})`);
     kv('allocated sectors', `${c.allocatedSectors} of ${c.sectors}`);
     if (c.representableSectors < c.sectors) {
-      kv('warning', `only ${c.representableSectors} of ${c.sectors} sectors have a bit in this layout (cow-formats P11); the rest are read-only`);
+      kv('warning', `only ${c.representableSectors} of ${c.sectors} sectors have a bit in this layout (its bitmap is too short); the rest are read-only`);
     }
   }
   if (info.addCow) {

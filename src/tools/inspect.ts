@@ -187,7 +187,7 @@ async function inspectAddCowLayer(path: string, options: InspectOptions, file: F
       format,
       exists: st !== undefined,
       size,
-      // add-cow has no size/mtime identity check: the image may be larger than the backing (P20).
+      // add-cow has no size/mtime identity check: the image may be larger than the backing (docs/add-cow-format.md#a2).
       expectedSize: null,
       sizeCheck: st ? 'not-applicable' : 'missing',
       expectedMtime: null,

@@ -8,7 +8,7 @@
  * overlay (through its driver: data first, bitmap on flush). Then the header is rewritten.
  * --unsafe only rewrites the header (like qemu-img rebase -u); the old backing may be gone.
  *
- * Header rewrite (cow-formats P4): ALWAYS in the overlay's own layout, same alignment,
+ * Header rewrite (docs/cow-format.md#c4): ALWAYS in the overlay's own layout, same alignment,
  * bitmap and data offsets; never UML's "switch" (which writes v3 over v1/v2 and loses data).
  *   cow: path absolutized like uml_mkcow (UML layouts) or stored as given (QEMU layouts,
  *        relative to the cow's directory); mtime and size from NEW; NEW must give the same
@@ -44,7 +44,7 @@ export interface RebaseOptions extends ChainOptions {
   newBacking: string;
   newBackingFormat?: ImageFormat;
   unsafe?: boolean;
-  /** cow: accept a NEW whose mtime does not fit 32 bits (P3). */
+  /** cow: accept a NEW whose mtime does not fit 32 bits (docs/cow-format.md#c3). */
   force?: boolean;
 }
 
@@ -82,7 +82,7 @@ async function rebaseCow(file: string, newPath: string, options: RebaseOptions, 
   const st = await statBacking(newPath);
   const qemu = old.layout.startsWith('qemu');
   if (!qemu && (st.mtime < 0 || st.mtime >= 2 ** 32) && !options.force) {
-    throw new ToolError(`new backing "${newPath}" mtime ${st.mtime} does not fit the header's 32-bit field: UML and uml_moo would refuse the overlay (P3; --force to write it anyway)`);
+    throw new ToolError(`new backing "${newPath}" mtime ${st.mtime} does not fit the header's 32-bit field: UML and uml_moo would refuse the overlay (--force to write it anyway)`);
   }
   const stored = qemu ? options.newBacking : await absolutizeLikeUml(options.newBacking);
   const next: CowHeader = { ...old, backingFile: stored, size: st.size, mtime: ((st.mtime % 2 ** 32) + 2 ** 32) % 2 ** 32 };
