@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Boot the e2e guest under User-Mode Linux with its root on a UML cow overlay, run one
-# script in the guest and power off (the UML half of the harness in cow-formats.md §5.1).
+# script in the guest and power off (the UML half of the harness in docs/cow-format.md#vectors).
 #
 #   boot-uml.sh [-t SECONDS] [-l CONSOLE_LOG] COW[,BACKING] GUEST_SCRIPT
 #

@@ -1,6 +1,6 @@
 /**
  * cow-header / cow-layout unit tests against crafted byte fixtures (test/helpers/cow-craft.ts,
- * an encoder independent of the production one), plus golden bytes from cow-formats.md §1.6.
+ * an encoder independent of the production one), plus golden bytes from docs/cow-format.md#v3.
  */
 import { describe, expect, it } from 'vitest';
 import { decodeCowHeader, detectCowLayout, encodeCowHeader, type CowLayoutName } from '../../src/formats/cow/cow-header.js';
@@ -72,7 +72,7 @@ describe('cow header: decode every layout by its own offsets', () => {
     expect(g.virtualSize).toBe(1_000_448);
   });
 
-  it('offsets match the reference vectors (cow-formats §5.2 vectors 3 and 6)', () => {
+  it('offsets match the reference vectors (docs/cow-format.md#geometry, docs/cow-format.md#vectors)', () => {
     const geo = (layout: CraftLayout, size: number, alignment = 4096) => {
       const c = craftCow({ layout, backingPath: '/b', size, mtime: 0, alignment });
       const g = cowGeometry(decodeCowHeader(c.bytes, layout));
@@ -89,7 +89,7 @@ describe('cow header: decode every layout by its own offsets', () => {
     expect(geo('qemu-x86_64', MiB)).toEqual([1056, 1536, 256]);
   });
 
-  it('v2 rounding bug (P11): 2049 sectors → bitmap_len 256, sector 2048 not representable', () => {
+  it('v2 rounding bug (docs/cow-format.md#c11): 2049 sectors → bitmap_len 256, sector 2048 not representable', () => {
     const c = craftCow({ layout: 'v2', backingPath: '/b', size: 2049 * 512, mtime: 0 });
     const g = cowGeometry(decodeCowHeader(c.bytes, 'v2'));
     expect(g.bitmapLength).toBe(256);
@@ -98,7 +98,7 @@ describe('cow header: decode every layout by its own offsets', () => {
     expect(g.dataOffset).toBe(4608);
   });
 
-  it('golden v3 header bytes written by uml_mkcow (cow-formats §1.6)', () => {
+  it('golden v3 header bytes written by uml_mkcow (docs/cow-format.md#v3)', () => {
     const h = decodeCowHeader(
       Buffer.concat([
         Buffer.from('4f4f4f4d000000035e0d5da500000000001000000000020000001000000000002f782f792e696d6700', 'hex'),

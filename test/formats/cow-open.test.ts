@@ -56,7 +56,7 @@ describe('cow: crafted layouts read as backing + COW sectors (vector 6/7)', () =
         writeCraftedCow(tmp.file('ov.cow'), spec);
         const got = await readAll(tmp.file('ov.cow'));
         expect(got.length).toBe(1_000_448);
-        // v1/v2 floor formula: bitmap_len 244 covers 1952 sectors, so sector 1952 stays backing (P11).
+        // v1/v2 floor formula: bitmap_len 244 covers 1952 sectors, so sector 1952 stays backing (docs/cow-format.md#c11).
         const representable = layout === 'v1' || layout === 'v2' ? 1952 : undefined;
         expect(got.equals(expectedView(readFileSync(b), spec, representable))).toBe(true);
         const info = await inspectCowFile(tmp.file('ov.cow'));
@@ -65,7 +65,7 @@ describe('cow: crafted layouts read as backing + COW sectors (vector 6/7)', () =
     }
   }
 
-  it('v2 rounding bug: a bit past bitmap_len is ignored and the sector is not writable (P11)', async () => {
+  it('v2 rounding bug: a bit past bitmap_len is ignored and the sector is not writable (docs/cow-format.md#c11)', async () => {
     const b = base(2049 * 512);
     const spec: CraftSpec = { layout: 'v2', backingPath: b, size: 2049 * 512, mtime: MTIME, sectors: { 2040: 0x11 } };
     const c = writeCraftedCow(tmp.file('ov.cow'), spec);
@@ -230,7 +230,7 @@ describe('createCow', () => {
     expect(info.header.backingFile).toBe(path.join(tmp.path, 'real', 'link.img'));
   });
 
-  it('refuses a backing mtime outside 32 bits unless forced (P3)', async () => {
+  it('refuses a backing mtime outside 32 bits unless forced (docs/cow-format.md#c3)', async () => {
     const b = base();
     utimesSync(b, 4_417_977_600, 4_417_977_600); // 2110-01-01
     await expect(createCow(tmp.file('ov.cow'), { backingFile: b })).rejects.toThrow(/mtime 4417977600 does not fit/);

@@ -1,6 +1,6 @@
 /**
  * Test helper: an INDEPENDENT add-cow writer, byte by byte from the spec table
- * (cow-formats.md §2.2). It deliberately does not use src/formats/add-cow: every field is
+ * (docs/add-cow-format.md#header). It deliberately does not use src/formats/add-cow: every field is
  * placed with a DataView at its table offset, and any field can be overridden with a
  * wrong value to build invalid fixtures.
  *

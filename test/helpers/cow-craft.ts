@@ -1,6 +1,7 @@
 /**
  * Independent generator of UML/QEMU cow files for tests, written straight from the
- * byte tables of cow-formats.md §1.3–1.8 and Appendix A (NOT from src/formats/cow), so
+ * byte tables of docs/cow-format.md (the layout sections and docs/cow-format.md#geometry;
+ * NOT from src/formats/cow), so
  * a shared misunderstanding cannot make encoder and decoder agree by accident.
  *
  * Every field is placed at an explicit offset:

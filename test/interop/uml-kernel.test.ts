@@ -1,16 +1,17 @@
 /**
  * The real UML kernel (Debian user-mode-linux, linux.uml 6.1) against our cow driver,
- * in ONE boot (cow-formats.md §5.1 harness):
+ * in ONE boot (harness described in docs/cow-format.md#vectors):
  *   ubd1 = a COW made by createCow and written by OUR driver → the guest reads it with
  *          4 KiB O_DIRECT reads (sectr) and must see exactly the driver's view;
  *   ubd2 = a COW made by uml_mkcow and written by UML (sectw: sectors 0, 9-10, 100-163,
  *          300-364, 2047, BLKDISCARD 500-507, BLKZEROOUT 600-607) → our driver must read
- *          backing + those writes, and the bitmap must be vector 2's bytes.
+ *          backing + those writes, and the bitmap must hold the bytes listed in
+ *          docs/cow-format.md#vectors.
  * The guest's init prints COWTEST-BEGIN / COWTEST-END rc=N; the test requires both, so
  * it cannot pass without the guest having run. Harness: a busybox-static ext4 rootfs
  * (mkfs.ext4 -d), a hostfs-mounted script dir, and two static O_DIRECT helpers built
  * with gcc (`sectw DEV SECTOR COUNT FILL|discard|zeroout`, `sectr DEV OUT CHUNK`; CHUNK
- * 4096 avoids UML's multi-segment read bug, §1.10).
+ * 4096 avoids UML's multi-segment read bug, docs/cow-format.md#uml-io).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';

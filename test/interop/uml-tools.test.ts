@@ -5,7 +5,7 @@
  *     the driver reads;
  *   - uml_moo accepts our crafted v1/v2/v3/broken-v3 files and merges them to the view our
  *     driver reads (so the crafter and the reader agree with the real tool), and refuses
- *     the QEMU layouts exactly as cow-formats §5.2 vector 7 says.
+ *     the QEMU layouts with a size mismatch (docs/cow-format.md#qemu-cow).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, statSync, symlinkSync, utimesSync } from 'node:fs';
@@ -103,7 +103,7 @@ describe.runIf(haveTools)('uml_mkcow / uml_moo interop', () => {
       await dev.close();
       const view = await readImage(cow);
       const merged = moo(cow, path.join(dir, 'merged.img'));
-      // uml_moo drops the partial last sector (floor(size/512)*512, cow-formats §1.13).
+      // uml_moo drops the partial last sector (floor(size/512)*512, docs/cow-format.md#uml-tools).
       const mooLen = Math.floor(size / 512) * 512;
       expect(merged.length).toBe(mooLen);
       expect(merged.equals(view.subarray(0, mooLen))).toBe(true);

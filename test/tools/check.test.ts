@@ -118,7 +118,7 @@ describe.runIf(hasMkcow)('check on cow files', () => {
     expect(statSync(cow).size).toBe(g.dataOffset + MiB);
   });
 
-  it('lost-writes: v2 bits stored past bitmap_len by the rounding bug (P11) are corruption, and repair leaves them', () => {
+  it('lost-writes: v2 bits stored past bitmap_len by the rounding bug (docs/cow-format.md#c11) are corruption, and repair leaves them', () => {
     const b = makeBacking(tmp.file('b2049.img'), 2049 * 512);
     const v2 = tmp.file('v2.cow');
     writeCraftedCow(v2, { layout: 'v2', backingPath: b, size: 2049 * 512, mtime: MTIME, sectors: { 2040: 0x11 } });

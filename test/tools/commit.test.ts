@@ -45,7 +45,7 @@ describe.runIf(hasMoo)('commit -o (new file) vs uml_moo', () => {
     expect(ours.length).toBe(size); // exactly the backing file's size
     expect(ours.subarray(0, Math.floor(size / 512) * 512).equals(bytes(tmp.file('moo.img')))).toBe(true);
     if (size % 512 !== 0) {
-      // uml_moo drops the partial last sector (P9); we keep its bytes inside the backing size.
+      // uml_moo drops the partial last sector (docs/cow-format.md#c9); we keep its bytes inside the backing size.
       expect(ours.subarray(Math.floor(size / 512) * 512).every((b) => b === 0xc2)).toBe(true);
       cliOk(['commit', cow, '-o', tmp.file('virt.img'), '--output-size', 'virtual', '-q']);
       expect(statSync(tmp.file('virt.img')).size).toBe(Math.ceil(size / 512) * 512);

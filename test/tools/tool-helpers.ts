@@ -1,7 +1,7 @@
 /**
  * Helpers for the image-tool tests: run the REAL built CLI (process.execPath
  * dist/cli/main.js), make UML cow files with the real uml_mkcow and poke sectors into them
- * byte by byte (bitmap bit + data, straight from cow-formats.md §1.6/1.9, independent of
+ * byte by byte (bitmap bit + data, straight from docs/cow-format.md#v3 and docs/cow-format.md#bitmap, independent of
  * src/), and validate --json output against the exported schemas with ajv.
  */
 import { spawn, spawnSync } from 'node:child_process';
