@@ -27,6 +27,9 @@ import { IMAGE_FORMATS, openImage, type ImageFormat } from '../formats/open-imag
 import { NbdServer, type ListenAddress, type ListenEndpoint } from '../server/listener.js';
 import { CompositeExportProvider, StaticExportProvider, type ExportProvider, type StaticExportConfig } from '../server/exports.js';
 import { EphemeralProvider, OverlayDirProvider } from '../server/overlay-providers.js';
+import { ConfigError, loadConfigFile, mergeFileOptions, parseEndpoint, type AdminEndpoint, type FileOptions } from '../control/config.js';
+import { ReloadableExports } from '../control/export-set.js';
+import { startControlPlane } from '../control/control-plane.js';
 
 export const DEFAULT_PORT = 10809;
 export const DEFAULT_BIND = '127.0.0.1';
@@ -48,6 +51,11 @@ export interface ServeOptions {
   ephemeral?: boolean;
   ephemeralDir?: string;
   ignoreMtime?: boolean;
+  config?: string;
+  /** Listen addresses from a config file (used unless -p/-b/-U are given). */
+  listen?: ListenEndpoint[];
+  admin?: AdminEndpoint;
+  adminTokenFile?: string;
 }
 
 /** An operator error: main.ts prints its message as one line, without a stack trace. */
@@ -141,6 +149,12 @@ export function exportConfigs(image: string | undefined, o: ServeOptions, allowN
   return list;
 }
 
+function parseAdminEndpoint(value: string): AdminEndpoint {
+  const e = parseEndpoint(value);
+  if (!e) throw new InvalidArgumentError(`--admin must be unix:/path or HOST:PORT (got "${value}")`);
+  return e as AdminEndpoint;
+}
+
 export function formatUri(addr: ListenAddress, exportName: string): string {
   const name = encodeURIComponent(exportName);
   if (addr.path) return `nbd+unix:///${name}?socket=${addr.path}`;
@@ -160,14 +174,16 @@ export interface RunningServer {
  */
 export async function runServer(
   provider: ExportProvider,
-  o: { port: number; bind: string; socket?: string; listenFds?: readonly number[]; arenaReads?: boolean },
+  o: { port: number; bind: string; socket?: string; listenFds?: readonly number[]; arenaReads?: boolean; listen?: readonly ListenEndpoint[] },
   defaultExport: string,
   log: Logger,
 ): Promise<RunningServer> {
   const server = new NbdServer({ provider, log, arenaReads: o.arenaReads });
   const endpoints: ListenEndpoint[] = o.listenFds?.length
     ? o.listenFds.map((fd) => ({ fd }))
-    : [o.socket ? { path: o.socket } : { host: o.bind, port: o.port }];
+    : o.listen?.length
+      ? [...o.listen]
+      : [o.socket ? { path: o.socket } : { host: o.bind, port: o.port }];
   // Handlers first: whoever reads the listening line may signal us immediately.
   installSignalHandlers(server, log);
   const uris: string[] = [];
@@ -309,7 +325,21 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     .option('--ephemeral-dir <dir>', 'where ephemeral overlays live', path.join(os.tmpdir(), 'cownbd-ephemeral'))
     .option('--ignore-mtime', 'cow exports: accept a backing file whose mtime no longer matches the header (recovery after the base was touched but not changed)')
     .option('--log-level <level>', 'trace, debug, info, warn, error (logs go to stderr)', 'info')
-    .action(async (image: string | undefined, o: ServeOptions, cmd: Command) => {
+    .option('-c, --config <file>', 'TOML configuration file (README "Operating"); options given on the command line override it; SIGHUP reloads it')
+    .option('--admin <endpoint>', 'admin API (HTTP/JSON) on unix:/path, or HOST:PORT with --admin-token-file', parseAdminEndpoint)
+    .option('--admin-token-file <file>', 'bearer token clients of a TCP admin API must send')
+    .action(async (image: string | undefined, cliOptions: ServeOptions, cmd: Command) => {
+      const fromCli = (k: string) => cmd.getOptionValueSource(k) === 'cli';
+      let fileOptions: FileOptions | undefined;
+      if (cliOptions.config) {
+        try {
+          fileOptions = await loadConfigFile(cliOptions.config);
+        } catch (err) {
+          throw err instanceof ConfigError ? new UsageError(err.message) : err;
+        }
+      }
+      const o = fileOptions ? mergeFileOptions(cliOptions, fileOptions, fromCli) : cliOptions;
+      if (o.admin && !('path' in o.admin) && !o.adminTokenFile) throw new UsageError('--admin HOST:PORT needs --admin-token-file (the bearer token clients must send)');
       const log = createLogger({ level: o.logLevel });
       // Read (and unset) the activation variables first, before anything can spawn a child.
       const listenFds = takeSystemdListenFds();
@@ -322,7 +352,9 @@ export function registerServeCommand(program: Command, io: FileIo): void {
       if (o.ephemeral && o.readOnly) throw new UsageError('--ephemeral overlays are writable by design; drop --read-only');
       // With --ephemeral the positional IMAGE is the base, not a static export.
       const ephemeralBase = o.ephemeral ? (o.base ?? image) : undefined;
-      const configs = exportConfigs(o.ephemeral ? undefined : image, o, Boolean(o.overlayDir || o.ephemeral));
+      const configs = exportConfigs(o.ephemeral ? undefined : image, o, Boolean(o.overlayDir || o.ephemeral || o.config));
+      // What a reload keeps: the exports named on the command line itself.
+      const cliExports = exportConfigs(o.ephemeral ? undefined : image, { ...o, export: cliOptions.export }, true);
       // Fail at startup, not at the first client, when an image is missing or unreadable.
       for (const c of configs) {
         try {
@@ -332,7 +364,15 @@ export function registerServeCommand(program: Command, io: FileIo): void {
         }
       }
       const providers: ExportProvider[] = [];
-      if (configs.length) providers.push(await openStaticExports(configs, log, { ignoreMtime: o.ignoreMtime, io }));
+      const opener = (c: StaticExportConfig) =>
+        openImage(c.path, { readOnly: c.readOnly, format: c.format, backingFormat: c.backingFormat, ignoreMtime: o.ignoreMtime, io });
+      let exports: ReloadableExports;
+      try {
+        exports = await ReloadableExports.open(configs, opener, log);
+      } catch (err) {
+        throw new UsageError((err as Error).message);
+      }
+      providers.push(exports);
       if (ephemeralBase) {
         const base = { path: path.resolve(ephemeralBase), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
         providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log)));
@@ -343,6 +383,14 @@ export function registerServeCommand(program: Command, io: FileIo): void {
       }
       const provider = providers.length === 1 ? providers[0]! : new CompositeExportProvider(providers);
       const defaultName = configs[0]?.name ?? (ephemeralBase ? o.name : 'vm1');
-      await runServer(provider, { ...o, listenFds, arenaReads: io.policy.arenaReads }, defaultName, log);
+      const { server } = await runServer(provider, { ...o, listenFds, arenaReads: io.policy.arenaReads }, defaultName, log);
+      await startControlPlane({
+        server,
+        exports,
+        log,
+        reload: { configFile: o.config, initial: fileOptions, cliExports, cliReadOnly: Boolean(cliOptions.readOnly) },
+        admin: o.admin,
+        adminTokenFile: o.adminTokenFile,
+      });
     });
 }

@@ -1,0 +1,275 @@
+/**
+ * `serve --config FILE`: the TOML configuration file, parsed with smol-toml and validated
+ * with a zod schema, turned into the SAME options object the command line builds
+ * (ServeOptions fields), so both paths start the server through one code path.
+ *
+ *   text ─► smol-toml ─► zod schema (strict: unknown keys are errors) ─► FileOptions
+ *
+ * Every error names the file, the line and the key path (`export[1].path`), e.g.
+ *   vms.toml:14: export[1] ("vm1").format: must be one of raw, cow, add-cow (got "qcow2")
+ * smol-toml reports positions only for syntax errors; for schema errors the line is found
+ * by a small scan of the text (lineOfKey), which understands the table headers we use.
+ *
+ * Relative paths in the file are relative to the file's directory (like nbd-server and
+ * systemd units), never to the server's working directory.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { parse as parseToml, TomlError } from 'smol-toml';
+import { z } from 'zod';
+import { IMAGE_FORMATS, type ImageFormat } from '../formats/open-image.js';
+import type { StaticExportConfig } from '../server/exports.js';
+import type { ListenEndpoint } from '../server/listener.js';
+
+/** A config file that cannot be used: the message names file, line and key. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** Where the admin API listens. */
+export type AdminEndpoint = { readonly path: string } | { readonly host: string; readonly port: number };
+
+/** What a config file says, in the shape of the serve options (absent = not said). */
+export interface FileOptions {
+  listen?: ListenEndpoint[];
+  admin?: AdminEndpoint;
+  adminTokenFile?: string;
+  logLevel?: string;
+  readOnly?: boolean;
+  ignoreMtime?: boolean;
+  export: StaticExportConfig[];
+  base?: string;
+  baseFormat?: ImageFormat;
+  overlayDir?: string;
+  ephemeral?: boolean;
+  ephemeralDir?: string;
+  /** Export name of the ephemeral base ([ephemeral] name). */
+  name?: string;
+}
+
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+
+/** "host:port", "[v6]:port" or "unix:/path" → endpoint; undefined when malformed. */
+export function parseEndpoint(text: string): ListenEndpoint | undefined {
+  if (text.startsWith('unix:')) {
+    const p = text.slice(5);
+    return p.length > 0 ? { path: p } : undefined;
+  }
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port > 65535) return undefined;
+  return { host: (m[1] ?? m[2])!, port };
+}
+
+const endpoint = z.string().refine((s) => parseEndpoint(s) !== undefined, {
+  message: 'must be "HOST:PORT", "[IPv6]:PORT" or "unix:/path/to/socket"',
+});
+const format = z.enum(IMAGE_FORMATS as [ImageFormat, ...ImageFormat[]]);
+const nonEmpty = z.string().min(1, 'must not be empty');
+
+const exportSchema = z.strictObject({
+  name: z.string().refine((s) => Buffer.byteLength(s) <= 4096, 'longer than 4096 bytes'),
+  path: nonEmpty,
+  'read-only': z.boolean().optional(),
+  format: format.optional(),
+  'backing-format': format.optional(),
+  description: z.string().optional(),
+});
+
+const schema = z
+  .strictObject({
+    server: z
+      .strictObject({
+        listen: z.array(endpoint).min(1, 'needs at least one address').optional(),
+        admin: endpoint.optional(),
+        'admin-token-file': nonEmpty.optional(),
+        'log-level': z.enum(LOG_LEVELS).optional(),
+        'read-only': z.boolean().optional(),
+        'ignore-mtime': z.boolean().optional(),
+      })
+      .optional(),
+    export: z.array(exportSchema).optional(),
+    overlays: z.strictObject({ base: nonEmpty, 'base-format': format.optional(), dir: nonEmpty }).optional(),
+    ephemeral: z
+      .strictObject({ base: nonEmpty, 'base-format': format.optional(), name: z.string().optional(), dir: nonEmpty.optional() })
+      .optional(),
+  })
+  .superRefine((cfg, ctx) => {
+    const seen = new Map<string, number>();
+    cfg.export?.forEach((e, i) => {
+      const first = seen.get(e.name);
+      if (first !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['export', i, 'name'], message: `"${e.name}" is already the name of export[${first}]` });
+      } else seen.set(e.name, i);
+    });
+    if (cfg.overlays && cfg.ephemeral) {
+      ctx.addIssue({ code: 'custom', path: ['ephemeral'], message: 'cannot be combined with [overlays] (choose per-machine or per-connection overlays)' });
+    }
+    const admin = cfg.server?.admin;
+    if (admin && !admin.startsWith('unix:') && !cfg.server?.['admin-token-file']) {
+      ctx.addIssue({ code: 'custom', path: ['server', 'admin'], message: 'a TCP admin address needs admin-token-file (the bearer token clients must send)' });
+    }
+  });
+
+type RawConfig = z.infer<typeof schema>;
+
+/** Read and validate a config file. Throws ConfigError naming file, line and key. */
+export async function loadConfigFile(file: string): Promise<FileOptions> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`${file}: cannot read config: ${(err as Error).message}`);
+  }
+  return parseConfigText(text, file);
+}
+
+export function parseConfigText(text: string, file: string): FileOptions {
+  let data: unknown;
+  try {
+    data = parseToml(text);
+  } catch (err) {
+    if (err instanceof TomlError) {
+      const reason = err.message.split('\n')[0]!.replace(/^Invalid TOML document: /, '');
+      throw new ConfigError(`${file}:${err.line}: TOML syntax error: ${reason}`);
+    }
+    throw new ConfigError(`${file}: ${(err as Error).message}`);
+  }
+  const result = schema.safeParse(data);
+  if (!result.success) {
+    const messages = result.error.issues.map((issue) => describeIssue(issue, text, file, data));
+    throw new ConfigError(messages.join('; '));
+  }
+  return toOptions(result.data, path.dirname(path.resolve(file)));
+}
+
+function describeIssue(issue: z.core.$ZodIssue, text: string, file: string, data: unknown): string {
+  let keyPath = issue.path.map((p) => (typeof p === 'symbol' ? String(p) : p));
+  let message = issue.message;
+  if (issue.code === 'unrecognized_keys') {
+    // Point at the first unknown key itself.
+    keyPath = [...keyPath, issue.keys[0]!];
+    message = `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
+  } else if (issue.code === 'invalid_value' && 'values' in issue) {
+    const got = valueAt(data, keyPath);
+    message = `must be one of ${issue.values.join(', ')} (got ${JSON.stringify(got)})`;
+  } else if (issue.code === 'invalid_type') {
+    const got = valueAt(data, keyPath);
+    message = got === undefined ? `is required (${issue.expected})` : `must be ${issue.expected === 'array' ? 'a list' : `a ${issue.expected}`} (got ${JSON.stringify(got)})`;
+  }
+  const line = lineOfKey(text, keyPath);
+  return `${file}${line ? `:${line}` : ''}: ${formatKeyPath(keyPath, data)}: ${message}`;
+}
+
+function valueAt(data: unknown, keyPath: ReadonlyArray<string | number>): unknown {
+  let v = data;
+  for (const k of keyPath) v = v && typeof v === 'object' ? (v as Record<string | number, unknown>)[k] : undefined;
+  return v;
+}
+
+/** `export[1] ("vm1").path`, `server.listen[0]`. */
+export function formatKeyPath(keyPath: ReadonlyArray<string | number>, data?: unknown): string {
+  let out = '';
+  keyPath.forEach((k, i) => {
+    if (typeof k === 'number') {
+      out += `[${k}]`;
+      const name = keyPath[0] === 'export' && i === 1 ? valueAt(data, ['export', k, 'name']) : undefined;
+      if (typeof name === 'string') out += ` (${JSON.stringify(name)})`;
+    } else out += (out ? '.' : '') + k;
+  });
+  return out || '(top level)';
+}
+
+/**
+ * 1-based line of `keyPath` in the TOML text, or undefined. Handles the layouts this
+ * file uses: `[table]`, `[[export]]` (the N-th occurrence for index N) and `key = value`
+ * lines inside them; falls back to the table header when the key itself is absent.
+ */
+export function lineOfKey(text: string, keyPath: ReadonlyArray<string | number>): number | undefined {
+  const lines = text.split('\n');
+  const [table, second, third] = keyPath;
+  if (typeof table !== 'string') return undefined;
+  const keyLine = (from: number, key: string): number | undefined => {
+    const re = new RegExp(`^\\s*["']?${escapeRegExp(key)}["']?\\s*=`);
+    for (let i = from; i < lines.length; i++) {
+      if (/^\s*\[/.test(lines[i]!)) return undefined; // next table
+      if (re.test(lines[i]!)) return i + 1;
+    }
+    return undefined;
+  };
+  // A top-level key (before any table) or a table header.
+  const top = keyLine(0, table);
+  if (top && keyPath.length === 1) return top;
+  if (table === 'export' && typeof second === 'number') {
+    let seen = -1;
+    for (let i = 0; i < lines.length; i++) {
+      if (/^\s*\[\[\s*export\s*\]\]/.test(lines[i]!) && ++seen === second) {
+        return (typeof third === 'string' ? keyLine(i + 1, third) : undefined) ?? i + 1;
+      }
+    }
+    return undefined;
+  }
+  const header = lines.findIndex((l) => new RegExp(`^\\s*\\[\\s*${escapeRegExp(table)}\\s*\\]`).test(l));
+  if (header < 0) return top;
+  return (typeof second === 'string' ? keyLine(header + 1, second) : undefined) ?? header + 1;
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+function toOptions(cfg: RawConfig, dir: string): FileOptions {
+  const abs = (p: string) => path.resolve(dir, p);
+  const absEndpoint = (e: ListenEndpoint): ListenEndpoint => ('path' in e ? { path: abs(e.path) } : e);
+  const s = cfg.server ?? {};
+  const out: FileOptions = {
+    export: (cfg.export ?? []).map((e) => ({
+      name: e.name,
+      path: abs(e.path),
+      readOnly: e['read-only'],
+      description: e.description,
+      format: e.format,
+      backingFormat: e['backing-format'],
+    })),
+  };
+  if (s.listen) out.listen = s.listen.map((l) => absEndpoint(parseEndpoint(l)!));
+  if (s.admin) out.admin = absEndpoint(parseEndpoint(s.admin)!) as AdminEndpoint;
+  if (s['admin-token-file']) out.adminTokenFile = abs(s['admin-token-file']);
+  if (s['log-level']) out.logLevel = s['log-level'];
+  if (s['read-only'] !== undefined) out.readOnly = s['read-only'];
+  if (s['ignore-mtime'] !== undefined) out.ignoreMtime = s['ignore-mtime'];
+  if (cfg.overlays) {
+    out.base = abs(cfg.overlays.base);
+    out.baseFormat = cfg.overlays['base-format'];
+    out.overlayDir = abs(cfg.overlays.dir);
+  }
+  if (cfg.ephemeral) {
+    out.ephemeral = true;
+    out.base = abs(cfg.ephemeral.base);
+    out.baseFormat = cfg.ephemeral['base-format'];
+    if (cfg.ephemeral.name !== undefined) out.name = cfg.ephemeral.name;
+    if (cfg.ephemeral.dir) out.ephemeralDir = abs(cfg.ephemeral.dir);
+  }
+  return out;
+}
+
+/** Option names a file value may fill in (the command line wins when given there). */
+const MERGED_KEYS = ['logLevel', 'readOnly', 'ignoreMtime', 'base', 'baseFormat', 'overlayDir', 'ephemeral', 'ephemeralDir', 'name', 'admin', 'adminTokenFile'] as const;
+
+/**
+ * Fill the command-line options from the file: a value given on the command line wins
+ * (`fromCli(key)`), the file's exports come before the command line's, and the file's
+ * listen addresses are used unless -p/-b/-U were given.
+ */
+export function mergeFileOptions<T extends { export: StaticExportConfig[]; listen?: ListenEndpoint[] }>(
+  o: T,
+  file: FileOptions,
+  fromCli: (key: string) => boolean,
+): T {
+  const out: Record<string, unknown> = { ...o };
+  for (const k of MERGED_KEYS) if (file[k] !== undefined && !fromCli(k)) out[k] = file[k];
+  out.export = [...file.export, ...o.export];
+  if (file.listen && !['port', 'bind', 'socket'].some(fromCli)) out.listen = file.listen;
+  return out as T;
+}
