@@ -17,7 +17,6 @@
  */
 import { readFileSync, readlinkSync } from 'node:fs';
 import { access, constants } from 'node:fs/promises';
-import type { BlockDevice } from '../block/block-device.js';
 import type { FileIo } from '../block/file-io.js';
 import os from 'node:os';
 import path from 'node:path';
@@ -25,7 +24,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger, type Logger } from '../logging.js';
 import { IMAGE_FORMATS, openImage, type ImageFormat } from '../formats/open-image.js';
 import { NbdServer, type ListenAddress, type ListenEndpoint } from '../server/listener.js';
-import { CompositeExportProvider, StaticExportProvider, type ExportProvider, type StaticExportConfig } from '../server/exports.js';
+import { CompositeExportProvider, type ExportProvider, type StaticExportConfig } from '../server/exports.js';
 import { EphemeralProvider, OverlayDirProvider } from '../server/overlay-providers.js';
 import { ConfigError, loadConfigFile, mergeFileOptions, parseEndpoint, type AdminEndpoint, type FileOptions } from '../control/config.js';
 import { ReloadableExports } from '../control/export-set.js';
@@ -237,45 +236,6 @@ function describeEndpoint(e: ListenEndpoint): string {
   if ('fd' in e) return `inherited socket fd ${e.fd} (systemd socket activation)`;
   if ('path' in e) return e.path;
   return `${e.host}:${e.port}`;
-}
-
-/**
- * A StaticExportProvider whose devices are opened now: every open error becomes one
- * UsageError naming the export and its file (devices opened so far are closed again,
- * so no cow write lock is left behind).
- */
-export async function openStaticExports(
-  configs: readonly StaticExportConfig[],
-  log: Logger,
-  options: { ignoreMtime?: boolean; io?: FileIo } = {},
-): Promise<StaticExportProvider> {
-  const devices = new Map<string, BlockDevice>();
-  for (const c of configs) {
-    try {
-      devices.set(
-        c.name,
-        await openImage(c.path, {
-          readOnly: c.readOnly,
-          format: c.format,
-          backingFormat: c.backingFormat,
-          ignoreMtime: options.ignoreMtime,
-          io: options.io,
-        }),
-      );
-    } catch (err) {
-      await Promise.all([...devices.values()].map((d) => d.close().catch(() => {})));
-      const message = (err as Error).message;
-      // Drivers usually name the file already; do not say it twice.
-      const what = message.includes(c.path) ? `export "${c.name}"` : `export "${c.name}" (${c.path})`;
-      throw new UsageError(`${what}: ${message}`);
-    }
-  }
-  return new StaticExportProvider(configs, log, async (c) => {
-    const device = devices.get(c.name);
-    if (!device) throw new Error(`export "${c.name}" was not opened at start-up`);
-    devices.delete(c.name); // handed over: the provider owns and closes it
-    return device;
-  });
 }
 
 export function installSignalHandlers(server: NbdServer, log: Logger): void {
