@@ -1,65 +1,45 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): cownbd against nbdkit and qemu-nbd, driven by fio's libnbd engine.
+# Benchmark (not a test): cownbd against its peers on the same base, same run.
 #
-#   scripts/bench.sh [raw|cow|all]        (default: raw;  npm run bench -- cow)
+#   scripts/bench.sh            throughput table (npm run bench)
+#   scripts/bench.sh memory     RSS table (scripts/bench/memory.mjs)
 #
-# Peer sets (every target in a run serves the SAME base image):
-#   raw  cownbd-raw     cownbd serving a raw image
-#        nbdkit-file    nbdkit file plugin, same image
-#   cow  cownbd-cow     cownbd serving a UML cow overlay over the base (`cownbd create -f cow`)
-#        nbdkit-cow     nbdkit --filter=cow file (default cow-block-size, 64K)
-#        nbdkit-cow4k   same with cow-block-size=4096 (cownbd's cow granularity)
-#        qemu-qcow2     qemu-nbd on a qcow2 overlay (qemu-img create -b base -F raw)
-#   all  both sets
+# Throughput: every target serves a FRESH, EMPTY overlay over the same 1 GiB random base, for
+# every (round, row), so reads go to the base and writes are first writes. Targets (BENCH_TARGETS):
+#   cownbd-cow      cownbd serve --base BASE --overlay-dir DIR   (export vm → DIR/vm.cow)
+#   cownbd-addcow   cownbd serving an add-cow overlay (cluster BENCH_ADDCOW_CLUSTER, default 64K;
+#                   cownbd-addcow-4K, cownbd-addcow-1M … pick a cluster size per target)
+#   nbdkit-cow64k, nbdkit-cow4k   nbdkit --filter=cow file, cow-block-size 64K / 4K
+#   qemu-threads, qemu-uring      qemu-nbd on a qcow2 overlay, --aio=threads / io_uring
+#   nbd-server-cow                nbd-server, copyonwrite = true
+#   (reference only, never "best peer": cownbd-raw, nbdkit-file on a copy of the base)
+# Rows (BENCH_ROWS, prefixes): randread-4k-qd32 (1 conn), randread-4k-qd32-4conn (4 conns × QD8),
+#   seqread-1m-qd8, randrw-70-30-4k-qd32, randwrite-4k-qd32, seqwrite-1m-qd8 (fio ioengine=nbd),
+#   nbdcopy-null (2 conns × 64 requests × 256K → null:), nbdcopy-devnull-sync (--synchronous →
+#   /dev/null), nbdcopy-file (→ a file; nbdcopy rows repeat whole-disk copies for BENCH_SECONDS).
+# Rounds are interleaved (BENCH_ROUNDS, default 2); each cell is the median over rounds, with
+# server CPU (the server's process tree, from /proc) and client CPU in % of one core.
+# Output: the table, each cownbd target's ratio to the best peer per row, .bench/results.json.
 #
-# Rows: 4k randread QD32, 4k randwrite QD32, 1M seqread QD8, 1M seqwrite QD8. Each
-# (target, row) gets a fresh server and, for overlays, a fresh empty overlay, so reads of
-# overlays really go to the base and writes always start from an empty overlay. Raw
-# targets serve a copy of the base (raw.img), so the base stays pristine for the overlays.
-# The base is filled with random data so reads move real bytes. With the machine's RAM
-# the images sit in the page cache: this measures the servers, not the disk.
-#
-# Output: a table (IOPS for 4k rows, MiB/s for 1M rows) with cownbd/peer ratios, and
-# .bench/results.json. A cownbd target that cannot start (server not built yet, command
-# missing) is reported as FAIL with the reason; the peers still run.
-#
-# Environment: BENCH_SECONDS (per row, default 8), BENCH_RAMP (warm-up seconds, default 1),
-# BENCH_SIZE_MIB (base size, default 1024), BENCH_DIR (default .bench),
-# COWNBD_SERVE_ARGS (extra args for `cownbd serve`), COWNBD_EXPORT (export name, default ""),
-# COWNBD_CLI (default dist/cli/main.js), BENCH_TARGETS (override the target list).
-# Timing: `all` = 6 targets x 4 rows x (8+1 s + ~1 s start) ≈ 4-5 minutes.
+# Environment: BENCH_SECONDS (per cell, default 8), BENCH_RAMP (fio warm-up, default 1),
+# BENCH_ROUNDS (2), BENCH_ROWS, BENCH_TARGETS, BENCH_ADDCOW_CLUSTER (64K), BENCH_SIZE_MIB (1024),
+# BENCH_DIR (.bench), COWNBD_SERVE_ARGS, COWNBD_CLI (dist/cli/main.js).
+# Timing: defaults = 7 targets × 9 rows × 2 rounds × ~11 s ≈ 23 minutes.
+# Memory (scripts/bench.sh memory): see scripts/bench/memory.mjs; MEMORY_WRITES (10000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-SET="${1:-raw}"
-case "$SET" in
-  raw) TARGETS=(cownbd-raw nbdkit-file) ;;
-  cow) TARGETS=(cownbd-cow nbdkit-cow nbdkit-cow4k qemu-qcow2) ;;
-  all) TARGETS=(cownbd-raw nbdkit-file cownbd-cow nbdkit-cow nbdkit-cow4k qemu-qcow2) ;;
+MODE="${1:-throughput}"
+case "$MODE" in
+  throughput | memory) ;;
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "bench.sh: unknown peer set '$SET' (expected raw, cow or all)" >&2; exit 2 ;;
+  *) echo "bench.sh: unknown mode '$MODE' (expected nothing or memory)" >&2; exit 2 ;;
 esac
-if [[ -n "${BENCH_TARGETS:-}" ]]; then read -r -a TARGETS <<<"$BENCH_TARGETS"; fi
-
-RUNTIME="${BENCH_SECONDS:-8}"
-RAMP="${BENCH_RAMP:-1}"
-SIZE_MIB="${BENCH_SIZE_MIB:-1024}"
-BENCH_DIR="${BENCH_DIR:-$ROOT/.bench}"
-EXPORT="${COWNBD_EXPORT:-}"
-read -r -a SERVE_EXTRA <<<"${COWNBD_SERVE_ARGS:-}"
-
-# name  rw  bs  iodepth
-ROWS=(
-  "randread-4k-qd32 randread 4k 32"
-  "randwrite-4k-qd32 randwrite 4k 32"
-  "seqread-1m-qd8 read 1M 8"
-  "seqwrite-1m-qd8 write 1M 8"
-)
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
-for tool in fio nbdinfo python3; do
-  command -v "$tool" >/dev/null || die "'$tool' is required (Debian: fio, libnbd-bin, python3)"
+for tool in fio nbdinfo nbdcopy python3; do
+  command -v "$tool" >/dev/null || die "'$tool' is required (Debian: fio, libnbd-bin, python3; see README, Performance)"
 done
 fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd ioengine (Debian's fio has it)"
 
@@ -67,37 +47,19 @@ fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd ioengine (Debian's
 # kill is the server itself.
 NODE24="$ROOT/node_modules/node/bin/node"
 [[ -x "$NODE24" ]] || NODE24="$(command -v node)"
-CLI="${COWNBD_CLI:-$ROOT/dist/cli/main.js}"
-
+export NODE24
+export COWNBD_CLI="${COWNBD_CLI:-$ROOT/dist/cli/main.js}"
+[[ -f "$COWNBD_CLI" ]] || die "cownbd not built ($COWNBD_CLI missing: run npm run build)"
+export BENCH_DIR="${BENCH_DIR:-$ROOT/.bench}"
 mkdir -p "$BENCH_DIR"
-RUN_DIR="$(mktemp -d "$BENCH_DIR/run.XXXXXX")"
+# Keep logs of the last runs only.
+find "$BENCH_DIR" -maxdepth 1 -name 'run.*' -type d -mmin +60 -exec rm -rf {} + 2>/dev/null || true
+
+if [[ $MODE == memory ]]; then exec "$NODE24" "$ROOT/scripts/bench/memory.mjs"; fi
+
+SIZE_MIB="${BENCH_SIZE_MIB:-1024}"
+export BENCH_SIZE_MIB="$SIZE_MIB"
 BASE="$BENCH_DIR/base-${SIZE_MIB}M.img"
-
-SERVER_PID=""
-stop_server() {
-  if [[ -n "$SERVER_PID" ]]; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    # Give it 5 s to exit, then SIGKILL: a wedged server must not outlive the benchmark.
-    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-  fi
-}
-cleanup() {
-  stop_server
-  # Overlays and the raw copy are per run; the base is kept for the next run.
-  rm -rf "$RUN_DIR"/*.img "$RUN_DIR"/*.cow "$RUN_DIR"/*.qcow2 2>/dev/null || true
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# ---- images --------------------------------------------------------------------------
-
 if [[ ! -f "$BASE" || $(stat -c %s "$BASE") -ne $((SIZE_MIB * 1024 * 1024)) ]]; then
   echo "bench.sh: writing ${SIZE_MIB} MiB of random data to $BASE" >&2
   # AES-CTR keystream via openssl is ~10x faster than /dev/urandom; fall back if absent.
@@ -111,115 +73,9 @@ if [[ ! -f "$BASE" || $(stat -c %s "$BASE") -ne $((SIZE_MIB * 1024 * 1024)) ]]; 
   [[ $(stat -c %s "$BASE.tmp") -eq $((SIZE_MIB * 1024 * 1024)) ]] || die "could not write $BASE"
   mv "$BASE.tmp" "$BASE"
 fi
+export BENCH_BASE="$BASE"
 # Nothing may write to the base (we may run as root, so permissions prove nothing: check
 # size + mtime after the run instead).
 BASE_SUM_BEFORE="$(stat -c '%s %Y' "$BASE")"
-
-RAW_COPY=""
-needs_raw_copy() { for t in "${TARGETS[@]}"; do [[ $t == cownbd-raw || $t == nbdkit-file ]] && return 0; done; return 1; }
-if needs_raw_copy; then
-  RAW_COPY="$RUN_DIR/raw.img"
-  cp "$BASE" "$RAW_COPY"
-fi
-
-# ---- servers -------------------------------------------------------------------------
-
-# start_target TARGET ROW PORT LOG: prepares a fresh overlay if needed and starts the
-# server in the background (SERVER_PID). On failure returns 1 with FAIL_REASON set.
-# (Not called in $(...): the server must be a child of this shell so we can stop it.)
-FAIL_REASON=""
-start_target() {
-  local target=$1 row=$2 port=$3 log=$4 ov
-  case "$target" in
-    cownbd-raw | cownbd-cow)
-      [[ -f "$CLI" ]] || { FAIL_REASON="cownbd not built ($CLI missing: run npm run build)"; return 1; }
-      local image=$RAW_COPY
-      if [[ $target == cownbd-cow ]]; then
-        ov="$RUN_DIR/$row.cow"
-        rm -f "$ov"
-        if ! "$NODE24" "$CLI" create -f cow "$ov" --backing "$BASE" -F raw >>"$log" 2>&1; then
-          FAIL_REASON="'cownbd create -f cow OV --backing BASE -F raw' failed: $(tail -n 1 "$log")"
-          return 1
-        fi
-        image=$ov
-      fi
-      "$NODE24" "$CLI" serve "$image" -p "$port" "${SERVE_EXTRA[@]}" >>"$log" 2>&1 &
-      ;;
-    nbdkit-file)
-      nbdkit -f -i 127.0.0.1 -p "$port" file "file=$RAW_COPY" >>"$log" 2>&1 &
-      ;;
-    nbdkit-cow)
-      nbdkit -f -i 127.0.0.1 -p "$port" --filter=cow file "file=$BASE" >>"$log" 2>&1 &
-      ;;
-    nbdkit-cow4k)
-      nbdkit -f -i 127.0.0.1 -p "$port" --filter=cow file "file=$BASE" cow-block-size=4096 >>"$log" 2>&1 &
-      ;;
-    qemu-qcow2)
-      ov="$RUN_DIR/$row.qcow2"
-      rm -f "$ov"
-      qemu-img create -q -f qcow2 -b "$BASE" -F raw "$ov" >>"$log" 2>&1 ||
-        { FAIL_REASON="qemu-img create failed: $(tail -n 1 "$log")"; return 1; }
-      qemu-nbd -t --shared=8 -f qcow2 -b 127.0.0.1 -p "$port" "$ov" >>"$log" 2>&1 &
-      ;;
-    *) FAIL_REASON="unknown target $target"; return 1 ;;
-  esac
-  SERVER_PID=$!
-  local uri="nbd://127.0.0.1:$port/$EXPORT"
-  for _ in $(seq 150); do
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-      wait "$SERVER_PID" 2>/dev/null || true
-      SERVER_PID=""
-      FAIL_REASON="server exited at startup: $(tail -n 1 "$log")"
-      return 1
-    fi
-    nbdinfo --size "$uri" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  FAIL_REASON="server did not answer on $uri within 15 s: $(tail -n 1 "$log")"
-  stop_server
-  return 1
-}
-
-# ---- run -----------------------------------------------------------------------------
-
-RESULTS="$RUN_DIR/rows.tsv" # target  row  status  fio-json-or-reason
-: >"$RESULTS"
-echo "bench.sh: set=$SET targets=${TARGETS[*]} ${RUNTIME}s/row (+${RAMP}s ramp), base ${SIZE_MIB} MiB, run dir $RUN_DIR" >&2
-
-# Row-major: every target runs a row back to back, so the machine's state (dirty pages
-# from earlier write rows, writeback) is as similar as possible for the targets compared.
-# (A `sync` before each row made things worse here: the flush of gigabytes to the VM's
-# disk kept writing back during the following measurements.)
-for spec in "${ROWS[@]}"; do
-  for target in "${TARGETS[@]}"; do
-    read -r row rw bs qd <<<"$spec"
-    log="$RUN_DIR/$target.$row.log"
-    port="$(free_port)"
-    printf 'bench.sh: %-13s %-18s ' "$target" "$row" >&2
-    if ! start_target "$target" "$row" "$port" "$log"; then
-      echo "FAIL: $FAIL_REASON" >&2
-      printf '%s\t%s\tfail\t%s\n' "$target" "$row" "$FAIL_REASON" >>"$RESULTS"
-      continue
-    fi
-    out="$RUN_DIR/$target.$row.json"
-    if fio --name="$row" --ioengine=nbd --uri="nbd://127.0.0.1:$port/$EXPORT" \
-      --rw="$rw" --bs="$bs" --iodepth="$qd" --numjobs=1 \
-      --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
-      --randrepeat=0 --output-format=json --output="$out" >>"$log" 2>&1; then
-      printf '%s\t%s\tok\t%s\n' "$target" "$row" "$out" >>"$RESULTS"
-      echo "ok" >&2
-    else
-      reason="fio failed: $(grep -m1 -iE 'error|fail' "$log" "$out" 2>/dev/null | head -n 1 | cut -c1-160)"
-      printf '%s\t%s\tfail\t%s\n' "$target" "$row" "$reason" >>"$RESULTS"
-      echo "FAIL: $reason" >&2
-    fi
-    stop_server
-  done
-done
-
+"$NODE24" "$ROOT/scripts/bench/run.mjs"
 [[ "$(stat -c '%s %Y' "$BASE")" == "$BASE_SUM_BEFORE" ]] || die "the base image $BASE was modified!"
-
-"$NODE24" "$ROOT/scripts/bench/report.mjs" "$RESULTS" "$BENCH_DIR/results.json" \
-  "$SET" "$RUNTIME" "$RAMP" "$SIZE_MIB"
-# Keep logs and fio JSON of the last run for inspection; drop older runs.
-find "$BENCH_DIR" -maxdepth 1 -name 'run.*' -type d ! -path "$RUN_DIR" -exec rm -rf {} +

@@ -1,118 +1,73 @@
-// Turns scripts/bench.sh's per-row fio JSON into a table and .bench/results.json.
-//
-//   node report.mjs ROWS.tsv OUT.json SET RUNTIME RAMP SIZE_MIB
-//
-// ROWS.tsv lines: target \t row \t ok|fail \t fio-json-path|reason.
-// 4k rows are compared in IOPS, 1M rows in MiB/s. Each cownbd target is compared with the
-// peers of its own group (raw: nbdkit-file; cow: nbdkit-cow, nbdkit-cow4k, qemu-qcow2).
-import { readFileSync, writeFileSync } from 'node:fs';
+// Table and results.json for scripts/bench/run.mjs: medians over rounds per (row, target),
+// the best peer per row, and each cownbd target's ratio to it. Reference targets
+// (cownbd-raw, nbdkit-file) are shown but are never "the best peer".
+import { REFERENCE } from './targets.mjs';
 
-const [rowsFile, outFile, set, runtime, ramp, sizeMiB] = process.argv.slice(2);
-const GROUPS = {
-  'cownbd-raw': ['nbdkit-file'],
-  'cownbd-cow': ['nbdkit-cow', 'nbdkit-cow4k', 'qemu-qcow2'],
+const median = (xs) => {
+  if (xs.length === 0) return undefined;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
-const ROW_ORDER = ['randread-4k-qd32', 'randwrite-4k-qd32', 'seqread-1m-qd8', 'seqwrite-1m-qd8'];
+const round1 = (x) => (x === undefined ? null : Math.round(x * 10) / 10);
 
-const results = []; // { target, row, ok, unit, value, iops, mibps, latMeanUs, latP99Us, reason }
-for (const line of readFileSync(rowsFile, 'utf8').split('\n')) {
-  if (!line) continue;
-  const [target, row, status, rest] = line.split('\t');
-  const unit = row.includes('-4k-') ? 'IOPS' : 'MiB/s';
-  if (status !== 'ok') {
-    results.push({ target, row, ok: false, unit, reason: rest });
-    continue;
+export function printReport({ cells, rows, targets, isOurs, meta }) {
+  const peers = targets.filter((t) => !isOurs(t) && !REFERENCE.includes(t));
+  const ours = targets.filter(isOurs);
+  const summary = rows.map((row) => {
+    const byTarget = {};
+    for (const target of targets) {
+      const mine = cells.filter((c) => c.row === row.name && c.target === target);
+      const ok = mine.filter((c) => c.ok);
+      byTarget[target] = ok.length
+        ? {
+            value: round1(median(ok.map((c) => c.value))),
+            serverCpuPct: round1(median(ok.map((c) => c.serverCpuPct))),
+            clientCpuPct: round1(median(ok.map((c) => c.clientCpuPct))),
+            rounds: ok.map((c) => round1(c.value)),
+          }
+        : { value: null, failures: mine.map((c) => c.reason) };
+    }
+    let best;
+    for (const p of peers) if (byTarget[p].value !== null && (!best || byTarget[p].value > byTarget[best].value)) best = p;
+    const ratios = {};
+    for (const t of ours) {
+      const v = byTarget[t].value;
+      ratios[t] = best && v !== null ? Math.round((100 * v) / byTarget[best].value) / 100 : null;
+    }
+    return { row: row.name, unit: row.unit, bestPeer: best ?? null, targets: byTarget, ratios };
+  });
+
+  const fmt = (unit, v) => (v === null || v === undefined ? 'FAIL' : unit === 'IOPS' ? `${(v / 1000).toFixed(1)}k` : v.toFixed(0));
+  const table = [['row', 'unit', ...targets, 'best peer', ...ours.map((t) => `${t}/best`)]];
+  for (const s of summary) {
+    table.push([
+      s.row, s.unit, ...targets.map((t) => fmt(s.unit, s.targets[t].value)), s.bestPeer ?? '-',
+      ...ours.map((t) => (s.ratios[t] === null ? 'n/a' : s.ratios[t].toFixed(2))),
+    ]);
   }
-  try {
-    const job = JSON.parse(readFileSync(rest, 'utf8')).jobs[0];
-    const side = row.includes('read') ? job.read : job.write;
-    if (job.error) throw new Error(`fio job error ${job.error}`);
-    if (!side || side.io_bytes === 0) throw new Error('fio moved no data');
-    const iops = side.iops;
-    const mibps = side.bw_bytes / (1024 * 1024);
-    const clat = side.clat_ns ?? {};
-    results.push({
-      target,
-      row,
-      ok: true,
-      unit,
-      value: unit === 'IOPS' ? iops : mibps,
-      iops: Math.round(iops),
-      mibps: Math.round(mibps * 10) / 10,
-      latMeanUs: Math.round((clat.mean ?? 0) / 100) / 10,
-      latP99Us: Math.round((clat.percentile?.['99.000000'] ?? 0) / 100) / 10,
-    });
-  } catch (err) {
-    results.push({ target, row, ok: false, unit, reason: `bad fio output ${rest}: ${err.message}` });
+  const cpu = [['CPU % server/client', ...targets]];
+  for (const s of summary) {
+    cpu.push([s.row, ...targets.map((t) => (s.targets[t].value === null ? '-' : `${s.targets[t].serverCpuPct.toFixed(0)}/${s.targets[t].clientCpuPct.toFixed(0)}`))]);
   }
+  console.log(`\ncownbd benchmark: medians of ${meta.rounds} interleaved round(s), ${meta.seconds}s per cell (+${meta.ramp}s ramp), base ${meta.baseSizeMiB} MiB`);
+  printTable(table, 2);
+  console.log('');
+  printTable(cpu, 1);
+  const failures = cells.filter((c) => !c.ok);
+  if (failures.length) {
+    const byReason = new Map();
+    for (const f of failures) byReason.set(`${f.target}: ${f.reason}`, [...(byReason.get(`${f.target}: ${f.reason}`) ?? []), f.row]);
+    console.log('\nFailures:');
+    for (const [reason, failedRows] of byReason) console.log(`  ${reason} (${[...new Set(failedRows)].join(', ')})`);
+  }
+  return { date: new Date().toISOString(), ...meta, targets, peers, rows: summary, cells };
 }
 
-const targets = [...new Set(results.map((r) => r.target))];
-const rows = ROW_ORDER.filter((row) => results.some((r) => r.row === row));
-const find = (target, row) => results.find((r) => r.target === target && r.row === row);
-const fmt = (r) => {
-  if (!r) return '-';
-  if (!r.ok) return 'FAIL';
-  return r.unit === 'IOPS' ? `${(r.value / 1000).toFixed(1)}k` : r.value.toFixed(0);
-};
-
-const ratioCols = [];
-for (const [mine, peers] of Object.entries(GROUPS)) {
-  if (!targets.includes(mine)) continue;
-  for (const peer of peers) if (targets.includes(peer)) ratioCols.push([mine, peer]);
+function printTable(table, leftCols) {
+  const widths = table[0].map((_, i) => Math.max(...table.map((l) => String(l[i]).length)));
+  const line = (l) => l.map((c, i) => (i < leftCols ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i]))).join('  ');
+  console.log(line(table[0]));
+  console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+  for (const l of table.slice(1)) console.log(line(l));
 }
-const ratios = {};
-const header = ['row', 'unit', ...targets, ...ratioCols.map(([a, b]) => `${a}/${b}`)];
-const table = [header];
-for (const row of rows) {
-  const unit = row.includes('-4k-') ? 'IOPS' : 'MiB/s';
-  const line = [row, unit, ...targets.map((t) => fmt(find(t, row)))];
-  for (const [a, b] of ratioCols) {
-    const ra = find(a, row);
-    const rb = find(b, row);
-    const ratio = ra?.ok && rb?.ok && rb.value > 0 ? ra.value / rb.value : undefined;
-    (ratios[row] ??= {})[`${a}/${b}`] = ratio === undefined ? null : Math.round(ratio * 100) / 100;
-    line.push(ratio === undefined ? 'n/a' : ratio.toFixed(2));
-  }
-  table.push(line);
-}
-
-const widths = header.map((_, i) => Math.max(...table.map((l) => l[i].length)));
-const print = (l) => console.log(l.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  '));
-console.log(`\ncownbd benchmark: set=${set}, ${runtime}s per row (+${ramp}s ramp), base ${sizeMiB} MiB, fio ioengine=nbd`);
-print(table[0]);
-console.log(widths.map((w) => '-'.repeat(w)).join('  '));
-table.slice(1).forEach(print);
-const failures = results.filter((r) => !r.ok);
-if (failures.length) {
-  // One line per (target, reason): a server that is not built fails every row the same way.
-  const byReason = new Map();
-  for (const f of failures) {
-    const key = `${f.target}\t${f.reason}`;
-    byReason.set(key, [...(byReason.get(key) ?? []), f.row]);
-  }
-  console.log('\nFailures:');
-  for (const [key, failedRows] of byReason) {
-    const [target, reason] = key.split('\t');
-    console.log(`  ${target} (${failedRows.join(', ')}): ${reason}`);
-  }
-}
-
-writeFileSync(
-  outFile,
-  `${JSON.stringify(
-    {
-      date: new Date().toISOString(),
-      set,
-      runtimeSeconds: Number(runtime),
-      rampSeconds: Number(ramp),
-      baseSizeMiB: Number(sizeMiB),
-      targets,
-      results,
-      ratios,
-    },
-    null,
-    2,
-  )}\n`,
-);
-console.log(`\nresults: ${outFile}`);

@@ -1,0 +1,64 @@
+// The benchmark rows: fio (ioengine=nbd, libnbd) for the block-I/O rows and nbdcopy for
+// the copy rows. Each run() drives one server for about `seconds` and returns
+// { value, clientCpuPct, wall } (client CPU in % of one core over the client's wall time;
+// the caller measures the server over the same window).
+import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { runMeasured } from './proc.mjs';
+
+const fio = (name, rw, bs, qd, extra = {}) => ({ name, kind: 'fio', rw, bs, qd, jobs: extra.jobs ?? 1, mix: extra.mix, unit: bs === '4k' ? 'IOPS' : 'MiB/s' });
+const copy = (name, dest, args) => ({ name, kind: 'nbdcopy', dest, args, unit: 'MiB/s' });
+
+export const ROWS = [
+  fio('randread-4k-qd32', 'randread', '4k', 32),
+  // 4 connections (fio jobs) of QD8 each: the same 32 requests in flight, spread over sockets.
+  fio('randread-4k-qd32-4conn', 'randread', '4k', 8, { jobs: 4 }),
+  fio('seqread-1m-qd8', 'read', '1M', 8),
+  fio('randrw-70-30-4k-qd32', 'randrw', '4k', 32, { mix: 70 }),
+  fio('randwrite-4k-qd32', 'randwrite', '4k', 32),
+  fio('seqwrite-1m-qd8', 'write', '1M', 8),
+  copy('nbdcopy-null', 'null:', ['--connections=2', '--requests=64', '--request-size=262144']),
+  copy('nbdcopy-devnull-sync', '/dev/null', ['--synchronous']),
+  copy('nbdcopy-file', 'FILE', []),
+];
+
+export function runRow(row, uri, { seconds, ramp, dir, sizeBytes, log }) {
+  return row.kind === 'fio' ? runFio(row, uri, seconds, ramp, dir, log) : runCopy(row, uri, seconds, dir, sizeBytes);
+}
+
+function runFio(row, uri, seconds, ramp, dir, log) {
+  const out = join(dir, `${row.name}.fio.json`);
+  const argv = [
+    'fio', `--name=${row.name}`, '--ioengine=nbd', `--uri=${uri}`, `--rw=${row.rw}`, `--bs=${row.bs}`,
+    `--iodepth=${row.qd}`, `--numjobs=${row.jobs}`, '--group_reporting', '--time_based',
+    `--runtime=${seconds}`, `--ramp_time=${ramp}`, '--randrepeat=0', '--output-format=json', `--output=${out}`,
+    ...(row.mix ? [`--rwmixread=${row.mix}`] : []),
+  ];
+  const m = runMeasured(argv);
+  if (m.rc !== 0) throw new Error(`fio failed (rc ${m.rc}): ${m.stderr.trim().split('\n').pop()} (log ${log})`);
+  const job = JSON.parse(readFileSync(out, 'utf8')).jobs[0];
+  if (job.error) throw new Error(`fio job error ${job.error}`);
+  const sides = [job.read, job.write].filter((s) => s && s.io_bytes > 0);
+  if (sides.length === 0) throw new Error('fio moved no data');
+  const iops = sides.reduce((a, s) => a + s.iops, 0);
+  const bytesPerSec = sides.reduce((a, s) => a + s.bw_bytes, 0);
+  return { value: row.unit === 'IOPS' ? iops : bytesPerSec / 2 ** 20, clientCpuPct: (100 * m.cpu) / m.wall, wall: m.wall };
+}
+
+/** nbdcopy of the whole disk, repeated until `seconds` have passed; MiB/s over all copies. */
+function runCopy(row, uri, seconds, dir, sizeBytes) {
+  let wall = 0;
+  let cpu = 0;
+  let copies = 0;
+  const dest = row.dest === 'FILE' ? join(dir, 'copy.img') : row.dest;
+  while (copies === 0 || wall < seconds) {
+    if (row.dest === 'FILE') rmSync(dest, { force: true });
+    const m = runMeasured(['nbdcopy', ...row.args, uri, dest]);
+    if (m.rc !== 0) throw new Error(`nbdcopy failed (rc ${m.rc}): ${m.stderr.trim().split('\n').pop()}`);
+    wall += m.wall;
+    cpu += m.cpu;
+    copies++;
+  }
+  if (row.dest === 'FILE') rmSync(dest, { force: true });
+  return { value: (copies * sizeBytes) / 2 ** 20 / wall, clientCpuPct: (100 * cpu) / wall, wall };
+}

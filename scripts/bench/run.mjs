@@ -1,0 +1,96 @@
+// The throughput benchmark (scripts/bench.sh). For each round, row and target: a fresh
+// server with a fresh empty overlay, one client run, server CPU sampled from /proc around
+// it. Rounds are interleaved (round 1 of every row and target, then round 2, …) so slow
+// drifts of a shared machine hit every target alike; each cell is the median over rounds.
+//
+//   node run.mjs  (configured by environment, see scripts/bench.sh --help)
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync, copyFileSync, existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { createServer } from 'node:net';
+import { cpuSeconds } from './proc.mjs';
+import { ROWS, runRow } from './rows.mjs';
+import { OURS, PEERS, isOurs, startTarget } from './targets.mjs';
+import { printReport } from './report.mjs';
+
+const env = process.env;
+const benchDir = env.BENCH_DIR;
+const base = env.BENCH_BASE;
+const seconds = Number(env.BENCH_SECONDS ?? 8);
+const ramp = Number(env.BENCH_RAMP ?? 1);
+const rounds = Number(env.BENCH_ROUNDS ?? 2);
+const sizeBytes = Number(env.BENCH_SIZE_MIB ?? 1024) * 2 ** 20;
+const split = (v) => (v ?? '').split(/[\s,]+/).filter(Boolean);
+const targets = split(env.BENCH_TARGETS).length ? split(env.BENCH_TARGETS) : [...OURS, ...PEERS];
+const rowNames = split(env.BENCH_ROWS);
+const rows = rowNames.length ? ROWS.filter((r) => rowNames.some((n) => r.name.startsWith(n))) : ROWS;
+if (rows.length === 0) throw new Error(`BENCH_ROWS=${env.BENCH_ROWS} matches no row (rows: ${ROWS.map((r) => r.name).join(', ')})`);
+
+const runDir = mkdtempSync(join(benchDir, 'run.'));
+const ctx = {
+  base,
+  cli: env.COWNBD_CLI,
+  node: env.NODE24 || process.execPath,
+  serveArgs: split(env.COWNBD_SERVE_ARGS),
+  addcowCluster: env.BENCH_ADDCOW_CLUSTER || '64K',
+  rawCopy() {
+    const p = join(runDir, 'raw.img');
+    if (!existsSync(p)) copyFileSync(base, p);
+    return p;
+  },
+};
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function cell(target, row, round) {
+  const dir = join(runDir, `${target}.${row.name}.r${round}`);
+  mkdirSync(dir);
+  const log = join(dir, 'log');
+  const server = await startTarget(target, ctx, dir, await freePort(), log);
+  try {
+    const cpu0 = cpuSeconds(server.pid);
+    const r = runRow(row, server.uri, { seconds, ramp, dir, sizeBytes, log });
+    await new Promise((res) => setTimeout(res, 100)); // let forked children be reaped
+    const serverCpuPct = (100 * (cpuSeconds(server.pid) - cpu0)) / r.wall;
+    return { ...r, serverCpuPct };
+  } finally {
+    await server.stop();
+    // Overlays of up to a few GiB per cell: keep only the logs.
+    for (const f of readdirSync(dir)) if (f !== 'log' && !f.endsWith('.json')) rmSync(join(dir, f), { force: true });
+  }
+}
+
+const cells = []; // { target, row, round, ok, value, serverCpuPct, clientCpuPct, reason }
+const stop = () => process.exit(130);
+process.on('SIGINT', stop);
+process.on('SIGTERM', stop);
+console.error(`bench: ${targets.length} targets × ${rows.length} rows × ${rounds} rounds, ${seconds}s per cell (+${ramp}s ramp), run dir ${runDir}`);
+for (let round = 1; round <= rounds; round++) {
+  for (const row of rows) {
+    for (const target of targets) {
+      const label = `round ${round} ${row.name.padEnd(22)} ${target.padEnd(16)}`;
+      try {
+        const r = await cell(target, row, round);
+        cells.push({ target, row: row.name, round, ok: true, value: r.value, serverCpuPct: r.serverCpuPct, clientCpuPct: r.clientCpuPct });
+        console.error(`bench: ${label} ${r.value.toFixed(row.unit === 'IOPS' ? 0 : 1)} ${row.unit}  server ${r.serverCpuPct.toFixed(0)}% client ${r.clientCpuPct.toFixed(0)}%`);
+      } catch (err) {
+        cells.push({ target, row: row.name, round, ok: false, reason: err.message });
+        console.error(`bench: ${label} FAIL: ${err.message}`);
+      }
+    }
+  }
+}
+rmSync(join(runDir, 'raw.img'), { force: true });
+
+const out = join(benchDir, 'results.json');
+const report = printReport({ cells, rows, targets, isOurs, meta: { seconds, ramp, rounds, baseSizeMiB: sizeBytes / 2 ** 20, runDir } });
+writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
+console.log(`\nresults: ${out}`);

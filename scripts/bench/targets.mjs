@@ -1,0 +1,116 @@
+// Server configurations the benchmark compares. Each start() serves a FRESH, EMPTY overlay
+// over the same base (so reads go to the base and writes are first writes), in its own
+// process group so stop() ends the server and anything it forked.
+//
+//   cownbd-cow         cownbd serve --base BASE --overlay-dir DIR (export "vm" → DIR/vm.cow)
+//   cownbd-addcow[-C]  cownbd serving an add-cow overlay, cluster size C (default 64K)
+//   cownbd-raw         cownbd serving a copy of the base (raw: no overlay), reference only
+//   nbdkit-cow64k      nbdkit --filter=cow file, cow-block-size=64K (nbdkit's default)
+//   nbdkit-cow4k       same with cow-block-size=4K
+//   nbdkit-file        nbdkit file plugin on the raw copy, reference only
+//   qemu-threads       qemu-nbd on a qcow2 overlay (qemu-img create -b BASE), --aio=threads
+//   qemu-uring         same with --aio=io_uring
+//   nbd-server-cow     nbd-server with copyonwrite = true (a diff file per connection)
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export const PEERS = ['nbdkit-cow64k', 'nbdkit-cow4k', 'qemu-threads', 'qemu-uring', 'nbd-server-cow'];
+export const OURS = ['cownbd-cow', 'cownbd-addcow'];
+export const REFERENCE = ['cownbd-raw', 'nbdkit-file'];
+export const isOurs = (t) => t.startsWith('cownbd-');
+
+function run(argv, log) {
+  const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8' });
+  writeFileSync(log, `$ ${argv.join(' ')}\n${r.stdout ?? ''}${r.stderr ?? ''}`, { flag: 'a' });
+  if (r.status !== 0) throw new Error(`${argv.slice(0, 3).join(' ')} failed: ${(r.stderr || r.stdout || '').trim().split('\n').pop()}`);
+}
+
+/** Command line (and export name) for one target; prepares its fresh overlay in dir. */
+function prepare(target, ctx, dir, port, log) {
+  const { base, cli, node, rawCopy } = ctx;
+  const addr = ['-i', '127.0.0.1', '-p', String(port)];
+  if (target === 'cownbd-cow') {
+    return { argv: [node, cli, 'serve', '--base', base, '--overlay-dir', dir, '-p', String(port), ...ctx.serveArgs], name: 'vm' };
+  }
+  const addcow = /^cownbd-addcow(?:-(\w+))?$/.exec(target);
+  if (addcow) {
+    const ov = join(dir, 'vm.add-cow');
+    const cluster = addcow[1] ?? ctx.addcowCluster;
+    run([node, cli, 'create', '-f', 'add-cow', ov, '--backing', base, '--image', join(dir, 'vm.img'), '--cluster-size', cluster], log);
+    return { argv: [node, cli, 'serve', ov, '-p', String(port), ...ctx.serveArgs], name: '' };
+  }
+  if (target === 'cownbd-raw') return { argv: [node, cli, 'serve', '-f', 'raw', rawCopy(), '-p', String(port), ...ctx.serveArgs], name: '' };
+  if (target === 'nbdkit-file') return { argv: ['nbdkit', '-f', ...addr, 'file', `file=${rawCopy()}`], name: '' };
+  const kit = /^nbdkit-cow(64k|4k)$/.exec(target);
+  if (kit) {
+    const block = kit[1] === '4k' ? 4096 : 65536;
+    return { argv: ['nbdkit', '-f', ...addr, '--filter=cow', 'file', `file=${base}`, `cow-block-size=${block}`], name: '' };
+  }
+  const qemu = /^qemu-(threads|uring)$/.exec(target);
+  if (qemu) {
+    const ov = join(dir, 'vm.qcow2');
+    run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', base, '-F', 'raw', ov], log);
+    const aio = qemu[1] === 'uring' ? 'io_uring' : 'threads';
+    return { argv: ['qemu-nbd', '-t', '--shared=16', '-f', 'qcow2', `--aio=${aio}`, '-b', '127.0.0.1', '-p', String(port), ov], name: '' };
+  }
+  if (target === 'nbd-server-cow') {
+    // nbd-server forks into the background (its -d mode serves one client and exits), so
+    // we follow it through its pid file.
+    const conf = join(dir, 'nbd-server.conf');
+    writeFileSync(
+      conf,
+      `[generic]\nport = ${port}\nlistenaddr = 127.0.0.1\n[vm]\nexportname = ${base}\ncopyonwrite = true\ncowdir = ${dir}\n`,
+    );
+    return { argv: ['nbd-server', '-C', conf, '-p', join(dir, 'nbd-server.pid')], name: 'vm', daemon: join(dir, 'nbd-server.pid') };
+  }
+  throw new Error(`unknown target ${target}`);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Start a target on a free port with a fresh overlay in `dir`. Resolves to
+ * { pid, uri, stop() } once the server answers NBD (nbdinfo --size).
+ */
+export async function startTarget(target, ctx, dir, port, log) {
+  const spec = prepare(target, ctx, dir, port, log);
+  writeFileSync(log, `$ ${spec.argv.join(' ')}\n`, { flag: 'a' });
+  const out = openSync(log, 'a');
+  const child = spawn(spec.argv[0], spec.argv.slice(1), { stdio: ['ignore', out, out], detached: true });
+  closeSync(out);
+  let exited = false;
+  child.on('exit', () => (exited = true));
+  const uri = `nbd://127.0.0.1:${port}/${spec.name}`;
+  let pid = child.pid;
+  const stop = async () => {
+    for (const p of new Set([pid, child.pid])) {
+      try {
+        process.kill(p === child.pid ? -p : p, 'SIGTERM');
+      } catch {}
+    }
+    for (let i = 0; i < 100 && alive(pid); i++) await sleep(50);
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {}
+    if (spec.daemon) rmSync(spec.daemon, { force: true });
+  };
+  for (let i = 0; i < 150; i++) {
+    if (spec.daemon && existsSync(spec.daemon)) pid = Number(readFileSync(spec.daemon, 'utf8').trim()) || pid;
+    if (exited && !spec.daemon) throw new Error(`server exited at startup (see ${log})`);
+    const daemonKnown = !spec.daemon || pid !== child.pid;
+    if (daemonKnown && spawnSync('nbdinfo', ['--size', uri]).status === 0) return { pid, uri, stop };
+    await sleep(100);
+  }
+  await stop();
+  throw new Error(`server did not answer on ${uri} within 15 s (see ${log})`);
+}
+
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
