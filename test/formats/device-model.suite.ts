@@ -1,5 +1,6 @@
 /**
- * Shared model-based property suite for writable overlay devices (cow, add-cow).
+ * Shared model-based property suite for writable devices: the overlays (cow, add-cow) and
+ * raw images.
  *
  * fast-check generates short programs of read / write / writeZeroes / trim / flush /
  * reopen operations at "interesting" offsets (sector, 4 KiB block and bitmap-page
@@ -21,6 +22,8 @@
  *     the suite has flushed and closed the previous device (used for persistence).
  *   - backingPath (optional): the backing file; the fresh overlay must read exactly as
  *     that file, zero-padded (or truncated) to the device size, and it must never change.
+ *   - initial (optional, instead of backingPath): what a fresh device reads as, for
+ *     devices without a backing file (a raw image holds its own content). Default: zeros.
  *   - cleanup(): remove everything (called even when the property fails).
  */
 import { createHash } from 'node:crypto';
@@ -33,6 +36,7 @@ export interface ModelFixture {
   open(): Promise<BlockDevice>;
   reopen(): Promise<BlockDevice>;
   backingPath?: string;
+  initial?: Buffer;
   cleanup(): Promise<void>;
 }
 
@@ -160,7 +164,8 @@ async function runProgram(factory: () => Promise<ModelFixture>, ops: Op[], trimR
     dev = await fx.open();
     const size = dev.size;
     const model = Buffer.alloc(size);
-    if (backingBytes) backingBytes.copy(model, 0, 0, Math.min(size, backingBytes.length));
+    const initial = backingBytes ?? fx.initial;
+    if (initial) initial.copy(model, 0, 0, Math.min(size, initial.length));
     // Bytes whose content is unspecified (trim on devices where trim need not zero).
     const unknown = new Uint8Array(size);
 
