@@ -14,7 +14,8 @@ export interface LoggerOptions {
 }
 
 export function createLogger(options: LoggerOptions = {}): Logger {
-  const level = options.level ?? process.env.COWNBD_LOG_LEVEL ?? 'info';
+  // COWNBD_LOG_LEVEL is read by the CLI (serve-process.ts), never here.
+  const level = options.level ?? 'info';
   const usePretty = options.pretty ?? Boolean(process.stderr.isTTY);
   if (usePretty) {
     return pino({ level }, pretty({ destination: 2, sync: true, colorize: true }));

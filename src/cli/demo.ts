@@ -24,7 +24,8 @@ import { createCow } from '../formats/cow/index.js';
 import { openImage } from '../formats/open-image.js';
 import { createLogger, type Logger } from '../logging.js';
 import { StaticExportProvider } from '../server/exports.js';
-import { DEFAULT_BIND, DEFAULT_PORT, parsePort, runServer } from './serve-command.js';
+import { DEFAULT_BIND, DEFAULT_PORT, logNativeAddon, parsePort, runServer } from './serve-command.js';
+import { addProcessOptions, applyProcessOptions, type ProcessOptions } from './serve-process.js';
 
 export const DEMO_SIZE = 64 * 1024 * 1024;
 export const DEMO_BANNER = 'cownbd demo disk: served over NBD by cownbd\n';
@@ -98,40 +99,52 @@ function demoPattern(length: number, seed: number): Buffer {
   return b;
 }
 
+/**
+ * How to restart the demo from scratch, in words that work where the user is: under
+ * `npm start` the `cownbd` command is not on PATH (npm install does not link the
+ * package's own bin), so say `npm start -- --reset` there.
+ */
+export function resetCommand(env: NodeJS.ProcessEnv): string {
+  return env.npm_lifecycle_event === 'start' ? 'npm start -- --reset' : 'cownbd demo --reset';
+}
+
 export function registerDemoCommand(program: Command, io: FileIo): void {
-  program
+  const demo = program
     .command('demo')
     .description('serve a demo disk (a cow overlay over a 64 MiB raw base) on 127.0.0.1:10809')
     .option('-p, --port <port>', 'TCP port (0 = pick a free port)', parsePort, DEFAULT_PORT)
     .option('-b, --bind <addr>', 'address to listen on', DEFAULT_BIND)
-    .option('--reset', 'throw the demo overlay away (every write so far) and start from the base')
-    .option('--log-level <level>', 'log level', 'info')
-    .action(async (o: { port: number; bind: string; reset?: boolean; logLevel: string }) => {
-      const log = createLogger({ level: o.logLevel });
-      const base = await setupDemoImage();
-      const overlay = await openDemoOverlay(base, { reset: o.reset, log, io });
-      const provider = new StaticExportProvider(
-        [{ name: '', path: overlay.file, format: 'cow', description: 'cownbd demo disk (cow overlay)' }],
-        log,
-        () => Promise.resolve(overlay.device),
-      );
-      const { uris } = await runServer(provider, { port: o.port, bind: o.bind, arenaReads: io.policy.arenaReads }, '', log);
-      const uri = uris[0]!.replace(/\/$/, '');
-      process.stdout.write(
-        [
-          `cownbd demo: serving ${overlay.file} (${overlay.created ? 'new' : 'existing'} cow overlay, ${DEMO_SIZE / 1024 / 1024} MiB)`,
-          `  over the read-only base ${base}`,
-          `  at ${uri}`,
-          'try:',
-          `  nbdinfo ${uri}`,
-          `  nbdinfo --map=qemu:allocation-depth ${uri}`,
-          `  qemu-img info ${uri}`,
-          `  qemu-io -f raw -c 'write -P 0x55 0 64k' ${uri}`,
-          `  nbdinfo --map=qemu:allocation-depth ${uri}    # depth 1 = written to the overlay, 2 = base`,
-          `writes persist in the overlay; \`cownbd demo --reset\` discards them`,
-          'press Ctrl-C to stop',
-          '',
-        ].join('\n'),
-      );
-    });
+    .option('--reset', 'throw the demo overlay away (every write so far) and start from the base');
+  addProcessOptions(demo, false);
+  demo.action(async (o: { port: number; bind: string; reset?: boolean } & ProcessOptions) => {
+    const log = createLogger({ level: o.logLevel });
+    logNativeAddon(log, io.policy);
+    const base = await setupDemoImage();
+    const overlay = await openDemoOverlay(base, { reset: o.reset, log, io });
+    const provider = new StaticExportProvider(
+      [{ name: '', path: overlay.file, format: 'cow', description: 'cownbd demo disk (cow overlay)' }],
+      log,
+      () => Promise.resolve(overlay.device),
+    );
+    const running = await runServer(provider, { port: o.port, bind: o.bind, printUri: o.printUri, arenaReads: io.policy.arenaReads }, '', log);
+    await applyProcessOptions({ ...running, defaultExport: '' }, o, log, process.env);
+    if (o.printUri) return;
+    const uri = running.uris[0]!.replace(/\/$/, '');
+    process.stdout.write(
+      [
+        `cownbd demo: serving ${overlay.file} (${overlay.created ? 'new' : 'existing'} cow overlay, ${DEMO_SIZE / 1024 / 1024} MiB)`,
+        `  over the read-only base ${base}`,
+        `  at ${uri}`,
+        'try:',
+        `  nbdinfo ${uri}`,
+        `  nbdinfo --map=qemu:allocation-depth ${uri}`,
+        `  qemu-img info ${uri}`,
+        `  qemu-io -f raw -c 'write -P 0x55 0 64k' ${uri}`,
+        `  nbdinfo --map=qemu:allocation-depth ${uri}    # depth 1 = written to the overlay, 2 = base`,
+        `writes persist in the overlay; \`${resetCommand(process.env)}\` discards them`,
+        'press Ctrl-C to stop',
+        '',
+      ].join('\n'),
+    );
+  });
 }

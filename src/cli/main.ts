@@ -3,6 +3,7 @@
  * cownbd command line: `serve`, `demo`, and the image tools (registered by
  * image-commands.ts). Kept thin: parsing and wiring only.
  */
+import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { FileIo } from '../block/file-io.js';
 import { ioPolicyFromEnv } from '../block/io-policy.js';
@@ -10,11 +11,14 @@ import { registerImageCommands } from './image-commands.js';
 import { registerServeCommand } from './serve-command.js';
 import { registerDemoCommand } from './demo.js';
 
+// `ps`, `pgrep cownbd`, `ss -p` and `top` show "cownbd" rather than "node".
+process.title = 'cownbd';
+
 const program = new Command();
 program
   .name('cownbd')
   .description('NBD server for copy-on-write disk images (User-Mode-Linux cow and add-cow overlays)')
-  .version('0.1.0');
+  .version(packageVersion());
 
 // The one place the I/O switches are read (io-policy.ts); everything below gets the object.
 const io = new FileIo(ioPolicyFromEnv(process.env));
@@ -31,3 +35,12 @@ program.parseAsync(process.argv).catch((err: unknown) => {
   if (process.env.COWNBD_DEBUG && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
   process.exit(1);
 });
+
+/** The version in package.json (dist/cli/main.js → ../../package.json): one source of truth. */
+function packageVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}

@@ -29,11 +29,13 @@ import { EphemeralProvider, OverlayDirProvider } from '../server/overlay-provide
 import { ConfigError, loadConfigFile, mergeFileOptions, parseEndpoint, type AdminEndpoint, type FileOptions } from '../control/config.js';
 import { ReloadableExports } from '../control/export-set.js';
 import { startControlPlane } from '../control/control-plane.js';
+import type { IoPolicy } from '../block/io-policy.js';
+import { addProcessOptions, applyProcessOptions, type ProcessOptions } from './serve-process.js';
 
 export const DEFAULT_PORT = 10809;
 export const DEFAULT_BIND = '127.0.0.1';
 
-export interface ServeOptions {
+export interface ServeOptions extends ProcessOptions {
   port: number;
   bind: string;
   socket?: string;
@@ -43,7 +45,6 @@ export interface ServeOptions {
   format?: ImageFormat;
   backingFormat?: ImageFormat;
   export: StaticExportConfig[];
-  logLevel?: string;
   base?: string;
   baseFormat?: ImageFormat;
   overlayDir?: string;
@@ -154,29 +155,44 @@ function parseAdminEndpoint(value: string): AdminEndpoint {
   return e as AdminEndpoint;
 }
 
-export function formatUri(addr: ListenAddress, exportName: string): string {
+export function formatUri(addr: ListenAddress, exportName: string, hostname = os.hostname()): string {
   const name = encodeURIComponent(exportName);
   if (addr.path) return `nbd+unix:///${name}?socket=${addr.path}`;
   if (addr.fd !== undefined) return `nbd+unix:///${name}?socket=(inherited-fd-${addr.fd})`;
-  const host = addr.host && addr.host.includes(':') ? `[${addr.host}]` : addr.host;
+  // A wildcard address is not somewhere a client can connect to: print this host's name.
+  const raw = addr.host === '0.0.0.0' || addr.host === '::' ? hostname : addr.host;
+  const host = raw && raw.includes(':') ? `[${raw}]` : raw;
   return `nbd://${host}:${addr.port}/${name}`;
 }
 
 export interface RunningServer {
   server: NbdServer;
   uris: string[];
+  addresses: ListenAddress[];
+  /** Graceful stop, then process exit with `status` (what SIGTERM does). */
+  shutdown(reason: string, status: number): void;
+  onStop(fn: () => void): void;
+}
+
+export interface RunServerOptions {
+  port: number;
+  bind: string;
+  socket?: string;
+  listenFds?: readonly number[];
+  /** --print-uri: bare URIs only (no "cownbd: listening on" prefix). */
+  printUri?: boolean;
+  /** Names of the static exports: each gets its own URI line (default export first). */
+  exportNames?: readonly string[];
+  arenaReads?: boolean;
+  /** Endpoints from a config file (instead of port/bind/socket). */
+  listen?: readonly ListenEndpoint[];
 }
 
 /**
  * Start a server for `provider` on the endpoint from the options, print the listening
  * line(s) and install signal handlers. Shared by `serve` and `demo`.
  */
-export async function runServer(
-  provider: ExportProvider,
-  o: { port: number; bind: string; socket?: string; listenFds?: readonly number[]; arenaReads?: boolean; listen?: readonly ListenEndpoint[] },
-  defaultExport: string,
-  log: Logger,
-): Promise<RunningServer> {
+export async function runServer(provider: ExportProvider, o: RunServerOptions, defaultExport: string, log: Logger): Promise<RunningServer> {
   const server = new NbdServer({ provider, log, arenaReads: o.arenaReads });
   const endpoints: ListenEndpoint[] = o.listenFds?.length
     ? o.listenFds.map((fd) => ({ fd }))
@@ -184,8 +200,9 @@ export async function runServer(
       ? [...o.listen]
       : [o.socket ? { path: o.socket } : { host: o.bind, port: o.port }];
   // Handlers first: whoever reads the listening line may signal us immediately.
-  installSignalHandlers(server, log);
+  const { shutdown, onStop } = installSignalHandlers(server, log);
   const uris: string[] = [];
+  const addresses: ListenAddress[] = [];
   for (const endpoint of endpoints) {
     let addr: ListenAddress;
     try {
@@ -197,10 +214,14 @@ export async function runServer(
     }
     const uri = formatUri(addr, defaultExport);
     log.info({ uri, ...('fd' in endpoint ? { fd: endpoint.fd } : {}) }, 'listening');
-    process.stdout.write(`cownbd: listening on ${uri}\n`);
+    if (addr.host === '0.0.0.0' || addr.host === '::') log.warn({ address: addr.host }, 'listening on every interface: NBD has no authentication here; firewall the port');
+    const others = (o.exportNames ?? []).filter((n) => n !== defaultExport).map((n) => formatUri(addr, n));
+    if (o.printUri) process.stdout.write([uri, ...others].map((u) => `${u}\n`).join(''));
+    else process.stdout.write([`cownbd: listening on ${uri}`, ...others.map((u) => `cownbd: export at ${u}`)].map((l) => `${l}\n`).join(''));
     uris.push(uri);
+    addresses.push(addr);
   }
-  return { server, uris };
+  return { server, uris, addresses, shutdown, onStop };
 }
 
 /**
@@ -232,35 +253,49 @@ async function namedFailure<T>(what: string, fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/** Said once at start: without the addon, holes, TRIM and fast zeroing are off. */
+export function logNativeAddon(log: Logger, policy: IoPolicy): void {
+  if (policy.native) return;
+  log.warn({ reason: policy.nativeUnavailableReason }, 'native addon not loaded: sparse-file support (holes, TRIM, fast zero) is off');
+}
+
 function describeEndpoint(e: ListenEndpoint): string {
   if ('fd' in e) return `inherited socket fd ${e.fd} (systemd socket activation)`;
   if ('path' in e) return e.path;
   return `${e.host}:${e.port}`;
 }
 
-export function installSignalHandlers(server: NbdServer, log: Logger): void {
-  let signalled = false;
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (signalled) {
-      log.warn({ signal }, 'second signal: exiting immediately');
+/**
+ * SIGINT/SIGTERM (and shutdown() for --run/--exit-with-parent): graceful stop, then exit.
+ * A second request while stopping exits at once with status 1.
+ */
+export function installSignalHandlers(server: NbdServer, log: Logger): Pick<RunningServer, 'shutdown' | 'onStop'> {
+  let stopping = false;
+  const stopHooks: Array<() => void> = [];
+  const shutdown = (reason: string, status: number) => {
+    if (stopping) {
+      log.warn({ reason }, 'second stop request: exiting immediately');
       process.exit(1);
     }
-    signalled = true;
-    log.info({ signal }, 'signal received: shutting down');
+    stopping = true;
+    log.info({ reason }, 'shutting down');
+    for (const fn of stopHooks) fn();
     server.stop().then(
-      () => process.exit(0),
+      () => process.exit(status),
       (err: unknown) => {
         log.error({ err }, 'shutdown failed');
         process.exit(1);
       },
     );
   };
+  const onSignal = (signal: NodeJS.Signals) => shutdown(`signal ${signal}`, 0);
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  return { shutdown, onStop: (fn) => stopHooks.push(fn) };
 }
 
 export function registerServeCommand(program: Command, io: FileIo): void {
-  program
+  const serve = program
     .command('serve')
     .description('serve disk images (raw, cow, add-cow) over NBD')
     .argument('[image]', 'image to export (as export NAME, default "")')
@@ -284,73 +319,76 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     .option('--ephemeral', 'IMAGE (or --base) is a base: every connection gets its own temporary overlay, deleted on disconnect (no CAN_MULTI_CONN)')
     .option('--ephemeral-dir <dir>', 'where ephemeral overlays live', path.join(os.tmpdir(), 'cownbd-ephemeral'))
     .option('--ignore-mtime', 'cow exports: accept a backing file whose mtime no longer matches the header (recovery after the base was touched but not changed)')
-    .option('--log-level <level>', 'trace, debug, info, warn, error (logs go to stderr)', 'info')
     .option('-c, --config <file>', 'TOML configuration file (README "Operating"); options given on the command line override it; SIGHUP reloads it')
     .option('--admin <endpoint>', 'admin API (HTTP/JSON) on unix:/path, or HOST:PORT with --admin-token-file', parseAdminEndpoint)
-    .option('--admin-token-file <file>', 'bearer token clients of a TCP admin API must send')
-    .action(async (image: string | undefined, cliOptions: ServeOptions, cmd: Command) => {
-      const fromCli = (k: string) => cmd.getOptionValueSource(k) === 'cli';
-      let fileOptions: FileOptions | undefined;
-      if (cliOptions.config) {
-        try {
-          fileOptions = await loadConfigFile(cliOptions.config);
-        } catch (err) {
-          throw err instanceof ConfigError ? new UsageError(err.message) : err;
-        }
-      }
-      const o = fileOptions ? mergeFileOptions(cliOptions, fileOptions, fromCli) : cliOptions;
-      if (o.admin && !('path' in o.admin) && !o.adminTokenFile) throw new UsageError('--admin HOST:PORT needs --admin-token-file (the bearer token clients must send)');
-      const log = createLogger({ level: o.logLevel });
-      // Read (and unset) the activation variables first, before anything can spawn a child.
-      const listenFds = takeSystemdListenFds();
-      if (listenFds.length) {
-        const ignored = ['port', 'bind', 'socket'].filter((k) => cmd.getOptionValueSource(k) === 'cli');
-        if (ignored.length) log.warn({ ignored, fds: listenFds }, 'socket activated: ignoring --port/--bind/--socket');
-      }
-      if (o.overlayDir && !o.base) throw new UsageError('--overlay-dir needs --base (the golden image every overlay is made over)');
-      if (o.ephemeral && !(o.base ?? image)) throw new UsageError('--ephemeral needs a base image: cownbd serve --ephemeral golden.img');
-      if (o.ephemeral && o.readOnly) throw new UsageError('--ephemeral overlays are writable by design; drop --read-only');
-      // With --ephemeral the positional IMAGE is the base, not a static export.
-      const ephemeralBase = o.ephemeral ? (o.base ?? image) : undefined;
-      const configs = exportConfigs(o.ephemeral ? undefined : image, o, Boolean(o.overlayDir || o.ephemeral || o.config));
-      // What a reload keeps: the exports named on the command line itself.
-      const cliExports = exportConfigs(o.ephemeral ? undefined : image, { ...o, export: cliOptions.export }, true);
-      // Fail at startup, not at the first client, when an image is missing or unreadable.
-      for (const c of configs) {
-        try {
-          await access(c.path, c.readOnly ? constants.R_OK : constants.R_OK | constants.W_OK);
-        } catch (err) {
-          throw new UsageError(`export "${c.name}": cannot access ${c.path}: ${(err as Error).message}`);
-        }
-      }
-      const providers: ExportProvider[] = [];
-      const opener = (c: StaticExportConfig) =>
-        openImage(c.path, { readOnly: c.readOnly, format: c.format, backingFormat: c.backingFormat, ignoreMtime: o.ignoreMtime, io });
-      let exports: ReloadableExports;
+    .option('--admin-token-file <file>', 'bearer token clients of a TCP admin API must send');
+  addProcessOptions(serve, true);
+  serve.action(async (image: string | undefined, cliOptions: ServeOptions, cmd: Command) => {
+    const fromCli = (k: string) => cmd.getOptionValueSource(k) === 'cli';
+    let fileOptions: FileOptions | undefined;
+    if (cliOptions.config) {
       try {
-        exports = await ReloadableExports.open(configs, opener, log);
+        fileOptions = await loadConfigFile(cliOptions.config);
       } catch (err) {
-        throw new UsageError((err as Error).message);
+        throw err instanceof ConfigError ? new UsageError(err.message) : err;
       }
-      providers.push(exports);
-      if (ephemeralBase) {
-        const base = { path: path.resolve(ephemeralBase), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
-        providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log)));
+    }
+    const o = fileOptions ? mergeFileOptions(cliOptions, fileOptions, fromCli) : cliOptions;
+    if (o.admin && !('path' in o.admin) && !o.adminTokenFile) throw new UsageError('--admin HOST:PORT needs --admin-token-file (the bearer token clients must send)');
+    const log = createLogger({ level: o.logLevel });
+    logNativeAddon(log, io.policy);
+    // Read (and unset) the activation variables first, before anything can spawn a child.
+    const listenFds = takeSystemdListenFds();
+    if (listenFds.length) {
+      const ignored = ['port', 'bind', 'socket'].filter((k) => cmd.getOptionValueSource(k) === 'cli');
+      if (ignored.length) log.warn({ ignored, fds: listenFds }, 'socket activated: ignoring --port/--bind/--socket');
+    }
+    if (o.overlayDir && !o.base) throw new UsageError('--overlay-dir needs --base (the golden image every overlay is made over)');
+    if (o.ephemeral && !(o.base ?? image)) throw new UsageError('--ephemeral needs a base image: cownbd serve --ephemeral golden.img');
+    if (o.ephemeral && o.readOnly) throw new UsageError('--ephemeral overlays are writable by design; drop --read-only');
+    // With --ephemeral the positional IMAGE is the base, not a static export.
+    const ephemeralBase = o.ephemeral ? (o.base ?? image) : undefined;
+    const configs = exportConfigs(o.ephemeral ? undefined : image, o, Boolean(o.overlayDir || o.ephemeral || o.config));
+    // What a reload keeps: the exports named on the command line itself.
+    const cliExports = exportConfigs(o.ephemeral ? undefined : image, { ...o, export: cliOptions.export }, true);
+    // Fail at startup, not at the first client, when an image is missing or unreadable.
+    for (const c of configs) {
+      try {
+        await access(c.path, c.readOnly ? constants.R_OK : constants.R_OK | constants.W_OK);
+      } catch (err) {
+        throw new UsageError(`export "${c.name}": cannot access ${c.path}: ${(err as Error).message}`);
       }
-      if (o.overlayDir) {
-        const base = { path: path.resolve(o.base!), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
-        providers.push(await namedFailure(`--base ${base.path} / --overlay-dir ${o.overlayDir}`, () => OverlayDirProvider.create(base, o.overlayDir!, log)));
-      }
-      const provider = providers.length === 1 ? providers[0]! : new CompositeExportProvider(providers);
-      const defaultName = configs[0]?.name ?? (ephemeralBase ? o.name : 'vm1');
-      const { server } = await runServer(provider, { ...o, listenFds, arenaReads: io.policy.arenaReads }, defaultName, log);
-      await startControlPlane({
-        server,
-        exports,
-        log,
-        reload: { configFile: o.config, initial: fileOptions, cliExports, cliReadOnly: Boolean(cliOptions.readOnly) },
-        admin: o.admin,
-        adminTokenFile: o.adminTokenFile,
-      });
+    }
+    const providers: ExportProvider[] = [];
+    const opener = (c: StaticExportConfig) =>
+      openImage(c.path, { readOnly: c.readOnly, format: c.format, backingFormat: c.backingFormat, ignoreMtime: o.ignoreMtime, io });
+    let exports: ReloadableExports;
+    try {
+      exports = await ReloadableExports.open(configs, opener, log);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+    providers.push(exports);
+    if (ephemeralBase) {
+      const base = { path: path.resolve(ephemeralBase), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
+      providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log)));
+    }
+    if (o.overlayDir) {
+      const base = { path: path.resolve(o.base!), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
+      providers.push(await namedFailure(`--base ${base.path} / --overlay-dir ${o.overlayDir}`, () => OverlayDirProvider.create(base, o.overlayDir!, log)));
+    }
+    const provider = providers.length === 1 ? providers[0]! : new CompositeExportProvider(providers);
+    const defaultName = configs[0]?.name ?? (ephemeralBase ? o.name : 'vm1');
+    const running = await runServer(provider, { ...o, listenFds, arenaReads: io.policy.arenaReads, exportNames: configs.map((c) => c.name) }, defaultName, log);
+    const { server } = running;
+    await startControlPlane({
+      server,
+      exports,
+      log,
+      reload: { configFile: o.config, initial: fileOptions, cliExports, cliReadOnly: Boolean(cliOptions.readOnly) },
+      admin: o.admin,
+      adminTokenFile: o.adminTokenFile,
     });
+    await applyProcessOptions({ ...running, defaultExport: defaultName }, o, log, process.env);
+  });
 }

@@ -28,6 +28,9 @@ export class Connection {
   private session: TransmissionSession | undefined;
   private handle: ExportHandle | undefined;
   private destroyed = false;
+  private readonly startedAt = performance.now();
+  /** Export served once transmission began (for the closing log line). */
+  private exportName: string | undefined;
   private resolveClosed!: () => void;
   /** Resolves once the socket is closed and the export handle released. */
   readonly closed = new Promise<void>((resolve) => (this.resolveClosed = resolve));
@@ -79,6 +82,8 @@ export class Connection {
       return;
     }
     this.log.debug({ export: negotiated.handle.name, structured: negotiated.structured }, 'transmission phase');
+    this.exportName = negotiated.handle.name;
+    this.log.info({ export: negotiated.handle.name, readOnly: !negotiated.handle.capabilities.writable }, 'connection opened');
     const session = new TransmissionSession(
       {
         reader: this.reader,
@@ -179,6 +184,16 @@ export class Connection {
     this.socket.destroy();
   }
 
+  /** info for connections that served an export (with totals), debug for the rest (LIST, probes). */
+  private logClosed(session: TransmissionSession | undefined): void {
+    const durationMs = Math.round(performance.now() - this.startedAt);
+    if (this.exportName === undefined || !session) {
+      this.log.debug({ durationMs }, 'connection closed');
+      return;
+    }
+    this.log.info({ export: this.exportName, durationMs, ...session.stats }, 'connection closed');
+  }
+
   private async onClose(): Promise<void> {
     if (this.destroyed && !this.handle) return;
     const first = !this.destroyed;
@@ -186,7 +201,7 @@ export class Connection {
     this.reader.end(); // wakes a handshake waiting for bytes that will never come
     const session = this.session;
     session?.close();
-    if (first) this.log.debug('connection closed');
+    if (first) this.logClosed(session);
     const handle = this.handle;
     if (!handle) {
       if (first) this.resolveClosed();

@@ -52,6 +52,8 @@ export interface ExportProvider {
   describe(name: string): Promise<ExportInfo | undefined>;
   open(name: string, ctx: ExportContext): Promise<ExportHandle | undefined>;
   close(): Promise<void>;
+  /** Optional: why an unknown `name` is refused (for the operator's log). */
+  refusalReason?(name: string): string | undefined;
 }
 
 /** Transmission flags for an export; `structured` = structured replies negotiated (SEND_DF). */
@@ -221,5 +223,13 @@ export class CompositeExportProvider implements ExportProvider {
 
   async close(): Promise<void> {
     await Promise.all(this.providers.map((p) => p.close()));
+  }
+
+  refusalReason(name: string): string | undefined {
+    for (const p of this.providers) {
+      const reason = p.refusalReason?.(name);
+      if (reason) return reason;
+    }
+    return undefined;
   }
 }

@@ -90,6 +90,8 @@ interface State {
   /** Export named by the last SET_META_CONTEXT, and the ids it selected. */
   metaExport: string | undefined;
   metaIds: number[];
+  /** Export names already logged as refused on this connection (clients retry INFO, GO). */
+  refused: Set<string>;
 }
 
 /** undefined = keep haggling; 'abort' = close softly; a session = enter transmission. */
@@ -111,6 +113,7 @@ export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | un
     structured: false,
     metaExport: undefined,
     metaIds: [],
+    refused: new Set(),
   };
   for (let count = 1; ; count++) {
     if (count > MAX_OPTIONS) throw new ProtocolError('NBD_ERR_TOO_MANY_OPTIONS', `more than ${MAX_OPTIONS} options`);
@@ -167,8 +170,20 @@ async function findExport<T>(s: State, option: number, name: string, find: () =>
     reply(s, option, code === 'ESHUTDOWN' ? NbdRep.ERR_SHUTDOWN : NbdRep.ERR_PLATFORM, `export "${name}" cannot be opened`);
     return undefined;
   }
-  if (!found) reply(s, option, NbdRep.ERR_UNKNOWN, `export "${name}" not present`);
+  if (!found) {
+    logRefused(s, name);
+    reply(s, option, NbdRep.ERR_UNKNOWN, `export "${name}" not present`);
+  }
   return found;
+}
+
+/** One warning per refused name and connection (names are capped at 4096 bytes; logs at 200). */
+function logRefused(s: State, name: string): void {
+  // A client guessing names gets 16 lines, not one per option (up to 1000 per connection).
+  if (s.refused.has(name) || s.refused.size >= 16) return;
+  s.refused.add(name);
+  const reason = s.io.provider.refusalReason?.(name) ?? 'no such export';
+  s.io.log.warn({ export: name.slice(0, 200), reason }, 'refused export name');
 }
 
 async function handleOptExportName(s: State, data: Buffer): Promise<OptResult> {

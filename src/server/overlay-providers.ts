@@ -115,12 +115,12 @@ export class OverlayDirProvider implements ExportProvider {
   }
 
   async describe(name: string): Promise<ExportInfo | undefined> {
-    if (!this.accepts(name)) return undefined;
+    if (overlayNameProblem(name)) return undefined;
     return this.info(name);
   }
 
-  async open(name: string, ctx: ExportContext): Promise<ExportHandle | undefined> {
-    if (!this.accepts(name, ctx)) return undefined;
+  async open(name: string, _ctx: ExportContext): Promise<ExportHandle | undefined> {
+    if (overlayNameProblem(name)) return undefined;
     const device = await this.acquire(name);
     let released = false;
     return {
@@ -144,13 +144,9 @@ export class OverlayDirProvider implements ExportProvider {
     );
   }
 
-  private accepts(name: string, ctx?: ExportContext): boolean {
-    const problem = overlayNameProblem(name);
-    if (problem) {
-      this.log.warn({ export: name.slice(0, 200), conn: ctx?.connId, peer: ctx?.peer, reason: problem }, 'refused export name');
-      return false;
-    }
-    return true;
+  /** Why `name` can be no overlay (the handshake logs it once per connection). */
+  refusalReason(name: string): string | undefined {
+    return overlayNameProblem(name);
   }
 
   private info(name: string): ExportInfo {

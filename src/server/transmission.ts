@@ -98,6 +98,8 @@ export class TransmissionSession {
   private shuttingDown = false;
   private ended = false;
   private idleWaiters: Array<() => void> = [];
+  /** For the connection's closing log line (requests received, error replies, data bytes). */
+  readonly stats = { requests: 0, errors: 0, bytesRead: 0, bytesWritten: 0 };
   /** Large READ replies and WRITE payloads reuse buffers (see buffer-pool.ts). */
   readonly pool = new BufferPool(64 * 1024 * 1024);
 
@@ -199,6 +201,7 @@ export class TransmissionSession {
 
   private dispatch(h: RequestHeader): void {
     if (this.traceEnabled) this.io.log.trace({ cmd: nameOf(NbdCmd, h.type), flags: h.flags, offset: h.offset, length: h.length }, 'request');
+    this.stats.requests++;
     if (h.type === NbdCmd.DISC) {
       // Finish what is running, then close; anything after DISC is ignored.
       this.stopReading = true;
@@ -241,6 +244,8 @@ export class TransmissionSession {
     this.inFlight++;
     const bytes = h.type === NbdCmd.READ || h.type === NbdCmd.WRITE ? h.length : 0;
     this.inFlightBytes += bytes;
+    if (h.type === NbdCmd.READ) this.stats.bytesRead += bytes;
+    else if (h.type === NbdCmd.WRITE) this.stats.bytesWritten += bytes;
     void runRequest(this, h, payload, bytes, pooled);
   }
 
@@ -278,6 +283,7 @@ export class TransmissionSession {
   }
 
   sendError(h: RequestHeader, error: number, message: string, offset?: number): void {
+    this.stats.errors++;
     if (this.structured) this.send(encodeErrorChunk(h.cookieHi, h.cookieLo, error, message, offset));
     else this.send(encodeSimpleReply(error, h.cookieHi, h.cookieLo));
   }
