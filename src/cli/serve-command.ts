@@ -31,11 +31,13 @@ import { ReloadableExports } from '../control/export-set.js';
 import { startControlPlane } from '../control/control-plane.js';
 import type { IoPolicy } from '../block/io-policy.js';
 import { addProcessOptions, applyProcessOptions, type ProcessOptions } from './serve-process.js';
+import { buildServerSecurity, type ServerSecurity } from '../server/security.js';
+import { addSecurityOptions, securityOptionsFrom, type SecurityCliOptions } from './security-options.js';
 
 export const DEFAULT_PORT = 10809;
 export const DEFAULT_BIND = '127.0.0.1';
 
-export interface ServeOptions extends ProcessOptions {
+export interface ServeOptions extends ProcessOptions, SecurityCliOptions {
   port: number;
   bind: string;
   socket?: string;
@@ -98,7 +100,8 @@ export function parseFormat(value: string, field = 'format'): ImageFormat {
 }
 
 /**
- * `NAME=PATH[,opts]` with opts `ro`, `format=F`, `backing-format=F`, `description=TEXT`.
+ * `NAME=PATH[,opts]` with opts `ro`, `format=F`, `backing-format=F`, `allow=ID` (repeatable),
+ * `description=TEXT`.
  * description= takes the rest of the string, so it may contain commas.
  */
 export function parseExportSpec(spec: string): StaticExportConfig {
@@ -121,7 +124,8 @@ export function parseExportSpec(spec: string): StaticExportConfig {
     else if (opt === 'rw') config.readOnly = false;
     else if (opt.startsWith('format=')) config.format = parseFormat(opt.slice(7), `--export ${name} format`);
     else if (opt.startsWith('backing-format=')) config.backingFormat = parseFormat(opt.slice(15), `--export ${name} backing-format`);
-    else throw new InvalidArgumentError(`--export "${spec}": unknown option "${opt}" (expected ro, format=, backing-format=, description=)`);
+    else if (opt.startsWith('allow=') && opt.length > 6) config.allow = [...(config.allow ?? []), opt.slice(6)];
+    else throw new InvalidArgumentError(`--export "${spec}": unknown option "${opt}" (expected ro, format=, backing-format=, allow=, description=)`);
   }
   return config;
 }
@@ -155,14 +159,16 @@ function parseAdminEndpoint(value: string): AdminEndpoint {
   return e as AdminEndpoint;
 }
 
-export function formatUri(addr: ListenAddress, exportName: string, hostname = os.hostname()): string {
+/** The export's URI; `nbds` (libnbd: TLS required) when the server requires TLS. */
+export function formatUri(addr: ListenAddress, exportName: string, hostname = os.hostname(), tlsRequired = false): string {
   const name = encodeURIComponent(exportName);
-  if (addr.path) return `nbd+unix:///${name}?socket=${addr.path}`;
-  if (addr.fd !== undefined) return `nbd+unix:///${name}?socket=(inherited-fd-${addr.fd})`;
+  const scheme = tlsRequired ? 'nbds' : 'nbd';
+  if (addr.path) return `${scheme}+unix:///${name}?socket=${addr.path}`;
+  if (addr.fd !== undefined) return `${scheme}+unix:///${name}?socket=(inherited-fd-${addr.fd})`;
   // A wildcard address is not somewhere a client can connect to: print this host's name.
   const raw = addr.host === '0.0.0.0' || addr.host === '::' ? hostname : addr.host;
   const host = raw && raw.includes(':') ? `[${raw}]` : raw;
-  return `nbd://${host}:${addr.port}/${name}`;
+  return `${scheme}://${host}:${addr.port}/${name}`;
 }
 
 export interface RunningServer {
@@ -186,6 +192,8 @@ export interface RunServerOptions {
   arenaReads?: boolean;
   /** Endpoints from a config file (instead of port/bind/socket). */
   listen?: readonly ListenEndpoint[];
+  /** TLS, access rules and limits (absent: open server, as `demo` runs). */
+  security?: ServerSecurity;
 }
 
 /**
@@ -193,7 +201,8 @@ export interface RunServerOptions {
  * line(s) and install signal handlers. Shared by `serve` and `demo`.
  */
 export async function runServer(provider: ExportProvider, o: RunServerOptions, defaultExport: string, log: Logger): Promise<RunningServer> {
-  const server = new NbdServer({ provider, log, arenaReads: o.arenaReads });
+  const server = new NbdServer({ provider, log, arenaReads: o.arenaReads, security: o.security });
+  const tlsRequired = o.security?.tlsMode === 'require';
   const endpoints: ListenEndpoint[] = o.listenFds?.length
     ? o.listenFds.map((fd) => ({ fd }))
     : o.listen?.length
@@ -212,10 +221,10 @@ export async function runServer(provider: ExportProvider, o: RunServerOptions, d
       await provider.close().catch(() => {});
       throw new UsageError(`cannot listen on ${describeEndpoint(endpoint)}: ${(err as Error).message}`);
     }
-    const uri = formatUri(addr, defaultExport);
+    const uri = formatUri(addr, defaultExport, undefined, tlsRequired);
     log.info({ uri, ...('fd' in endpoint ? { fd: endpoint.fd } : {}) }, 'listening');
-    if (addr.host === '0.0.0.0' || addr.host === '::') log.warn({ address: addr.host }, 'listening on every interface: NBD has no authentication here; firewall the port');
-    const others = (o.exportNames ?? []).filter((n) => n !== defaultExport).map((n) => formatUri(addr, n));
+    if ((addr.host === '0.0.0.0' || addr.host === '::') && !tlsRequired) log.warn({ address: addr.host }, 'listening on every interface: NBD has no authentication here; firewall the port');
+    const others = (o.exportNames ?? []).filter((n) => n !== defaultExport).map((n) => formatUri(addr, n, undefined, tlsRequired));
     if (o.printUri) process.stdout.write([uri, ...others].map((u) => `${u}\n`).join(''));
     else process.stdout.write([`cownbd: listening on ${uri}`, ...others.map((u) => `cownbd: export at ${u}`)].map((l) => `${l}\n`).join(''));
     uris.push(uri);
@@ -309,7 +318,7 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     .addOption(new Option('--backing-format <format>', 'format of IMAGE\'s backing file').choices(IMAGE_FORMATS as string[]))
     .option(
       '--export <spec>',
-      'add an export NAME=PATH[,ro][,format=F][,backing-format=F][,description=TEXT] (repeatable)',
+      'add an export NAME=PATH[,ro][,format=F][,backing-format=F][,allow=ID]...[,description=TEXT] (repeatable)',
       (v: string, prev: StaticExportConfig[]) => [...prev, parseExportSpec(v)],
       [] as StaticExportConfig[],
     )
@@ -323,6 +332,7 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     .option('--admin <endpoint>', 'admin API (HTTP/JSON) on unix:/path, or HOST:PORT with --admin-token-file', parseAdminEndpoint)
     .option('--admin-token-file <file>', 'bearer token clients of a TCP admin API must send');
   addProcessOptions(serve, true);
+  addSecurityOptions(serve);
   serve.action(async (image: string | undefined, cliOptions: ServeOptions, cmd: Command) => {
     const fromCli = (k: string) => cmd.getOptionValueSource(k) === 'cli';
     let fileOptions: FileOptions | undefined;
@@ -369,6 +379,13 @@ export function registerServeCommand(program: Command, io: FileIo): void {
       throw new UsageError((err as Error).message);
     }
     providers.push(exports);
+    let security: ServerSecurity;
+    try {
+      security = await buildServerSecurity(securityOptionsFrom(o), exports, log);
+    } catch (err) {
+      await exports.close().catch(() => {});
+      throw new UsageError((err as Error).message);
+    }
     if (ephemeralBase) {
       const base = { path: path.resolve(ephemeralBase), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
       providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log)));
@@ -379,7 +396,7 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     }
     const provider = providers.length === 1 ? providers[0]! : new CompositeExportProvider(providers);
     const defaultName = configs[0]?.name ?? (ephemeralBase ? o.name : 'vm1');
-    const running = await runServer(provider, { ...o, listenFds, arenaReads: io.policy.arenaReads, exportNames: configs.map((c) => c.name) }, defaultName, log);
+    const running = await runServer(provider, { ...o, listenFds, arenaReads: io.policy.arenaReads, exportNames: configs.map((c) => c.name), security }, defaultName, log);
     const { server } = running;
     await startControlPlane({
       server,

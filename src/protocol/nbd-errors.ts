@@ -15,7 +15,10 @@ export type ProtocolErrorCode =
   | 'NBD_ERR_TOO_LONG'
   | 'NBD_ERR_TOO_MANY_OPTIONS'
   | 'NBD_ERR_UNKNOWN_EXPORT'
-  | 'NBD_ERR_PAYLOAD_TOO_BIG';
+  | 'NBD_ERR_PAYLOAD_TOO_BIG'
+  | 'NBD_ERR_TLS_REQUIRED'
+  | 'NBD_ERR_TLS'
+  | 'NBD_ERR_HANDSHAKE_TIMEOUT';
 
 export class ProtocolError extends Error {
   constructor(

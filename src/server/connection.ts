@@ -8,9 +8,18 @@
  *
  * A misbehaving client only ever loses its own connection: every failure is caught
  * here, logged with the reason, and the socket is destroyed. Nothing is rethrown.
+ *
+ * STARTTLS swaps the socket: the raw one is paused before the ACK leaves (so the
+ * ClientHello stays in the kernel for OpenSSL), then wrapped by tls.ts; from there on
+ * every read, write and event goes through the TLS socket. The client's identity joins
+ * the log context and selects the AccessView the handshake sees. The handshake timer
+ * (ServerSecurity.handshakeTimeoutMs) covers everything before transmission, TLS included.
  */
 import type { Socket } from 'node:net';
 import type { Logger } from '../logging.js';
+import { AccessView } from './access-control.js';
+import type { ServerSecurity } from './security.js';
+import { upgradeToTls } from './tls.js';
 import { ByteReader } from '../protocol/byte-reader.js';
 import { ProtocolError } from '../protocol/nbd-errors.js';
 import type { ExportHandle, ExportProvider } from './exports.js';
@@ -19,11 +28,17 @@ import { TransmissionSession } from './transmission.js';
 
 export interface ConnectionServer {
   readonly provider: ExportProvider;
+  readonly security?: ServerSecurity;
   isStopping(): boolean;
 }
 
 export class Connection {
-  readonly log: Logger;
+  log: Logger;
+  /** Authenticated by TLS (certificate CN or PSK username); undefined without. */
+  identity: string | undefined;
+  private tlsActive = false;
+  private view: ExportProvider | undefined;
+  private handshakeTimer: NodeJS.Timeout | undefined;
   private readonly reader = new ByteReader();
   private session: TransmissionSession | undefined;
   private handle: ExportHandle | undefined;
@@ -36,7 +51,7 @@ export class Connection {
   readonly closed = new Promise<void>((resolve) => (this.resolveClosed = resolve));
 
   constructor(
-    private readonly socket: Socket,
+    private socket: Socket,
     readonly id: number,
     readonly peer: string,
     private readonly server: ConnectionServer,
@@ -46,29 +61,97 @@ export class Connection {
   ) {
     this.log = parentLog.child({ conn: id, peer });
     if (setSink) setSink((chunk) => this.onData(chunk));
-    else socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.attach(socket, !setSink);
+  }
+
+  private attach(socket: Socket, dataEvents: boolean): void {
+    if (dataEvents) socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => this.onEnd());
     socket.on('error', (err) => this.log.debug({ err }, 'socket error'));
     socket.on('close', () => void this.onClose());
     socket.on('drain', () => this.session?.onDrain());
   }
 
+  /** The provider as this connection's identity may see it. */
+  private provider(): ExportProvider {
+    const access = this.server.security?.access;
+    if (!access) return this.server.provider; // library use without security options
+    this.view ??= new AccessView(this.server.provider, access, this.identity, this.log);
+    return this.view;
+  }
+
+  /** Handshake hook: the ACK to STARTTLS is queued; run TLS and adopt the TLS socket. */
+  private async startTls(): Promise<void> {
+    const creds = this.server.security?.tls;
+    if (!creds) throw new Error('STARTTLS accepted without TLS credentials');
+    const raw = this.socket;
+    raw.pause(); // the next bytes are the ClientHello: leave them to OpenSSL
+    if (this.corked) this.uncork();
+    await new Promise<void>((resolve) => raw.write(Buffer.alloc(0), () => resolve()));
+    if (this.reader.length > 0) {
+      // Plaintext sent after STARTTLS would be injected into the TLS session (CVE-2011-0411 class).
+      throw new ProtocolError('NBD_ERR_TLS', `client sent ${this.reader.length} bytes after STARTTLS before the TLS handshake`);
+    }
+    let tlsSession;
+    try {
+      tlsSession = await upgradeToTls(raw, creds);
+    } catch (err) {
+      throw new ProtocolError('NBD_ERR_TLS', `TLS handshake failed: ${(err as Error).message}`);
+    }
+    const { socket, identity } = tlsSession;
+    // The TLS socket owns the descriptor now; closing it must also release the raw one.
+    socket.once('close', () => raw.destroy());
+    this.socket = socket;
+    this.tlsActive = true;
+    this.identity = identity;
+    this.view = undefined;
+    this.attach(socket, true);
+    this.log = this.log.child({ identity: identity ?? null });
+    this.log.info({ protocol: tlsSession.protocol, cipher: tlsSession.cipher }, 'TLS established');
+  }
+
+  private startHandshakeTimer(): void {
+    const ms = this.server.security?.handshakeTimeoutMs ?? 0;
+    if (ms <= 0) return;
+    this.handshakeTimer = setTimeout(() => {
+      this.log.warn({ seconds: ms / 1000 }, 'closing connection: handshake not finished in time');
+      this.socket.destroy();
+    }, ms);
+    this.handshakeTimer.unref();
+  }
+
   /** Run the connection (resolves when the handshake phase is over). */
   async start(): Promise<void> {
     this.log.debug('connection accepted');
+    this.startHandshakeTimer();
     let negotiated;
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const conn = this;
     try {
       negotiated = await negotiate({
         reader: this.reader,
         send: (buf) => this.write(buf),
-        log: this.log,
-        provider: this.server.provider,
-        ctx: { connId: this.id, peer: this.peer },
+        get log() {
+          return conn.log;
+        },
+        get provider() {
+          return conn.provider();
+        },
+        get ctx() {
+          return { connId: conn.id, peer: conn.peer, identity: conn.identity };
+        },
         shuttingDown: () => this.server.isStopping(),
+        tls: {
+          mode: this.server.security?.tlsMode ?? 'off',
+          active: () => this.tlsActive,
+          start: () => this.startTls(),
+        },
       });
     } catch (err) {
       this.fail(err, 'handshake');
       return;
+    } finally {
+      clearTimeout(this.handshakeTimer);
     }
     if (!negotiated) {
       this.log.debug('client aborted the handshake');

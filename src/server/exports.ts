@@ -45,6 +45,8 @@ export interface ExportHandle extends ExportInfo {
 export interface ExportContext {
   readonly connId: number;
   readonly peer: string;
+  /** TLS-authenticated client identity (certificate CN or PSK username), if any. */
+  readonly identity?: string;
 }
 
 export interface ExportProvider {
@@ -87,6 +89,8 @@ export interface StaticExportConfig {
   readonly description?: string;
   readonly format?: ImageFormat;
   readonly backingFormat?: ImageFormat;
+  /** TLS identities allowed to see and open this export (undefined = everyone). */
+  readonly allow?: readonly string[];
 }
 
 /** Opens an image for an export (injectable for tests and future providers). */

@@ -41,6 +41,7 @@ import {
 import type { ByteReader } from '../protocol/byte-reader.js';
 import { ProtocolError } from '../protocol/nbd-errors.js';
 import type { Logger } from '../logging.js';
+import type { TlsMode } from './tls.js';
 import {
   blockSizeConstraints,
   transmissionFlags,
@@ -81,6 +82,15 @@ export interface HandshakeIo {
   readonly ctx: ExportContext;
   /** True once the server is stopping: options get ERR_SHUTDOWN. */
   shuttingDown(): boolean;
+  /** STARTTLS support (absent = TLS off). */
+  readonly tls?: HandshakeTls;
+}
+
+export interface HandshakeTls {
+  readonly mode: TlsMode;
+  active(): boolean;
+  /** Called after the ACK to STARTTLS is queued; resolves once TLS is up (throws = close). */
+  start(): Promise<void>;
 }
 
 interface State {
@@ -130,6 +140,7 @@ export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | un
 }
 
 async function dispatchOption(s: State, option: number, data: Buffer): Promise<OptResult> {
+  if (tlsRequired(s, option)) return undefined;
   const handler = OPTION_HANDLERS[option];
   if (!handler) {
     reply(s, option, NbdRep.ERR_UNSUP, `option ${option} is not supported`);
@@ -215,8 +226,33 @@ async function handleOptList(s: State, data: Buffer): Promise<OptResult> {
   return undefined;
 }
 
-async function handleOptStartTls(s: State): Promise<OptResult> {
-  reply(s, NbdOpt.STARTTLS, NbdRep.ERR_POLICY, 'TLS is not configured on this server');
+/**
+ * --tls require: before TLS only STARTTLS and ABORT are served; everything else gets
+ * ERR_TLS_REQD whatever it names (nothing about exports leaks), and EXPORT_NAME, which
+ * has no error reply, closes the connection. True when the option was refused.
+ */
+function tlsRequired(s: State, option: number): boolean {
+  const t = s.io.tls;
+  if (t?.mode !== 'require' || t.active() || option === NbdOpt.STARTTLS || option === NbdOpt.ABORT) return false;
+  if (option === NbdOpt.EXPORT_NAME) throw new ProtocolError('NBD_ERR_TLS_REQUIRED', 'EXPORT_NAME before STARTTLS on a --tls require server');
+  reply(s, option, NbdRep.ERR_TLS_REQD, 'TLS is required: send NBD_OPT_STARTTLS first');
+  return true;
+}
+
+async function handleOptStartTls(s: State, data: Buffer): Promise<OptResult> {
+  const t = s.io.tls;
+  if (!t || t.mode === 'off') {
+    reply(s, NbdOpt.STARTTLS, NbdRep.ERR_POLICY, 'TLS is not configured on this server');
+    return undefined;
+  }
+  requireEmpty(NbdOpt.STARTTLS, data);
+  if (t.active()) throw new InvalidOptionError('TLS is already active');
+  reply(s, NbdOpt.STARTTLS, NbdRep.ACK);
+  await t.start();
+  // Nothing negotiated in plaintext carries over into the TLS session.
+  s.structured = false;
+  s.metaExport = undefined;
+  s.metaIds = [];
   return undefined;
 }
 

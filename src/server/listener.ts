@@ -15,6 +15,7 @@ import { lstat, unlink } from 'node:fs/promises';
 import type { Logger } from '../logging.js';
 import { Connection } from './connection.js';
 import type { ExportProvider } from './exports.js';
+import type { ServerSecurity } from './security.js';
 
 export type ListenEndpoint =
   | { readonly host: string; readonly port: number }
@@ -36,6 +37,8 @@ export interface NbdServerOptions {
   readonly stopGraceMs?: number;
   /** Read accepted sockets into arenas (IoPolicy.arenaReads; default true). */
   readonly arenaReads?: boolean;
+  /** TLS, access rules and limits (security.ts); absent = open server, no limits. */
+  readonly security?: ServerSecurity;
 }
 
 export class NbdServer {
@@ -94,14 +97,25 @@ export class NbdServer {
       accepted.destroy();
       return;
     }
-    const peer = accepted.remoteAddress ? `${accepted.remoteAddress}:${accepted.remotePort}` : 'unix';
+    // Admission before anything is read: refused sockets cost one accept and one close.
+    const address = accepted.remoteAddress;
+    const admission = this.options.security?.admission;
+    if (admission?.admit(address) !== undefined) {
+      accepted.destroy();
+      return;
+    }
+    const peer = address ? `${address}:${accepted.remotePort}` : 'unix';
     const { socket, setSink } = arenaSocket(accepted, { allowHalfOpen: true, arena: this.options.arenaReads ?? true });
     socket.setNoDelay(true);
     // Notice vanished clients (NBD issue #52: state lingering after an unclean death).
     socket.setKeepAlive(true, 60_000);
-    const conn = new Connection(socket, this.nextId++, peer, { provider: this.options.provider, isStopping: () => this.isStopping() }, this.options.log, setSink);
+    const server = { provider: this.options.provider, security: this.options.security, isStopping: () => this.isStopping() };
+    const conn = new Connection(socket, this.nextId++, peer, server, this.options.log, setSink);
     this.connections.add(conn);
-    void conn.closed.then(() => this.connections.delete(conn));
+    void conn.closed.then(() => {
+      this.connections.delete(conn);
+      admission?.release(address);
+    });
     void conn.start();
   }
 

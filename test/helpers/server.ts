@@ -111,7 +111,7 @@ export async function startServer(args: string[], opts: StartServerOptions = {})
 
   const first = uris[0]!;
   let port: number | undefined;
-  const tcp = /^nbd:\/\/127\.0\.0\.1:(\d+)\//.exec(first) ?? /^nbd:\/\/[^/]*:(\d+)\//.exec(first);
+  const tcp = /^nbds?:\/\/127\.0\.0\.1:(\d+)\//.exec(first) ?? /^nbds?:\/\/[^/]*:(\d+)\//.exec(first);
   if (tcp) port = Number(tcp[1]);
 
   return {

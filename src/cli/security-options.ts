@@ -1,0 +1,62 @@
+/**
+ * The `serve` options for TLS, access control and limits (README "Security"), kept apart
+ * from serve-command.ts: they are registered on the command here and turned into the
+ * plain SecurityOptions object (src/server/security.ts) that a config file can also build.
+ */
+import { InvalidArgumentError, Option, type Command } from 'commander';
+import { SECURITY_DEFAULTS, type SecurityOptions } from '../server/security.js';
+import { TLS_MODES, type TlsMode } from '../server/tls.js';
+
+/** What commander collects for these options. */
+export interface SecurityCliOptions {
+  tls: TlsMode;
+  tlsCertificates?: string;
+  tlsVerifyPeer?: boolean;
+  tlsPsk?: string;
+  allowFrom: string[];
+  handshakeTimeout: number;
+  maxConnections: number;
+  maxConnectionsPerClient: number;
+  overlayDirMatchIdentity?: boolean;
+}
+
+function positiveInt(what: string) {
+  return (v: string): number => {
+    if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError(`${what} must be a positive integer (got "${v}")`);
+    return Number(v);
+  };
+}
+
+function seconds(v: string): number {
+  const n = Number(v);
+  if (!/^\d+(\.\d+)?$/.test(v) || !Number.isFinite(n)) throw new InvalidArgumentError(`must be a number of seconds (got "${v}")`);
+  return n;
+}
+
+export function addSecurityOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--tls <mode>', 'STARTTLS: off, on (offered) or require (nothing else before TLS)').choices(TLS_MODES as unknown as string[]).default(SECURITY_DEFAULTS.tls))
+    .option('--tls-certificates <dir>', 'X.509: DIR/server-cert.pem, DIR/server-key.pem, DIR/ca-cert.pem (the nbdkit/QEMU layout)')
+    .option('--tls-verify-peer', 'X.509: require a client certificate signed by ca-cert.pem; its CN is the client identity')
+    .option('--tls-psk <file>', 'TLS-PSK: psktool key file (username:hexkey lines); the username is the client identity')
+    .option('--allow-from <cidr>', 'accept TCP clients only from this address or CIDR (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
+    .option('--handshake-timeout <seconds>', 'drop clients that have not started transmission by then (0 = never)', seconds, SECURITY_DEFAULTS.handshakeTimeout)
+    .option('--max-connections <n>', 'refuse connections beyond this many', positiveInt('--max-connections'), SECURITY_DEFAULTS.maxConnections)
+    .option('--max-connections-per-client <n>', 'refuse connections beyond this many from one address', positiveInt('--max-connections-per-client'), SECURITY_DEFAULTS.maxConnectionsPerClient)
+    .option('--overlay-dir-match-identity', '--overlay-dir: a client may open only the export named like its TLS identity');
+}
+
+/** The options object for buildServerSecurity() from the CLI values. */
+export function securityOptionsFrom(o: SecurityCliOptions): SecurityOptions {
+  return {
+    tls: o.tls,
+    tlsCertificates: o.tlsCertificates,
+    tlsVerifyPeer: o.tlsVerifyPeer,
+    tlsPsk: o.tlsPsk,
+    allowFrom: o.allowFrom,
+    handshakeTimeout: o.handshakeTimeout,
+    maxConnections: o.maxConnections,
+    maxConnectionsPerClient: o.maxConnectionsPerClient,
+    overlayDirMatchIdentity: o.overlayDirMatchIdentity,
+  };
+}

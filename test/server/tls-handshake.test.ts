@@ -1,0 +1,77 @@
+/**
+ * --tls require at the wire level, with the raw client (what well-behaved libraries never
+ * send): nothing about exports before STARTTLS, EXPORT_NAME closes, plaintext smuggled
+ * behind STARTTLS closes, STARTTLS with data is invalid.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRawImage, makeTempDir, type TempDir } from '../helpers/images.js';
+import { startServer, type RunningServer } from '../helpers/server.js';
+import { OPT, RawClient, infoData, metaData, optionRequest } from '../helpers/nbd-fixtures.js';
+import { serverLog } from '../helpers/clients.js';
+import { makeTlsFixture, requireTlsTools } from '../helpers/tls-creds.js';
+
+const ERR_TLS_REQD = 0x80000005;
+const ERR_INVALID = 0x80000003;
+const ACK = 1;
+const hasTls = requireTlsTools();
+
+describe.runIf(hasTls)('--tls require before STARTTLS', () => {
+  let tmp: TempDir;
+  let srv: RunningServer;
+
+  beforeAll(async () => {
+    tmp = makeTempDir();
+    const fx = makeTlsFixture(tmp.file('tls'), []);
+    createRawImage(tmp.file('secret.raw'), 1024 * 1024);
+    srv = await startServer([tmp.file('secret.raw'), '-n', 'secret-name', '--description', 'secret description', '--tls', 'require', '--tls-certificates', fx.serverDir]);
+  });
+  afterAll(async () => {
+    await srv?.stop();
+    tmp?.cleanup();
+  });
+
+  it('answers LIST, INFO, GO and meta-context queries with ERR_TLS_REQD and leaks nothing', async () => {
+    const c = await RawClient.connect({ port: srv.port! });
+    await c.greet();
+    const asks = [
+      optionRequest(OPT.LIST),
+      optionRequest(OPT.INFO, infoData('secret-name')),
+      optionRequest(OPT.INFO, infoData('no-such-export')),
+      optionRequest(OPT.GO, infoData('secret-name')),
+      optionRequest(OPT.LIST_META, metaData('secret-name', [])),
+      optionRequest(OPT.STRUCTURED_REPLY),
+      optionRequest(99),
+    ];
+    const replies = [];
+    for (const a of asks) {
+      c.write(a);
+      replies.push(await c.readOptionReply());
+    }
+    expect(replies.map((r) => r.type)).toEqual(asks.map(() => ERR_TLS_REQD));
+    // Same message whatever was asked; no name, description or size anywhere.
+    expect(new Set(replies.map((r) => r.data.toString())).size).toBe(1);
+    for (const r of replies) expect(r.data.toString()).not.toMatch(/secret/);
+    c.write(optionRequest(OPT.ABORT));
+    expect((await c.readOptionReply()).type).toBe(ACK);
+    expect(await c.closedByServer()).toBe(true);
+  });
+
+  it('closes the connection on EXPORT_NAME before TLS', async () => {
+    const c = await RawClient.connect({ port: srv.port! });
+    await c.greet();
+    c.write(optionRequest(OPT.EXPORT_NAME, Buffer.from('secret-name')));
+    expect(await c.closedByServer()).toBe(true);
+  });
+
+  it('rejects STARTTLS with data (ERR_INVALID) and plaintext sent right behind STARTTLS', async () => {
+    const c = await RawClient.connect({ port: srv.port! });
+    await c.greet();
+    c.write(optionRequest(OPT.STARTTLS, Buffer.from('x')));
+    expect((await c.readOptionReply()).type).toBe(ERR_INVALID);
+    // An attacker in the middle appends plaintext to STARTTLS hoping it is read as TLS-protected.
+    c.write(Buffer.concat([optionRequest(OPT.STARTTLS), optionRequest(OPT.LIST)]));
+    expect((await c.readOptionReply()).type).toBe(ACK);
+    expect(await c.closedByServer()).toBe(true);
+    await expect.poll(() => serverLog(srv).some((l) => String(l.reason).includes('after STARTTLS before the TLS handshake'))).toBe(true);
+  });
+});
