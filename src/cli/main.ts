@@ -10,6 +10,7 @@ import { ioPolicyFromEnv } from '../block/io-policy.js';
 import { registerImageCommands } from './image-commands.js';
 import { registerServeCommand } from './serve-command.js';
 import { registerDemoCommand } from './demo.js';
+import { checkToolPaths } from './image-path.js';
 
 // `ps`, `pgrep cownbd`, `ss -p` and `top` show "cownbd" rather than "node".
 process.title = 'cownbd';
@@ -25,16 +26,27 @@ const io = new FileIo(ioPolicyFromEnv(process.env));
 registerServeCommand(program, io);
 registerDemoCommand(program, io);
 registerImageCommands(program, io);
+// File arguments are checked (stat, never open) before a command runs: a FIFO must not hang
+// us, a missing file gets qemu-img's words (image-path.ts).
+program.hook('preAction', (_program, action) => checkToolPaths(action.name(), action.processedArgs));
 
 // Operator errors (bad option, missing file, cow "mtime mismatch", port in use) end the
 // process with ONE line naming the problem and status 1; a stack trace would bury the
 // message. COWNBD_DEBUG=1 adds the stack for bug reports.
 program.parseAsync(process.argv).catch((err: unknown) => {
-  const message = err instanceof Error ? err.message : String(err);
+  const message = operatorMessage(err);
   process.stderr.write(`cownbd: ${message.replace(/\s*\n\s*/g, ' ')}\n`);
   if (process.env.COWNBD_DEBUG && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
   process.exit(1);
 });
+
+/** The error as the operator should read it: Node's raw ENOENT text in qemu-img's words. */
+function operatorMessage(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  const e = err as NodeJS.ErrnoException;
+  if (e.code === 'ENOENT' && e.path && e.message.startsWith('ENOENT:')) return `Could not open '${e.path}': No such file or directory`;
+  return err.message;
+}
 
 /** The version in package.json (dist/cli/main.js → ../../package.json): one source of truth. */
 function packageVersion(): string {

@@ -16,7 +16,6 @@
  *   cownbd serve --export a=a.cow --export b=b.raw,ro,description=Base disk
  */
 import { readFileSync, readlinkSync } from 'node:fs';
-import { access, constants } from 'node:fs/promises';
 import type { FileIo } from '../block/file-io.js';
 import os from 'node:os';
 import path from 'node:path';
@@ -30,6 +29,7 @@ import { ConfigError, loadConfigFile, mergeFileOptions, parseEndpoint, type Admi
 import { ReloadableExports } from '../control/export-set.js';
 import { startControlPlane } from '../control/control-plane.js';
 import type { IoPolicy } from '../block/io-policy.js';
+import { checkDirectoryPath, checkImagePath, checkSocketPath } from './image-path.js';
 import { addProcessOptions, applyProcessOptions, type ProcessOptions } from './serve-process.js';
 import { buildServerSecurity, type ServerSecurity } from '../server/security.js';
 import { addSecurityOptions, securityOptionsFrom, type SecurityCliOptions } from './security-options.js';
@@ -100,35 +100,58 @@ export function parseFormat(value: string, field = 'format'): ImageFormat {
 }
 
 /**
- * `NAME=PATH[,opts]` with opts `ro`, `format=F`, `backing-format=F`, `allow=ID` (repeatable),
- * `description=TEXT`.
- * description= takes the rest of the string, so it may contain commas.
+ * `NAME=PATH[,opts]` with opts `ro`, `rw`, `format=F`, `backing-format=F`, `allow=ID`
+ * (repeatable), `description=TEXT`. Options are separated by commas; a description
+ * containing commas must be double-quoted (`description="Base disk, v2"`). Anything that
+ * is not a known option is an error: a description never silently swallows the options
+ * after it.
  */
 export function parseExportSpec(spec: string): StaticExportConfig {
   const eq = spec.indexOf('=');
   if (eq < 0) throw new InvalidArgumentError(`--export must be NAME=PATH[,opts] (got "${spec}")`);
   const name = spec.slice(0, eq);
-  let rest = spec.slice(eq + 1);
-  let description: string | undefined;
-  const d = rest.indexOf(',description=');
-  if (d >= 0) {
-    description = rest.slice(d + ',description='.length);
-    rest = rest.slice(0, d);
-  }
-  const [path, ...opts] = rest.split(',');
+  const [path, ...opts] = splitOptions(spec.slice(eq + 1), spec);
   if (!path) throw new InvalidArgumentError(`--export "${spec}": PATH is empty`);
-  if (Buffer.byteLength(name) > 4096) throw new InvalidArgumentError(`--export "${name.slice(0, 40)}…": name longer than 4096 bytes`);
-  const config: { -readonly [K in keyof StaticExportConfig]: StaticExportConfig[K] } = { name, path, description };
+  if (Buffer.byteLength(name) > MAX_EXPORT_NAME) throw new InvalidArgumentError(`--export "${name.slice(0, 40)}…": name longer than ${MAX_EXPORT_NAME} bytes (the NBD limit)`);
+  const config: { -readonly [K in keyof StaticExportConfig]: StaticExportConfig[K] } = { name, path };
   for (const opt of opts) {
     if (opt === 'ro' || opt === 'readonly') config.readOnly = true;
     else if (opt === 'rw') config.readOnly = false;
     else if (opt.startsWith('format=')) config.format = parseFormat(opt.slice(7), `--export ${name} format`);
     else if (opt.startsWith('backing-format=')) config.backingFormat = parseFormat(opt.slice(15), `--export ${name} backing-format`);
     else if (opt.startsWith('allow=') && opt.length > 6) config.allow = [...(config.allow ?? []), opt.slice(6)];
-    else throw new InvalidArgumentError(`--export "${spec}": unknown option "${opt}" (expected ro, format=, backing-format=, allow=, description=)`);
+    else if (opt.startsWith('description=')) config.description = unquote(opt.slice(12));
+    else {
+      const hint = config.description !== undefined ? '; a description with commas must be quoted: description="a, b"' : '';
+      throw new InvalidArgumentError(`--export "${spec}": unknown option "${opt}" (expected ro, rw, format=, backing-format=, allow=, description=)${hint}`);
+    }
   }
   return config;
 }
+
+/** Split on commas outside double quotes. */
+function splitOptions(text: string, spec: string): string[] {
+  const out: string[] = [];
+  let current = '';
+  let quoted = false;
+  for (const ch of text) {
+    if (ch === '"') quoted = !quoted;
+    if (ch === ',' && !quoted) {
+      out.push(current);
+      current = '';
+    } else current += ch;
+  }
+  if (quoted) throw new InvalidArgumentError(`--export "${spec}": unbalanced double quote`);
+  out.push(current);
+  return out;
+}
+
+function unquote(value: string): string {
+  return value.length >= 2 && value.startsWith('"') && value.endsWith('"') ? value.slice(1, -1) : value;
+}
+
+/** NBD strings (export names) are at most 4096 bytes. */
+export const MAX_EXPORT_NAME = 4096;
 
 /** The exports named on the command line: the positional IMAGE plus every --export. */
 export function exportConfigs(image: string | undefined, o: ServeOptions, allowNone = false): StaticExportConfig[] {
@@ -145,6 +168,9 @@ export function exportConfigs(image: string | undefined, o: ServeOptions, allowN
   }
   for (const e of o.export) list.push(o.readOnly ? { ...e, readOnly: true } : e);
   if (list.length === 0 && !allowNone) throw new Error('nothing to serve: give an IMAGE or at least one --export NAME=PATH');
+  for (const e of list) {
+    if (Buffer.byteLength(e.name) > MAX_EXPORT_NAME) throw new UsageError(`export name "${e.name.slice(0, 40)}…" is ${Buffer.byteLength(e.name)} bytes: the NBD limit is ${MAX_EXPORT_NAME}`);
+  }
   const seen = new Set<string>();
   for (const e of list) {
     if (seen.has(e.name)) throw new Error(`export name "${e.name}" is used twice`);
@@ -262,6 +288,28 @@ async function namedFailure<T>(what: string, fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/**
+ * Fail at start-up, not at the first client, with one sentence naming the path and what
+ * to do (image-path.ts): images missing, unreadable, not writable without -r, directories,
+ * FIFOs; a Unix socket in a missing directory; an --ephemeral-dir that is a file.
+ */
+async function checkServePaths(configs: readonly StaticExportConfig[], o: ServeOptions, ephemeralBase: string | undefined, socketActivated: boolean): Promise<void> {
+  const named = async (what: string, fn: () => Promise<void>) => {
+    try {
+      await fn();
+    } catch (err) {
+      throw new UsageError(`${what}: ${(err as Error).message}`);
+    }
+  };
+  for (const c of configs) await named(`export "${c.name}"`, () => checkImagePath(c.path, { write: !c.readOnly }));
+  if (ephemeralBase) await named('base image', () => checkImagePath(ephemeralBase));
+  if (o.overlayDir && o.base) await named('--base', () => checkImagePath(o.base!));
+  // These messages name their option themselves (PathError: printed as one line like UsageError).
+  if (o.ephemeral && o.ephemeralDir) await checkDirectoryPath(o.ephemeralDir, '--ephemeral-dir');
+  if (o.overlayDir) await checkDirectoryPath(o.overlayDir, '--overlay-dir');
+  if (o.socket && !socketActivated) await checkSocketPath(o.socket);
+}
+
 /** Said once at start: without the addon, holes, TRIM and fast zeroing are off. */
 export function logNativeAddon(log: Logger, policy: IoPolicy): void {
   if (policy.native) return;
@@ -361,14 +409,7 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     const configs = exportConfigs(o.ephemeral ? undefined : image, o, Boolean(o.overlayDir || o.ephemeral || o.config));
     // What a reload keeps: the exports named on the command line itself.
     const cliExports = exportConfigs(o.ephemeral ? undefined : image, { ...o, export: cliOptions.export }, true);
-    // Fail at startup, not at the first client, when an image is missing or unreadable.
-    for (const c of configs) {
-      try {
-        await access(c.path, c.readOnly ? constants.R_OK : constants.R_OK | constants.W_OK);
-      } catch (err) {
-        throw new UsageError(`export "${c.name}": cannot access ${c.path}: ${(err as Error).message}`);
-      }
-    }
+    await checkServePaths(configs, o, ephemeralBase, listenFds.length > 0);
     const providers: ExportProvider[] = [];
     const opener = (c: StaticExportConfig) =>
       openImage(c.path, { readOnly: c.readOnly, format: c.format, backingFormat: c.backingFormat, ignoreMtime: o.ignoreMtime, io });

@@ -58,6 +58,12 @@ export class AccessView implements ExportProvider {
     return this.check(name) ? this.inner.open(name, ctx) : undefined;
   }
 
+  /** For the handshake's one "refused export name" line per connection. */
+  refusalReason(name: string): string | undefined {
+    if (!permits(this.rules, name, this.identity)) return `identity ${JSON.stringify(this.identity ?? null)} not allowed`;
+    return this.inner.refusalReason?.(name);
+  }
+
   /** The server's provider is closed by the server, never through a view. */
   close(): Promise<void> {
     return Promise.resolve();
@@ -65,7 +71,8 @@ export class AccessView implements ExportProvider {
 
   private check(name: string): boolean {
     if (permits(this.rules, name, this.identity)) return true;
-    this.log.warn({ export: name.slice(0, 200), identity: this.identity ?? null }, 'export refused: identity not allowed');
+    // debug: the handshake logs the refusal once per connection at warn (refusalReason above).
+    this.log.debug({ export: name.slice(0, 200), identity: this.identity ?? null }, 'export refused: identity not allowed');
     return false;
   }
 }

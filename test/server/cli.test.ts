@@ -38,7 +38,7 @@ describe('cownbd CLI', () => {
   });
 
   it.each([
-    [['serve', '/nonexistent/disk.img', '-p', '0'], /cannot access \/nonexistent\/disk.img/],
+    [['serve', '/nonexistent/disk.img', '-p', '0'], /Could not open '\/nonexistent\/disk.img': No such file or directory/],
     [['serve', '-p', '0'], /nothing to serve/],
     [['serve', 'x.img', '-p', '70000'], /port must be an integer 0-65535 \(got "70000"\)/],
     [['serve', '--export', 'nameonly', '-p', '0'], /--export must be NAME=PATH/],

@@ -18,7 +18,7 @@ describe('option haggling', () => {
   beforeAll(async () => {
     const a = createRawImage(tmp.file('a.raw'), 4 * MiB, [[0, 4096]]);
     const b = createRawImage(tmp.file('b.raw'), 2 * MiB);
-    srv = await startServer([a, '-n', 'alpha', '--description', 'first disk', '--export', `beta=${b},ro,description=second, with comma`]);
+    srv = await startServer([a, '-n', 'alpha', '--description', 'first disk', '--export', `beta=${b},ro,description="second, with comma"`]);
   });
   afterAll(async () => {
     expect(await srv?.stop()).toBe(0);
