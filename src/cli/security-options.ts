@@ -6,6 +6,7 @@
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { SECURITY_DEFAULTS, type SecurityOptions } from '../server/security.js';
 import { TLS_MODES, type TlsMode } from '../server/tls.js';
+import { parseSize } from '../util/size.js';
 
 /** What commander collects for these options. */
 export interface SecurityCliOptions {
@@ -18,6 +19,8 @@ export interface SecurityCliOptions {
   maxConnections: number;
   maxConnectionsPerClient: number;
   overlayDirMatchIdentity?: boolean;
+  maxOverlays: number;
+  minFree: number;
 }
 
 function positiveInt(what: string) {
@@ -25,6 +28,14 @@ function positiveInt(what: string) {
     if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError(`${what} must be a positive integer (got "${v}")`);
     return Number(v);
   };
+}
+
+function sizeArg(v: string): number {
+  try {
+    return parseSize(v, '--min-free');
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
 }
 
 function seconds(v: string): number {
@@ -43,7 +54,9 @@ export function addSecurityOptions(cmd: Command): Command {
     .option('--handshake-timeout <seconds>', 'drop clients that have not started transmission by then (0 = never)', seconds, SECURITY_DEFAULTS.handshakeTimeout)
     .option('--max-connections <n>', 'refuse connections beyond this many', positiveInt('--max-connections'), SECURITY_DEFAULTS.maxConnections)
     .option('--max-connections-per-client <n>', 'refuse connections beyond this many from one address', positiveInt('--max-connections-per-client'), SECURITY_DEFAULTS.maxConnectionsPerClient)
-    .option('--overlay-dir-match-identity', '--overlay-dir: a client may open only the export named like its TLS identity');
+    .option('--overlay-dir-match-identity', '--overlay-dir: a client may open only the export named like its TLS identity')
+    .option('--max-overlays <n>', '--overlay-dir/--ephemeral: create no overlay beyond this many files', positiveInt('--max-overlays'), SECURITY_DEFAULTS.maxOverlays)
+    .option('--min-free <size>', '--overlay-dir/--ephemeral: create no overlay when less than SIZE is free there (e.g. 1G, 0)', sizeArg, SECURITY_DEFAULTS.minFree);
 }
 
 /** The options object for buildServerSecurity() from the CLI values. */
@@ -58,5 +71,7 @@ export function securityOptionsFrom(o: SecurityCliOptions): SecurityOptions {
     maxConnections: o.maxConnections,
     maxConnectionsPerClient: o.maxConnectionsPerClient,
     overlayDirMatchIdentity: o.overlayDirMatchIdentity,
+    maxOverlays: o.maxOverlays,
+    minFree: o.minFree,
   };
 }

@@ -429,11 +429,11 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     }
     if (ephemeralBase) {
       const base = { path: path.resolve(ephemeralBase), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
-      providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log)));
+      providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log, security.overlayLimits)));
     }
     if (o.overlayDir) {
       const base = { path: path.resolve(o.base!), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
-      providers.push(await namedFailure(`--base ${base.path} / --overlay-dir ${o.overlayDir}`, () => OverlayDirProvider.create(base, o.overlayDir!, log)));
+      providers.push(await namedFailure(`--base ${base.path} / --overlay-dir ${o.overlayDir}`, () => OverlayDirProvider.create(base, o.overlayDir!, log, security.overlayLimits)));
     }
     const provider = providers.length === 1 ? providers[0]! : new CompositeExportProvider(providers);
     const defaultName = configs[0]?.name ?? (ephemeralBase ? o.name : 'vm1');

@@ -21,7 +21,7 @@
  * with a dot, at most MAX_OVERLAY_NAME bytes. A refused name answers ERR_UNKNOWN and logs.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, unlink } from 'node:fs/promises';
+import { access, mkdir, readdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { BlockDevice } from '../block/block-device.js';
 import { alignUp } from '../block/block-split.js';
@@ -30,6 +30,7 @@ import { createCow } from '../formats/cow/index.js';
 import { overlayCapabilities } from '../formats/overlay-capabilities.js';
 import { openImage, type ImageFormat } from '../formats/open-image.js';
 import type { Logger } from '../logging.js';
+import { OVERLAY_LIMIT_DEFAULTS, OverlayQuota, type OverlayLimits } from './overlay-quota.js';
 import type { ExportContext, ExportHandle, ExportInfo, ExportProvider, ExportSummary } from './exports.js';
 
 export const MAX_OVERLAY_NAME = 128;
@@ -75,6 +76,15 @@ async function createOverlay(file: string, base: BaseImage, backingSize: number)
   });
 }
 
+async function fileExists(file: string): Promise<boolean> {
+  try {
+    await access(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function openOverlay(file: string, base: BaseImage): Promise<BlockDevice> {
   return openImage(file, { format: 'cow', backingFormat: base.format, ignoreMtime: base.ignoreMtime, io: base.io });
 }
@@ -95,11 +105,14 @@ export class OverlayDirProvider implements ExportProvider {
     private readonly dir: string,
     private readonly sizes: { overlaySize: number; backingSize: number },
     private readonly log: Logger,
+    private readonly quota: OverlayQuota,
   ) {}
 
-  static async create(base: BaseImage, dir: string, log: Logger): Promise<OverlayDirProvider> {
+  static async create(base: BaseImage, dir: string, log: Logger, limits: OverlayLimits = OVERLAY_LIMIT_DEFAULTS): Promise<OverlayDirProvider> {
     await mkdir(dir, { recursive: true });
-    return new OverlayDirProvider(base, path.resolve(dir), await baseVirtualSize(base), log);
+    const existing = (await readdir(dir)).filter((f) => f.endsWith('.cow')).length;
+    const quota = new OverlayQuota(limits, path.resolve(dir), existing, log);
+    return new OverlayDirProvider(base, path.resolve(dir), await baseVirtualSize(base), log, quota);
   }
 
   overlayPath(name: string): string {
@@ -119,9 +132,10 @@ export class OverlayDirProvider implements ExportProvider {
     return this.info(name);
   }
 
-  async open(name: string, _ctx: ExportContext): Promise<ExportHandle | undefined> {
+  async open(name: string, ctx: ExportContext): Promise<ExportHandle | undefined> {
     if (overlayNameProblem(name)) return undefined;
-    const device = await this.acquire(name);
+    const device = await this.acquire(name, ctx);
+    if (!device) return undefined; // a new overlay would break --max-overlays / --min-free
     let released = false;
     return {
       ...this.info(name),
@@ -163,7 +177,7 @@ export class OverlayDirProvider implements ExportProvider {
     return `cow overlay ${name}.cow over ${path.basename(this.base.path)}`;
   }
 
-  private async acquire(name: string): Promise<BlockDevice> {
+  private async acquire(name: string, ctx: ExportContext): Promise<BlockDevice | undefined> {
     if (this.closed) throw Object.assign(new Error('server is shutting down'), { code: 'ESHUTDOWN' });
     let entry = this.overlays.get(name);
     // A previous last user is still closing the device: wait, then open afresh.
@@ -173,21 +187,13 @@ export class OverlayDirProvider implements ExportProvider {
     }
     if (!entry) {
       const file = this.overlayPath(name);
-      const opening = (async () => {
-        try {
-          await createOverlay(file, this.base, this.sizes.backingSize);
-          this.log.info({ export: name, file }, 'created overlay');
-        } catch (err) {
-          // Another server (or an earlier run) made it: reuse it.
-          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-        }
-        return openOverlay(file, this.base);
-      })();
-      entry = { opening, refs: 0 };
-      this.overlays.set(name, entry);
-      opening.catch(() => {
-        if (this.overlays.get(name) === entry) this.overlays.delete(name);
-      });
+      // Only a file that does not exist yet counts against --max-overlays / --min-free.
+      const reserved = !(await fileExists(file));
+      if (reserved && !(await this.quota.tryReserve(name, { conn: ctx.connId, peer: ctx.peer, identity: ctx.identity }))) return undefined;
+      // Another connection may have started the same overlay while we looked.
+      entry = this.overlays.get(name);
+      if (entry && reserved) this.quota.release();
+      entry ??= this.startOverlay(name, file, reserved);
     }
     entry.refs++;
     try {
@@ -196,6 +202,27 @@ export class OverlayDirProvider implements ExportProvider {
       entry.refs--;
       throw err;
     }
+  }
+
+  /** Create (unless it exists) and open DIR/NAME.cow; shared by every connection to NAME. */
+  private startOverlay(name: string, file: string, reserved: boolean): SharedOverlay {
+    const opening = (async () => {
+      try {
+        await createOverlay(file, this.base, this.sizes.backingSize);
+        this.log.info({ export: name, file }, 'created overlay');
+      } catch (err) {
+        if (reserved) this.quota.release();
+        // Another server (or an earlier run) made it: reuse it.
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+      return openOverlay(file, this.base);
+    })();
+    const entry: SharedOverlay = { opening, refs: 0 };
+    this.overlays.set(name, entry);
+    opening.catch(() => {
+      if (this.overlays.get(name) === entry) this.overlays.delete(name);
+    });
+    return entry;
   }
 
   private async releaseOne(name: string): Promise<void> {
@@ -242,11 +269,19 @@ export class EphemeralProvider implements ExportProvider {
     private readonly dir: string,
     private readonly sizes: { overlaySize: number; backingSize: number },
     private readonly log: Logger,
+    private readonly quota: OverlayQuota,
   ) {}
 
-  static async create(base: BaseImage, exportName: string, dir: string, log: Logger): Promise<EphemeralProvider> {
+  static async create(
+    base: BaseImage,
+    exportName: string,
+    dir: string,
+    log: Logger,
+    limits: OverlayLimits = OVERLAY_LIMIT_DEFAULTS,
+  ): Promise<EphemeralProvider> {
     await mkdir(dir, { recursive: true });
-    const provider = new EphemeralProvider(base, exportName, path.resolve(dir), await baseVirtualSize(base), log);
+    const quota = new OverlayQuota(limits, path.resolve(dir), 0, log);
+    const provider = new EphemeralProvider(base, exportName, path.resolve(dir), await baseVirtualSize(base), log, quota);
     await provider.removeLeftovers();
     return provider;
   }
@@ -276,12 +311,14 @@ export class EphemeralProvider implements ExportProvider {
 
   async open(name: string, ctx: ExportContext): Promise<ExportHandle | undefined> {
     if (name !== this.exportName) return undefined;
+    if (!(await this.quota.tryReserve(name, { conn: ctx.connId, peer: ctx.peer, identity: ctx.identity }))) return undefined;
     const file = path.join(this.dir, `cownbd-ephemeral-${process.pid}-${ctx.connId}-${randomBytes(4).toString('hex')}.cow`);
-    await createOverlay(file, this.base, this.sizes.backingSize);
     let device: BlockDevice;
     try {
+      await createOverlay(file, this.base, this.sizes.backingSize);
       device = await openOverlay(file, this.base);
     } catch (err) {
+      this.quota.release();
       await unlink(file).catch(() => {});
       throw err;
     }
@@ -306,6 +343,7 @@ export class EphemeralProvider implements ExportProvider {
 
   private async discard(entry: { file: string; device: BlockDevice }): Promise<void> {
     if (!this.live.delete(entry)) return;
+    this.quota.release();
     // Throwaway data: no flush, just close and delete.
     await entry.device.close().catch((err: unknown) => this.log.warn({ err, file: entry.file }, 'closing ephemeral overlay failed'));
     await unlink(entry.file).catch(() => {});

@@ -9,6 +9,7 @@
 import type { Logger } from '../logging.js';
 import type { AccessRules, StaticExportLookup } from './access-control.js';
 import { Admission, parseAllowFrom } from './limits.js';
+import { OVERLAY_LIMIT_DEFAULTS, type OverlayLimits } from './overlay-quota.js';
 import { loadTlsCredentials, type TlsCredentials, type TlsMode } from './tls.js';
 
 export interface SecurityOptions {
@@ -24,6 +25,9 @@ export interface SecurityOptions {
   readonly maxConnectionsPerClient: number;
   /** Overlay-dir exports are visible only to the identity of the same name. */
   readonly overlayDirMatchIdentity?: boolean;
+  /** --overlay-dir / --ephemeral: most overlay files, and the free-space reserve (bytes). */
+  readonly maxOverlays: number;
+  readonly minFree: number;
 }
 
 export const SECURITY_DEFAULTS = {
@@ -32,6 +36,8 @@ export const SECURITY_DEFAULTS = {
   handshakeTimeout: 10,
   maxConnections: 1000,
   maxConnectionsPerClient: 64,
+  maxOverlays: OVERLAY_LIMIT_DEFAULTS.maxOverlays,
+  minFree: OVERLAY_LIMIT_DEFAULTS.minFreeBytes,
 } as const satisfies SecurityOptions;
 
 export interface ServerSecurity {
@@ -40,6 +46,7 @@ export interface ServerSecurity {
   readonly access: AccessRules;
   readonly admission: Admission;
   readonly handshakeTimeoutMs: number;
+  readonly overlayLimits: OverlayLimits;
 }
 
 /**
@@ -59,9 +66,10 @@ export async function buildServerSecurity(o: SecurityOptions, exports: StaticExp
   if (exports.names().some((n) => exports.config(n)?.allow?.length) && !identities) {
     throw new Error('allow= needs client identities: --tls with --tls-psk, or --tls-certificates and --tls-verify-peer');
   }
-  for (const [k, v] of [['--max-connections', o.maxConnections], ['--max-connections-per-client', o.maxConnectionsPerClient]] as const) {
+  for (const [k, v] of [['--max-connections', o.maxConnections], ['--max-connections-per-client', o.maxConnectionsPerClient], ['--max-overlays', o.maxOverlays]] as const) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`${k} must be a positive integer (got ${v})`);
   }
+  if (!Number.isSafeInteger(o.minFree) || o.minFree < 0) throw new Error(`--min-free must be a size in bytes >= 0 (got ${o.minFree})`);
   if (!(o.handshakeTimeout >= 0)) throw new Error(`--handshake-timeout must be >= 0 seconds (got ${o.handshakeTimeout})`);
   const tls = o.tls === 'off' ? undefined : await loadTlsCredentials({ certificatesDir: o.tlsCertificates, pskFile: o.tlsPsk, verifyPeer: o.tlsVerifyPeer });
   return {
@@ -73,5 +81,6 @@ export async function buildServerSecurity(o: SecurityOptions, exports: StaticExp
       log,
     ),
     handshakeTimeoutMs: o.handshakeTimeout * 1000,
+    overlayLimits: { maxOverlays: o.maxOverlays, minFreeBytes: o.minFree },
   };
 }

@@ -111,9 +111,10 @@ export class RawClient {
     socket.on('error', () => undefined);
   }
 
-  static connect(target: { port: number } | { path: string }): Promise<RawClient> {
+  /** `localAddress` (e.g. 127.0.0.2) makes the connection come from another loopback address. */
+  static connect(target: { port: number; localAddress?: string } | { path: string }): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const s = 'path' in target ? net.connect(target.path) : net.connect(target.port, '127.0.0.1');
+      const s = 'path' in target ? net.connect(target.path) : net.connect({ port: target.port, host: '127.0.0.1', localAddress: target.localAddress });
       s.once('connect', () => resolve(new RawClient(s)));
       s.once('error', reject);
     });

@@ -31,6 +31,8 @@ export interface StartServerOptions {
   timeoutMs?: number;
   /** Number of "listening on" lines to wait for (default 1). */
   listeners?: number;
+  /** Run the server under this command line (e.g. unshare …), which must exec its arguments. */
+  wrap?: string[];
 }
 
 export interface RunningServer {
@@ -72,7 +74,9 @@ export async function startServer(args: string[], opts: StartServerOptions = {})
   } else {
     listenArgs.push('-p', '0');
   }
-  const proc = spawn(process.execPath, [CLI_PATH, 'serve', ...args, ...listenArgs], {
+  const argv = [process.execPath, CLI_PATH, 'serve', ...args, ...listenArgs];
+  const [cmd, ...cmdArgs] = [...(opts.wrap ?? []), ...argv];
+  const proc = spawn(cmd!, cmdArgs, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },
   });

@@ -4,7 +4,7 @@
  * tls-creds-x509 / tls-creds-psk) and nbd-client -l. Credentials are made at test time
  * (test/helpers/tls-creds.ts). Per-export allow= lists are checked with two identities.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRawImage, makeTempDir, type TempDir } from '../helpers/images.js';
@@ -12,6 +12,7 @@ import { nbdPython, requireNbdPython, startServer, type RunningServer } from '..
 import { describeResult, mustSucceed, nbdcopy, nbdinfo, nbdinfoJson, qemuIo, runTool, serverLog } from '../helpers/clients.js';
 import { requireTool } from '../helpers/tools.js';
 import { makeTlsFixture, requireTlsTools, type TlsFixture } from '../helpers/tls-creds.js';
+import { PRELUDE, lastJson } from '../server/py-prelude.js';
 
 const MiB = 1024 * 1024;
 const hasTls = requireTlsTools();
@@ -208,5 +209,67 @@ describe.runIf(hasTls && hasLibnbd)('--tls on: TLS offered, plaintext still serv
     const r = await qemuIo(`nbd://127.0.0.1:${srv.port}/d`, ['read -P 0 0 64k'], { readOnly: true });
     expect(r.code, describeResult(r)).toBe(0);
     expect(r.patternFailures).toBe(0);
+  });
+});
+
+describe.runIf(hasTls && hasPy)('--overlay-dir-match-identity: each machine reaches only its own overlay', () => {
+  let tmp: TempDir;
+  let fx: TlsFixture;
+  let srv: RunningServer;
+
+  beforeAll(async () => {
+    tmp = makeTempDir();
+    fx = makeTlsFixture(tmp.file('tls'), [], ['vm7', 'vm8']);
+    createRawImage(tmp.file('golden.raw'), 4 * MiB);
+    srv = await startServer([
+      '--base', tmp.file('golden.raw'), '--overlay-dir', tmp.file('vms'), '--overlay-dir-match-identity',
+      '--tls', 'require', '--tls-psk', fx.pskFile,
+    ]);
+  });
+  afterAll(async () => {
+    await srv?.stop();
+    tmp?.cleanup();
+  });
+
+  const asMachine = (user: string, name: string) =>
+    nbdPython(
+      PRELUDE +
+        `
+def attempt():
+    h = nbd.NBD()
+    h.set_tls(nbd.TLS_REQUIRE)
+    h.set_tls_psk_file(PSK)
+    h.set_tls_username(USER)
+    h.set_export_name(NAME)
+    h.set_opt_mode(True)
+    h.connect_tcp('127.0.0.1', str(PORT))
+    names = []
+    h.opt_list(lambda n, d: names.append(n) or 0)
+    try:
+        h.opt_go()
+    except nbd.Error:
+        return {"opened": False, "list": sorted(names)}
+    h.pwrite(USER.encode().ljust(512, b'.'), 0)
+    h.flush()
+    return {"opened": True, "list": sorted(names)}
+out(attempt())
+`,
+      { PSK: fx.pskFile, USER: user, NAME: name, PORT: srv.port },
+    ).then((o) => lastJson<{ opened: boolean; list: string[] }>(o));
+
+  it('opens the own overlay, refuses another machine\'s, lists only its own', async () => {
+    expect(await asMachine('vm7', 'vm7')).toEqual({ opened: true, list: [] });
+    expect(await asMachine('vm8', 'vm8')).toEqual({ opened: true, list: [] });
+    expect(await asMachine('vm7', 'vm8')).toEqual({ opened: false, list: ['vm7'] });
+    expect(await asMachine('vm8', 'vm9')).toEqual({ opened: false, list: ['vm8'] });
+    expect(readdirSync(tmp.file('vms')).sort()).toEqual(['vm7.cow', 'vm8.cow']);
+    const refused = serverLog(srv).filter((l) => l.msg === 'export refused: identity not allowed');
+    expect(refused.map((l) => [l.identity, l.export])).toEqual([['vm7', 'vm8'], ['vm8', 'vm9']]);
+  });
+
+  it('refuses to start without TLS identities', async () => {
+    await expect(startServer(['--base', tmp.file('golden.raw'), '--overlay-dir', tmp.file('x'), '--overlay-dir-match-identity'])).rejects.toThrow(
+      /--overlay-dir-match-identity needs client identities/,
+    );
   });
 });
