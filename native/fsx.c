@@ -53,6 +53,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <sys/uio.h>
 
 #ifndef RWF_NOWAIT
@@ -478,6 +481,23 @@ static napi_value pwrite_batch(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/*
+ * mallocTrim(): give free heap memory back to the kernel (glibc malloc_trim). Freed large
+ * buffers (pooled READ/WRITE memory of idle connections) otherwise stay resident in
+ * glibc's heap; the server calls this from its idle sweep, after a GC. Returns whether
+ * memory was released (false where malloc_trim does not exist).
+ */
+static napi_value malloc_trim_js(napi_env env, napi_callback_info info) {
+  (void)info;
+  int released = 0;
+#ifdef __GLIBC__
+  released = malloc_trim(0);
+#endif
+  napi_value out;
+  napi_get_boolean(env, released != 0, &out);
+  return out;
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default_jsproperty, NULL},
@@ -486,6 +506,7 @@ NAPI_MODULE_INIT() {
       {"zeroRange", NULL, zero_range_js, NULL, NULL, NULL, napi_default_jsproperty, NULL},
       {"preadNoWait", NULL, pread_nowait, NULL, NULL, NULL, napi_default_jsproperty, NULL},
       {"pwriteBatch", NULL, pwrite_batch, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+      {"mallocTrim", NULL, malloc_trim_js, NULL, NULL, NULL, napi_default_jsproperty, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok)
     return NULL;

@@ -38,6 +38,8 @@ export interface NativeFs {
    * (One job per write costs a futex wake-up each on the main thread.)
    */
   pwriteBatch?(fd: number, buffers: Uint8Array[], positions: number[]): Promise<number[]>;
+  /** glibc malloc_trim(0): return free heap memory to the kernel; true if some was. */
+  mallocTrim?(): boolean;
 }
 
 interface Loaded {

@@ -11,6 +11,10 @@
  * Arenas are never reused: a view stays valid as long as something holds it (the GC frees
  * an arena when its last view is gone), so handing out views is safe.
  *
+ * Memory follows the traffic: a connection starts with a small arena and moves to larger
+ * ones (×4 up to ARENA_SIZE) only while reads fill what they are offered; release() (the
+ * server's idle sweep) drops the arena, so an idle connection holds no read memory.
+ *
  * Node offers `onread` only for sockets it creates, so the accepted socket's handle is
  * re-wrapped (`pauseOnConnect` keeps the original socket from ever reading). If that
  * internal handle is not there (a future Node), the plain socket is used unchanged.
@@ -18,17 +22,19 @@
 import net from 'node:net';
 
 const ARENA_SIZE = 4 * 1024 * 1024;
-/** Start a fresh arena when less than this is left (keeps reads large). */
-const MIN_READ = 256 * 1024;
+/** First arena of a connection (and after an idle release): a handshake needs little. */
+const SMALL_ARENA = 64 * 1024;
 
 class ReadArena {
-  private arena = Buffer.allocUnsafeSlow(ARENA_SIZE);
+  private arena: Buffer | undefined;
   private used = 0;
+  /** Size of the next arena: grows while reads fill their buffer, resets on release(). */
+  private size = SMALL_ARENA;
 
-  /** Memory for the next read: the arena's free tail. */
+  /** Memory for the next read: the arena's free tail (a fresh arena when < 1/16 is left). */
   readonly next = (): Buffer => {
-    if (ARENA_SIZE - this.used < MIN_READ) {
-      this.arena = Buffer.allocUnsafeSlow(ARENA_SIZE);
+    if (!this.arena || this.arena.length - this.used < this.size / 16) {
+      this.arena = Buffer.allocUnsafeSlow(this.size);
       this.used = 0;
     }
     return this.arena.subarray(this.used);
@@ -37,7 +43,18 @@ class ReadArena {
   /** `buf` (from next()) now holds `n` new bytes: return their view and claim them. */
   commit(buf: Buffer, n: number): Buffer {
     this.used += n;
+    // The read took all it was offered: more is waiting, read bigger next time.
+    if (n === buf.length && this.size < ARENA_SIZE) this.size *= 4;
     return buf.subarray(0, n);
+  }
+
+  /** Idle: forget the arena (views handed out keep it alive as long as needed); its size. */
+  release(): number {
+    const freed = this.arena?.length ?? 0;
+    this.arena = undefined;
+    this.used = 0;
+    this.size = SMALL_ARENA;
+    return freed;
   }
 }
 
@@ -45,6 +62,8 @@ export interface ArenaSocket {
   readonly socket: net.Socket;
   /** Set the consumer of incoming bytes (views into arenas); until set, bytes are queued. */
   setSink(sink: (bytes: Buffer) => void): void;
+  /** Drop idle read memory; returns the bytes dropped (0 for a plain socket). */
+  release(): number;
 }
 
 /**
@@ -67,7 +86,7 @@ export function arenaSocket(accepted: net.Socket, options: { allowHalfOpen: bool
   if (!handle || !options.arena) {
     accepted.on('data', deliver);
     accepted.resume();
-    return { socket: accepted, setSink };
+    return { socket: accepted, setSink, release: () => 0 };
   }
   const arena = new ReadArena();
   const socket = new net.Socket({
@@ -88,5 +107,5 @@ export function arenaSocket(accepted: net.Socket, options: { allowHalfOpen: bool
   // that), so destroy it, handle-less, when the wrapper closes.
   (accepted as unknown as { _handle: unknown })._handle = null;
   socket.once('close', () => accepted.destroy());
-  return { socket, setSink };
+  return { socket, setSink, release: () => arena.release() };
 }

@@ -9,7 +9,9 @@
  * Size classes are powers of two from MIN_POOLED up to 64 MiB (a 32 MiB payload plus
  * reply headers). acquire(n) returns a whole class buffer (use subarray(0, n));
  * release(buf) gives it back. Retained memory is capped; beyond the cap buffers are
- * left to the GC. Callers must release only buffers that nothing references any more
+ * left to the GC. One pool serves a whole server (not one per connection), so idle
+ * connections hold nothing and the cap bounds the total; trim() (the server's idle sweep)
+ * gives everything back once no buffer was asked for a while. Callers must release only buffers that nothing references any more
  * (e.g. after socket.write's callback, after a device write resolved); on error paths
  * they simply do not release.
  */
@@ -19,6 +21,7 @@ const MAX_CLASS = 64 * 1024 * 1024;
 export class BufferPool {
   private readonly free = new Map<number, Buffer[]>();
   private retained = 0;
+  private lastAcquire = 0;
 
   constructor(private readonly maxRetainedBytes = 128 * 1024 * 1024) {}
 
@@ -32,6 +35,7 @@ export class BufferPool {
   /** A buffer of at least n bytes (contents undefined). */
   acquire(n: number): Buffer {
     const size = BufferPool.classSize(n);
+    this.lastAcquire = Date.now();
     const list = this.free.get(size);
     const buf = list?.pop();
     if (buf) {
@@ -52,6 +56,15 @@ export class BufferPool {
     }
     list.push(buf);
     this.retained += size;
+  }
+
+  /** Drop every retained buffer if none was acquired for `idleMs`; returns the bytes dropped. */
+  trim(idleMs: number, now = Date.now()): number {
+    if (this.retained === 0 || now - this.lastAcquire < idleMs) return 0;
+    const freed = this.retained;
+    this.free.clear();
+    this.retained = 0;
+    return freed;
   }
 
   get retainedBytes(): number {

@@ -7,13 +7,19 @@
  *                                                                  handle.release()
  *
  * A misbehaving client only ever loses its own connection: every failure is caught
- * here, logged with the reason, and the socket is destroyed. Nothing is rethrown.
+ * here, logged with the reason, and the socket is closed. Nothing is rethrown.
  *
  * STARTTLS swaps the socket: the raw one is paused before the ACK leaves (so the
  * ClientHello stays in the kernel for OpenSSL), then wrapped by tls.ts; from there on
  * every read, write and event goes through the TLS socket. The client's identity joins
  * the log context and selects the AccessView the handshake sees. The handshake timer
  * (ServerSecurity.handshakeTimeoutMs) covers everything before transmission, TLS included.
+ *
+ * Closing is "input first": once the client said goodbye (ABORT, DISC, EOF) or broke the
+ * protocol, nothing more is read (bytes still arriving are dropped and the socket paused,
+ * so a flood cannot grow memory), replies already queued are flushed, then the socket
+ * closes. A peer that stops taking those replies is cut off after LINGER_MS without
+ * progress.
  */
 import type { Socket } from 'node:net';
 import type { Logger } from '../logging.js';
@@ -22,6 +28,7 @@ import type { ServerSecurity } from './security.js';
 import { upgradeToTls } from './tls.js';
 import { ByteReader } from '../protocol/byte-reader.js';
 import { ProtocolError } from '../protocol/nbd-errors.js';
+import type { BufferPool } from './buffer-pool.js';
 import type { ExportHandle, ExportProvider } from './exports.js';
 import { negotiate } from './handshake.js';
 import { TransmissionSession } from './transmission.js';
@@ -30,7 +37,12 @@ export interface ConnectionServer {
   readonly provider: ExportProvider;
   readonly security?: ServerSecurity;
   isStopping(): boolean;
+  /** Shared by every connection of the server: retained memory is bounded server-wide. */
+  readonly pool?: BufferPool;
 }
+
+/** How long a closing connection may go without its queued replies making progress. */
+export const LINGER_MS = 5000;
 
 export class Connection {
   log: Logger;
@@ -46,6 +58,11 @@ export class Connection {
   private readonly startedAt = performance.now();
   /** Export served once transmission began (for the closing log line). */
   private exportName: string | undefined;
+  /** Nothing more is read: incoming bytes are dropped. */
+  private inputClosed = false;
+  private lingerTimer: NodeJS.Timeout | undefined;
+  /** When bytes last arrived (for the server's idle sweep). */
+  lastInput = Date.now();
   private resolveClosed!: () => void;
   /** Resolves once the socket is closed and the export handle released. */
   readonly closed = new Promise<void>((resolve) => (this.resolveClosed = resolve));
@@ -58,6 +75,8 @@ export class Connection {
     parentLog: Logger,
     /** Arena-read sockets deliver bytes through a sink instead of 'data' events. */
     setSink?: (sink: (bytes: Buffer) => void) => void,
+    /** Give idle read memory back (arena reads); called by the server's idle sweep. */
+    private readonly releaseReadMemory: () => number = () => 0,
   ) {
     this.log = parentLog.child({ conn: id, peer });
     if (setSink) setSink((chunk) => this.onData(chunk));
@@ -155,7 +174,7 @@ export class Connection {
     }
     if (!negotiated) {
       this.log.debug('client aborted the handshake');
-      this.socket.end();
+      this.end();
       return;
     }
     this.handle = negotiated.handle;
@@ -174,9 +193,11 @@ export class Connection {
         pause: () => this.socket.pause(),
         resume: () => this.socket.resume(),
         end: () => this.end(),
+        stopInput: () => this.closeInput(),
         log: this.log,
       },
       negotiated,
+      this.server.pool,
     );
     session.onFatal = (err) => this.fail(err, 'transmission');
     this.session = session;
@@ -195,6 +216,12 @@ export class Connection {
     await session.shutdown();
     this.end();
     return this.closed;
+  }
+
+  /** Called by the server's periodic sweep: give read memory back when nothing is pending. */
+  sweepIdle(idleMs: number, now: number): number {
+    if (now - this.lastInput < idleMs || this.reader.length !== 0) return 0;
+    return this.releaseReadMemory();
   }
 
   /** Hard close (shutdown grace expired). */
@@ -227,6 +254,8 @@ export class Connection {
   };
 
   private onData(chunk: Buffer): void {
+    if (this.inputClosed) return;
+    this.lastInput = Date.now();
     this.reader.push(chunk);
     if (this.session) this.pump();
   }
@@ -249,10 +278,38 @@ export class Connection {
     }
   }
 
+  /** Read nothing more from this client (ABORT, DISC, protocol error): drop, pause. */
+  private closeInput(): void {
+    if (this.inputClosed) return;
+    this.inputClosed = true;
+    this.socket.pause();
+    this.reader.skip(this.reader.length);
+  }
+
+  /** Close after the replies already queued are flushed (input closed first). */
   private end(): void {
     if (this.destroyed) return;
+    this.closeInput();
     this.socket.end();
     this.socket.destroySoon();
+    this.lingerTimer ??= this.lingerWatch();
+  }
+
+  /** Destroy the socket if its queued output stops moving for LINGER_MS. */
+  private lingerWatch(): NodeJS.Timeout {
+    let written = this.socket.bytesWritten;
+    const timer = setInterval(() => {
+      if (this.destroyed) return clearInterval(timer);
+      const now = this.socket.bytesWritten;
+      if (now === written) {
+        this.log.debug('closing connection: peer stopped reading its last replies');
+        clearInterval(timer);
+        this.socket.destroy();
+      }
+      written = now;
+    }, LINGER_MS);
+    timer.unref();
+    return timer;
   }
 
   private fail(err: unknown, phase: string): void {
@@ -262,9 +319,13 @@ export class Connection {
       this.log.warn({ code: err.code, reason: err.message }, `closing connection: protocol error during ${phase}`);
     } else {
       this.log.warn({ err }, `closing connection: unexpected error during ${phase}`);
+      this.session?.close();
+      this.socket.destroy();
+      return;
     }
+    // Replies already queued (e.g. pipelined options before EOF) still reach the client.
     this.session?.close();
-    this.socket.destroy();
+    this.end();
   }
 
   /** info for connections that served an export (with totals), debug for the rest (LIST, probes). */
@@ -281,6 +342,7 @@ export class Connection {
     if (this.destroyed && !this.handle) return;
     const first = !this.destroyed;
     this.destroyed = true;
+    if (this.lingerTimer) clearInterval(this.lingerTimer);
     this.reader.end(); // wakes a handshake waiting for bytes that will never come
     const session = this.session;
     session?.close();

@@ -53,6 +53,11 @@ import {
 
 /** More options than this on one connection is treated as abuse. */
 export const MAX_OPTIONS = 1000;
+/**
+ * Extra options allowed per export a LIST returned: clients such as `nbdinfo --list` send
+ * INFO and LIST_META_CONTEXT for every listed export (nbdkit grants 32 per export too).
+ */
+export const OPTIONS_PER_LISTED_EXPORT = 32;
 /** Option data above this is not buffered (names ≤ 4096; a few hundred queries fit). */
 export const MAX_OPTION_LENGTH = 64 * 1024;
 
@@ -102,6 +107,8 @@ interface State {
   metaIds: number[];
   /** Export names already logged as refused on this connection (clients retry INFO, GO). */
   refused: Set<string>;
+  /** Options this connection may send (raised once by LIST, see OPTIONS_PER_LISTED_EXPORT). */
+  allowance: number;
 }
 
 /** undefined = keep haggling; 'abort' = close softly; a session = enter transmission. */
@@ -124,10 +131,12 @@ export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | un
     metaExport: undefined,
     metaIds: [],
     refused: new Set(),
+    allowance: MAX_OPTIONS,
   };
   for (let count = 1; ; count++) {
-    if (count > MAX_OPTIONS) throw new ProtocolError('NBD_ERR_TOO_MANY_OPTIONS', `more than ${MAX_OPTIONS} options`);
     const { option, length } = decodeOptionHeader(await io.reader.readExactly(OPTION_HEADER_SIZE));
+    // Judged when the option arrives: the options before it are all answered.
+    if (count > s.allowance) throw new ProtocolError('NBD_ERR_TOO_MANY_OPTIONS', `more than ${s.allowance} options`);
     if (length > MAX_OPTION_LENGTH) {
       throw new ProtocolError('NBD_ERR_TOO_LONG', `option ${nameOf(NbdOpt, option)} data is ${length} bytes (limit ${MAX_OPTION_LENGTH})`);
     }
@@ -154,6 +163,11 @@ async function dispatchOption(s: State, option: number, data: Buffer): Promise<O
   try {
     return await handler(s, data);
   } catch (err) {
+    // EXPORT_NAME has no error reply: any failure must close, or the client would read
+    // an option reply as the export's size and flags.
+    if (option === NbdOpt.EXPORT_NAME && !(err instanceof ProtocolError)) {
+      throw new ProtocolError('NBD_ERR_UNKNOWN_EXPORT', `EXPORT_NAME refused: ${(err as Error).message}`);
+    }
     if (err instanceof InvalidOptionError) {
       reply(s, option, NbdRep.ERR_INVALID, err.message);
       return undefined;
@@ -170,7 +184,11 @@ function requireEmpty(option: number, data: Buffer): void {
   if (data.length !== 0) throw new InvalidOptionError(`${nameOf(NbdOpt, option)} must have no data (got ${data.length} bytes)`);
 }
 
-/** Look an export up for INFO/GO; ERR_UNKNOWN (or ERR_PLATFORM if it cannot be opened). */
+/**
+ * Look an export up for INFO/GO: ERR_UNKNOWN when absent, and also when it exists but
+ * cannot be opened ("the requested export is not available"), then with the reason as
+ * the message text, which clients print (nbdinfo, qemu: "server reported: …").
+ */
 async function findExport<T>(s: State, option: number, name: string, find: () => Promise<T | undefined>): Promise<T | undefined> {
   let found: T | undefined;
   try {
@@ -178,7 +196,8 @@ async function findExport<T>(s: State, option: number, name: string, find: () =>
   } catch (err) {
     s.io.log.warn({ err, export: name }, 'cannot open export');
     const code = (err as { code?: string }).code;
-    reply(s, option, code === 'ESHUTDOWN' ? NbdRep.ERR_SHUTDOWN : NbdRep.ERR_PLATFORM, `export "${name}" cannot be opened`);
+    const reason = `export "${name}" cannot be opened: ${(err as Error)?.message ?? String(err)}`;
+    reply(s, option, code === 'ESHUTDOWN' ? NbdRep.ERR_SHUTDOWN : NbdRep.ERR_UNKNOWN, reason.slice(0, 4096));
     return undefined;
   }
   if (!found) {
@@ -219,7 +238,10 @@ async function handleOptAbort(s: State): Promise<OptResult> {
 
 async function handleOptList(s: State, data: Buffer): Promise<OptResult> {
   requireEmpty(NbdOpt.LIST, data);
-  for (const e of await s.io.provider.list()) {
+  const exports = await s.io.provider.list();
+  // Raised, never stacked: repeating LIST cannot buy an unbounded number of options.
+  s.allowance = Math.max(s.allowance, MAX_OPTIONS + OPTIONS_PER_LISTED_EXPORT * exports.length);
+  for (const e of exports) {
     s.io.send(encodeOptionReply(NbdOpt.LIST, NbdRep.SERVER, encodeServerEntry(e.name, e.description)));
   }
   reply(s, NbdOpt.LIST, NbdRep.ACK);

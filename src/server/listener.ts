@@ -7,13 +7,19 @@
  *   stop(): close listeners ─► each connection: running requests finish, new ones get
  *           ESHUTDOWN ─► sockets closed ─► provider.close() (flush + close every device)
  *
+ * Memory: one BufferPool serves every connection; a sweep every IDLE_SWEEP_MS gives read
+ * arenas of quiet connections and the pool's buffers back. Descriptors: see fd-limit.ts.
+ *
  * No state at module level: several servers can live in one process (tests, library use).
  */
 import net from 'node:net';
 import { arenaSocket } from './arena-reads.js';
 import { lstat, unlink } from 'node:fs/promises';
 import type { Logger } from '../logging.js';
+import { BufferPool } from './buffer-pool.js';
 import { Connection } from './connection.js';
+import { connectionBudget, rateLimited } from './fd-limit.js';
+import { idleReclaimer } from './idle-gc.js';
 import type { ExportProvider } from './exports.js';
 import type { ServerSecurity } from './security.js';
 
@@ -39,13 +45,31 @@ export interface NbdServerOptions {
   readonly arenaReads?: boolean;
   /** TLS, access rules and limits (security.ts); absent = open server, no limits. */
   readonly security?: ServerSecurity;
+  /** Connections per listener (default: what the descriptor limit allows, see fd-limit.ts). */
+  readonly maxConnections?: number;
 }
+
+/** Quiet connections give their read memory back after this long (and the pool is trimmed). */
+export const IDLE_SWEEP_MS = 2000;
+/** Released memory that is worth a GC + malloc_trim (see idle-gc.ts). */
+const RECLAIM_MIN_BYTES = 1024 * 1024;
+/** Pooled buffers kept for the whole server. */
+const POOL_RETAINED_BYTES = 128 * 1024 * 1024;
 
 export class NbdServer {
   private readonly servers: net.Server[] = [];
   private readonly connections = new Set<Connection>();
   private nextId = 1;
   private stopping: Promise<void> | undefined;
+  private readonly pool = new BufferPool(POOL_RETAINED_BYTES);
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private readonly reclaim = idleReclaimer();
+  private readonly logDrop = rateLimited(10_000, (suppressed) =>
+    this.options.log.warn(
+      { connections: this.connections.size, suppressed },
+      'connection refused: descriptor limit nearly reached (raise `ulimit -n` / LimitNOFILE)',
+    ),
+  );
 
   constructor(private readonly options: NbdServerOptions) {}
 
@@ -57,6 +81,10 @@ export class NbdServer {
   async listen(endpoint: ListenEndpoint): Promise<ListenAddress> {
     // pauseOnConnect: accepted sockets are re-wrapped for arena reads before any read.
     const server = net.createServer({ noDelay: true, allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.accept(socket));
+    const cap = this.options.maxConnections ?? connectionBudget();
+    if (cap !== undefined) server.maxConnections = cap;
+    server.on('drop', () => this.logDrop());
+    this.startSweep();
     if ('path' in endpoint) await removeStaleSocket(endpoint.path);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -105,12 +133,12 @@ export class NbdServer {
       return;
     }
     const peer = address ? `${address}:${accepted.remotePort}` : 'unix';
-    const { socket, setSink } = arenaSocket(accepted, { allowHalfOpen: true, arena: this.options.arenaReads ?? true });
+    const { socket, setSink, release } = arenaSocket(accepted, { allowHalfOpen: true, arena: this.options.arenaReads ?? true });
     socket.setNoDelay(true);
     // Notice vanished clients (NBD issue #52: state lingering after an unclean death).
     socket.setKeepAlive(true, 60_000);
-    const server = { provider: this.options.provider, security: this.options.security, isStopping: () => this.isStopping() };
-    const conn = new Connection(socket, this.nextId++, peer, server, this.options.log, setSink);
+    const server = { provider: this.options.provider, security: this.options.security, isStopping: () => this.isStopping(), pool: this.pool };
+    const conn = new Connection(socket, this.nextId++, peer, server, this.options.log, setSink, release);
     this.connections.add(conn);
     void conn.closed.then(() => {
       this.connections.delete(conn);
@@ -119,8 +147,21 @@ export class NbdServer {
     void conn.start();
   }
 
+  private startSweep(): void {
+    if (this.sweepTimer) return;
+    this.sweepTimer = setInterval(() => {
+      const now = Date.now();
+      let freed = this.pool.trim(IDLE_SWEEP_MS, now);
+      for (const c of this.connections) freed += c.sweepIdle(IDLE_SWEEP_MS, now);
+      // Only after real releases: an idle server is not woken to collect nothing.
+      if (freed >= RECLAIM_MIN_BYTES) this.reclaim();
+    }, IDLE_SWEEP_MS);
+    this.sweepTimer.unref();
+  }
+
   private async doStop(): Promise<void> {
     const log = this.options.log;
+    clearInterval(this.sweepTimer);
     log.info({ connections: this.connections.size }, 'stopping: no new connections, draining requests');
     const closing = this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
     const conns = [...this.connections];

@@ -18,7 +18,7 @@
  * flags come from the base, so `nbdinfo --list` leaves no overlay behind.
  *
  * Export names become file names, so they are sanitised: [A-Za-z0-9._-], not starting
- * with a dot, at most MAX_OVERLAY_NAME bytes. A refused name answers ERR_UNKNOWN and logs.
+ * with a dot or a dash, at most MAX_OVERLAY_NAME bytes. A refused name answers ERR_UNKNOWN and logs.
  */
 import { randomBytes } from 'node:crypto';
 import { access, mkdir, readdir, unlink } from 'node:fs/promises';
@@ -34,7 +34,8 @@ import { OVERLAY_LIMIT_DEFAULTS, OverlayQuota, type OverlayLimits } from './over
 import type { ExportContext, ExportHandle, ExportInfo, ExportProvider, ExportSummary } from './exports.js';
 
 export const MAX_OVERLAY_NAME = 128;
-const OVERLAY_NAME = /^[A-Za-z0-9_-][A-Za-z0-9._-]*$/;
+/** No leading "." (hidden, "..") nor "-" (read as an option by tools given the file name). */
+const OVERLAY_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
 const COW_SECTOR = 512;
 const COW_PREFERRED_BLOCK = 4096;
 
@@ -42,7 +43,7 @@ const COW_PREFERRED_BLOCK = 4096;
 export function overlayNameProblem(name: string): string | undefined {
   if (name.length === 0) return 'the empty export name has no overlay (name the machine, e.g. nbd://host/vm1)';
   if (Buffer.byteLength(name) > MAX_OVERLAY_NAME) return `longer than ${MAX_OVERLAY_NAME} bytes`;
-  if (!OVERLAY_NAME.test(name)) return 'only letters, digits, ".", "_" and "-" are allowed, and no leading "."';
+  if (!OVERLAY_NAME.test(name)) return 'only letters, digits, ".", "_" and "-" are allowed, and no leading "." or "-"';
   if (name.includes('..')) return '".." is not allowed';
   return undefined;
 }

@@ -74,6 +74,8 @@ export interface TransmissionIo {
   resume(): void;
   /** Close the connection (after everything written so far is flushed). */
   end(): void;
+  /** Read nothing more (DISC): bytes still arriving are dropped, not buffered. */
+  stopInput?(): void;
   readonly log: Logger;
 }
 
@@ -100,12 +102,12 @@ export class TransmissionSession {
   private idleWaiters: Array<() => void> = [];
   /** For the connection's closing log line (requests received, error replies, data bytes). */
   readonly stats = { requests: 0, errors: 0, bytesRead: 0, bytesWritten: 0 };
-  /** Large READ replies and WRITE payloads reuse buffers (see buffer-pool.ts). */
-  readonly pool = new BufferPool(64 * 1024 * 1024);
 
   constructor(
     readonly io: TransmissionIo,
     session: NegotiatedSession,
+    /** Large READ replies and WRITE payloads reuse buffers (see buffer-pool.ts); normally the server's. */
+    readonly pool: BufferPool = new BufferPool(64 * 1024 * 1024),
   ) {
     this.device = session.handle.device;
     this.structured = session.structured;
@@ -205,6 +207,7 @@ export class TransmissionSession {
     if (h.type === NbdCmd.DISC) {
       // Finish what is running, then close; anything after DISC is ignored.
       this.stopReading = true;
+      this.io.stopInput?.();
       this.io.log.debug('client sent DISC');
       void this.whenIdle().then(() => this.io.end());
       return;

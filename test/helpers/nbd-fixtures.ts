@@ -111,6 +111,11 @@ export class RawClient {
     socket.on('error', () => undefined);
   }
 
+  /** Wrap an already-connected socket (e.g. one opened with allowHalfOpen). */
+  static wrap(socket: net.Socket): RawClient {
+    return new RawClient(socket);
+  }
+
   /** `localAddress` (e.g. 127.0.0.2) makes the connection come from another loopback address. */
   static connect(target: { port: number; localAddress?: string } | { path: string }): Promise<RawClient> {
     return new Promise((resolve, reject) => {
