@@ -47,12 +47,27 @@ describe('contrib/systemd units', () => {
     // Default pairing by name: cownbd.socket activates cownbd.service (no Service= needed).
     expect(socket.find(([k]) => k === 'Service')).toBeUndefined();
     const exec = service.find(([k]) => k === 'ExecStart')![1];
-    expect(exec).toMatch(/\bcownbd serve\b/);
+    expect(exec).toMatch(/^\/\S+\/node \/\S+\/cownbd\/dist\/cli\/main\.js serve\b/);
     expect(exec).not.toMatch(/\s-(p|b|U)\b|--port|--bind|--socket/);
     // The environment file fed to ExecStart does not set a listener either.
     for (const [k, v] of settings(read('cownbd.default'))) {
       if (k === 'COWNBD_OPTS') expect(v, 'COWNBD_OPTS').not.toMatch(/(^|\s)(-p|-b|-U|--port|--bind|--socket)(\s|=|$)/);
     }
+  });
+
+  it('the service is Type=notify without PATH lookups, and the socket filters peers', () => {
+    const service = settings(read('cownbd.service'));
+    const socket = settings(read('cownbd.socket'));
+    expect(service).toContainEqual(['Type', 'notify']);
+    // The READY=1 sender is systemd-notify, our child: NotifyAccess=main would drop it.
+    expect(service).toContainEqual(['NotifyAccess', 'all']);
+    const exec = service.find(([k]) => k === 'ExecStart')![1];
+    expect(exec.startsWith('/')).toBe(true);
+    expect(exec).not.toMatch(/\/usr\/bin\/env/);
+    // AF_UNIX stays allowed: sd_notify and -U sockets need it.
+    expect(service.find(([k]) => k === 'RestrictAddressFamilies')![1]).toMatch(/AF_UNIX/);
+    expect(socket).toContainEqual(['IPAddressDeny', 'any']);
+    expect(socket).toContainEqual(['IPAddressAllow', 'localhost']);
   });
 
   it.runIf(hasAnalyze)('pass systemd-analyze verify without warnings', () => {

@@ -1,0 +1,116 @@
+/**
+ * The npm package: `npm pack` ships only what runs (dist without source maps, the addon's
+ * C source and its build script, contrib/systemd, docs, LICENSE, README) and nothing from
+ * test/, bench or e2e; package.json carries repository/homepage; `cownbd --version` is
+ * package.json's version. Then the packed tarball is installed with the real npm into a
+ * temporary prefix (`npm install -g --prefix`) and the installed `cownbd` serves a disk
+ * to nbdinfo. scripts/build-native.sh says why when there is no compiler.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { createRawImage, makeTempDir, sha256File } from '../helpers/images.js';
+import { CLI_PATH, REPO_ROOT, assertBuilt } from '../helpers/server.js';
+import { requireTool } from '../helpers/tools.js';
+
+const hasNpm = requireTool('npm');
+const hasNbdinfo = requireTool('nbdinfo');
+const pkg = JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as {
+  name: string;
+  version: string;
+  license: string;
+  repository?: { url?: string };
+  homepage?: string;
+  bin: Record<string, string>;
+};
+
+function run(cmd: string, args: string[], opts: { cwd?: string; env?: Record<string, string>; timeoutMs?: number } = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(cmd, args, { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    p.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const t = setTimeout(() => p.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
+    p.once('close', (status) => {
+      clearTimeout(t);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
+
+/** Every .ts file under src/, as the .js path it compiles to. */
+function compiledSources(dir = path.join(REPO_ROOT, 'src'), rel = ''): string[] {
+  const out: string[] = [];
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    if (e.isDirectory()) out.push(...compiledSources(path.join(dir, e.name), `${rel}${e.name}/`));
+    else if (e.name.endsWith('.ts')) out.push(`dist/${rel}${e.name.replace(/\.ts$/, '.js')}`);
+  }
+  return out;
+}
+
+describe('npm package', () => {
+  const tmp = makeTempDir();
+  afterAll(() => tmp.cleanup());
+  let tarball: string | undefined;
+  let files: string[] = [];
+
+  it.runIf(hasNpm)('npm pack ships only what runs', async () => {
+    assertBuilt();
+    // --ignore-scripts: no `prepare` rebuild of dist/ under the other tests' feet.
+    const r = await run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', tmp.path], { cwd: REPO_ROOT });
+    expect(r.status, r.stderr).toBe(0);
+    const [info] = JSON.parse(r.stdout) as Array<{ filename: string; files: Array<{ path: string }> }>;
+    tarball = path.join(tmp.path, info!.filename);
+    files = info!.files.map((f) => f.path);
+    for (const must of ['package.json', 'LICENSE', 'README.md', 'native/fsx.c', 'scripts/build-native.sh', pkg.bin.cownbd!, 'contrib/systemd/cownbd.service', 'contrib/systemd/cownbd.socket', 'contrib/systemd/cownbd.default']) {
+      expect(files, must).toContain(must);
+    }
+    expect(files.filter((f) => /^(test|src|bench)\/|^scripts\/(bench|e2e|ci-)|\.map$|^\.|tsconfig|vitest|Dockerfile/.test(f))).toEqual([]);
+    // dist/ holds exactly the compiled sources (and their .d.ts): nothing stale, nothing extra.
+    const expected = new Set(compiledSources());
+    const shippedJs = files.filter((f) => f.startsWith('dist/') && f.endsWith('.js'));
+    expect(shippedJs.filter((f) => !expected.has(f)), 'stale files in dist/ (rebuild from clean)').toEqual([]);
+    expect(readFileSync(path.join(REPO_ROOT, 'LICENSE'), 'utf8')).toMatch(/^MIT License[\s\S]*cownbd contributors/);
+    expect(pkg.license).toBe('MIT');
+    expect(pkg.repository?.url).toMatch(/^git\+https:\/\//);
+    expect(pkg.homepage).toMatch(/^https:\/\//);
+  });
+
+  it('cownbd --version is the version in package.json', () => {
+    assertBuilt();
+    const r = spawnSync(process.execPath, [CLI_PATH, '--version'], { encoding: 'utf8' });
+    expect(r.stdout.trim()).toBe(pkg.version);
+  });
+
+  it.runIf(hasNpm && hasNbdinfo)('npm install -g --prefix TMP ./cownbd-*.tgz, then the installed cownbd serves', async () => {
+    expect(tarball, 'the pack test ran first').toBeDefined();
+    const prefix = tmp.file('prefix');
+    const r = await run('npm', ['install', '-g', '--prefix', prefix, tarball!, '--prefer-offline', '--no-audit', '--no-fund'], { timeoutMs: 150_000 });
+    expect(r.status, r.stderr).toBe(0);
+    const bin = path.join(prefix, 'bin', 'cownbd');
+    expect(statSync(bin).mode & 0o111).not.toBe(0);
+    const installed = path.join(prefix, 'lib', 'node_modules', 'cownbd');
+    expect(existsSync(path.join(installed, 'test'))).toBe(false);
+    const img = createRawImage(tmp.file('disk.raw'), 3 * 1024 * 1024);
+    const before = sha256File(img);
+    // Through the bin link and its #! line, as a user would run it.
+    const served = await run(bin, ['serve', '-p', '0', '-r', img, '--run', 'nbdinfo --size "$uri"'], { env: { PATH: `${path.dirname(process.execPath)}:${process.env.PATH}` } });
+    expect(served.status, served.stderr).toBe(0);
+    expect(served.stdout).toContain(`${3 * 1024 * 1024}\n`);
+    expect(sha256File(img)).toBe(before);
+    const version = await run(bin, ['--version'], { env: { PATH: `${path.dirname(process.execPath)}:${process.env.PATH}` } });
+    expect(version.stdout.trim()).toBe(pkg.version);
+  }, 200_000);
+
+  it('scripts/build-native.sh says why when there is no C compiler (and still exits 0)', async () => {
+    const fsx = path.join(REPO_ROOT, 'build', 'fsx.node');
+    const before = existsSync(fsx) ? sha256File(fsx) : undefined;
+    const r = await run('bash', [path.join(REPO_ROOT, 'scripts', 'build-native.sh')], { env: { CC: '/nonexistent/cc' } });
+    expect(r.status).toBe(0);
+    expect(r.stderr).toMatch(/WARNING: no C compiler \('\/nonexistent\/cc' not found; install gcc or set CC\); sparse-file support \(holes, trim, fast zero\) is disabled/);
+    // An addon built before is left alone.
+    expect(existsSync(fsx) ? sha256File(fsx) : undefined).toBe(before);
+  });
+});
