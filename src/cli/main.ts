@@ -11,6 +11,7 @@ import { registerImageCommands } from './image-commands.js';
 import { registerServeCommand } from './serve-command.js';
 import { registerDemoCommand } from './demo.js';
 import { checkToolPaths } from './image-path.js';
+import { registerCtlCommand } from './ctl-command.js';
 
 // `ps`, `pgrep cownbd`, `ss -p` and `top` show "cownbd" rather than "node".
 process.title = 'cownbd';
@@ -29,6 +30,7 @@ registerImageCommands(program, io);
 // File arguments are checked (stat, never open) before a command runs: a FIFO must not hang
 // us, a missing file gets qemu-img's words (image-path.ts).
 program.hook('preAction', (_program, action) => checkToolPaths(action.name(), action.processedArgs));
+registerCtlCommand(program);
 
 // Operator errors (bad option, missing file, cow "mtime mismatch", port in use) end the
 // process with ONE line naming the problem and status 1; a stack trace would bury the

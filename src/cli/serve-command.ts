@@ -27,7 +27,8 @@ import { CompositeExportProvider, type ExportProvider, type StaticExportConfig }
 import { EphemeralProvider, OverlayDirProvider } from '../server/overlay-providers.js';
 import { ConfigError, loadConfigFile, mergeFileOptions, parseEndpoint, type AdminEndpoint, type FileOptions } from '../control/config.js';
 import { ReloadableExports } from '../control/export-set.js';
-import { startControlPlane } from '../control/control-plane.js';
+import { ControlPlaneError, startControlPlane } from '../control/control-plane.js';
+import { GuardedProvider } from '../control/guarded-provider.js';
 import type { IoPolicy } from '../block/io-policy.js';
 import { checkDirectoryPath, checkImagePath, checkSocketPath } from './image-path.js';
 import { addProcessOptions, applyProcessOptions, type ProcessOptions } from './serve-process.js';
@@ -431,21 +432,29 @@ export function registerServeCommand(program: Command, io: FileIo): void {
       const base = { path: path.resolve(ephemeralBase), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
       providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log, security.overlayLimits)));
     }
+    let overlays: OverlayDirProvider | undefined;
     if (o.overlayDir) {
       const base = { path: path.resolve(o.base!), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
-      providers.push(await namedFailure(`--base ${base.path} / --overlay-dir ${o.overlayDir}`, () => OverlayDirProvider.create(base, o.overlayDir!, log, security.overlayLimits)));
+      overlays = await namedFailure(`--base ${base.path} / --overlay-dir ${o.overlayDir}`, () => OverlayDirProvider.create(base, o.overlayDir!, log, security.overlayLimits));
+      providers.push(overlays);
     }
-    const provider = providers.length === 1 ? providers[0]! : new CompositeExportProvider(providers);
+    // The control plane holds new clients off an export while it resets or snapshots it.
+    const provider = new GuardedProvider(providers.length === 1 ? providers[0]! : new CompositeExportProvider(providers));
     const defaultName = configs[0]?.name ?? (ephemeralBase ? o.name : 'vm1');
     const running = await runServer(provider, { ...o, listenFds, arenaReads: io.policy.arenaReads, exportNames: configs.map((c) => c.name), security }, defaultName, log);
-    const { server } = running;
     await startControlPlane({
-      server,
+      server: running.server,
+      guard: provider,
       exports,
+      overlays,
+      ephemeralName: ephemeralBase ? o.name : undefined,
+      inspect: (file) => openImage(file, { readOnly: true, format: 'cow', backingFormat: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io }),
       log,
       reload: { configFile: o.config, initial: fileOptions, cliExports, cliReadOnly: Boolean(cliOptions.readOnly) },
       admin: o.admin,
       adminTokenFile: o.adminTokenFile,
+    }).catch((err: unknown) => {
+      throw err instanceof ControlPlaneError ? new UsageError(err.message) : err;
     });
     await applyProcessOptions({ ...running, defaultExport: defaultName }, o, log, process.env);
   });

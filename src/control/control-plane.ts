@@ -1,18 +1,27 @@
 /**
- * The control plane of a running `serve`: configuration reload (SIGHUP), and the admin
- * API when an endpoint is configured. Built once after the NBD listeners are up; it only
- * reads the server's registries and calls the export set's operations, so the data path
- * never depends on it.
+ * The control plane of a running `serve`: configuration reload (SIGHUP) and, when an
+ * endpoint is configured, the admin API (with metrics and the status page). Built once
+ * after the NBD listeners are up; it reads the server's registries and calls the export
+ * set's operations, so the data path never depends on it.
  */
+import { readFile } from 'node:fs/promises';
+import type { BlockDevice } from '../block/block-device.js';
 import type { Logger } from '../logging.js';
 import type { NbdServer } from '../server/listener.js';
+import { startAdminApi, type AdminApi } from './admin-api.js';
 import type { AdminEndpoint } from './config.js';
 import type { ReloadableExports } from './export-set.js';
+import type { GuardedProvider } from './guarded-provider.js';
+import { Operations, type OverlayDirInfo } from './operations.js';
 import { Reloader, type ReloaderOptions } from './reload.js';
 
 export interface ControlPlaneOptions {
   readonly server: NbdServer;
+  readonly guard: GuardedProvider;
   readonly exports: ReloadableExports;
+  readonly overlays?: OverlayDirInfo;
+  readonly ephemeralName?: string;
+  readonly inspect: (file: string) => Promise<BlockDevice>;
   readonly log: Logger;
   readonly reload: Omit<ReloaderOptions, 'exports' | 'log'>;
   readonly admin?: AdminEndpoint;
@@ -21,10 +30,48 @@ export interface ControlPlaneOptions {
 
 export interface ControlPlane {
   readonly reloader: Reloader;
+  readonly ops: Operations;
+  readonly api?: AdminApi;
+}
+
+/** Thrown when the admin API cannot start (serve reports it as an operator error). */
+export class ControlPlaneError extends Error {
+  override name = 'ControlPlaneError';
 }
 
 export async function startControlPlane(o: ControlPlaneOptions): Promise<ControlPlane> {
   const reloader = new Reloader({ ...o.reload, exports: o.exports, log: o.log });
   reloader.installSighup();
-  return { reloader };
+  const ops = new Operations({
+    server: o.server,
+    guard: o.guard,
+    exports: o.exports,
+    overlays: o.overlays,
+    ephemeralName: o.ephemeralName,
+    inspect: o.inspect,
+    log: o.log,
+  });
+  if (!o.admin) return { reloader, ops };
+  const token = o.adminTokenFile ? await readToken(o.adminTokenFile) : undefined;
+  let api: AdminApi;
+  try {
+    api = await startAdminApi({ endpoint: o.admin, token, ops, reload: () => reloader.reload('api'), log: o.log });
+  } catch (err) {
+    throw new ControlPlaneError(`cannot start the admin API on ${'path' in o.admin ? o.admin.path : `${o.admin.host}:${o.admin.port}`}: ${(err as Error).message}`);
+  }
+  o.server.onStop(() => api.close());
+  o.log.info({ admin: api.address }, 'admin API listening');
+  process.stdout.write(`cownbd: admin API on ${api.address}\n`);
+  return { reloader, ops, api };
+}
+
+async function readToken(file: string): Promise<string> {
+  let token: string;
+  try {
+    token = (await readFile(file, 'utf8')).trim();
+  } catch (err) {
+    throw new ControlPlaneError(`admin token file ${file}: ${(err as Error).message}`);
+  }
+  if (token.length < 16) throw new ControlPlaneError(`admin token file ${file}: the token must be at least 16 characters`);
+  return token;
 }

@@ -120,6 +120,33 @@ export class ReloadableExports implements ExportProvider {
     return run;
   }
 
+  /**
+   * Close the export's device (no connection may hold it: the caller disconnected them and
+   * holds new ones off), run `change` on its files, and open it again. When reopening
+   * fails the export is gone until the next reload, and the error says why.
+   */
+  rebuild(name: string, change: (config: StaticExportConfig) => Promise<void>): Promise<void> {
+    const run = this.applying.then(async () => {
+      const g = this.current.get(name);
+      if (!g) throw new ExportOpenError(`no export "${name}"`);
+      if (g.refs > 0) throw new ExportOpenError(`export "${name}" still has ${g.refs} connection(s)`);
+      this.current.delete(name);
+      await this.closeGeneration(g);
+      let changeError: unknown;
+      try {
+        await change(g.config);
+      } catch (err) {
+        changeError = err;
+      }
+      const [reopened] = await this.openAll([g.config]);
+      this.live.add(reopened!);
+      this.current.set(name, reopened!);
+      if (changeError) throw changeError;
+    });
+    this.applying = run.catch(() => {});
+    return run;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     await this.applying;

@@ -59,6 +59,13 @@ async function openDriver(
       return RawFileDevice.open(path, { readOnly: options.readOnly, io: options.io });
     case 'cow': {
       const { openCow } = await import('./cow/index.js');
+      // A backing named *.snap-N.cow is a snapshot layer: cow, with the configured
+      // backing format passed further down (docs in cow/cow-layers.ts).
+      const { snapshotBackingOf } = await import('./cow/cow-layers.js');
+      if (!options.backingFile && (await snapshotBackingOf(path).catch(() => undefined))) {
+        const below = (p: string) => openImage(p, { readOnly: true, format: 'cow', backingFormat: options.backingFormat, io: options.io, ignoreMtime: options.ignoreMtime });
+        return openCow(path, { ...options, backingFormat: 'cow' }, below);
+      }
       return openCow(path, options, openBacking);
     }
     case 'add-cow': {

@@ -39,10 +39,14 @@ export interface ConnectionServer {
   isStopping(): boolean;
   /** Shared by every connection of the server: retained memory is bounded server-wide. */
   readonly pool?: BufferPool;
+  /** Told about every finished request of every connection (metrics). */
+  onRequest?(conn: Connection, cmd: number, length: number, startNs: bigint, errno: number): void;
 }
 
 /** How long a closing connection may go without its queued replies making progress. */
 export const LINGER_MS = 5000;
+
+const NO_STATS = Object.freeze({ requests: 0, errors: 0, bytesRead: 0, bytesWritten: 0 });
 
 export class Connection {
   log: Logger;
@@ -57,12 +61,14 @@ export class Connection {
   private destroyed = false;
   private readonly startedAt = performance.now();
   /** Export served once transmission began (for the closing log line). */
-  private exportName: string | undefined;
+  exportName: string | undefined;
   /** Nothing more is read: incoming bytes are dropped. */
   private inputClosed = false;
   private lingerTimer: NodeJS.Timeout | undefined;
   /** When bytes last arrived (for the server's idle sweep). */
   lastInput = Date.now();
+  /** When the connection was accepted. */
+  readonly since = new Date();
   private resolveClosed!: () => void;
   /** Resolves once the socket is closed and the export handle released. */
   readonly closed = new Promise<void>((resolve) => (this.resolveClosed = resolve));
@@ -200,9 +206,25 @@ export class Connection {
       this.server.pool,
     );
     session.onFatal = (err) => this.fail(err, 'transmission');
+    const onRequest = this.server.onRequest;
+    if (onRequest) session.observer = (cmd, length, startNs, errno) => onRequest(this, cmd, length, startNs, errno);
     this.session = session;
     this.pump();
     if (this.reader.isEnded) this.onEnd();
+  }
+
+  /** Request counters (zero while still haggling). */
+  get stats(): { readonly requests: number; readonly errors: number; readonly bytesRead: number; readonly bytesWritten: number } {
+    return this.session?.stats ?? NO_STATS;
+  }
+
+  /** The device being served (undefined while haggling or after close). */
+  get device(): ExportHandle['device'] | undefined {
+    return this.handle?.device;
+  }
+
+  get requestsInFlight(): number {
+    return this.session?.requestsInFlight ?? 0;
   }
 
   /** Server stop: finish running requests (new ones get ESHUTDOWN), then close. */

@@ -17,11 +17,14 @@ import { arenaSocket } from './arena-reads.js';
 import { lstat, unlink } from 'node:fs/promises';
 import type { Logger } from '../logging.js';
 import { BufferPool } from './buffer-pool.js';
-import { Connection } from './connection.js';
+import { Connection, type ConnectionServer } from './connection.js';
 import { connectionBudget, rateLimited } from './fd-limit.js';
 import { idleReclaimer } from './idle-gc.js';
 import type { ExportProvider } from './exports.js';
 import type { ServerSecurity } from './security.js';
+
+/** Observes every finished request: (connection, command, length, start ns, NBD errno). */
+export type ServerRequestListener = (conn: Connection, cmd: number, length: number, startNs: bigint, errno: number) => void;
 
 export type ListenEndpoint =
   | { readonly host: string; readonly port: number }
@@ -70,6 +73,12 @@ export class NbdServer {
       'connection refused: descriptor limit nearly reached (raise `ulimit -n` / LimitNOFILE)',
     ),
   );
+  private readonly requestListeners: ServerRequestListener[] = [];
+  private readonly stopHooks: Array<() => Promise<void>> = [];
+
+  private readonly onRequest = (conn: Connection, cmd: number, length: number, startNs: bigint, errno: number): void => {
+    for (const l of this.requestListeners) l(conn, cmd, length, startNs, errno);
+  };
 
   constructor(private readonly options: NbdServerOptions) {}
 
@@ -105,6 +114,21 @@ export class NbdServer {
     return 'fd' in endpoint ? { fd: endpoint.fd } : {};
   }
 
+  /** Open connections (the admin API and metrics read them; never mutate). */
+  listConnections(): readonly Connection[] {
+    return [...this.connections];
+  }
+
+  /** Observe every finished request (metrics). */
+  addRequestListener(listener: ServerRequestListener): void {
+    this.requestListeners.push(listener);
+  }
+
+  /** Run `hook` when stop() begins (e.g. close the admin API). */
+  onStop(hook: () => Promise<void>): void {
+    this.stopHooks.push(hook);
+  }
+
   /** Connections currently open (for tests and metrics). */
   get connectionCount(): number {
     return this.connections.size;
@@ -137,7 +161,13 @@ export class NbdServer {
     socket.setNoDelay(true);
     // Notice vanished clients (NBD issue #52: state lingering after an unclean death).
     socket.setKeepAlive(true, 60_000);
-    const server = { provider: this.options.provider, security: this.options.security, isStopping: () => this.isStopping(), pool: this.pool };
+    const server: ConnectionServer = {
+      provider: this.options.provider,
+      security: this.options.security,
+      isStopping: () => this.isStopping(),
+      pool: this.pool,
+      onRequest: this.onRequest,
+    };
     const conn = new Connection(socket, this.nextId++, peer, server, this.options.log, setSink, release);
     this.connections.add(conn);
     void conn.closed.then(() => {
@@ -163,6 +193,7 @@ export class NbdServer {
     const log = this.options.log;
     clearInterval(this.sweepTimer);
     log.info({ connections: this.connections.size }, 'stopping: no new connections, draining requests');
+    await Promise.all(this.stopHooks.map((h) => h().catch((err: unknown) => log.warn({ err }, 'stop hook failed'))));
     const closing = this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
     const conns = [...this.connections];
     const drained = Promise.all(conns.map((c) => c.shutdown()));

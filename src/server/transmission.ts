@@ -79,8 +79,17 @@ export interface TransmissionIo {
   readonly log: Logger;
 }
 
+/**
+ * Told about every finished request (metrics, the admin API's per-connection counters):
+ * command, payload length, start time (process.hrtime.bigint()) and NBD errno (0 = ok).
+ * Requests refused before they start (validation, shutdown) report a start of 0n.
+ */
+export type RequestObserver = (cmd: number, length: number, startNs: bigint, errno: number) => void;
+
 export class TransmissionSession {
   readonly device: BlockDevice;
+  /** Set by the connection when someone observes requests; costs one clock read per request. */
+  observer: RequestObserver | undefined;
   readonly structured: boolean;
   readonly baseAllocationId: number;
   readonly allocationDepthId: number;
@@ -218,6 +227,7 @@ export class TransmissionSession {
       if (isWrite) this.discardPayload(h);
       this.io.log.debug({ cmd: nameOf(NbdCmd, h.type), offset: h.offset, length: h.length, error: rejection.message }, 'request rejected');
       this.sendError(h, rejection.error, rejection.message);
+      this.observer?.(h.type, 0, 0n, rejection.error);
       return;
     }
     if (this.shuttingDown) {
@@ -331,6 +341,8 @@ async function runRequest(
   bytes: number,
   pooled: Buffer | undefined,
 ): Promise<void> {
+  const started = s.observer ? process.hrtime.bigint() : 0n;
+  let errno = 0;
   try {
     await HANDLERS[h.type]!(s, h, payload);
     // The device is done with the payload: its buffer can serve the next request.
@@ -338,12 +350,14 @@ async function runRequest(
     if (pooled) s.pool.release(pooled);
   } catch (err) {
     const error = toNbdError(err);
+    errno = error;
     // Keep the real cause for the operator; the client only gets an errno.
     s.io.log.debug({ err, cmd: nameOf(NbdCmd, h.type), offset: h.offset, length: h.length, nbdError: error }, 'request failed');
     const hasOffset = h.type !== NbdCmd.FLUSH && h.type !== NbdCmd.DISC;
     s.sendError(h, error, `${nameOf(NbdCmd, h.type)} failed: ${(err as Error)?.message ?? String(err)}`, hasOffset ? h.offset : undefined);
   } finally {
     s.complete(bytes);
+    s.observer?.(h.type, h.length, started, errno);
   }
 }
 

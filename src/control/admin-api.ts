@@ -1,0 +1,139 @@
+/**
+ * The admin API: HTTP/JSON (fastify) on a Unix socket (mode 0600: file permissions are
+ * the access control) or on TCP with a bearer token read from a file.
+ *
+ *   GET    /exports                     every export: kind, chain, bytes per layer, connections
+ *   GET    /exports/:name               one export
+ *   GET    /exports/:name/allocation    top-layer map (?buckets=N) for the status page
+ *   GET    /connections                 every client: export, peer, since, bytes, in flight
+ *   POST   /reload                      re-read the config file (like SIGHUP)
+ *   POST   /exports/:name/snapshot      freeze the top overlay, stack a new one (live)
+ *   POST   /exports/:name/reset         pristine top overlay (?force=true disconnects)
+ *   DELETE /exports/:name               delete a per-machine overlay (?force=true)
+ *   GET    /metrics                     Prometheus text format
+ *   GET    /                            status page
+ *
+ * Every failure is a JSON body {"error": "..."} with a 4xx status naming the problem
+ * (500 only for a bug, logged); a handler error never reaches the NBD server.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import { chmod, lstat, unlink } from 'node:fs/promises';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Logger } from '../logging.js';
+import type { AdminEndpoint } from './config.js';
+import { ApiError, type Operations } from './operations.js';
+import type { ReloadResult } from './reload.js';
+
+export interface AdminApiOptions {
+  readonly endpoint: AdminEndpoint;
+  /** Required bearer token (TCP); undefined for a Unix socket. */
+  readonly token?: string;
+  readonly ops: Operations;
+  readonly reload: () => Promise<ReloadResult>;
+  readonly snapshot?: (name: string) => Promise<unknown>;
+  /** Extra routes (metrics, status page) registered by their own modules. */
+  readonly plugins?: ReadonlyArray<(app: FastifyInstance) => void>;
+  readonly log: Logger;
+}
+
+export interface AdminApi {
+  /** "unix:/path" or "http://host:port" */
+  readonly address: string;
+  close(): Promise<void>;
+}
+
+type NameParams = { Params: { name: string }; Querystring: Record<string, string | undefined> };
+
+export function buildAdminApp(o: AdminApiOptions): FastifyInstance {
+  const app = Fastify({ logger: false, return503OnClosing: true, bodyLimit: 64 * 1024 });
+  if (o.token !== undefined) {
+    const expected = Buffer.from(`Bearer ${o.token}`);
+    app.addHook('onRequest', async (req, reply) => {
+      const got = Buffer.from(req.headers.authorization ?? '');
+      if (got.length !== expected.length || !timingSafeEqual(got, expected)) {
+        reply.header('www-authenticate', 'Bearer');
+        throw new ApiError(401, 'missing or wrong bearer token (Authorization: Bearer <token from the token file>)');
+      }
+    });
+  }
+  app.addHook('onResponse', async (req, reply) => {
+    o.log.debug({ method: req.method, url: req.url, status: reply.statusCode }, 'admin request');
+  });
+  app.setErrorHandler((err: Error & { statusCode?: number }, req, reply) => {
+    if (err instanceof ApiError) return reply.status(err.status).send({ error: err.message });
+    if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) return reply.status(err.statusCode).send({ error: err.message });
+    o.log.error({ err, method: req.method, url: req.url }, 'admin API request failed');
+    return reply.status(500).send({ error: `internal error: ${err.message}` });
+  });
+  app.setNotFoundHandler((req, reply) => reply.status(404).send({ error: `no such endpoint: ${req.method} ${req.url.split('?')[0]}` }));
+
+  app.get('/exports', async () => ({ exports: await o.ops.exports() }));
+  app.get<NameParams>('/exports/:name', async (req) => o.ops.exportView(req.params.name));
+  app.get<NameParams>('/exports/:name/allocation', async (req) => {
+    const buckets = intParam(req.query.buckets, 'buckets', 256, 1, 4096);
+    return o.ops.allocation(req.params.name, buckets);
+  });
+  app.get('/connections', async () => ({ connections: o.ops.connections() }));
+  app.post('/reload', async () => {
+    try {
+      return await o.reload();
+    } catch (err) {
+      throw new ApiError(422, `reload failed, configuration unchanged: ${(err as Error).message}`);
+    }
+  });
+  app.post<NameParams>('/exports/:name/reset', async (req) => ({ export: req.params.name, ...(await o.ops.reset(req.params.name, forceParam(req))) }));
+  app.delete<NameParams>('/exports/:name', async (req) => ({ export: req.params.name, ...(await o.ops.remove(req.params.name, forceParam(req))) }));
+  app.post<NameParams>('/exports/:name/snapshot', async (req, reply: FastifyReply) => {
+    if (!o.snapshot) throw new ApiError(501, 'snapshots are not available');
+    const result = await o.snapshot(req.params.name);
+    return reply.status(201).send(result);
+  });
+  for (const plugin of o.plugins ?? []) plugin(app);
+  return app;
+}
+
+export async function startAdminApi(o: AdminApiOptions): Promise<AdminApi> {
+  const app = buildAdminApp(o);
+  const e = o.endpoint;
+  let address: string;
+  if ('path' in e) {
+    await removeStaleSocket(e.path);
+    await app.listen({ path: e.path });
+    await chmod(e.path, 0o600);
+    address = `unix:${e.path}`;
+  } else {
+    await app.listen({ host: e.host, port: e.port });
+    const a = app.server.address();
+    const port = a && typeof a === 'object' ? a.port : e.port;
+    address = `http://${e.host.includes(':') ? `[${e.host}]` : e.host}:${port}`;
+  }
+  return {
+    address,
+    close: async () => {
+      await app.close();
+      if ('path' in e) await unlink(e.path).catch(() => {});
+    },
+  };
+}
+
+function forceParam(req: FastifyRequest<NameParams>): boolean {
+  const v = req.query.force;
+  if (v === undefined || v === 'false' || v === '0') return false;
+  if (v === '' || v === 'true' || v === '1') return true;
+  throw new ApiError(400, `force must be true or false (got "${v}")`);
+}
+
+function intParam(v: string | undefined, name: string, dflt: number, min: number, max: number): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < min || n > max) throw new ApiError(400, `${name} must be an integer ${min}-${max} (got "${v}")`);
+  return n;
+}
+
+async function removeStaleSocket(file: string): Promise<void> {
+  try {
+    if ((await lstat(file)).isSocket()) await unlink(file);
+  } catch {
+    // Does not exist.
+  }
+}

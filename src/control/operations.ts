@@ -1,0 +1,241 @@
+/**
+ * What the admin API can see and do, independent of HTTP (the API maps ApiError to a
+ * status code; everything else is a 500 that never stops the server).
+ *
+ *   exports()      every export the server offers: kind, chain with bytes per layer,
+ *                  connections
+ *   connections()  every client in transmission: export, peer, since, bytes, in flight
+ *   reset(name)    throw the top overlay away (a pristine disk over its backing)
+ *   remove(name)   delete a per-machine overlay (--overlay-dir) with all its layers
+ *
+ * reset/remove refuse (409) while clients are connected unless `force`, which
+ * disconnects them first (their running requests finish, then the sockets close). New
+ * clients are held off (GuardedProvider) for the whole operation.
+ */
+import { unlink } from 'node:fs/promises';
+import type { BlockDevice, LayerInfo } from '../block/block-device.js';
+import type { Logger } from '../logging.js';
+import type { Connection } from '../server/connection.js';
+import type { NbdServer } from '../server/listener.js';
+import { overlayNameProblem } from '../server/overlay-providers.js';
+import { measureAllocation, type Allocation } from './allocation.js';
+import type { ReloadableExports } from './export-set.js';
+import type { GuardedProvider } from './guarded-provider.js';
+import { recreateCowOver, readCowBacking, snapshotLayerFiles } from '../formats/cow/cow-layers.js';
+
+/** An error with the HTTP status the API answers. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+export type ExportKind = 'static' | 'overlay' | 'ephemeral';
+
+export interface LayerView {
+  readonly depth: number;
+  readonly format: string;
+  readonly path?: string;
+  /** Bytes of the disk whose data this layer provides (qemu:allocation-depth). */
+  readonly allocatedBytes: number;
+}
+
+export interface ExportView {
+  readonly name: string;
+  readonly kind: ExportKind;
+  readonly description: string;
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly format?: string;
+  readonly chain: LayerView[];
+  readonly connections: number;
+}
+
+export interface ConnectionView {
+  readonly id: number;
+  readonly export: string;
+  readonly client: string;
+  /** TLS client identity (certificate CN or PSK user); null without TLS. */
+  readonly identity: string | null;
+  readonly since: string;
+  readonly bytesRead: number;
+  readonly bytesWritten: number;
+  readonly requests: number;
+  readonly errors: number;
+  readonly inFlight: number;
+}
+
+export interface OverlayDirInfo {
+  overlayPath(name: string): string;
+}
+
+export interface OperationsOptions {
+  readonly server: NbdServer;
+  readonly guard: GuardedProvider;
+  readonly exports: ReloadableExports;
+  readonly overlays?: OverlayDirInfo;
+  readonly ephemeralName?: string;
+  /** Opens an overlay file read-only for inspection (its chain as the server would open it). */
+  readonly inspect: (file: string) => Promise<BlockDevice>;
+  readonly log: Logger;
+}
+
+export class Operations {
+  constructor(private readonly o: OperationsOptions) {}
+
+  connections(): ConnectionView[] {
+    return this.o.server
+      .listConnections()
+      .filter((c) => c.exportName !== undefined)
+      .map((c) => ({
+        id: c.id,
+        export: c.exportName!,
+        client: c.peer,
+        identity: c.identity ?? null,
+        since: c.since.toISOString(),
+        ...c.stats,
+        inFlight: c.requestsInFlight,
+      }));
+  }
+
+  async exports(): Promise<ExportView[]> {
+    const names = (await this.o.guard.inner.list()).map((e) => e.name);
+    const out: ExportView[] = [];
+    for (const name of names) {
+      const view = await this.exportView(name).catch(() => undefined);
+      if (view) out.push(view);
+    }
+    return out;
+  }
+
+  async exportView(name: string): Promise<ExportView> {
+    const kind = this.kindOf(name);
+    const info = await this.o.guard.inner.describe(name);
+    if (!kind || !info) throw new ApiError(404, `no export "${name}"`);
+    const connections = this.connectionsTo(name).length;
+    const base = { name, kind, description: info.description, size: info.size, readOnly: !info.capabilities.writable, connections };
+    if (kind === 'ephemeral') return { ...base, format: 'cow', chain: [] };
+    const chain = await this.withDevice(name, async (device) => {
+      const alloc = await measureAllocation(device);
+      return layersOf(device.describe(), alloc);
+    });
+    return { ...base, format: chain[0]?.format, chain };
+  }
+
+  async allocation(name: string, buckets: number): Promise<Allocation> {
+    if (!this.kindOf(name) || this.kindOf(name) === 'ephemeral') throw new ApiError(404, `no export "${name}" with an overlay`);
+    return this.withDevice(name, (device) => measureAllocation(device, buckets));
+  }
+
+  /** Throw the top overlay away: a pristine disk over its backing. */
+  async reset(name: string, force: boolean): Promise<{ disconnected: number }> {
+    const kind = this.requireKind(name);
+    return this.o.guard.hold(name, async () => {
+      const disconnected = await this.disconnect(name, force);
+      if (kind === 'static') {
+        const file = this.o.exports.config(name)!.path;
+        const backing = await readCowBacking(file).catch((err: Error) => {
+          throw new ApiError(400, `export "${name}" is not a cow overlay, nothing to reset (${err.message})`);
+        });
+        await this.o.exports.rebuild(name, () => recreateCowOver(file, backing));
+      } else {
+        const file = this.o.overlays!.overlayPath(name);
+        const layers = await snapshotLayerFiles(file);
+        // Over the newest snapshot when there is one; otherwise the provider makes a
+        // fresh overlay over the base at the next connect.
+        if (layers.length) await recreateCowOver(file, await readCowBacking(file));
+        else await unlink(file).catch(ignoreMissing);
+      }
+      this.o.log.info({ export: name, disconnected }, 'export reset to its backing');
+      return { disconnected };
+    });
+  }
+
+  /** Delete a per-machine overlay and all its snapshot layers. */
+  async remove(name: string, force: boolean): Promise<{ disconnected: number; deleted: string[] }> {
+    const kind = this.requireKind(name);
+    if (kind !== 'overlay') {
+      throw new ApiError(400, `export "${name}" is ${kind === 'static' ? 'defined in the configuration: remove it there and reload' : 'ephemeral: it has no files to delete'}`);
+    }
+    return this.o.guard.hold(name, async () => {
+      const disconnected = await this.disconnect(name, force);
+      const file = this.o.overlays!.overlayPath(name);
+      const deleted = [file, ...(await snapshotLayerFiles(file))];
+      for (const f of deleted) await unlink(f).catch(ignoreMissing);
+      this.o.log.info({ export: name, disconnected, deleted }, 'overlay deleted');
+      return { disconnected, deleted };
+    });
+  }
+
+  kindOf(name: string): ExportKind | undefined {
+    if (this.o.exports.config(name)) return 'static';
+    if (this.o.ephemeralName !== undefined && name === this.o.ephemeralName) return 'ephemeral';
+    if (this.o.overlays && overlayNameProblem(name) === undefined) return 'overlay';
+    return undefined;
+  }
+
+  connectionsTo(name: string): Connection[] {
+    return this.o.server.listConnections().filter((c) => c.exportName === name);
+  }
+
+  private requireKind(name: string): ExportKind {
+    const kind = this.kindOf(name);
+    if (!kind) throw new ApiError(404, `no export "${name}"`);
+    if (kind === 'ephemeral') throw new ApiError(400, `export "${name}" is ephemeral: every connection already starts pristine`);
+    return kind;
+  }
+
+  /** Refuse (409) unless `force`; with force, close the export's connections and wait. */
+  private async disconnect(name: string, force: boolean): Promise<number> {
+    let total = 0;
+    // Loop: a client that was opening the export when the hold began may appear late.
+    for (let round = 0; round < 20; round++) {
+      const conns = this.connectionsTo(name);
+      if (conns.length === 0) return total;
+      if (!force) throw new ApiError(409, `export "${name}" has ${conns.length} connected client(s); add ?force=true to disconnect them`);
+      for (const c of conns) c.destroy();
+      await Promise.all(conns.map((c) => c.closed));
+      total += conns.length;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new ApiError(409, `export "${name}" keeps getting new connections`);
+  }
+
+  /** Run `fn` on the export's open device, or on the overlay file opened read-only. */
+  private async withDevice<T>(name: string, fn: (device: BlockDevice) => Promise<T>): Promise<T> {
+    const open = this.o.exports.device(name) ?? this.connectionsTo(name).find((c) => c.device)?.device;
+    if (open) return fn(open);
+    if (!this.o.overlays) throw new ApiError(404, `no export "${name}"`);
+    const file = this.o.overlays.overlayPath(name);
+    let device: BlockDevice;
+    try {
+      device = await this.o.inspect(file);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ApiError(404, `no overlay for "${name}" yet (created at its first connection)`);
+      throw err;
+    }
+    try {
+      return await fn(device);
+    } finally {
+      await device.close();
+    }
+  }
+}
+
+function layersOf(top: LayerInfo, alloc: Allocation): LayerView[] {
+  const out: LayerView[] = [];
+  let layer: LayerInfo | undefined = top;
+  for (let depth = 1; layer; depth++, layer = layer.backing) {
+    out.push({ depth, format: layer.format, path: layer.path, allocatedBytes: alloc.bytesByDepth[depth] ?? 0 });
+  }
+  return out;
+}
+
+function ignoreMissing(err: NodeJS.ErrnoException): void {
+  if (err.code !== 'ENOENT') throw err;
+}
+
