@@ -40,11 +40,28 @@ function pwrite(fd: number, buffer: Buffer, at: number, length: number, position
   });
 }
 
-/** pread from `done` until `target` is full; bytes past EOF read as zeros. */
-async function preadFrom(fd: number, offset: number, target: Buffer, done: number): Promise<void> {
+/**
+ * End of file came before `required` bytes: the file is shorter than its known size (a
+ * base truncated while served). Never zero-filled: those zeros would be served, and
+ * copied into overlays by partial writes, as if they were data. code EIO.
+ */
+export class ShortReadError extends Error {
+  readonly code = 'EIO';
+  constructor(
+    readonly offset: number,
+    readonly got: number,
+    readonly required: number,
+  ) {
+    super(`EIO: short read: end of file at byte ${offset + got}, inside the known size (needed ${required} bytes from offset ${offset})`);
+  }
+}
+
+/** pread from `done` until `target` is full; bytes past EOF read as zeros, unless within `required`. */
+async function preadFrom(fd: number, offset: number, target: Buffer, done: number, required: number): Promise<void> {
   while (done < target.length) {
     const bytesRead = await pread(fd, target, done, target.length - done, offset + done);
     if (bytesRead === 0) {
+      if (done < required) throw new ShortReadError(offset, done, required);
       target.fill(0, done);
       return;
     }
@@ -52,9 +69,12 @@ async function preadFrom(fd: number, offset: number, target: Buffer, done: numbe
   }
 }
 
-/** pread until `target` is full; bytes past EOF read as zeros. */
-export function readFully(fh: FileHandle, offset: number, target: Buffer): Promise<void> {
-  return preadFrom(fh.fd, offset, target, 0);
+/**
+ * pread until `target` is full; bytes past EOF read as zeros — except the first
+ * `required` bytes, which the caller knows exist (ShortReadError if they do not).
+ */
+export function readFully(fh: FileHandle, offset: number, target: Buffer, required = 0): Promise<void> {
+  return preadFrom(fh.fd, offset, target, 0, required);
 }
 
 /** pwrite until all of `data` is written. */
@@ -126,7 +146,7 @@ export class FileIo {
    * threadpool round trip that dominated small-read latency (4 KiB random reads: ~3.5x).
    * Turned off per file when its filesystem does not support RWF_NOWAIT (-2, e.g. tmpfs).
    */
-  read(fh: FileHandle, offset: number, target: Buffer): Promise<void> {
+  read(fh: FileHandle, offset: number, target: Buffer, required = 0): Promise<void> {
     let done = 0;
     if (this.nowait && target.length <= NOWAIT_MAX && !this.nowaitUnsupported.has(fh)) {
       const fd = fh.fd;
@@ -137,6 +157,7 @@ export class FileIo {
           continue;
         }
         if (n === 0) {
+          if (done < required) return Promise.reject(new ShortReadError(offset, done, required));
           target.fill(0, done);
           return Promise.resolve();
         }
@@ -144,7 +165,7 @@ export class FileIo {
         break;
       }
     }
-    return preadFrom(fh.fd, offset, target, done);
+    return preadFrom(fh.fd, offset, target, done, required);
   }
 
   /** writeFully through the fast paths (see trySyncWrite and WriteBatcher). */

@@ -9,7 +9,7 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import type { BlockDevice, DeviceCapabilities, Extent, IoOptions, LayerInfo, ZeroOptions } from './block-device.js';
-import { FileIo, sparseExtents } from './file-io.js';
+import { FileIo, ShortReadError, sparseExtents } from './file-io.js';
 import type { NativeFs } from './native-fs.js';
 
 export interface RawOpenOptions {
@@ -31,6 +31,8 @@ export class RawFileDevice implements BlockDevice {
     readonly size: number,
     readOnly: boolean,
     private readonly io: FileIo,
+    /** The file's length when opened: bytes below it must read back (see read()). */
+    private readonly fileLength: number,
   ) {
     this.native = io.native;
     const sparse = this.native !== undefined;
@@ -53,15 +55,30 @@ export class RawFileDevice implements BlockDevice {
     try {
       const st = await fh.stat();
       if (!st.isFile()) throw new Error(`${path}: not a regular file`);
-      return new RawFileDevice(path, fh, options.size ?? st.size, readOnly, options.io ?? new FileIo());
+      return new RawFileDevice(path, fh, options.size ?? st.size, readOnly, options.io ?? new FileIo(), st.size);
     } catch (err) {
       await fh.close();
       throw err;
     }
   }
 
+  /**
+   * Bytes below the file's length at open must still be there: a short read inside it is
+   * EIO naming the path and sizes (the file shrank under us), never zeros. Past that
+   * length (a size override larger than the file) reads are zeros by design.
+   */
   async read(offset: number, target: Buffer): Promise<void> {
-    await this.io.read(this.fh, offset, target);
+    const required = Math.max(0, Math.min(target.length, this.fileLength - offset));
+    try {
+      await this.io.read(this.fh, offset, target, required);
+    } catch (err) {
+      if (!(err instanceof ShortReadError)) throw err;
+      const now = await this.fh.stat().then((st) => st.size, () => NaN);
+      throw Object.assign(
+        new Error(`EIO: ${this.path}: file is ${now} bytes now, was ${this.fileLength} when opened: reading ${target.length} bytes at ${offset} ended at byte ${err.offset + err.got}`),
+        { code: 'EIO', path: this.path, fileLength: this.fileLength, currentLength: now },
+      );
+    }
   }
 
   async write(offset: number, data: Buffer, options: IoOptions = {}): Promise<void> {

@@ -352,7 +352,9 @@ async function runRequest(
     const error = toNbdError(err);
     errno = error;
     // Keep the real cause for the operator; the client only gets an errno.
-    s.io.log.debug({ err, cmd: nameOf(NbdCmd, h.type), offset: h.offset, length: h.length, nbdError: error }, 'request failed');
+    // EIO is the server's own fault (a failing disk, a base that shrank): the operator must see it.
+    const level = error === NbdError.EIO ? 'warn' : 'debug';
+    s.io.log[level]({ err, cmd: nameOf(NbdCmd, h.type), offset: h.offset, length: h.length, nbdError: error }, 'request failed');
     const hasOffset = h.type !== NbdCmd.FLUSH && h.type !== NbdCmd.DISC;
     s.sendError(h, error, `${nameOf(NbdCmd, h.type)} failed: ${(err as Error)?.message ?? String(err)}`, hasOffset ? h.offset : undefined);
   } finally {
