@@ -12,6 +12,7 @@ import { startAdminApi, type AdminApi } from './admin-api.js';
 import type { AdminEndpoint } from './config.js';
 import type { ReloadableExports } from './export-set.js';
 import type { GuardedProvider } from './guarded-provider.js';
+import { createMetrics } from './metrics.js';
 import { Operations, type OverlayDirInfo } from './operations.js';
 import { Reloader, type ReloaderOptions } from './reload.js';
 
@@ -55,7 +56,8 @@ export async function startControlPlane(o: ControlPlaneOptions): Promise<Control
   const token = o.adminTokenFile ? await readToken(o.adminTokenFile) : undefined;
   let api: AdminApi;
   try {
-    api = await startAdminApi({ endpoint: o.admin, token, ops, reload: () => reloader.reload('api'), log: o.log });
+    const metrics = createMetrics(o.server, ops);
+    api = await startAdminApi({ endpoint: o.admin, token, ops, reload: () => reloader.reload('api'), plugins: [metrics.route], log: o.log });
   } catch (err) {
     throw new ControlPlaneError(`cannot start the admin API on ${'path' in o.admin ? o.admin.path : `${o.admin.host}:${o.admin.port}`}: ${(err as Error).message}`);
   }

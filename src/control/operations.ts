@@ -85,6 +85,8 @@ export interface OperationsOptions {
 }
 
 export class Operations {
+  private readonly measured = new WeakMap<BlockDevice, { at: number; layers: LayerView[] }>();
+
   constructor(private readonly o: OperationsOptions) {}
 
   connections(): ConnectionView[] {
@@ -102,8 +104,33 @@ export class Operations {
       }));
   }
 
+  async exportNames(): Promise<string[]> {
+    return (await this.o.guard.inner.list()).map((e) => e.name);
+  }
+
+  /**
+   * Bytes per layer of every export whose device is open now (metrics: opens no file).
+   * A device measured less than `maxAgeMs` ago is not walked again.
+   */
+  async openAllocations(maxAgeMs = 0): Promise<Array<{ export: string; depth: number; format: string; bytes: number }>> {
+    const rows: Array<{ export: string; depth: number; format: string; bytes: number }> = [];
+    const devices = new Map<string, BlockDevice>();
+    for (const name of this.o.exports.names()) devices.set(name, this.o.exports.device(name)!);
+    for (const c of this.o.server.listConnections()) if (c.exportName !== undefined && c.device && !devices.has(c.exportName) && this.kindOf(c.exportName) !== 'ephemeral') devices.set(c.exportName, c.device);
+    for (const [name, device] of devices) {
+      let cached = this.measured.get(device);
+      if (!cached || Date.now() - cached.at > maxAgeMs) {
+        cached = { at: Date.now(), layers: layersOf(device.describe(), await measureAllocation(device)) };
+        this.measured.set(device, cached);
+      }
+      const layers = cached.layers;
+      for (const l of layers) rows.push({ export: name, depth: l.depth, format: l.format, bytes: l.allocatedBytes });
+    }
+    return rows;
+  }
+
   async exports(): Promise<ExportView[]> {
-    const names = (await this.o.guard.inner.list()).map((e) => e.name);
+    const names = await this.exportNames();
     const out: ExportView[] = [];
     for (const name of names) {
       const view = await this.exportView(name).catch(() => undefined);

@@ -1,0 +1,108 @@
+/**
+ * GET /metrics: Prometheus text format via prom-client, one Registry per server (no
+ * global registry: several servers may live in one process).
+ *
+ * Counted as requests finish (the server's request listener):
+ *   cownbd_requests_total{export,command}
+ *   cownbd_request_errors_total{export,command,errno}
+ *   cownbd_read_bytes_total{export}, cownbd_written_bytes_total{export}
+ *   cownbd_request_duration_seconds{export,command}   histogram
+ * Read at scrape time from the registries:
+ *   cownbd_connections{export}, cownbd_requests_in_flight{export}
+ *   cownbd_allocated_bytes{export,depth,format}        bytes each layer provides (open
+ *                                                      devices only; cached 5 s: a scrape
+ *                                                      must not walk every bitmap each time)
+ *   cownbd_exports
+ * Plus prom-client's default process/Node metrics (cownbd_process_*, cownbd_nodejs_*).
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { FastifyInstance } from 'fastify';
+import { NbdCmd, NbdError, nameOf } from '../protocol/constants.js';
+import type { NbdServer } from '../server/listener.js';
+import type { Operations } from './operations.js';
+
+const ALLOCATION_CACHE_MS = 5000;
+
+export interface ServerMetrics {
+  readonly registry: Registry;
+  /** Fastify plugin: GET /metrics. */
+  route(app: FastifyInstance): void;
+}
+
+export function createMetrics(server: NbdServer, ops: Operations): ServerMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'cownbd_' });
+  const requests = new Counter({ name: 'cownbd_requests_total', help: 'NBD requests finished, by export and command', labelNames: ['export', 'command'], registers: [registry] });
+  const errors = new Counter({ name: 'cownbd_request_errors_total', help: 'NBD requests answered with an error, by errno', labelNames: ['export', 'command', 'errno'], registers: [registry] });
+  const readBytes = new Counter({ name: 'cownbd_read_bytes_total', help: 'Bytes returned by successful READs', labelNames: ['export'], registers: [registry] });
+  const writtenBytes = new Counter({ name: 'cownbd_written_bytes_total', help: 'Bytes accepted by successful WRITEs', labelNames: ['export'], registers: [registry] });
+  const duration = new Histogram({
+    name: 'cownbd_request_duration_seconds',
+    help: 'Time from parsing a request to its reply being queued',
+    labelNames: ['export', 'command'],
+    buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+    registers: [registry],
+  });
+  const commandNames = new Map<number, string>(Object.entries(NbdCmd).map(([k, v]) => [v, k.toLowerCase()]));
+
+  server.addRequestListener((conn, cmd, length, startNs, errno) => {
+    const exp = conn.exportName ?? '';
+    const command = commandNames.get(cmd) ?? `unknown_${cmd}`;
+    requests.inc({ export: exp, command });
+    if (errno !== 0) {
+      errors.inc({ export: exp, command, errno: nameOf(NbdError, errno) });
+    } else if (cmd === NbdCmd.READ) readBytes.inc({ export: exp }, length);
+    else if (cmd === NbdCmd.WRITE) writtenBytes.inc({ export: exp }, length);
+    if (startNs > 0n) duration.observe({ export: exp, command }, Number(process.hrtime.bigint() - startNs) / 1e9);
+  });
+
+  new Gauge({
+    name: 'cownbd_connections',
+    help: 'Clients in transmission, by export',
+    labelNames: ['export'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const c of ops.connections()) this.inc({ export: c.export });
+    },
+  });
+  new Gauge({
+    name: 'cownbd_requests_in_flight',
+    help: 'Requests being processed, by export',
+    labelNames: ['export'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const c of ops.connections()) this.inc({ export: c.export }, c.inFlight);
+    },
+  });
+  new Gauge({
+    name: 'cownbd_allocated_bytes',
+    help: 'Bytes of the disk whose data each layer of the chain provides (depth 1 = top overlay)',
+    labelNames: ['export', 'depth', 'format'],
+    registers: [registry],
+    async collect() {
+      const rows = await ops.openAllocations(ALLOCATION_CACHE_MS);
+      this.reset();
+      for (const r of rows) this.set({ export: r.export, depth: String(r.depth), format: r.format }, r.bytes);
+    },
+  });
+  new Gauge({
+    name: 'cownbd_exports',
+    help: 'Exports the server offers',
+    registers: [registry],
+    async collect() {
+      this.set((await ops.exportNames()).length);
+    },
+  });
+
+  return {
+    registry,
+    route(app) {
+      app.get('/metrics', async (_req, reply) => {
+        reply.header('content-type', registry.contentType);
+        return registry.metrics();
+      });
+    },
+  };
+}
