@@ -1,72 +1,178 @@
 /**
- * AllocationBitmap: the in-memory copy of an on-disk allocation bitmap, shared by the
- * cow (one bit per 512-byte sector) and add-cow (one bit per cluster) formats.
+ * AllocationBitmap: an on-disk allocation bitmap, held in memory page by page on demand.
+ * Shared by the cow (one bit per 512-byte sector) and add-cow (one bit per cluster) formats.
  *
  * On-disk convention for both formats: bit n lives in byte n >> 3 with mask
  * 1 << (n & 7) — least significant bit first, byte-wise (never native words, so the
- * layout is independent of host endianness; docs/cow-format.md#c14).
+ * layout is independent of host endianness; docs/cow-format.md).
  *
- * The bitmap tracks which of its bytes changed since the last persist, at "page"
- * granularity (pageSize bytes of bitmap), so FLUSH writes only dirty pages.
- * Bits are only ever set, never cleared, by the formats (cow: "bits are never cleared").
+ * Memory is flat in disk size: a 1 TiB cow overlay has a 256 MiB bitmap, nearly all of it
+ * zero and, in a fresh overlay, a hole in the file. Only pages (pageSize bytes of bitmap)
+ * holding a set bit are kept, and clean ones only up to a budget:
+ *   - a page never loaded reads as zero without I/O when the source says its bytes are a
+ *     hole (dataRanges, from SEEK_DATA at open) — otherwise it is read once, synchronously
+ *     (a 4 KiB pread, from the page cache in practice), and dropped again if it is all zero;
+ *   - dirty pages and pages being persisted are pinned; clean pages beyond the budget are
+ *     evicted, oldest first, and re-read from the file when needed again. A page is pinned
+ *     from takeDirtyPages() until pagesPersisted(): evicting it earlier could re-read the
+ *     file's OLD bytes while the new ones are still on their way and lose bits.
+ * get()/runLength()/setRange() stay synchronous, which is what makes a setRange() atomic with
+ * respect to other requests on Node's single thread; the price is a synchronous read when a
+ * request first touches a page (once per 16 MiB of cow disk per page budget cycle).
  *
- * Concurrency: methods are synchronous and never await, so on Node's single thread a
- * setRange() is atomic with respect to other requests. Callers still serialise the
- * *persisting* of pages (an async mutex in the format driver) so a page is never
- * written twice concurrently with stale contents.
+ * Dirty tracking is per page, so FLUSH writes only the pages that changed. Bits are only
+ * ever set, never cleared, by the formats. Callers serialise the persisting of pages (an
+ * async mutex in the driver) so a page is never written twice concurrently out of order.
  */
+import { readSync } from 'node:fs';
+
+/** Where the bitmap's bytes live, for loading pages on demand. */
+export interface BitmapSource {
+  /** Read bitmap bytes [offset, offset + target.length) synchronously; past the file's end: zeros. */
+  read(offset: number, target: Buffer): void;
+  /**
+   * Sorted [start, end) byte ranges of the bitmap that may hold non-zero bytes; any other
+   * byte is zero (a hole). Undefined: every byte may.
+   */
+  readonly dataRanges?: ReadonlyArray<readonly [number, number]>;
+}
+
+export interface AllocationBitmapOptions {
+  /** Bits >= clearFrom are cleared whenever a page is loaded (garbage tail bits). */
+  readonly clearFrom?: number;
+  /** Bytes of clean pages kept in memory (default 16 MiB). Dirty pages are never evicted. */
+  readonly cleanBudget?: number;
+}
+
+const DEFAULT_CLEAN_BUDGET = 16 * 1024 * 1024;
+/** Reads of pages whose contents are unknown cover this many bytes at once. */
+const CHUNK = 64 * 1024;
+const ZERO = 0;
+const UNKNOWN = 1;
+const DATA = 2;
+
+interface Chunk {
+  covers(page: number): boolean;
+  /** The page's bytes inside the chunk read (valid until the next read), or undefined if zero. */
+  page(page: number): Buffer | undefined;
+}
+const POPCOUNT = Uint8Array.from({ length: 256 }, (_, b) => {
+  let n = 0;
+  for (let v = b; v; v &= v - 1) n++;
+  return n;
+});
+
 export class AllocationBitmap {
-  /** Raw bitmap bytes exactly as on disk (bitCount bits, tail bits zero). */
-  readonly bytes: Buffer;
+  /** Bytes of bitmap storage. */
+  readonly byteLength: number;
+  /** Number of bits that can actually be stored (min of bitCount and byteLength*8). */
+  readonly usableBits: number;
+  private readonly pageBits: number;
+  private readonly pageCount: number;
+  private readonly pages = new Map<number, Buffer>();
   private readonly dirty = new Set<number>();
+  /** Pages taken by takeDirtyPages() and not yet persisted (count of persists in flight). */
+  private readonly inflight = new Map<number, number>();
+  private readonly source: BitmapSource | undefined;
+  /** Per page: ZERO, UNKNOWN (may hold non-zero bytes) or DATA (does), only with a source. */
+  private readonly onDisk: Uint8Array | undefined;
+  private readonly clearFrom: number;
+  private readonly maxClean: number;
+  private loads = 0;
+  private scratch: Buffer | undefined;
+  private chunkScratch: Buffer | undefined;
+  /** Buffers of evicted pages, reused for the next loads (no garbage per page churned). */
+  private readonly free: Buffer[] = [];
 
   /**
    * @param bitCount number of meaningful bits; bits >= bitCount are ignored on read and never set.
    * @param byteLength bytes of bitmap storage (>= ceil(bitCount / 8); the v1/v2 cow rounding bug
    *   can make it smaller, in which case bits past byteLength*8 read as unset and cannot be set).
-   * @param pageSize dirty-tracking granularity in bytes.
+   * @param pageSize granularity of loading, eviction and dirty tracking, in bytes.
+   * @param initial the whole bitmap's bytes (copied), or a source to load pages from on demand;
+   *   neither: all zero.
    */
   constructor(
     readonly bitCount: number,
     byteLength: number,
     readonly pageSize = 4096,
-    initial?: Buffer,
+    initial?: Buffer | BitmapSource,
+    options: AllocationBitmapOptions = {},
   ) {
-    this.bytes = Buffer.alloc(byteLength);
-    if (initial) initial.copy(this.bytes, 0, 0, Math.min(initial.length, byteLength));
+    this.byteLength = byteLength;
+    this.usableBits = Math.min(bitCount, byteLength * 8);
+    this.pageBits = pageSize * 8;
+    this.pageCount = Math.ceil(byteLength / pageSize);
+    this.clearFrom = Math.min(options.clearFrom ?? Infinity, byteLength * 8);
+    this.maxClean = Math.max(1, Math.floor((options.cleanBudget ?? DEFAULT_CLEAN_BUDGET) / pageSize));
+    if (Buffer.isBuffer(initial)) {
+      for (let p = 0; p < this.pageCount; p++) {
+        const start = p * pageSize;
+        const page = Buffer.alloc(this.pageLength(p));
+        initial.copy(page, 0, Math.min(start, initial.length), Math.min(start + page.length, initial.length));
+        this.clearTail(p, page);
+        if (!isZero(page)) this.pages.set(p, page);
+      }
+    } else if (initial) {
+      this.source = initial;
+      this.onDisk = new Uint8Array(this.pageCount); // ZERO
+      if (!initial.dataRanges) this.onDisk.fill(UNKNOWN);
+      else {
+        for (const [start, end] of initial.dataRanges) {
+          if (end <= start) continue;
+          this.onDisk.fill(UNKNOWN, Math.floor(start / pageSize), Math.min(this.pageCount, Math.ceil(end / pageSize)));
+        }
+      }
+    }
   }
 
-  /** Number of bits that can actually be stored (min of bitCount and byteLength*8). */
-  get usableBits(): number {
-    return Math.min(this.bitCount, this.bytes.length * 8);
+  /** Pages currently held in memory (dirty, being persisted, or clean within the budget). */
+  get residentPages(): number {
+    return this.pages.size;
+  }
+
+  /** Pages read from the source so far (a measure of I/O, for tests and diagnostics). */
+  get pageLoads(): number {
+    return this.loads;
   }
 
   get(bit: number): boolean {
     if (bit < 0 || bit >= this.usableBits) return false;
-    return (this.bytes[bit >> 3]! & (1 << (bit & 7))) !== 0;
+    const p = Math.floor(bit / this.pageBits);
+    const page = this.page(p);
+    if (page === undefined) return false;
+    const i = bit - p * this.pageBits;
+    return (page[i >> 3]! & (1 << (i & 7))) !== 0;
   }
 
   /**
    * Length of the run of bits equal to get(start), starting at `start`, at most `max` long.
-   * Scans whole 0x00/0xff bytes at once.
+   * Zero pages that were never loaded are skipped whole; bytes of 0x00/0xff at once.
    */
   runLength(start: number, max: number): number {
     const limit = Math.min(start + max, this.bitCount);
     if (start >= limit) return 0;
     const value = this.get(start);
-    const fullByte = value ? 0xff : 0x00;
     let bit = start;
     while (bit < limit) {
-      if ((bit & 7) === 0 && bit + 8 <= limit && bit + 8 <= this.usableBits) {
-        if (this.bytes[bit >> 3] === fullByte) {
-          bit += 8;
-          continue;
-        }
+      if (bit >= this.usableBits) {
+        // Bits without storage read as unset.
+        if (!value) bit = limit;
+        break;
       }
-      if (this.get(bit) !== value) break;
-      bit++;
+      const p = Math.floor(bit / this.pageBits);
+      const base = p * this.pageBits;
+      const end = Math.min(base + this.pageBits, limit, this.usableBits);
+      const page = this.page(p);
+      if (page === undefined) {
+        if (value) break;
+        bit = end;
+        continue;
+      }
+      bit = base + scanRun(page, bit - base, end - base, value);
+      if (bit < end) break;
     }
-    return bit - start;
+    return Math.min(bit, limit) - start;
   }
 
   /** True if every bit in [start, start+count) is set. */
@@ -77,55 +183,53 @@ export class AllocationBitmap {
   /** Set bits [start, start+count); returns true if any bit changed. Marks pages dirty. */
   setRange(start: number, count: number): boolean {
     const end = Math.min(start + count, this.usableBits);
-    const bytes = this.bytes;
     let changed = false;
-    // Last page marked dirty by this call: a 1 MiB cow write touches 256 bitmap bytes of
-    // one page, so mark it once instead of once per byte.
-    let lastPage = -1;
     let bit = Math.max(0, start);
     while (bit < end) {
-      const i = bit >> 3;
-      if ((bit & 7) === 0 && bit + 8 <= end) {
-        if (bytes[i] !== 0xff) {
-          bytes[i] = 0xff;
-          changed = true;
-          const page = Math.floor(i / this.pageSize);
-          if (page !== lastPage) {
-            this.dirty.add(page);
-            lastPage = page;
-          }
-        }
-        bit += 8;
-        continue;
+      const p = Math.floor(bit / this.pageBits);
+      const base = p * this.pageBits;
+      const pageEnd = Math.min(base + this.pageBits, end);
+      let page = this.page(p);
+      if (page === undefined) {
+        page = Buffer.alloc(this.pageLength(p));
+        this.insert(p, page);
       }
-      const mask = 1 << (bit & 7);
-      if ((bytes[i]! & mask) === 0) {
-        bytes[i] = bytes[i]! | mask;
+      if (setBits(page, bit - base, pageEnd - base)) {
         changed = true;
-        const page = Math.floor(i / this.pageSize);
-        if (page !== lastPage) {
-          this.dirty.add(page);
-          lastPage = page;
-        }
+        this.dirty.add(p);
       }
-      bit++;
+      bit = pageEnd;
     }
     return changed;
   }
 
-  /** Count of set bits (for `info`: allocated bytes). */
-  countSet(): number {
+  /** Count of set bits (for `info`: allocated bytes). Streams pages that are not resident. */
+  countSet(from = 0, to = this.usableBits): number {
+    to = Math.min(to, this.usableBits);
     let n = 0;
-    const usable = this.usableBits;
-    for (let i = 0; i < this.bytes.length && i * 8 < usable; i++) {
-      let b = this.bytes[i]!;
-      if (i * 8 + 8 > usable) b &= (1 << (usable - i * 8)) - 1;
-      while (b) {
-        b &= b - 1;
-        n++;
-      }
+    let chunk: Chunk | undefined;
+    for (let bit = Math.max(0, from); bit < to; ) {
+      const p = Math.floor(bit / this.pageBits);
+      const base = p * this.pageBits;
+      const end = Math.min(base + this.pageBits, to);
+      const got = this.peek(p, chunk); // streamed: counted, not kept
+      chunk = got.chunk;
+      if (got.bytes !== undefined) n += countBits(got.bytes, bit - base, end - base);
+      bit = end;
     }
     return n;
+  }
+
+  /** The whole bitmap as bytes (for small bitmaps: add-cow inspection, tests). */
+  copyBytes(): Buffer {
+    const out = Buffer.alloc(this.byteLength);
+    let chunk: Chunk | undefined;
+    for (let p = 0; p < this.pageCount; p++) {
+      const got = this.peek(p, chunk);
+      chunk = got.chunk;
+      got.bytes?.copy(out, p * this.pageSize);
+    }
+    return out;
   }
 
   get hasDirty(): boolean {
@@ -134,21 +238,214 @@ export class AllocationBitmap {
 
   /**
    * Take the dirty pages (sorted page indexes) and clear the dirty set. The caller writes
-   * `pageBytes(page)` for each; on failure it must call `markPagesDirty` to retry later.
+   * `pageBytes(page)` for each, then calls `pagesPersisted(pages)`; on failure it calls
+   * `markPagesDirty(pages)` to retry later. Until one of the two, the pages stay pinned.
    */
   takeDirtyPages(): number[] {
     const pages = [...this.dirty].sort((a, b) => a - b);
     this.dirty.clear();
+    for (const p of pages) {
+      this.inflight.set(p, (this.inflight.get(p) ?? 0) + 1);
+      if (this.onDisk) this.onDisk[p] = DATA; // from now on the file holds set bits there
+    }
     return pages;
   }
 
-  markPagesDirty(pages: readonly number[]): void {
-    for (const p of pages) this.dirty.add(p);
+  /** The pages' bytes reached the file: they may be evicted again. */
+  pagesPersisted(pages: readonly number[]): void {
+    for (const p of pages) this.unpin(p);
+    this.evictIfOverBudget(-1);
   }
 
-  /** Byte offset within the bitmap and the bytes of one dirty-tracking page. */
-  pageBytes(page: number): { offset: number; data: Buffer } {
-    const offset = page * this.pageSize;
-    return { offset, data: this.bytes.subarray(offset, Math.min(offset + this.pageSize, this.bytes.length)) };
+  markPagesDirty(pages: readonly number[]): void {
+    for (const p of pages) {
+      this.dirty.add(p);
+      this.unpin(p);
+    }
   }
+
+  /** Byte offset within the bitmap and the bytes of one page. */
+  pageBytes(page: number): { offset: number; data: Buffer } {
+    return { offset: page * this.pageSize, data: this.page(page) ?? Buffer.alloc(this.pageLength(page)) };
+  }
+
+  // ---- pages -------------------------------------------------------------------------
+
+  private pageLength(p: number): number {
+    return Math.min(this.pageSize, this.byteLength - p * this.pageSize);
+  }
+
+  /** The resident page, loading it if the source may hold bits there; undefined: all zero. */
+  private page(p: number): Buffer | undefined {
+    const page = this.pages.get(p);
+    if (page !== undefined || this.onDisk === undefined || this.onDisk[p] === ZERO) return page;
+    const bytes = this.onDisk[p] === DATA ? this.readOne(p) : this.readChunk(p).page(p);
+    if (bytes === undefined) return undefined;
+    const kept = bytes.length === this.pageSize ? (this.free.pop() ?? Buffer.allocUnsafe(this.pageSize)) : Buffer.allocUnsafe(bytes.length);
+    bytes.copy(kept);
+    this.insert(p, kept);
+    return kept;
+  }
+
+  /** Bytes of a page (resident, or read into scratch and valid until the next read); undefined: zero. */
+  private peek(p: number, chunk: Chunk | undefined): { bytes: Buffer | undefined; chunk: Chunk | undefined } {
+    const page = this.pages.get(p);
+    if (page !== undefined || this.onDisk === undefined || this.onDisk[p] === ZERO) return { bytes: page, chunk };
+    if (chunk === undefined || !chunk.covers(p)) chunk = this.readChunk(p);
+    return { bytes: chunk.page(p), chunk };
+  }
+
+  /** Read a page known to hold data (one small read). */
+  private readOne(p: number): Buffer | undefined {
+    const scratch = (this.scratch ??= Buffer.alloc(this.pageSize)).subarray(0, this.pageLength(p));
+    scratch.fill(0);
+    this.source!.read(p * this.pageSize, scratch);
+    this.loads++;
+    this.clearTail(p, scratch);
+    return isZero(scratch) ? undefined : scratch;
+  }
+
+  /**
+   * Read the CHUNK-sized group of pages around p in one read and learn, for each page not in
+   * memory, whether it is zero (never read again) or holds data. Unknown pages are mostly
+   * holes, so one 64 KiB read settles 64 pages of 1 KiB for one syscall.
+   */
+  private readChunk(p: number): Chunk {
+    const per = Math.max(1, Math.floor(CHUNK / this.pageSize));
+    const first = p - (p % per);
+    const last = Math.min(this.pageCount, first + per);
+    const start = first * this.pageSize;
+    const buf = (this.chunkScratch ??= Buffer.alloc(per * this.pageSize)).subarray(0, Math.min(this.byteLength, last * this.pageSize) - start);
+    buf.fill(0);
+    this.source!.read(start, buf);
+    this.loads++;
+    const zero: boolean[] = [];
+    for (let q = first; q < last; q++) {
+      const bytes = buf.subarray((q - first) * this.pageSize, (q - first) * this.pageSize + this.pageLength(q));
+      this.clearTail(q, bytes);
+      zero.push(isZero(bytes));
+      // Only pages not in memory: a resident page's file bytes may be older than memory.
+      if (!this.pages.has(q) && this.onDisk![q] !== ZERO) this.onDisk![q] = zero[q - first] ? ZERO : DATA;
+    }
+    return {
+      covers: (q) => q >= first && q < last,
+      page: (q) => (zero[q - first] ? undefined : buf.subarray((q - first) * this.pageSize, (q - first) * this.pageSize + this.pageLength(q))),
+    };
+  }
+
+  private clearTail(p: number, page: Buffer): void {
+    const base = p * this.pageBits;
+    if (this.clearFrom >= base + page.length * 8) return;
+    for (let bit = Math.max(this.clearFrom, base) - base; bit < page.length * 8; bit++) {
+      if ((bit & 7) === 0) {
+        page.fill(0, bit >> 3);
+        return;
+      }
+      page[bit >> 3] = page[bit >> 3]! & ~(1 << (bit & 7));
+    }
+  }
+
+  private insert(p: number, page: Buffer): void {
+    this.pages.set(p, page);
+    this.evictIfOverBudget(p);
+  }
+
+  private unpin(p: number): void {
+    const n = this.inflight.get(p);
+    if (n === undefined) return;
+    if (n <= 1) this.inflight.delete(p);
+    else this.inflight.set(p, n - 1);
+  }
+
+  /** Drop clean pages, oldest first, down to 7/8 of the budget (batches amortise the scan). */
+  private evictIfOverBudget(keep: number): void {
+    if (this.source === undefined) return; // no file to re-read from: everything stays
+    if (this.pages.size - this.dirty.size - this.inflight.size <= this.maxClean) return;
+    let excess = this.pages.size - this.dirty.size - this.inflight.size - (this.maxClean - (this.maxClean >> 3));
+    for (const p of this.pages.keys()) {
+      if (excess <= 0) break;
+      if (p === keep || this.dirty.has(p) || this.inflight.has(p)) continue;
+      const page = this.pages.get(p)!;
+      this.pages.delete(p);
+      if (page.length === this.pageSize && this.free.length < 64) this.free.push(page);
+      excess--;
+    }
+  }
+}
+
+/** A BitmapSource reading `length` bytes at `offset` of an open file descriptor. */
+export function fileBitmapSource(fd: number, offset: number, length: number, dataRanges?: ReadonlyArray<readonly [number, number]>): BitmapSource {
+  return {
+    dataRanges,
+    read(at, target) {
+      let done = 0;
+      const want = Math.max(0, Math.min(target.length, length - at));
+      while (done < want) {
+        const n = readSync(fd, target, done, want - done, offset + at + done);
+        if (n === 0) break; // past EOF: the rest stays zero
+        done += n;
+      }
+    },
+  };
+}
+
+const ZEROS = Buffer.alloc(64 * 1024);
+function isZero(buf: Buffer): boolean {
+  for (let at = 0; at < buf.length; at += ZEROS.length) {
+    const part = buf.subarray(at, Math.min(buf.length, at + ZEROS.length));
+    if (!part.equals(ZEROS.subarray(0, part.length))) return false; // memcmp
+  }
+  return true;
+}
+
+/** First bit index in [from, to) whose value differs from `value`, or `to`. */
+function scanRun(page: Buffer, from: number, to: number, value: boolean): number {
+  const full = value ? 0xff : 0x00;
+  let b = from;
+  while (b < to) {
+    if ((b & 7) === 0 && b + 8 <= to && page[b >> 3] === full) {
+      b += 8;
+      continue;
+    }
+    if (((page[b >> 3]! & (1 << (b & 7))) !== 0) !== value) return b;
+    b++;
+  }
+  return to;
+}
+
+/** Set bits [from, to) of one page; true if any changed. */
+function setBits(page: Buffer, from: number, to: number): boolean {
+  let changed = false;
+  let b = from;
+  while (b < to) {
+    const i = b >> 3;
+    if ((b & 7) === 0 && b + 8 <= to) {
+      if (page[i] !== 0xff) {
+        page[i] = 0xff;
+        changed = true;
+      }
+      b += 8;
+      continue;
+    }
+    const mask = 1 << (b & 7);
+    if ((page[i]! & mask) === 0) {
+      page[i] = page[i]! | mask;
+      changed = true;
+    }
+    b++;
+  }
+  return changed;
+}
+
+/** Set bits in [from, to) of one page. */
+function countBits(page: Buffer, from: number, to: number): number {
+  let n = 0;
+  let b = from;
+  while (b < to && (b & 7) !== 0) {
+    if (page[b >> 3]! & (1 << (b & 7))) n++;
+    b++;
+  }
+  for (; b + 8 <= to; b += 8) n += POPCOUNT[page[b >> 3]!]!;
+  for (; b < to; b++) if (page[b >> 3]! & (1 << (b & 7))) n++;
+  return n;
 }

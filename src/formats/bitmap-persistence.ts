@@ -51,6 +51,7 @@ export class BitmapPersister {
         if (snapshots.length === 0) return;
         for (const s of snapshots) await writeFully(this.options.file, this.options.offset + s.offset, s.data);
         await this.options.syncMetadata();
+        this.bitmap.pagesPersisted(pages);
       } catch (err) {
         this.bitmap.markPagesDirty(pages);
         throw err;

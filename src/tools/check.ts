@@ -41,7 +41,9 @@ import {
   type CowLayoutName,
 } from '../formats/cow/index.js';
 import { probeFormat, type ImageFormat } from '../formats/open-image.js';
-import { readFully, writeFully } from '../block/file-io.js';
+import { FileIo, readFully, writeFully } from '../block/file-io.js';
+import { AllocationBitmap } from '../formats/allocation-bitmap.js';
+import { cowBitmapSource } from '../formats/cow/cow-open.js';
 import { readJournal } from './commit-journal.js';
 import { EXIT_CORRUPT, EXIT_ERROR, EXIT_LEAKS, EXIT_OK } from './errors.js';
 import { countBits } from './inspect.js';
@@ -213,8 +215,8 @@ async function checkCow(file: string, fh: FileHandle, options: CheckOptions, c: 
   }
   const g = cowGeometry(header);
   const qemu = header.layout.startsWith('qemu');
-  const bitmap = Buffer.alloc(g.bitmapLength);
-  await readFully(fh, g.bitmapOffset, bitmap);
+  // Streamed page by page (a 1 TiB overlay's bitmap is 256 MiB): every bit, tail included.
+  const bitmap = new AllocationBitmap(g.bitmapLength * 8, g.bitmapLength, 64 * 1024, await cowBitmapSource(fh.fd, g, new FileIo().native));
 
   // Header sanity beyond what the decoder refuses.
   const f = headerFields(header.layout);
@@ -252,13 +254,14 @@ async function checkCow(file: string, fh: FileHandle, options: CheckOptions, c: 
   }
 
   // Tail bits: bits inside bitmapLength but past the last representable sector.
-  const tail = countBits(bitmap, g.bitmapLength * 8) - countBits(bitmap, g.representableSectors);
+  const tail = bitmap.countSet(g.representableSectors);
   if (tail > 0) {
     c.findings.push({ class: 'tail-bits', severity: 'leak', message: `${tail} bit(s) set past the last sector (${g.representableSectors} sectors, bitmap ${g.bitmapLength} bytes at ${g.bitmapOffset}); no reader uses them`, repairable: true });
-    const fixed = Buffer.from(bitmap);
-    clearFrom(fixed, g.representableSectors);
     const first = g.representableSectors >> 3;
-    c.repairs.push({ finding: last(c), apply: (w) => writeFully(w, g.bitmapOffset + first, fixed.subarray(first)) });
+    const fixed = Buffer.alloc(g.bitmapLength - first);
+    await readFully(fh, g.bitmapOffset + first, fixed);
+    clearFrom(fixed, g.representableSectors - first * 8);
+    c.repairs.push({ finding: last(c), apply: (w) => writeFully(w, g.bitmapOffset + first, fixed) });
   }
 
   // Padding: header end → bitmap, bitmap end → data offset.
@@ -320,9 +323,9 @@ function headerFields(layout: CowLayoutName): { path: number; pathLength: number
 }
 
 /** Set bits for sectors >= fromSector (and < representableSectors). */
-function countAllocatedFrom(bitmap: Buffer, g: CowGeometry, fromSector: number): number {
+function countAllocatedFrom(bitmap: AllocationBitmap, g: CowGeometry, fromSector: number): number {
   if (fromSector >= g.representableSectors) return 0;
-  return countBits(bitmap, g.representableSectors) - countBits(bitmap, fromSector);
+  return bitmap.countSet(fromSector, g.representableSectors);
 }
 
 function clearFrom(bytes: Buffer, bit: number): void {

@@ -66,8 +66,6 @@ export interface BackingReport {
 export interface CowLayerDetail {
   readonly header: CowHeader;
   readonly geometry: CowGeometry;
-  /** Raw bitmap bytes as on disk (tail bits NOT cleared). */
-  readonly bitmapBytes: Buffer;
   readonly allocatedSectors: number;
 }
 
@@ -113,7 +111,7 @@ async function inspectCowLayer(path: string, options: InspectOptions, file: File
     insp = await inspectCowFile(path, { ...base, validateBacking: false });
   }
   const { header, geometry } = insp;
-  const allocatedSectors = countBits(insp.bitmapBytes, geometry.representableSectors);
+  const { allocatedSectors } = insp;
   const backingFormat = options.backingFormat ?? 'raw';
   const backing = await checkCowBacking(header, insp.backingFile.stored, insp.backingFile.resolved, backingFormat);
   return {
@@ -123,7 +121,7 @@ async function inspectCowLayer(path: string, options: InspectOptions, file: File
     file,
     allocatedBytes: allocatedSectors * 512,
     backing,
-    cow: { header, geometry, bitmapBytes: insp.bitmapBytes, allocatedSectors },
+    cow: { header, geometry, allocatedSectors },
     commitJournal,
   };
 }

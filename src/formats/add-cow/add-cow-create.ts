@@ -166,7 +166,7 @@ export async function inspectAddCow(addCowPath: string): Promise<AddCowInspectio
       allocatedClusters: header.allAllocated ? bitmap.bitCount : bitmap.countSet(),
       allocatedBytes: header.allAllocated ? size : allocatedBytes,
       allocatedRuns: runs,
-      bitmap: Buffer.from(bitmap.bytes),
+      bitmap: bitmap.copyBytes(),
     };
   } finally {
     await files.imageFile.close();

@@ -49,7 +49,7 @@ import {
   type ZeroOptions,
 } from '../../block/block-device.js';
 import { type FileIo, sparseExtents } from '../../block/file-io.js';
-import { AllocationBitmap } from '../allocation-bitmap.js';
+import { AllocationBitmap, type BitmapSource } from '../allocation-bitmap.js';
 import { overlayCapabilities } from '../overlay-capabilities.js';
 import { BackingExtentCache } from '../backing-extent-cache.js';
 import { COW_SECTOR_SIZE as SECTOR, type CowHeader } from './cow-header.js';
@@ -60,13 +60,20 @@ const MAX_EXTENTS = 1024;
 const ZERO_CHUNK = 1024 * 1024;
 const ZEROS = Buffer.alloc(ZERO_CHUNK);
 const NO_EDGES: readonly number[] = [];
+/**
+ * Bitmap page (loading, eviction, dirty tracking): 1 KiB = 8192 sectors = 4 MiB of disk.
+ * Scattered writes touch one page each, so memory after N scattered writes is ~N KiB
+ * (4 KiB pages measured 4x that on a 1 TiB overlay); a flush writes 1 KiB per dirty page.
+ */
+const BITMAP_PAGE = 1024;
 
 export interface CowDeviceInit {
   readonly path: string;
   readonly fh: FileHandle;
   readonly header: CowHeader;
   readonly geometry: CowGeometry;
-  readonly bitmapBytes: Buffer;
+  /** The bitmap: its bytes, or (served overlays) a source its pages are loaded from on demand. */
+  readonly bitmapBytes: Buffer | BitmapSource;
   readonly backing: BlockDevice;
   readonly backingStored: string;
   readonly backingResolved: string;
@@ -84,6 +91,8 @@ export interface CowBitmapView {
   countAllocated(): number;
   /** Copy of the in-memory bitmap bytes (bitmapLength bytes, as they will be on disk). */
   copyBytes(): Buffer;
+  /** Bitmap pages held in memory (pages are loaded on demand; see allocation-bitmap.ts). */
+  residentPages(): number;
 }
 
 export interface CowInspection {
@@ -120,8 +129,8 @@ export class CowDevice implements BlockDevice {
     this.size = g.virtualSize;
     this.dataOffset = g.dataOffset;
     this.writable = g.representableSectors;
-    this.bitmap = new AllocationBitmap(g.sectors, g.bitmapLength, 4096, init.bitmapBytes);
-    clearBitsFrom(this.bitmap.bytes, g.representableSectors); // tail garbage is ignored (docs/cow-format.md#c6)
+    // Tail garbage past the last representable sector is ignored (docs/cow-format.md#c6).
+    this.bitmap = new AllocationBitmap(g.sectors, g.bitmapLength, BITMAP_PAGE, init.bitmapBytes, { clearFrom: g.representableSectors });
     const rw = !init.readOnly;
     this.capabilities = overlayCapabilities(rw, init.io.native !== undefined);
   }
@@ -338,6 +347,7 @@ export class CowDevice implements BlockDevice {
         await this.init.io.write(this.fh, this.init.geometry.bitmapOffset + offset, data);
       }
       await this.fh.datasync();
+      this.bitmap.pagesPersisted(pages);
     } catch (err) {
       this.unsynced = true;
       this.bitmap.markPagesDirty(pages);
@@ -440,7 +450,8 @@ export class CowDevice implements BlockDevice {
         isAllocated: (sector) => bitmap.get(sector),
         runLength: (sector, max) => bitmap.runLength(sector, max),
         countAllocated: () => bitmap.countSet(),
-        copyBytes: () => Buffer.from(bitmap.bytes),
+        copyBytes: () => bitmap.copyBytes(),
+        residentPages: () => bitmap.residentPages,
       },
     };
   }
@@ -453,15 +464,4 @@ interface Span {
   /** The first / last sector is only partly covered (read-modify-write). */
   readonly headPartial: boolean;
   readonly tailPartial: boolean;
-}
-
-/** Clear bits >= `from` (garbage tail bits and bits a layout cannot represent). */
-function clearBitsFrom(bytes: Buffer, from: number): void {
-  for (let bit = from; bit < bytes.length * 8; bit++) {
-    if ((bit & 7) === 0) {
-      bytes.fill(0, bit >> 3);
-      return;
-    }
-    bytes[bit >> 3] = bytes[bit >> 3]! & ~(1 << (bit & 7));
-  }
 }

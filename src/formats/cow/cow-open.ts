@@ -11,6 +11,8 @@
  * otherwise we refuse and name every candidate with its verdict. options.layout forces one.
  */
 import { open, type FileHandle } from 'node:fs/promises';
+import type { NativeFs } from '../../block/native-fs.js';
+import { fileBitmapSource, type BitmapSource } from '../allocation-bitmap.js';
 import { readFully } from '../../block/file-io.js';
 import { checkBacking, CowBackingError, resolveBackingPath, statBacking, type BackingStat } from './cow-backing.js';
 import {
@@ -33,6 +35,8 @@ export interface CowReadOptions {
   validateBacking?: boolean;
   /** For non-raw backings the size to compare is the backing device's virtual size. */
   backingSizeOf?: (file: string) => Promise<number>;
+  /** With the native addon, SEEK_DATA tells which bitmap pages are holes (read as zero, no I/O). */
+  native?: NativeFs;
 }
 
 export interface CowFileState {
@@ -41,13 +45,16 @@ export interface CowFileState {
   readonly fileLength: number;
   readonly header: CowHeader;
   readonly geometry: CowGeometry;
-  /** bitmapLength bytes as on disk. */
-  readonly bitmap: Buffer;
+  /**
+   * The bitmap region (bitmapLength bytes at bitmapOffset of fh), read page by page on
+   * demand: never loaded whole, so memory does not grow with the disk size.
+   */
+  readonly bitmap: BitmapSource;
   readonly backingStored: string;
   readonly backingResolved: string;
 }
 
-/** Open the COW file and read header + bitmap. The caller owns `fh` afterwards. */
+/** Open the COW file and read its header; the bitmap is a source for on-demand pages. The caller owns `fh` afterwards. */
 export async function readCowFile(file: string, options: CowReadOptions = {}): Promise<CowFileState> {
   const fh = await open(file, options.readOnly ? 'r' : 'r+');
   try {
@@ -56,8 +63,7 @@ export async function readCowFile(file: string, options: CowReadOptions = {}): P
     const head = Buffer.alloc(Math.min(COW_MAX_HEADER_SIZE, st.size));
     await readFully(fh, 0, head);
     const { header, geometry, backing } = await chooseLayout(file, head, st.size, options);
-    const bitmap = Buffer.alloc(geometry.bitmapLength);
-    await readFully(fh, geometry.bitmapOffset, bitmap);
+    const bitmap = await cowBitmapSource(fh.fd, geometry, options.native);
     return {
       path: file,
       fh,
@@ -72,6 +78,39 @@ export async function readCowFile(file: string, options: CowReadOptions = {}): P
     await fh.close();
     throw err;
   }
+}
+
+/**
+ * Byte ranges of the bitmap that are not holes, relative to the bitmap's start. A fresh
+ * overlay's bitmap is one hole (create only truncates), so this is one SEEK_DATA. After
+ * MAX_DATA_RANGES ranges the rest counts as data (pages are then read once on first use
+ * and dropped if zero): open stays quick however scattered the writes were.
+ */
+const MAX_DATA_RANGES = 256;
+
+/** The bitmap region of an open cow file as a source of on-demand pages (allocation-bitmap.ts). */
+export async function cowBitmapSource(fd: number, g: CowGeometry, native: NativeFs | undefined): Promise<BitmapSource> {
+  const ranges = native ? await bitmapDataRanges(native, fd, g) : undefined;
+  return fileBitmapSource(fd, g.bitmapOffset, g.bitmapLength, ranges);
+}
+
+async function bitmapDataRanges(native: NativeFs, fd: number, g: CowGeometry): Promise<Array<[number, number]>> {
+  const start = g.bitmapOffset;
+  const end = g.bitmapOffset + g.bitmapLength;
+  const ranges: Array<[number, number]> = [];
+  let pos = start;
+  while (pos < end) {
+    const data = await native.seekData(fd, pos);
+    if (data === -1 || data >= end) break;
+    if (ranges.length === MAX_DATA_RANGES) {
+      ranges.push([data - start, end - start]);
+      break;
+    }
+    const hole = await native.seekHole(fd, data);
+    pos = hole === -1 ? end : Math.min(hole, end);
+    ranges.push([data - start, pos - start]);
+  }
+  return ranges;
 }
 
 interface Chosen {

@@ -19,6 +19,7 @@ import { CowDevice, type CowInspection } from './cow-device.js';
 import { COW_SECTOR_SIZE, encodeCowHeader } from './cow-header.js';
 import { cowGeometry } from './cow-layout.js';
 import { readCowFile, type CowReadOptions } from './cow-open.js';
+import { AllocationBitmap } from '../allocation-bitmap.js';
 
 export interface CreateCowOptions {
   backingFile: string;
@@ -33,7 +34,9 @@ export interface CreateCowOptions {
 
 export async function openCow(path: string, options: OpenImageOptions, openBacking: OpenBacking): Promise<BlockDevice> {
   const backingFormat = options.backingFormat ?? 'raw';
+  const io = options.io ?? new FileIo();
   const state = await readCowFile(path, {
+    native: io.native,
     readOnly: options.readOnly,
     layout: options.layout,
     backingFile: options.backingFile,
@@ -67,7 +70,7 @@ export async function openCow(path: string, options: OpenImageOptions, openBacki
     backingStored: state.backingStored,
     backingResolved: state.backingResolved,
     readOnly: Boolean(options.readOnly),
-    io: options.io ?? new FileIo(),
+    io,
   });
 }
 
@@ -113,20 +116,32 @@ export async function createCow(path: string, options: CreateCowOptions): Promis
   }
 }
 
-/** Header, geometry and bitmap of a COW file, without opening its backing device. */
+/** Streaming the bitmap (counting, never kept): large reads, few syscalls. */
+const STREAM_PAGE = 64 * 1024;
+
+/**
+ * Header, geometry and allocated-sector count of a COW file, without opening its backing
+ * device. The bitmap is streamed page by page (memory does not grow with the disk size).
+ */
 export async function inspectCowFile(
   path: string,
-  options: Pick<CowReadOptions, 'layout' | 'backingFile' | 'ignoreMtime' | 'validateBacking'> = {},
-): Promise<Omit<CowInspection, 'bitmap'> & { bitmapBytes: Buffer; fileLength: number }> {
-  const state = await readCowFile(path, { ...options, readOnly: true });
-  await state.fh.close();
+  options: Pick<CowReadOptions, 'layout' | 'backingFile' | 'ignoreMtime' | 'validateBacking' | 'native'> = {},
+): Promise<Omit<CowInspection, 'bitmap'> & { allocatedSectors: number; fileLength: number }> {
+  const state = await readCowFile(path, { native: new FileIo().native, ...options, readOnly: true });
+  let allocatedSectors: number;
+  try {
+    const g = state.geometry;
+    allocatedSectors = new AllocationBitmap(g.sectors, g.bitmapLength, STREAM_PAGE, state.bitmap).countSet(0, g.representableSectors);
+  } finally {
+    await state.fh.close();
+  }
   return {
     path,
     layout: state.header.layout,
     header: state.header,
     geometry: state.geometry,
     backingFile: { stored: state.backingStored, resolved: state.backingResolved },
-    bitmapBytes: state.bitmap,
+    allocatedSectors,
     fileLength: state.fileLength,
   };
 }
