@@ -30,6 +30,7 @@ import { ReloadableExports } from '../control/export-set.js';
 import { ControlPlaneError, startControlPlane } from '../control/control-plane.js';
 import { GuardedProvider } from '../control/guarded-provider.js';
 import type { IoPolicy } from '../block/io-policy.js';
+import { parsePathMapping, type PathMapping } from '../formats/path-map.js';
 import { checkDirectoryPath, checkImagePath, checkSocketPath } from './image-path.js';
 import { addProcessOptions, applyProcessOptions, type ProcessOptions } from './serve-process.js';
 import { buildServerSecurity, type ServerSecurity } from '../server/security.js';
@@ -47,6 +48,7 @@ export interface ServeOptions extends ProcessOptions, SecurityCliOptions {
   readOnly?: boolean;
   format?: ImageFormat;
   backingFormat?: ImageFormat;
+  backingPathMap?: PathMapping[];
   export: StaticExportConfig[];
   base?: string;
   baseFormat?: ImageFormat;
@@ -358,7 +360,8 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     .description('serve disk images (raw, cow, add-cow) over NBD')
     .argument('[image]', 'image to export (as export NAME, default "")')
     .option('-p, --port <port>', 'TCP port (0 = pick a free port)', parsePort, DEFAULT_PORT)
-    .option('-b, --bind <addr>', 'address to listen on', DEFAULT_BIND)
+    // COWNBD_BIND: the container image sets 0.0.0.0 (its loopback is unreachable from outside).
+    .addOption(new Option('-b, --bind <addr>', 'address to listen on').env('COWNBD_BIND').default(DEFAULT_BIND))
     .option('-U, --socket <path>', 'listen on a Unix socket instead of TCP')
     .option('-n, --name <name>', 'export name of IMAGE', '')
     .option('--description <text>', 'export description of IMAGE')
@@ -376,6 +379,17 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     .option('--overlay-dir <dir>', 'serve every export NAME as its own cow overlay DIR/NAME.cow over --base, created on first connect')
     .option('--ephemeral', 'IMAGE (or --base) is a base: every connection gets its own temporary overlay, deleted on disconnect (no CAN_MULTI_CONN)')
     .option('--ephemeral-dir <dir>', 'where ephemeral overlays live', path.join(os.tmpdir(), 'cownbd-ephemeral'))
+    .option(
+      '--backing-path-map <old=new>',
+      'serve overlays whose backing (or add-cow image) file moved: a recorded path under OLD is opened under NEW instead (repeatable; still validated)',
+      (v: string, prev: PathMapping[] = []) => {
+        try {
+          return [...prev, parsePathMapping(v)];
+        } catch (err) {
+          throw new InvalidArgumentError((err as Error).message);
+        }
+      },
+    )
     .option('--ignore-mtime', 'cow exports: accept a backing file whose mtime no longer matches the header (recovery after the base was touched but not changed)')
     .option('-c, --config <file>', 'TOML configuration file (README "Operating"); options given on the command line override it; SIGHUP reloads it')
     .option('--admin <endpoint>', 'admin API (HTTP/JSON) on unix:/path, or HOST:PORT with --admin-token-file', parseAdminEndpoint)
@@ -413,7 +427,7 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     await checkServePaths(configs, o, ephemeralBase, listenFds.length > 0);
     const providers: ExportProvider[] = [];
     const opener = (c: StaticExportConfig) =>
-      openImage(c.path, { readOnly: c.readOnly, format: c.format, backingFormat: c.backingFormat, ignoreMtime: o.ignoreMtime, io });
+      openImage(c.path, { readOnly: c.readOnly, format: c.format, backingFormat: c.backingFormat, ignoreMtime: o.ignoreMtime, io, pathMap: o.backingPathMap });
     let exports: ReloadableExports;
     try {
       exports = await ReloadableExports.open(configs, opener, log);

@@ -16,6 +16,7 @@ import type { BlockDevice } from '../block/block-device.js';
 import { CheckedDevice } from '../block/checked-device.js';
 import { FileIo } from '../block/file-io.js';
 import { RawFileDevice } from '../block/raw-file-device.js';
+import type { PathMapping } from './path-map.js';
 
 export type ImageFormat = 'raw' | 'cow' | 'add-cow';
 export const IMAGE_FORMATS: readonly ImageFormat[] = ['raw', 'cow', 'add-cow'];
@@ -34,6 +35,8 @@ export interface OpenImageOptions {
   layout?: string;
   /** I/O policy of the whole stack (default: a FileIo with every fast path). */
   io?: FileIo;
+  /** Rewrites of paths recorded in overlay headers, for the whole chain (path-map.ts). */
+  pathMap?: readonly PathMapping[];
 }
 
 /** Opens a backing device: always read-only, never probed. Passed to format drivers. */
@@ -43,7 +46,7 @@ export async function openImage(path: string, options: OpenImageOptions = {}): P
   const format = options.format ?? (await probeFormat(path));
   const io = options.io ?? new FileIo();
   const openBacking: OpenBacking = (backingPath, backingFormat) =>
-    openImage(backingPath, { readOnly: true, format: backingFormat, io });
+    openImage(backingPath, { readOnly: true, format: backingFormat, io, pathMap: options.pathMap });
   const driver = await openDriver(path, format, { ...options, io }, openBacking);
   return new CheckedDevice(driver, { readOnly: options.readOnly });
 }

@@ -179,19 +179,40 @@ describe('Dockerfile', () => {
     expect(args(runtime, 'EXPOSE').join(' ').split(/\s+/)).toContain(String(DEFAULT_PORT));
     expect(args(runtime, 'VOLUME').length).toBeGreaterThan(0);
 
+    // ENTRYPOINT ["cownbd"], CMD ["serve", ...]: every subcommand runs (docker run IMG info X).
     const entry = args(runtime, 'ENTRYPOINT');
     expect(entry).toHaveLength(1);
     const argv = execForm(entry[0]!);
-    expect(argv, 'ENTRYPOINT in exec form (signals reach node directly)').toBeDefined();
-    expect(argv![0]).toBe('node');
-    const script = path.posix.resolve(workdir(runtime), argv![1]!);
-    expect(script).toBe(path.posix.join(workdir(runtime), pkg.bin.cownbd!));
+    expect(argv, 'ENTRYPOINT in exec form (signals reach node directly)').toEqual(['cownbd']);
+    const cmd = execForm(args(runtime, 'CMD').at(-1)!);
+    expect(cmd?.[0]).toBe('serve');
+    // `cownbd` on PATH is package.json's bin, made executable (tsc writes 0644 files).
+    const runs = args(runtime, 'RUN').join('\n');
+    const bin = path.posix.join(workdir(runtime), pkg.bin.cownbd!);
+    expect(runs).toContain(`ln -s ${bin} /usr/local/bin/cownbd`);
+    expect(runs).toMatch(new RegExp(`chmod (0?755|\\+x) ${bin.replace(/[.]/g, '\\.')}`));
     expect(pkg.bin.cownbd).toMatch(/^dist\//);
-    expect(argv![2]).toBe('serve');
     // The bin really is the CLI entry built from src/cli/main.ts.
     expect(existsSync(path.join(REPO_ROOT, pkg.bin.cownbd!.replace(/^dist\//, 'src/').replace(/\.js$/, '.ts')))).toBe(true);
     // The runtime stage has the compiled CLI: dist is copied in.
     expect(args(runtime, 'COPY').some((a) => /--from=\S+\s+\S*\/dist\b/.test(a))).toBe(true);
+  });
+
+  it('pins base images to an exact version, drops npm at run time, binds every interface and has a HEALTHCHECK', () => {
+    for (const st of stages) expect(st.from, `stage ${st.name ?? st.index}`).toMatch(/^node:\d+\.\d+\.\d+-[a-z]+-slim$|@sha256:[0-9a-f]{64}$/);
+    const runtime = stages[stages.length - 1]!;
+    const runs = args(runtime, 'RUN').join('\n');
+    for (const tool of ['/usr/local/bin/npm', '/usr/local/bin/npx', '/usr/local/lib/node_modules/npm']) expect(runs).toContain(tool);
+    expect(args(runtime, 'ENV')).toContain('COWNBD_BIND=0.0.0.0');
+    // The CLI really reads COWNBD_BIND (and -b still wins).
+    expect(readFileSync(path.join(REPO_ROOT, 'src', 'cli', 'serve-command.ts'), 'utf8')).toMatch(/--bind <addr>.*\.env\('COWNBD_BIND'\)/);
+    expect(args(runtime, 'VOLUME').join(' ')).toContain('/srv/images');
+    const hc = args(runtime, 'HEALTHCHECK');
+    expect(hc).toHaveLength(1);
+    const probe = execForm(hc[0]!.replace(/^.*?CMD\s+/, ''));
+    expect(probe?.[0]).toBe('node');
+    expect(probe?.[1]).toBe(path.posix.join(workdir(runtime), 'dist', 'cli', 'healthcheck.js'));
+    expect(existsSync(path.join(REPO_ROOT, 'src', 'cli', 'healthcheck.ts'))).toBe(true);
   });
 
   it('.dockerignore keeps build output, dependencies and test artefacts out of the context', () => {

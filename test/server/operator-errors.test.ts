@@ -7,7 +7,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync } from 'node:fs';
 import net from 'node:net';
 import { parseExportSpec } from '../../src/cli/serve-command.js';
 import { createRawImage, makeTempDir } from '../helpers/images.js';
@@ -137,8 +137,7 @@ describe('runCli helper', () => {
     const tmp = makeTempDir();
     try {
       const img = createRawImage(tmp.file('h.raw'), MiB);
-      writeFileSync(tmp.file('unused'), '');
-      const r = await runCli(['serve', img, '-p', '0'], { ms: 1500 });
+        const r = await runCli(['serve', img, '-p', '0'], { ms: 1500 });
       expect(r.timedOut).toBe(true);
     } finally {
       tmp.cleanup();

@@ -15,6 +15,7 @@
  * the image file grew after creation) reads as zeros there: those clusters are unallocated.
  * Bits past the last cluster are cleared in memory, so they are written back as 0.
  */
+import { mapRecordedPath, type PathMapping } from '../path-map.js';
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { DeviceError, type BlockDevice } from '../../block/block-device.js';
@@ -73,7 +74,7 @@ export async function readAddCowHeader(file: FileHandle, label: string): Promise
  * Open the .add-cow and image files, validate names and identities, and load the bitmap.
  * Does not open the backing file (inspection must work when it is missing).
  */
-export async function openAddCowFiles(addCowPath: string, readOnly: boolean, backingOverride?: string): Promise<AddCowFiles> {
+export async function openAddCowFiles(addCowPath: string, readOnly: boolean, backingOverride?: string, pathMap?: readonly PathMapping[]): Promise<AddCowFiles> {
   const metaFile = await open(addCowPath, readOnly ? 'r' : 'r+');
   let imageFile: FileHandle | undefined;
   try {
@@ -81,13 +82,13 @@ export async function openAddCowFiles(addCowPath: string, readOnly: boolean, bac
     if (header.imageFormat !== 'raw') {
       throw new DeviceError('ENOTSUP', `${addCowPath}: image file format "${header.imageFormat}" is not supported (only "raw")`);
     }
-    const imagePath = resolveAddCowName(addCowPath, header.imageName);
+    const imagePath = mapRecordedPath(resolveAddCowName(addCowPath, header.imageName), pathMap);
     const backingPath =
       backingOverride !== undefined
         ? path.resolve(backingOverride)
         : header.backingName === undefined
           ? undefined
-          : resolveAddCowName(addCowPath, header.backingName);
+          : mapRecordedPath(resolveAddCowName(addCowPath, header.backingName), pathMap);
     await checkDistinctFiles(addCowPath, imagePath, backingPath);
 
     imageFile = await open(imagePath, readOnly ? 'r' : 'r+').catch((err: NodeJS.ErrnoException) => {
@@ -155,7 +156,7 @@ export async function openAddCowWith(
   deps: { io: FileIo },
 ): Promise<AddCowDevice> {
   const readOnly = options.readOnly ?? false;
-  const files = await openAddCowFiles(addCowPath, readOnly, options.backingFile);
+  const files = await openAddCowFiles(addCowPath, readOnly, options.backingFile, options.pathMap);
   const { header } = files;
   let backing: BlockDevice | undefined;
   let backingFormat: ImageFormat | undefined;

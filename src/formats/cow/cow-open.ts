@@ -25,6 +25,7 @@ import {
   type CowLayoutName,
 } from './cow-header.js';
 import { cowGeometry, type CowGeometry } from './cow-layout.js';
+import { mapRecordedPath, type PathMapping } from '../path-map.js';
 
 export interface CowReadOptions {
   readOnly?: boolean;
@@ -33,6 +34,8 @@ export interface CowReadOptions {
   ignoreMtime?: boolean;
   /** Default true. false: do not stat/compare the backing file (info on a broken chain). */
   validateBacking?: boolean;
+  /** Rewrites of the recorded backing path (not of an explicit backingFile). */
+  pathMap?: readonly PathMapping[];
   /** For non-raw backings the size to compare is the backing device's virtual size. */
   backingSizeOf?: (file: string) => Promise<number>;
   /** With the native addon, SEEK_DATA tells which bitmap pages are holes (read as zero, no I/O). */
@@ -169,7 +172,8 @@ async function validateCandidate(file: string, head: Buffer, fileLength: number,
       `file length ${fileLength} is shorter than the ${layout} ${geometry.minFileLength === geometry.dataOffset ? `data area start ${geometry.dataOffset}` : `bitmap end ${geometry.minFileLength}`}`,
     );
   }
-  const backing = resolveBackingPath(layout, header.backingFile, file, options.backingFile);
+  const resolved = resolveBackingPath(layout, header.backingFile, file, options.backingFile);
+  const backing = options.backingFile === undefined ? mapRecordedPath(resolved, options.pathMap) : resolved;
   if (options.validateBacking !== false) {
     const st: BackingStat = await statBacking(backing);
     const sizeOverride = options.backingSizeOf ? await options.backingSizeOf(backing) : undefined;

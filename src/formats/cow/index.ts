@@ -41,6 +41,7 @@ export async function openCow(path: string, options: OpenImageOptions, openBacki
     layout: options.layout,
     backingFile: options.backingFile,
     ignoreMtime: options.ignoreMtime,
+    pathMap: options.pathMap,
     // A non-raw backing (a chain) is compared by its virtual size, not its file size.
     ...(backingFormat === 'raw'
       ? {}
