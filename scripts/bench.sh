@@ -13,6 +13,10 @@
 #   qemu-threads, qemu-uring      qemu-nbd on a qcow2 overlay, --aio=threads / io_uring
 #   nbd-server-cow                nbd-server, copyonwrite = true
 #   (reference only, never "best peer": cownbd-raw, nbdkit-file on a copy of the base)
+#   cownbd-cow-tls, nbdkit-cow64k-tls   the same with --tls require (X.509, certificate made for
+#                   the run); measured on randread-4k-qd32 and seqread-1m-qd8 only, fio with
+#                   nbds://…?tls-verify-peer=false; ratios against the best -tls peer
+#                   (scripts/bench/tls.mjs; any cownbd-*/nbdkit-* target takes a -tls suffix)
 # Rows (BENCH_ROWS, prefixes): randread-4k-qd32 (1 conn), randread-4k-qd32-4conn (4 conns × QD8),
 #   seqread-1m-qd8, randrw-70-30-4k-qd32, randwrite-4k-qd32, seqwrite-1m-qd8 (fio ioengine=nbd),
 #   nbdcopy-null (2 conns × 64 requests × 256K → null:), nbdcopy-devnull-sync (--synchronous →
@@ -24,7 +28,7 @@
 # Environment: BENCH_SECONDS (per cell, default 8), BENCH_RAMP (fio warm-up, default 1),
 # BENCH_ROUNDS (2), BENCH_ROWS, BENCH_TARGETS, BENCH_ADDCOW_CLUSTER (64K), BENCH_SIZE_MIB (1024),
 # BENCH_DIR (.bench), COWNBD_SERVE_ARGS, COWNBD_CLI (dist/cli/main.js).
-# Timing: defaults = 7 targets × 9 rows × 2 rounds × ~11 s ≈ 23 minutes.
+# Timing: defaults = 7 targets × 9 rows × 2 rounds × ~11 s ≈ 23 minutes, + 2 TLS targets × 2 rows.
 # Memory (scripts/bench.sh memory): see scripts/bench/memory.mjs; MEMORY_WRITES (10000).
 set -euo pipefail
 cd "$(dirname "$0")/.."

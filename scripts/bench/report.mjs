@@ -1,7 +1,9 @@
 // Table and results.json for scripts/bench/run.mjs: medians over rounds per (row, target),
 // the best peer per row, and each cownbd target's ratio to it. Reference targets
-// (cownbd-raw, nbdkit-file) are shown but are never "the best peer".
+// (cownbd-raw, nbdkit-file) are shown but are never "the best peer". A "-tls" target is
+// compared with the best "-tls" peer only.
 import { REFERENCE } from './targets.mjs';
+import { isTls } from './tls.mjs';
 
 const median = (xs) => {
   if (xs.length === 0) return undefined;
@@ -26,23 +28,33 @@ export function printReport({ cells, rows, targets, isOurs, meta }) {
             clientCpuPct: round1(median(ok.map((c) => c.clientCpuPct))),
             rounds: ok.map((c) => round1(c.value)),
           }
-        : { value: null, failures: mine.map((c) => c.reason) };
+        : { value: null, failures: mine.map((c) => c.reason), notMeasured: mine.length === 0 };
     }
-    let best;
-    for (const p of peers) if (byTarget[p].value !== null && (!best || byTarget[p].value > byTarget[best].value)) best = p;
+    const bestOf = (tls) => {
+      let best;
+      for (const p of peers.filter((t) => isTls(t) === tls)) if (byTarget[p].value !== null && (!best || byTarget[p].value > byTarget[best].value)) best = p;
+      return best;
+    };
+    const best = bestOf(false);
+    const bestTls = bestOf(true);
     const ratios = {};
     for (const t of ours) {
       const v = byTarget[t].value;
-      ratios[t] = best && v !== null ? Math.round((100 * v) / byTarget[best].value) / 100 : null;
+      const b = isTls(t) ? bestTls : best;
+      ratios[t] = b && v !== null ? Math.round((100 * v) / byTarget[b].value) / 100 : null;
     }
-    return { row: row.name, unit: row.unit, bestPeer: best ?? null, targets: byTarget, ratios };
+    return { row: row.name, unit: row.unit, bestPeer: best ?? null, bestTlsPeer: bestTls ?? null, targets: byTarget, ratios };
   });
 
-  const fmt = (unit, v) => (v === null || v === undefined ? 'FAIL' : unit === 'IOPS' ? `${(v / 1000).toFixed(1)}k` : v.toFixed(0));
+  const fmt = (unit, cell) => {
+    const v = cell.value;
+    if (v === null || v === undefined) return cell.notMeasured ? '-' : 'FAIL';
+    return unit === 'IOPS' ? `${(v / 1000).toFixed(1)}k` : v.toFixed(0);
+  };
   const table = [['row', 'unit', ...targets, 'best peer', ...ours.map((t) => `${t}/best`)]];
   for (const s of summary) {
     table.push([
-      s.row, s.unit, ...targets.map((t) => fmt(s.unit, s.targets[t].value)), s.bestPeer ?? '-',
+      s.row, s.unit, ...targets.map((t) => fmt(s.unit, s.targets[t])), s.bestPeer ?? '-',
       ...ours.map((t) => (s.ratios[t] === null ? 'n/a' : s.ratios[t].toFixed(2))),
     ]);
   }

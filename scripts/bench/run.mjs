@@ -11,6 +11,7 @@ import { cpuSeconds } from './proc.mjs';
 import { ROWS, runRow } from './rows.mjs';
 import { OURS, PEERS, isOurs, startTarget } from './targets.mjs';
 import { printReport } from './report.mjs';
+import { TLS_ROWS, isTls, makeServerCertificate } from './tls.mjs';
 
 const env = process.env;
 const benchDir = env.BENCH_DIR;
@@ -32,6 +33,7 @@ const ctx = {
   node: env.NODE24 || process.execPath,
   serveArgs: split(env.COWNBD_SERVE_ARGS),
   addcowCluster: env.BENCH_ADDCOW_CLUSTER || '64K',
+  tlsDir: () => makeServerCertificate(join(runDir, 'tls')),
   rawCopy() {
     const p = join(runDir, 'raw.img');
     if (!existsSync(p)) copyFileSync(base, p);
@@ -76,6 +78,7 @@ console.error(`bench: ${targets.length} targets × ${rows.length} rows × ${roun
 for (let round = 1; round <= rounds; round++) {
   for (const row of rows) {
     for (const target of targets) {
+      if (isTls(target) && !TLS_ROWS.includes(row.name)) continue; // not measured over TLS
       const label = `round ${round} ${row.name.padEnd(22)} ${target.padEnd(16)}`;
       try {
         const r = await cell(target, row, round);

@@ -11,12 +11,14 @@
 //   qemu-threads       qemu-nbd on a qcow2 overlay (qemu-img create -b BASE), --aio=threads
 //   qemu-uring         same with --aio=io_uring
 //   nbd-server-cow     nbd-server with copyonwrite = true (a diff file per connection)
+//   <target>-tls       cownbd-* and nbdkit-* targets with --tls require (scripts/bench/tls.mjs)
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { isTls, plainTarget, tlsServerArgs, tlsUri } from './tls.mjs';
 
-export const PEERS = ['nbdkit-cow64k', 'nbdkit-cow4k', 'qemu-threads', 'qemu-uring', 'nbd-server-cow'];
-export const OURS = ['cownbd-cow', 'cownbd-addcow'];
+export const PEERS = ['nbdkit-cow64k', 'nbdkit-cow4k', 'qemu-threads', 'qemu-uring', 'nbd-server-cow', 'nbdkit-cow64k-tls'];
+export const OURS = ['cownbd-cow', 'cownbd-addcow', 'cownbd-cow-tls'];
 export const REFERENCE = ['cownbd-raw', 'nbdkit-file'];
 export const isOurs = (t) => t.startsWith('cownbd-');
 
@@ -26,8 +28,20 @@ function run(argv, log) {
   if (r.status !== 0) throw new Error(`${argv.slice(0, 3).join(' ')} failed: ${(r.stderr || r.stdout || '').trim().split('\n').pop()}`);
 }
 
-/** Command line (and export name) for one target; prepares its fresh overlay in dir. */
+/** Command line (and export name) for one target, TLS added for "-tls" targets. */
 function prepare(target, ctx, dir, port, log) {
+  if (!isTls(target)) return preparePlain(target, ctx, dir, port, log);
+  const spec = preparePlain(plainTarget(target), ctx, dir, port, log);
+  const kind = spec.argv[0] === 'nbdkit' ? 'nbdkit' : target.startsWith('cownbd-') ? 'cownbd' : undefined;
+  if (!kind) throw new Error(`${target}: TLS is set up for cownbd and nbdkit targets only`);
+  const tls = tlsServerArgs(kind, ctx.tlsDir());
+  // nbdkit options go before the plugin name; cownbd's anywhere.
+  const argv = kind === 'nbdkit' ? [spec.argv[0], spec.argv[1], ...tls, ...spec.argv.slice(2)] : [...spec.argv, ...tls];
+  return { ...spec, argv, tls: true };
+}
+
+/** Command line (and export name) for one target; prepares its fresh overlay in dir. */
+function preparePlain(target, ctx, dir, port, log) {
   const { base, cli, node, rawCopy } = ctx;
   const addr = ['-i', '127.0.0.1', '-p', String(port)];
   if (target === 'cownbd-cow') {
@@ -81,7 +95,7 @@ export async function startTarget(target, ctx, dir, port, log) {
   closeSync(out);
   let exited = false;
   child.on('exit', () => (exited = true));
-  const uri = `nbd://127.0.0.1:${port}/${spec.name}`;
+  const uri = spec.tls ? tlsUri(port, spec.name) : `nbd://127.0.0.1:${port}/${spec.name}`;
   let pid = child.pid;
   const stop = async () => {
     for (const p of new Set([pid, child.pid])) {
