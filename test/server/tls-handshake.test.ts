@@ -3,6 +3,7 @@
  * send): nothing about exports before STARTTLS, EXPORT_NAME closes, plaintext smuggled
  * behind STARTTLS closes, STARTTLS with data is invalid.
  */
+import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRawImage, makeTempDir, type TempDir } from '../helpers/images.js';
 import { startServer, type RunningServer } from '../helpers/server.js';
@@ -73,5 +74,34 @@ describe.runIf(hasTls)('--tls require before STARTTLS', () => {
     expect((await c.readOptionReply()).type).toBe(ACK);
     expect(await c.closedByServer()).toBe(true);
     await expect.poll(() => serverLog(srv).some((l) => String(l.reason).includes('after STARTTLS before the TLS handshake'))).toBe(true);
+  });
+});
+
+describe.runIf(hasTls)('serve refuses a bad security configuration at start-up, naming the problem', () => {
+  let tmp: TempDir;
+  let fx: ReturnType<typeof makeTlsFixture>;
+  beforeAll(() => {
+    tmp = makeTempDir();
+    fx = makeTlsFixture(tmp.file('tls'), []);
+    createRawImage(tmp.file('d.raw'), 1024 * 1024);
+    writeFileSync(tmp.file('bad.psk'), 'vm1:xyz\n');
+  });
+  afterAll(() => tmp?.cleanup());
+
+  it.each([
+    [['--tls', 'require'], /--tls require needs --tls-certificates DIR or --tls-psk FILE/],
+    [['--tls-psk', 'PSK'], /--tls-certificates\/--tls-psk need --tls on or --tls require/],
+    [['--tls', 'on', '--tls-certificates', 'CERTS', '--tls-psk', 'PSK'], /either --tls-certificates or --tls-psk, not both/],
+    [['--tls', 'on', '--tls-certificates', 'NOWHERE'], /cannot read .*nowhere\/server-cert\.pem/],
+    [['--tls', 'on', '--tls-psk', 'BAD'], /bad\.psk line 1: the key of "vm1" is not an even number of hex digits/],
+    [['--tls', 'on', '--tls-verify-peer', '--tls-psk', 'PSK'], /--tls-verify-peer needs --tls-certificates/],
+    [['--export', 'x=IMG,allow=vm1'], /allow= needs client identities/],
+    [['--tls', 'on', '--tls-certificates', 'CERTS', '--export', 'x=IMG,allow=vm1'], /allow= needs client identities/],
+    [['--tls', 'maybe'], /--tls.*maybe/],
+    [['--min-free', 'lots'], /invalid --min-free "lots"/],
+  ])('%j', async (args, message) => {
+    const subst: Record<string, string> = { PSK: fx.pskFile, CERTS: fx.serverDir, NOWHERE: tmp.file('nowhere'), BAD: tmp.file('bad.psk') };
+    const argv = args.map((a) => subst[a] ?? a.replace('IMG', tmp.file('d.raw')));
+    await expect(startServer([tmp.file('d.raw'), ...argv])).rejects.toThrow(message);
   });
 });
