@@ -23,6 +23,7 @@
 import { randomBytes } from 'node:crypto';
 import { access, mkdir, readdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
+import { pidAlive, removeDeadTemps } from '../util/atomic-file.js';
 import type { BlockDevice } from '../block/block-device.js';
 import { alignUp } from '../block/block-split.js';
 import { FileIo } from '../block/file-io.js';
@@ -111,6 +112,7 @@ export class OverlayDirProvider implements ExportProvider {
 
   static async create(base: BaseImage, dir: string, log: Logger, limits: OverlayLimits = OVERLAY_LIMIT_DEFAULTS): Promise<OverlayDirProvider> {
     await mkdir(dir, { recursive: true });
+    await removeCreationTemps(dir, log);
     const existing = (await readdir(dir)).filter((f) => f.endsWith('.cow')).length;
     const quota = new OverlayQuota(limits, path.resolve(dir), existing, log);
     return new OverlayDirProvider(base, path.resolve(dir), await baseVirtualSize(base), log, quota);
@@ -252,13 +254,10 @@ export class OverlayDirProvider implements ExportProvider {
 /** Ephemeral overlay files: cownbd-ephemeral-<pid>-<conn>-<random>.cow */
 const EPHEMERAL_FILE = /^cownbd-ephemeral-(\d+)-\d+-[0-9a-f]+\.cow$/;
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
+/** Temp files of overlay creations interrupted by a crash (see util/atomic-file.ts). */
+async function removeCreationTemps(dir: string, log: Logger): Promise<void> {
+  const removed = await removeDeadTemps(dir);
+  if (removed.length) log.info({ dir, files: removed }, 'removed temp files of interrupted overlay creations');
 }
 
 export class EphemeralProvider implements ExportProvider {
@@ -281,6 +280,7 @@ export class EphemeralProvider implements ExportProvider {
     limits: OverlayLimits = OVERLAY_LIMIT_DEFAULTS,
   ): Promise<EphemeralProvider> {
     await mkdir(dir, { recursive: true });
+    await removeCreationTemps(dir, log);
     const quota = new OverlayQuota(limits, path.resolve(dir), 0, log);
     const provider = new EphemeralProvider(base, exportName, path.resolve(dir), await baseVirtualSize(base), log, quota);
     await provider.removeLeftovers();

@@ -16,6 +16,7 @@
  * it then skips the mtime comparison (size must still match) and redoes the whole copy.
  */
 import { open, readFile, rename, unlink } from 'node:fs/promises';
+import { syncDir } from '../util/atomic-file.js';
 import path from 'node:path';
 
 export interface CommitJournal {
@@ -81,12 +82,4 @@ export async function removeJournal(overlay: string): Promise<void> {
   await syncDir(path.dirname(file));
 }
 
-/** fsync a directory so a rename/unlink in it is durable. */
-export async function syncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
+export { syncDir };

@@ -15,7 +15,8 @@
  * finalize: when every cluster bit is set, set ALL_ALLOCATED durably (image fdatasync
  *   first, then header write + fdatasync). Afterwards the image file alone is the disk.
  */
-import { open, stat } from 'node:fs/promises';
+import { open, stat, type FileHandle } from 'node:fs/promises';
+import { createFileAtomically } from '../../util/atomic-file.js';
 import { DeviceError } from '../../block/block-device.js';
 import { writeFully } from '../../block/file-io.js';
 import { type ImageFormat, openImage } from '../open-image.js';
@@ -77,22 +78,25 @@ export async function createAddCow(addCowPath: string, options: CreateAddCowOpti
   }
   const virtualSize = Math.floor(size / ADD_COW_SECTOR) * ADD_COW_SECTOR;
 
-  // Image first (created sparse or resized), then the metadata that refers to it.
-  const image = await open(imagePath, imageLength === undefined ? 'wx' : 'r+');
-  try {
-    if (imageLength === undefined || (options.size !== undefined && imageLength !== size)) await image.truncate(size);
-    await image.datasync();
-  } finally {
-    await image.close();
+  // Image first (created sparse or resized), then the metadata that refers to it; each
+  // new file appears complete or not at all (util/atomic-file.ts). A crash between the
+  // two leaves only an empty sparse image file, which a retry reuses.
+  if (imageLength === undefined) {
+    await createFileAtomically(imagePath, (fh) => fh.truncate(size));
+  } else if (options.size !== undefined && imageLength !== size) {
+    const image = await open(imagePath, 'r+');
+    try {
+      await image.truncate(size);
+      await image.datasync();
+    } finally {
+      await image.close();
+    }
   }
-  const meta = await open(addCowPath, 'w');
-  try {
+  const writeMeta = async (meta: FileHandle) => {
     await writeFully(meta, 0, header);
     await meta.truncate(addCowMetadataLength(virtualSize, clusterBits));
-    await meta.datasync();
-  } finally {
-    await meta.close();
-  }
+  };
+  await createFileAtomically(addCowPath, writeMeta, { overwrite: true });
 }
 
 /** Set ALL_ALLOCATED once every cluster is in the image file. No-op if already set. */

@@ -27,6 +27,14 @@ import {
 import { cowGeometry, type CowGeometry } from './cow-layout.js';
 import { mapRecordedPath, type PathMapping } from '../path-map.js';
 
+/**
+ * Older versions created overlays in place (header, then extend, then sync): a crash in
+ * between left a 0-byte or header-only file under the final name. Such a file holds no
+ * guest data (nothing can have been written before creation finished), so say so.
+ */
+export const HALF_CREATED_HINT =
+  'if this is an overlay whose creation was interrupted (cownbd before crash-safe creation wrote it in place), it holds no data: delete it and it will be created afresh';
+
 export interface CowReadOptions {
   readOnly?: boolean;
   layout?: string;
@@ -63,6 +71,7 @@ export async function readCowFile(file: string, options: CowReadOptions = {}): P
   try {
     const st = await fh.stat();
     if (!st.isFile()) throw new CowHeaderError(`${file}: not a regular file`);
+    if (st.size === 0) throw new CowHeaderError(`${file}: empty file (0 bytes), no cow header; ${HALF_CREATED_HINT}`);
     const head = Buffer.alloc(Math.min(COW_MAX_HEADER_SIZE, st.size));
     await readFully(fh, 0, head);
     const { header, geometry, backing } = await chooseLayout(file, head, st.size, options);
@@ -169,7 +178,7 @@ async function validateCandidate(file: string, head: Buffer, fileLength: number,
   const geometry = cowGeometry(header);
   if (fileLength < geometry.minFileLength) {
     throw new CowHeaderError(
-      `file length ${fileLength} is shorter than the ${layout} ${geometry.minFileLength === geometry.dataOffset ? `data area start ${geometry.dataOffset}` : `bitmap end ${geometry.minFileLength}`}`,
+      `file length ${fileLength} is shorter than the ${layout} ${geometry.minFileLength === geometry.dataOffset ? `data area start ${geometry.dataOffset}` : `bitmap end ${geometry.minFileLength}`}; ${HALF_CREATED_HINT}`,
     );
   }
   const resolved = resolveBackingPath(layout, header.backingFile, file, options.backingFile);

@@ -9,10 +9,11 @@
  *   inspectCowFile(path, options)        header/geometry/bitmap without opening the backing device
  *   cowInspection(device)                the same for an open device (CheckedDevice or CowDevice)
  */
-import { open, unlink } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import type { BlockDevice } from '../../block/block-device.js';
 import { CheckedDevice } from '../../block/checked-device.js';
 import { FileIo } from '../../block/file-io.js';
+import { createFileAtomically } from '../../util/atomic-file.js';
 import type { OpenBacking, OpenImageOptions } from '../open-image.js';
 import { absolutizeLikeUml, CowBackingError, statBacking } from './cow-backing.js';
 import { CowDevice, type CowInspection } from './cow-device.js';
@@ -99,22 +100,17 @@ export async function createCow(path: string, options: CreateCowOptions): Promis
   };
   const bytes = encodeCowHeader(header);
   const geometry = cowGeometry({ ...header, version: 3, headerSize: bytes.length });
-  const fh = await open(path, options.force ? 'w' : 'wx').catch((err: NodeJS.ErrnoException) => {
+  // Crash-safe: a kill -9 at any moment leaves no file or a complete one, never a
+  // header-only file under the final name (util/atomic-file.ts).
+  const write = async (fh: FileHandle) => {
+    await fh.write(bytes, 0, bytes.length, 0);
+    await fh.truncate(geometry.dataOffset + header.size);
+  };
+  await createFileAtomically(path, write, { overwrite: options.force }).catch((err: NodeJS.ErrnoException) => {
     // Keep the errno code: callers (e.g. the overlay-dir provider) branch on it.
     if (err.code === 'EEXIST') throw Object.assign(new CowBackingError(`${path}: file exists (use force to overwrite): EEXIST`), { code: 'EEXIST' });
     throw err;
   });
-  try {
-    await fh.write(bytes, 0, bytes.length, 0);
-    await fh.truncate(geometry.dataOffset + header.size);
-    await fh.sync();
-  } catch (err) {
-    await fh.close();
-    await unlink(path).catch(() => {});
-    throw err;
-  } finally {
-    await fh.close().catch(() => {});
-  }
 }
 
 /** Streaming the bitmap (counting, never kept): large reads, few syscalls. */
