@@ -24,6 +24,11 @@ import { formatMapText, runMap } from '../tools/map.js';
 import { makeProgress } from '../tools/progress.js';
 import { runRebase } from '../tools/rebase.js';
 import { formatSize } from '../util/size.js';
+import { addObjectStoreOptions, lazyObjectStore, storeConfigFrom, type ObjectStoreFlags } from '../objectstore/cli-options.js';
+import { formatObjectStoreInfoText, runObjectStoreInfo } from '../objectstore/info.js';
+import { isObjectStoreUri } from '../objectstore/uri.js';
+import { StoreClient } from '../objectstore/store-client.js';
+import { silentLogger } from '../logging.js';
 
 interface CreateFlags {
   format: 'cow' | 'add-cow';
@@ -119,16 +124,28 @@ export function registerImageCommands(program: Command, io: FileIo): void {
       await finalizeAddCow(file);
     });
 
-  program
+  const info = program
     .command('info')
     .description('show format, layout, sizes, offsets and backing-file checks of an image (never writes)')
-    .argument('<file>', 'image file')
+    .argument('<file>', 'image file, or s3://BUCKET/PREFIX[@VERSION]')
     .addOption(formatOption())
     .addOption(backingFormatOption())
     .addOption(layoutOption())
     .option('--backing-chain', 'also describe every backing layer (JSON: an array, top first)')
-    .option('--json', 'machine-readable output')
-    .action(async (file: string, flags: CommonFlags & { backingChain?: boolean }) => {
+    .option('--json', 'machine-readable output');
+  addObjectStoreOptions(info)
+    .action(async (file: string, flags: CommonFlags & ObjectStoreFlags & { backingChain?: boolean }) => {
+      if (isObjectStoreUri(file)) {
+        const client = new StoreClient(storeConfigFrom(flags));
+        try {
+          const i = await runObjectStoreInfo(file, client);
+          if (flags.json) printJson(i);
+          else process.stdout.write(formatObjectStoreInfoText(i));
+        } finally {
+          client.close();
+        }
+        return;
+      }
       const infos = await runInfo(file, { format: flags.format, backingFormat: flags.backingFormat, layout: flags.layout, chain: flags.backingChain, io });
       if (flags.json) printJson(flags.backingChain ? infos : infos[0]);
       else process.stdout.write(infos.map(formatInfoText).join('\n'));
@@ -150,17 +167,19 @@ export function registerImageCommands(program: Command, io: FileIo): void {
       process.exitCode = r.exitCode;
     });
 
-  program
+  const map = program
     .command('map')
     .description('allocation map of a chain: offset, length, depth (layer), zero/data (same as NBD qemu:allocation-depth + base:allocation)')
-    .argument('<file>', 'image file')
+    .argument('<file>', 'image file, or s3://BUCKET/PREFIX[@VERSION]')
     .addOption(formatOption())
     .addOption(backingFormatOption())
     .addOption(layoutOption())
     .option('--ignore-mtime', 'cow: open even if the backing mtime does not match')
-    .option('--json', 'machine-readable output')
-    .action(async (file: string, flags: CommonFlags) => {
-      const m = await runMap(file, { ...flags, io });
+    .option('--json', 'machine-readable output');
+  addObjectStoreOptions(map)
+    .action(async (file: string, flags: CommonFlags & ObjectStoreFlags) => {
+      const objectStore = lazyObjectStore(flags, silentLogger());
+      const m = await runMap(file, { ...flags, io, objectStore }).finally(() => objectStore.close());
       if (flags.json) printJson(m);
       else process.stdout.write(formatMapText(m));
     });

@@ -16,6 +16,7 @@
 import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { isObjectStoreUri } from '../objectstore/uri.js';
 
 /** A message meant for the operator (main.ts prints it as one line, status 1). */
 export class PathError extends Error {
@@ -144,6 +145,7 @@ const TOOL_ARGS: Record<string, { inputs: number[]; outputs: number[] }> = {
 export async function checkToolPaths(command: string, args: readonly unknown[]): Promise<void> {
   const spec = TOOL_ARGS[command];
   if (!spec) return;
-  for (const i of spec.inputs) if (typeof args[i] === 'string') await checkImagePath(args[i]);
+  // s3:// published images are addresses, not paths (checked when opened).
+  for (const i of spec.inputs) if (typeof args[i] === 'string' && !isObjectStoreUri(args[i])) await checkImagePath(args[i]);
   for (const i of spec.outputs) if (typeof args[i] === 'string') await checkNewFilePath(args[i]);
 }

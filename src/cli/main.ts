@@ -15,6 +15,7 @@ import { registerCtlCommand } from './ctl-command.js';
 
 // `ps`, `pgrep cownbd`, `ss -p` and `top` show "cownbd" rather than "node".
 process.title = 'cownbd';
+import { registerObjectStoreCommands } from './objectstore-commands.js';
 
 const program = new Command();
 program
@@ -31,6 +32,7 @@ registerImageCommands(program, io);
 // us, a missing file gets qemu-img's words (image-path.ts).
 program.hook('preAction', (_program, action) => checkToolPaths(action.name(), action.processedArgs));
 registerCtlCommand(program);
+registerObjectStoreCommands(program);
 
 // Operator errors (bad option, missing file, cow "mtime mismatch", port in use) end the
 // process with ONE line naming the problem and status 1; a stack trace would bury the

@@ -24,7 +24,9 @@ import { createLogger, type Logger } from '../logging.js';
 import { IMAGE_FORMATS, openImage, type ImageFormat } from '../formats/open-image.js';
 import { NbdServer, type ListenAddress, type ListenEndpoint } from '../server/listener.js';
 import { CompositeExportProvider, type ExportProvider, type StaticExportConfig } from '../server/exports.js';
-import { EphemeralProvider, OverlayDirProvider } from '../server/overlay-providers.js';
+import { EphemeralProvider, OverlayDirProvider, type BaseImage } from '../server/overlay-providers.js';
+import { addObjectStoreOptions, lazyObjectStore, storeConfigFrom, type LazyObjectStore, type ObjectStoreFlags } from '../objectstore/cli-options.js';
+import { isObjectStoreUri } from '../objectstore/uri.js';
 import { ConfigError, loadConfigFile, mergeFileOptions, parseEndpoint, type AdminEndpoint, type FileOptions } from '../control/config.js';
 import { ReloadableExports } from '../control/export-set.js';
 import { ControlPlaneError, startControlPlane } from '../control/control-plane.js';
@@ -39,7 +41,7 @@ import { addSecurityOptions, securityOptionsFrom, type SecurityCliOptions } from
 export const DEFAULT_PORT = 10809;
 export const DEFAULT_BIND = '127.0.0.1';
 
-export interface ServeOptions extends ProcessOptions, SecurityCliOptions {
+export interface ServeOptions extends ProcessOptions, SecurityCliOptions, ObjectStoreFlags {
   port: number;
   bind: string;
   socket?: string;
@@ -304,9 +306,11 @@ async function checkServePaths(configs: readonly StaticExportConfig[], o: ServeO
       throw new UsageError(`${what}: ${(err as Error).message}`);
     }
   };
-  for (const c of configs) await named(`export "${c.name}"`, () => checkImagePath(c.path, { write: !c.readOnly }));
-  if (ephemeralBase) await named('base image', () => checkImagePath(ephemeralBase));
-  if (o.overlayDir && o.base) await named('--base', () => checkImagePath(o.base!));
+  // s3:// images are not paths: they are checked when opened (below).
+  const local = (p: string) => !isObjectStoreUri(p);
+  for (const c of configs) if (local(c.path)) await named(`export "${c.name}"`, () => checkImagePath(c.path, { write: !c.readOnly }));
+  if (ephemeralBase && local(ephemeralBase)) await named('base image', () => checkImagePath(ephemeralBase));
+  if (o.overlayDir && o.base && local(o.base)) await named('--base', () => checkImagePath(o.base!));
   // These messages name their option themselves (PathError: printed as one line like UsageError).
   if (o.ephemeral && o.ephemeralDir) await checkDirectoryPath(o.ephemeralDir, '--ephemeral-dir');
   if (o.overlayDir) await checkDirectoryPath(o.overlayDir, '--overlay-dir');
@@ -354,6 +358,19 @@ export function installSignalHandlers(server: NbdServer, log: Logger): Pick<Runn
   return { shutdown, onStop: (fn) => stopHooks.push(fn) };
 }
 
+/**
+ * The base image for --overlay-dir/--ephemeral. An s3:// base is pinned here, once: new
+ * overlays record the exact version served now, and a later publish never changes what
+ * an existing overlay sees (docs/object-store.md).
+ */
+async function resolveBase(base: string, o: ServeOptions, io: FileIo, objectStore: LazyObjectStore): Promise<BaseImage> {
+  if (!isObjectStoreUri(base)) return { path: path.resolve(base), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
+  const dev = await openImage(base, { readOnly: true, objectStore });
+  const pinned = dev.describe().path ?? base;
+  await dev.close();
+  return { path: pinned, format: 'raw', ignoreMtime: o.ignoreMtime, io, objectStore };
+}
+
 export function registerServeCommand(program: Command, io: FileIo): void {
   const serve = program
     .command('serve')
@@ -396,6 +413,7 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     .option('--admin-token-file <file>', 'bearer token clients of a TCP admin API must send');
   addProcessOptions(serve, true);
   addSecurityOptions(serve);
+  addObjectStoreOptions(serve);
   serve.action(async (image: string | undefined, cliOptions: ServeOptions, cmd: Command) => {
     const fromCli = (k: string) => cmd.getOptionValueSource(k) === 'cli';
     let fileOptions: FileOptions | undefined;
@@ -410,6 +428,8 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     if (o.admin && !('path' in o.admin) && !o.adminTokenFile) throw new UsageError('--admin HOST:PORT needs --admin-token-file (the bearer token clients must send)');
     const log = createLogger({ level: o.logLevel });
     logNativeAddon(log, io.policy);
+    storeConfigFrom(o); // bad object-store flags fail now, not at the first s3:// image
+    const objectStore = lazyObjectStore(o, log);
     // Read (and unset) the activation variables first, before anything can spawn a child.
     const listenFds = takeSystemdListenFds();
     if (listenFds.length) {
@@ -427,7 +447,7 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     await checkServePaths(configs, o, ephemeralBase, listenFds.length > 0);
     const providers: ExportProvider[] = [];
     const opener = (c: StaticExportConfig) =>
-      openImage(c.path, { readOnly: c.readOnly, format: c.format, backingFormat: c.backingFormat, ignoreMtime: o.ignoreMtime, io, pathMap: o.backingPathMap });
+      openImage(c.path, { readOnly: c.readOnly, format: c.format, backingFormat: c.backingFormat, ignoreMtime: o.ignoreMtime, io, pathMap: o.backingPathMap, objectStore });
     let exports: ReloadableExports;
     try {
       exports = await ReloadableExports.open(configs, opener, log);
@@ -443,12 +463,12 @@ export function registerServeCommand(program: Command, io: FileIo): void {
       throw new UsageError((err as Error).message);
     }
     if (ephemeralBase) {
-      const base = { path: path.resolve(ephemeralBase), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
+      const base = await namedFailure(`base image ${ephemeralBase}`, () => resolveBase(ephemeralBase, o, io, objectStore));
       providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log, security.overlayLimits)));
     }
     let overlays: OverlayDirProvider | undefined;
     if (o.overlayDir) {
-      const base = { path: path.resolve(o.base!), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
+      const base = await namedFailure(`--base ${o.base}`, () => resolveBase(o.base!, o, io, objectStore));
       overlays = await namedFailure(`--base ${base.path} / --overlay-dir ${o.overlayDir}`, () => OverlayDirProvider.create(base, o.overlayDir!, log, security.overlayLimits));
       providers.push(overlays);
     }
@@ -462,7 +482,7 @@ export function registerServeCommand(program: Command, io: FileIo): void {
       exports,
       overlays,
       ephemeralName: ephemeralBase ? o.name : undefined,
-      inspect: (file) => openImage(file, { readOnly: true, format: 'cow', backingFormat: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io }),
+      inspect: (file) => openImage(file, { readOnly: true, format: 'cow', backingFormat: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io, objectStore }),
       log,
       reload: { configFile: o.config, initial: fileOptions, cliExports, cliReadOnly: Boolean(cliOptions.readOnly) },
       admin: o.admin,

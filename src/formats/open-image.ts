@@ -17,6 +17,8 @@ import { CheckedDevice } from '../block/checked-device.js';
 import { FileIo } from '../block/file-io.js';
 import { RawFileDevice } from '../block/raw-file-device.js';
 import type { PathMapping } from './path-map.js';
+import type { ObjectStoreContext } from '../objectstore/open.js';
+import { isObjectStoreUri } from '../objectstore/uri.js';
 
 export type ImageFormat = 'raw' | 'cow' | 'add-cow';
 export const IMAGE_FORMATS: readonly ImageFormat[] = ['raw', 'cow', 'add-cow'];
@@ -37,16 +39,23 @@ export interface OpenImageOptions {
   io?: FileIo;
   /** Rewrites of paths recorded in overlay headers, for the whole chain (path-map.ts). */
   pathMap?: readonly PathMapping[];
+  /**
+   * Object-store access for s3:// images (as the image itself or anywhere in its chain).
+   * An s3:// path is claimed by its scheme, whatever `format` says: it is always a
+   * read-only published image (src/objectstore/).
+   */
+  objectStore?: () => Promise<ObjectStoreContext>;
 }
 
 /** Opens a backing device: always read-only, never probed. Passed to format drivers. */
 export type OpenBacking = (path: string, format: ImageFormat) => Promise<BlockDevice>;
 
 export async function openImage(path: string, options: OpenImageOptions = {}): Promise<CheckedDevice> {
+  if (isObjectStoreUri(path)) return openObjectStoreImage(path, options);
   const format = options.format ?? (await probeFormat(path));
   const io = options.io ?? new FileIo();
   const openBacking: OpenBacking = (backingPath, backingFormat) =>
-    openImage(backingPath, { readOnly: true, format: backingFormat, io, pathMap: options.pathMap });
+    openImage(backingPath, { readOnly: true, format: backingFormat, io, pathMap: options.pathMap, objectStore: options.objectStore });
   const driver = await openDriver(path, format, { ...options, io }, openBacking);
   return new CheckedDevice(driver, { readOnly: options.readOnly });
 }
@@ -76,6 +85,13 @@ async function openDriver(
       return openAddCow(path, options, openBacking);
     }
   }
+}
+
+async function openObjectStoreImage(uri: string, options: OpenImageOptions): Promise<CheckedDevice> {
+  if (!options.objectStore) throw new Error(`${uri}: object-store images need object-store access (this command has no --s3-endpoint/--cache-dir options)`);
+  if (options.readOnly === false) throw new Error(`${uri}: a published image is read-only; serve it with --base and --overlay-dir/--ephemeral, or read-only`);
+  const { openObjectStoreBase } = await import('../objectstore/open.js');
+  return new CheckedDevice(await openObjectStoreBase(uri, await options.objectStore()), { readOnly: true });
 }
 
 /** Magic-only detection for the image the operator named (not for backing files). */

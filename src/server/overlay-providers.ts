@@ -32,6 +32,8 @@ import { overlayCapabilities } from '../formats/overlay-capabilities.js';
 import { openImage, type ImageFormat } from '../formats/open-image.js';
 import type { Logger } from '../logging.js';
 import { OVERLAY_LIMIT_DEFAULTS, OverlayQuota, type OverlayLimits } from './overlay-quota.js';
+import type { ObjectStoreContext } from '../objectstore/open.js';
+import { isObjectStoreUri } from '../objectstore/uri.js';
 import type { ExportContext, ExportHandle, ExportInfo, ExportProvider, ExportSummary } from './exports.js';
 
 export const MAX_OVERLAY_NAME = 128;
@@ -57,24 +59,29 @@ export interface BaseImage {
   readonly ignoreMtime?: boolean;
   /** I/O policy for the base and the overlays (default: every fast path). */
   readonly io?: FileIo;
+  /** Access to s3:// bases (path is then a pinned s3://BUCKET/PREFIX@VERSION address). */
+  readonly objectStore?: () => Promise<ObjectStoreContext>;
 }
 
 /** Virtual size of the base as a cow overlay will present it (rounded up to whole sectors). */
-async function baseVirtualSize(base: BaseImage): Promise<{ overlaySize: number; backingSize: number }> {
-  const dev = await openImage(base.path, { readOnly: true, format: base.format, io: base.io });
+async function baseVirtualSize(base: BaseImage): Promise<{ overlaySize: number; backingSize: number; mtime?: number }> {
+  const dev = await openImage(base.path, { readOnly: true, format: base.format, io: base.io, objectStore: base.objectStore });
   try {
-    return { overlaySize: alignUp(dev.size, COW_SECTOR), backingSize: dev.size };
+    const mtime = dev.describe().detail?.mtime;
+    return { overlaySize: alignUp(dev.size, COW_SECTOR), backingSize: dev.size, ...(typeof mtime === 'number' ? { mtime } : {}) };
   } finally {
     await dev.close();
   }
 }
 
 
-async function createOverlay(file: string, base: BaseImage, backingSize: number): Promise<void> {
+async function createOverlay(file: string, base: BaseImage, sizes: { backingSize: number; mtime?: number }): Promise<void> {
   await createCow(file, {
     backingFile: base.path,
     // A non-raw base is compared by its virtual size when the overlay is opened.
-    ...(base.format === 'raw' ? {} : { backingSize }),
+    ...(base.format === 'raw' ? {} : { backingSize: sizes.backingSize }),
+    // An s3:// base is recorded by its pinned address, size and manifest time (docs/object-store.md).
+    ...(isObjectStoreUri(base.path) ? { remoteBackingStat: { size: sizes.backingSize, mtime: sizes.mtime ?? 0 } } : {}),
   });
 }
 
@@ -88,7 +95,7 @@ async function fileExists(file: string): Promise<boolean> {
 }
 
 function openOverlay(file: string, base: BaseImage): Promise<BlockDevice> {
-  return openImage(file, { format: 'cow', backingFormat: base.format, ignoreMtime: base.ignoreMtime, io: base.io });
+  return openImage(file, { format: 'cow', backingFormat: base.format, ignoreMtime: base.ignoreMtime, io: base.io, objectStore: base.objectStore });
 }
 
 interface SharedOverlay {
@@ -105,7 +112,7 @@ export class OverlayDirProvider implements ExportProvider {
   private constructor(
     private readonly base: BaseImage,
     private readonly dir: string,
-    private readonly sizes: { overlaySize: number; backingSize: number },
+    private readonly sizes: { overlaySize: number; backingSize: number; mtime?: number },
     private readonly log: Logger,
     private readonly quota: OverlayQuota,
   ) {}
@@ -211,7 +218,7 @@ export class OverlayDirProvider implements ExportProvider {
   private startOverlay(name: string, file: string, reserved: boolean): SharedOverlay {
     const opening = (async () => {
       try {
-        await createOverlay(file, this.base, this.sizes.backingSize);
+        await createOverlay(file, this.base, this.sizes);
         this.log.info({ export: name, file }, 'created overlay');
       } catch (err) {
         if (reserved) this.quota.release();
@@ -267,7 +274,7 @@ export class EphemeralProvider implements ExportProvider {
     private readonly base: BaseImage,
     private readonly exportName: string,
     private readonly dir: string,
-    private readonly sizes: { overlaySize: number; backingSize: number },
+    private readonly sizes: { overlaySize: number; backingSize: number; mtime?: number },
     private readonly log: Logger,
     private readonly quota: OverlayQuota,
   ) {}
@@ -316,7 +323,7 @@ export class EphemeralProvider implements ExportProvider {
     const file = path.join(this.dir, `cownbd-ephemeral-${process.pid}-${ctx.connId}-${randomBytes(4).toString('hex')}.cow`);
     let device: BlockDevice;
     try {
-      await createOverlay(file, this.base, this.sizes.backingSize);
+      await createOverlay(file, this.base, this.sizes);
       device = await openOverlay(file, this.base);
     } catch (err) {
       this.quota.release();

@@ -16,6 +16,8 @@ export interface ChainOptions {
   ignoreMtime?: boolean;
   /** I/O policy of the opened stacks (default: every fast path). */
   io?: FileIo;
+  /** Access to s3:// images in the chain (created on first use). */
+  objectStore?: OpenImageOptions['objectStore'];
 }
 
 export async function openChain(file: string, options: ChainOptions, readOnly = true): Promise<CheckedDevice> {
@@ -27,6 +29,7 @@ export async function openChain(file: string, options: ChainOptions, readOnly = 
     layout: options.layout,
     ignoreMtime: options.ignoreMtime,
     io: options.io,
+    objectStore: options.objectStore,
   };
   return openImage(file, o);
 }

@@ -19,6 +19,7 @@
  */
 import { stat, realpath } from 'node:fs/promises';
 import path from 'node:path';
+import { isObjectStoreUri } from '../../objectstore/uri.js';
 import { isQemuLayout, type CowHeader, type CowLayoutName } from './cow-header.js';
 
 export class CowBackingError extends Error {
@@ -39,9 +40,11 @@ export interface BackingStat {
 export function resolveBackingPath(layout: CowLayoutName, stored: string, cowPath: string, override?: string): string {
   if (override !== undefined) {
     if (override === '') throw new CowBackingError('backing file override is empty');
-    return path.resolve(override);
+    return isObjectStoreUri(override) ? override : path.resolve(override);
   }
   if (stored === '') throw new CowBackingError(`${cowPath}: the COW header names no backing file (empty backing_file)`);
+  // A published object-store image (docs/object-store.md): an address, not a path.
+  if (isObjectStoreUri(stored)) return stored;
   if (isQemuLayout(layout)) return path.resolve(path.dirname(path.resolve(cowPath)), stored);
   return path.resolve(stored);
 }

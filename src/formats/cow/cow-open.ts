@@ -14,6 +14,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import type { NativeFs } from '../../block/native-fs.js';
 import { fileBitmapSource, type BitmapSource } from '../allocation-bitmap.js';
 import { readFully } from '../../block/file-io.js';
+import { isObjectStoreUri } from '../../objectstore/uri.js';
 import { checkBacking, CowBackingError, resolveBackingPath, statBacking, type BackingStat } from './cow-backing.js';
 import {
   COW_MAX_HEADER_SIZE,
@@ -48,6 +49,11 @@ export interface CowReadOptions {
   backingSizeOf?: (file: string) => Promise<number>;
   /** With the native addon, SEEK_DATA tells which bitmap pages are holes (read as zero, no I/O). */
   native?: NativeFs;
+  /**
+   * size + mtime of a backing that is not a local file (an s3:// published image: its
+   * virtual size and its manifest's creation time). Default: stat(2).
+   */
+  remoteBackingStat?: (address: string) => Promise<BackingStat>;
 }
 
 export interface CowFileState {
@@ -184,7 +190,7 @@ async function validateCandidate(file: string, head: Buffer, fileLength: number,
   const resolved = resolveBackingPath(layout, header.backingFile, file, options.backingFile);
   const backing = options.backingFile === undefined ? mapRecordedPath(resolved, options.pathMap) : resolved;
   if (options.validateBacking !== false) {
-    const st: BackingStat = await statBacking(backing);
+    const st: BackingStat = isObjectStoreUri(backing) && options.remoteBackingStat ? await options.remoteBackingStat(backing) : await statBacking(backing);
     const sizeOverride = options.backingSizeOf ? await options.backingSizeOf(backing) : undefined;
     checkBacking(header, st, backing, { ignoreMtime: options.ignoreMtime, sizeOverride });
   }

@@ -15,7 +15,7 @@ import { CheckedDevice } from '../../block/checked-device.js';
 import { FileIo } from '../../block/file-io.js';
 import { createFileAtomically } from '../../util/atomic-file.js';
 import type { OpenBacking, OpenImageOptions } from '../open-image.js';
-import { absolutizeLikeUml, CowBackingError, statBacking } from './cow-backing.js';
+import { absolutizeLikeUml, CowBackingError, statBacking, type BackingStat } from './cow-backing.js';
 import { CowDevice, type CowInspection } from './cow-device.js';
 import { COW_SECTOR_SIZE, encodeCowHeader } from './cow-header.js';
 import { cowGeometry } from './cow-layout.js';
@@ -31,6 +31,11 @@ export interface CreateCowOptions {
    * which openCow compares against when opened with that backing format. Default: file size.
    */
   backingSize?: number;
+  /**
+   * size + mtime of a backing that is not a local file (s3:// published image, pinned to
+   * its version): recorded as given; `backingFile` is stored verbatim.
+   */
+  remoteBackingStat?: BackingStat;
 }
 
 export async function openCow(path: string, options: OpenImageOptions, openBacking: OpenBacking): Promise<BlockDevice> {
@@ -43,6 +48,13 @@ export async function openCow(path: string, options: OpenImageOptions, openBacki
     backingFile: options.backingFile,
     ignoreMtime: options.ignoreMtime,
     pathMap: options.pathMap,
+    remoteBackingStat: async (address: string) => {
+      const dev = await openBacking(address, backingFormat);
+      const mtime = dev.describe().detail?.mtime;
+      await dev.close();
+      if (typeof mtime !== 'number') throw new CowBackingError(`backing "${address}" reports no mtime`);
+      return { size: dev.size, mtime };
+    },
     // A non-raw backing (a chain) is compared by its virtual size, not its file size.
     ...(backingFormat === 'raw'
       ? {}
@@ -83,8 +95,8 @@ export async function openCow(path: string, options: OpenImageOptions, openBacki
  */
 export async function createCow(path: string, options: CreateCowOptions): Promise<void> {
   if (!options.backingFile) throw new CowBackingError('createCow: backing file path is empty');
-  const backingFile = await absolutizeLikeUml(options.backingFile);
-  const st = await statBacking(backingFile);
+  const backingFile = options.remoteBackingStat ? options.backingFile : await absolutizeLikeUml(options.backingFile);
+  const st = options.remoteBackingStat ?? (await statBacking(backingFile));
   if ((st.mtime < 0 || st.mtime >= 2 ** 32) && !options.force) {
     throw new CowBackingError(
       `backing file "${backingFile}" mtime ${st.mtime} does not fit the header's 32-bit field; UML and uml_moo would refuse the COW forever (use force to create it anyway)`,

@@ -1,0 +1,330 @@
+/**
+ * ChunkCache: the local, bounded, persistent cache of verified chunks, shared by every
+ * object-store device of the process (one instance, created by the CLI, passed in).
+ *
+ *   DIR/chunks/<sha256>   one file per chunk, named by its hash (content addressed: chunks
+ *                         of any image, version or bucket share one entry)
+ *   DIR/tmp/              files being written; emptied at start-up
+ *
+ * Rules:
+ *   - Verified before use: a chunk fetched from the store is hashed before anyone reads it;
+ *     a mismatch is EIO for that read and an error log line, and nothing is cached. A chunk
+ *     file found on disk is hashed on its first use by this process (so a torn or tampered
+ *     cache file is detected, dropped and fetched again — never served).
+ *   - Crash safety: files are written under tmp/ and renamed into chunks/, so a chunk file
+ *     is either complete or absent; no fsync is needed because of the rule above.
+ *   - Single flight: concurrent reads of one missing chunk share one fetch; the fetched
+ *     buffer serves readers until its file is in place.
+ *   - LRU by bytes: `maxBytes` bounds the sum of chunk files. Use order survives restarts
+ *     through the files' mtime (refreshed at most once a minute per chunk). A chunk bigger
+ *     than the whole cache is served from memory and not kept.
+ *   - Open descriptors are reused (most reads are one pread) and bounded by MAX_OPEN_FDS;
+ *     an evicted file is unlinked at once and its descriptor closed when no read holds it.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import { mkdir, readdir, readFile, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { DeviceError } from '../block/block-device.js';
+import type { Logger } from '../logging.js';
+
+const HASH = /^[0-9a-f]{64}$/;
+const MAX_OPEN_FDS = 128;
+const TOUCH_INTERVAL_MS = 60_000;
+
+export interface ChunkCacheOptions {
+  readonly dir: string;
+  readonly maxBytes: number;
+  readonly log: Logger;
+}
+
+export interface CacheStats {
+  entries: number;
+  bytes: number;
+  maxBytes: number;
+  hits: number;
+  misses: number;
+  fetches: number;
+  verifyFailures: number;
+}
+
+interface Entry {
+  readonly hash: string;
+  readonly size: number;
+  verified: boolean;
+  fd: number | undefined;
+  opening: Promise<number> | undefined;
+  pins: number;
+  evicted: boolean;
+  touchedAt: number;
+}
+
+/** Fetches a chunk's bytes from the store (unverified). */
+export type ChunkFetcher = () => Promise<Buffer>;
+
+export function sha256Hex(data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+/** Signals "the cached file was unusable; fetch again". */
+class StaleEntry extends Error {}
+
+export class ChunkCache {
+  private readonly entries = new Map<string, Entry>();
+  private readonly fdOrder = new Map<string, Entry>();
+  private readonly inflight = new Map<string, Promise<Buffer>>();
+  private openFds = 0;
+  private bytes = 0;
+  private counters = { hits: 0, misses: 0, fetches: 0, verifyFailures: 0 };
+
+  private constructor(
+    readonly dir: string,
+    readonly maxBytes: number,
+    private readonly log: Logger,
+  ) {}
+
+  static async open(o: ChunkCacheOptions): Promise<ChunkCache> {
+    const cache = new ChunkCache(path.resolve(o.dir), o.maxBytes, o.log);
+    await cache.load();
+    return cache;
+  }
+
+  /** Copy bytes [offset, offset + target.length) of chunk `hash` into target. */
+  async read(hash: string, length: number, offset: number, target: Buffer, fetch: ChunkFetcher): Promise<void> {
+    const pending = this.inflight.get(hash);
+    if (pending) {
+      (await pending).copy(target, 0, offset, offset + target.length);
+      return;
+    }
+    const entry = this.entries.get(hash);
+    if (entry) {
+      try {
+        await this.readEntry(entry, offset, target);
+        this.counters.hits++;
+        return;
+      } catch (err) {
+        if (!(err instanceof StaleEntry)) throw err;
+      }
+    }
+    this.counters.misses++;
+    const data = await this.fetchOnce(hash, length, fetch);
+    data.copy(target, 0, offset, offset + target.length);
+  }
+
+  /** Make sure the chunk is cached (NBD_CMD_CACHE, read-ahead). */
+  async prefetch(hash: string, length: number, fetch: ChunkFetcher): Promise<void> {
+    if (this.entries.has(hash) || this.inflight.has(hash)) return;
+    await this.fetchOnce(hash, length, fetch);
+  }
+
+  has(hash: string): boolean {
+    return this.entries.has(hash);
+  }
+
+  stats(): CacheStats {
+    return { entries: this.entries.size, bytes: this.bytes, maxBytes: this.maxBytes, ...this.counters };
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled([...this.inflight.values()]);
+    for (const e of this.entries.values()) this.closeFd(e);
+  }
+
+  private file(hash: string): string {
+    return path.join(this.dir, 'chunks', hash);
+  }
+
+  private async load(): Promise<void> {
+    await mkdir(path.join(this.dir, 'chunks'), { recursive: true });
+    await rm(path.join(this.dir, 'tmp'), { recursive: true, force: true });
+    await mkdir(path.join(this.dir, 'tmp'), { recursive: true });
+    const found: { hash: string; size: number; mtime: number }[] = [];
+    for (const name of await readdir(path.join(this.dir, 'chunks'))) {
+      if (!HASH.test(name)) continue;
+      const st = await stat(this.file(name)).catch(() => undefined);
+      if (st?.isFile()) found.push({ hash: name, size: st.size, mtime: st.mtimeMs });
+    }
+    found.sort((a, b) => a.mtime - b.mtime); // least recently used first
+    for (const f of found) this.insert(f.hash, f.size, false, f.mtime);
+    this.evict();
+    this.log.info({ cacheDir: this.dir, chunks: this.entries.size, bytes: this.bytes, maxBytes: this.maxBytes }, 'chunk cache opened');
+  }
+
+  private insert(hash: string, size: number, verified: boolean, touchedAt: number): void {
+    this.entries.set(hash, { hash, size, verified, fd: undefined, opening: undefined, pins: 0, evicted: false, touchedAt });
+    this.bytes += size;
+  }
+
+  private async readEntry(entry: Entry, offset: number, target: Buffer): Promise<void> {
+    entry.pins++;
+    try {
+      this.entries.delete(entry.hash); // LRU: move to the young end
+      this.entries.set(entry.hash, entry);
+      if (!entry.verified) {
+        const data = await readFile(this.file(entry.hash)).catch(() => undefined);
+        if (!data || data.length !== entry.size || sha256Hex(data) !== entry.hash) {
+          this.log.warn({ chunk: entry.hash, file: this.file(entry.hash) }, 'cached chunk file is damaged or gone: dropped, fetching again');
+          this.drop(entry);
+          throw new StaleEntry();
+        }
+        entry.verified = true;
+        data.copy(target, 0, offset, offset + target.length);
+      } else {
+        const fd = await this.fdOf(entry);
+        await preadFully(fd, target, offset);
+      }
+      this.touch(entry);
+    } catch (err) {
+      if (err instanceof StaleEntry) throw err;
+      const code = (err as NodeJS.ErrnoException).code;
+      this.log.warn({ chunk: entry.hash, code }, 'cached chunk unreadable: dropped, fetching again');
+      this.drop(entry);
+      throw new StaleEntry();
+    } finally {
+      entry.pins--;
+      if (entry.evicted && entry.pins === 0) this.closeFd(entry);
+    }
+  }
+
+  private fetchOnce(hash: string, length: number, fetch: ChunkFetcher): Promise<Buffer> {
+    let p = this.inflight.get(hash);
+    if (p) return p;
+    this.counters.fetches++;
+    p = fetch().then((data) => {
+      if (data.length !== length || sha256Hex(data) !== hash) {
+        this.counters.verifyFailures++;
+        this.log.error({ chunk: hash, expectedLength: length, gotLength: data.length }, 'chunk from the object store does not match its SHA-256: refusing it (EIO)');
+        throw new DeviceError('EIO', `chunk ${hash} from the object store failed verification`);
+      }
+      return data;
+    });
+    this.inflight.set(hash, p);
+    p.then(
+      (data) =>
+        this.store(hash, data)
+          .catch((err: unknown) => this.log.warn({ chunk: hash, err }, 'could not write chunk to the cache (served from memory)'))
+          .finally(() => this.inflight.delete(hash)),
+      () => this.inflight.delete(hash),
+    );
+    return p;
+  }
+
+  private async store(hash: string, data: Buffer): Promise<void> {
+    if (data.length > this.maxBytes || this.entries.has(hash)) return;
+    const tmp = path.join(this.dir, 'tmp', `${hash}.${randomBytes(4).toString('hex')}`);
+    await writeFile(tmp, data);
+    await rename(tmp, this.file(hash)).catch(async (err: unknown) => {
+      await unlink(tmp).catch(() => {});
+      throw err;
+    });
+    if (this.entries.has(hash)) return;
+    this.insert(hash, data.length, true, Date.now());
+    this.evict();
+  }
+
+  private evict(): void {
+    for (const entry of this.entries.values()) {
+      if (this.bytes <= this.maxBytes) break;
+      this.drop(entry);
+    }
+  }
+
+  /** Forget an entry and delete its file (the descriptor closes when the last read ends). */
+  private drop(entry: Entry): void {
+    if (entry.evicted) return;
+    entry.evicted = true;
+    if (this.entries.get(entry.hash) === entry) {
+      this.entries.delete(entry.hash);
+      this.bytes -= entry.size;
+      unlink(this.file(entry.hash)).catch(() => {});
+    }
+    if (entry.pins === 0) this.closeFd(entry);
+  }
+
+  private async fdOf(entry: Entry): Promise<number> {
+    if (entry.fd !== undefined) return entry.fd;
+    entry.opening ??= new Promise<number>((resolve, reject) => {
+      fs.open(this.file(entry.hash), 'r', (err, fd) => (err ? reject(err) : resolve(fd)));
+    }).finally(() => {
+      entry.opening = undefined;
+    });
+    const fd = await entry.opening;
+    if (entry.fd === undefined) {
+      entry.fd = fd;
+      this.openFds++;
+      this.fdOrder.set(entry.hash, entry);
+      this.trimFds();
+    } else if (entry.fd !== fd) {
+      fs.close(fd, () => {});
+    }
+    return entry.fd;
+  }
+
+  private trimFds(): void {
+    for (const e of this.fdOrder.values()) {
+      if (this.openFds <= MAX_OPEN_FDS) break;
+      if (e.pins === 0) this.closeFd(e);
+    }
+  }
+
+  private closeFd(entry: Entry): void {
+    if (entry.fd === undefined) return;
+    fs.close(entry.fd, () => {});
+    entry.fd = undefined;
+    this.openFds--;
+    this.fdOrder.delete(entry.hash);
+  }
+
+  private touch(entry: Entry): void {
+    const now = Date.now();
+    if (now - entry.touchedAt < TOUCH_INTERVAL_MS) return;
+    entry.touchedAt = now;
+    const t = new Date(now);
+    utimes(this.file(entry.hash), t, t).catch(() => {});
+  }
+}
+
+function preadFully(fd: number, target: Buffer, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let done = 0;
+    const step = (): void => {
+      fs.read(fd, target, done, target.length - done, position + done, (err, n) => {
+        if (err) return reject(err);
+        if (n === 0) return reject(Object.assign(new Error('chunk file shorter than expected'), { code: 'EIO' }));
+        done += n;
+        if (done < target.length) step();
+        else resolve();
+      });
+    };
+    step();
+  });
+}
+
+/** `cownbd cache show`: what a cache directory holds (no server needed). */
+export async function inspectCacheDir(dir: string): Promise<{ dir: string; chunks: number; bytes: number }> {
+  let chunks = 0;
+  let bytes = 0;
+  const names = await readdir(path.join(dir, 'chunks')).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!HASH.test(name)) continue;
+    const st = await stat(path.join(dir, 'chunks', name)).catch(() => undefined);
+    if (st?.isFile()) {
+      chunks++;
+      bytes += st.size;
+    }
+  }
+  return { dir: path.resolve(dir), chunks, bytes };
+}
+
+/** `cownbd cache clear`: delete every cached chunk (a running server fetches them again). */
+export async function clearCacheDir(dir: string): Promise<number> {
+  const names = await readdir(path.join(dir, 'chunks')).catch(() => [] as string[]);
+  let removed = 0;
+  for (const name of names) {
+    if (!HASH.test(name)) continue;
+    await unlink(path.join(dir, 'chunks', name)).catch(() => {});
+    removed++;
+  }
+  await rm(path.join(dir, 'tmp'), { recursive: true, force: true });
+  return removed;
+}

@@ -1,0 +1,138 @@
+/**
+ * `cownbd publish IMAGE s3://BUCKET/PREFIX`: store an image (any format or chain openImage
+ * opens) as content-addressed chunks plus one new immutable manifest.
+ *
+ *   for each chunk (parallel, `concurrency` workers):
+ *     block status says zero, or the bytes are all zero  → null in the manifest, nothing sent
+ *     else sha256 → HEAD chunkPrefix+hash → PUT only if absent
+ *   then PUT PREFIX/manifests/<new version>.json (last: a manifest never names a missing chunk)
+ *
+ * Resumable: an interrupted publish leaves only chunk objects; running it again finds them
+ * with HEAD and sends only the rest. Dedup: identical chunks of any image or version are
+ * one object (same hash, same key), and within one run a hash is handled once.
+ * Re-publishing always writes a NEW version; existing versions are never touched.
+ */
+import { randomBytes } from 'node:crypto';
+import type { BlockDevice } from '../block/block-device.js';
+import { EXTENT_ZERO } from '../block/block-device.js';
+import { sha256Hex } from './chunk-cache.js';
+import { chunkCount, encodeManifest, newVersionId, type Manifest } from './manifest.js';
+import type { StoreClient } from './store-client.js';
+import { formatObjectStoreUri, manifestKey, parseObjectStoreUri } from './uri.js';
+
+export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
+export const DEFAULT_CHUNK_PREFIX = 'cownbd-chunks/sha256/';
+
+export interface PublishOptions {
+  readonly chunkSize: number;
+  readonly chunkPrefix: string;
+  readonly concurrency: number;
+  /** Recorded in the manifest for people (the local file name). */
+  readonly source?: string;
+  /** Called with bytes processed so far. */
+  readonly onProgress?: (done: number) => void;
+  readonly now?: () => Date;
+}
+
+export interface PublishResult {
+  uri: string;
+  version: string;
+  virtualSize: number;
+  chunkSize: number;
+  chunks: number;
+  zeroChunks: number;
+  uploadedChunks: number;
+  presentChunks: number;
+  uploadedBytes: number;
+  seconds: number;
+}
+
+export async function publishImage(device: BlockDevice, target: string, client: StoreClient, o: PublishOptions): Promise<PublishResult> {
+  const u = parseObjectStoreUri(target);
+  if (u.version !== undefined) throw new Error(`${target}: publish makes a new version; give the address without @VERSION`);
+  const started = Date.now();
+  const n = chunkCount(device.size, o.chunkSize);
+  const chunks: (string | null)[] = new Array<string | null>(n).fill(null);
+  const seen = new Map<string, Promise<boolean>>();
+  const r = { zeroChunks: 0, uploadedChunks: 0, presentChunks: 0, uploadedBytes: 0 };
+  const zeros = Buffer.alloc(o.chunkSize);
+  let next = 0;
+  let done = 0;
+
+  const worker = async (): Promise<void> => {
+    const buf = Buffer.allocUnsafe(o.chunkSize);
+    while (next < n) {
+      const index = next++;
+      const start = index * o.chunkSize;
+      const len = Math.min(o.chunkSize, device.size - start);
+      const data = buf.subarray(0, len);
+      if ((await allZeroByStatus(device, start, len)) || (await readChunk(device, start, data), data.equals(zeros.subarray(0, len)))) {
+        r.zeroChunks++;
+      } else {
+        const hash = sha256Hex(data);
+        chunks[index] = hash;
+        let upload = seen.get(hash);
+        if (!upload) {
+          upload = sendIfAbsent(client, u.bucket, `${o.chunkPrefix}${hash}`, Buffer.from(data));
+          seen.set(hash, upload);
+          if (await upload) {
+            r.uploadedChunks++;
+            r.uploadedBytes += len;
+          } else r.presentChunks++;
+        } else {
+          await upload;
+          r.presentChunks++;
+        }
+      }
+      done += len;
+      o.onProgress?.(done);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(o.concurrency, n)) }, worker));
+
+  const version = newVersionId((o.now ?? (() => new Date()))(), randomBytes(4));
+  const manifest: Manifest = {
+    version,
+    created: (o.now ?? (() => new Date()))().toISOString(),
+    virtualSize: device.size,
+    chunkSize: o.chunkSize,
+    chunkPrefix: o.chunkPrefix,
+    ...(o.source === undefined ? {} : { source: o.source }),
+    chunks,
+  };
+  await client.put(u.bucket, manifestKey(u, version), encodeManifest(manifest), 'application/json');
+  return {
+    uri: formatObjectStoreUri({ ...u, version }),
+    version,
+    virtualSize: device.size,
+    chunkSize: o.chunkSize,
+    chunks: n,
+    ...r,
+    seconds: (Date.now() - started) / 1000,
+  };
+}
+
+/** True when block status says the whole range reads as zeros (no read needed). */
+async function allZeroByStatus(device: BlockDevice, start: number, len: number): Promise<boolean> {
+  if (!device.capabilities.blockStatus) return false;
+  let pos = start;
+  while (pos < start + len) {
+    const extents = await device.blockStatus(pos, start + len - pos);
+    for (const e of extents) {
+      if ((e.flags & EXTENT_ZERO) === 0) return false;
+      pos += e.length;
+    }
+  }
+  return true;
+}
+
+async function readChunk(device: BlockDevice, start: number, data: Buffer): Promise<void> {
+  await device.read(start, data);
+}
+
+/** PUT unless the object exists; true when it was sent. */
+async function sendIfAbsent(client: StoreClient, bucket: string, key: string, data: Buffer): Promise<boolean> {
+  if (await client.exists(bucket, key)) return false;
+  await client.put(bucket, key, data);
+  return true;
+}

@@ -1,0 +1,163 @@
+/**
+ * StoreClient: the few S3 operations cownbd needs (GET, HEAD, PUT, LIST), with the
+ * robustness rules in one place:
+ *
+ *   - credentials from the AWS default chain (environment, shared config/profile, instance
+ *     metadata): the SDK resolves them; we never read or log them;
+ *   - endpoint / path-style addressing for MinIO, Ceph RGW, Garage, s3rver;
+ *   - every attempt has a socket/request timeout, failed attempts are retried by the SDK's
+ *     standard strategy (exponential backoff with jitter, retries ECONNREFUSED/RESET and 5xx),
+ *     and every operation has an overall deadline (AbortSignal) — a dead store makes an
+ *     operation fail after `deadlineMs`, never hang;
+ *   - at most `maxParallelGets` GETs in flight (bounds memory: each holds one chunk);
+ *   - checksums: the SDK's default CRC32 on every PUT/GET is turned off
+ *     (WHEN_REQUIRED) — chunks are verified by their SHA-256 name, and third-party stores
+ *     (and s3rver) differ in what flexible-checksum headers they accept.
+ *
+ * Counters (gets, bytes, errors) feed `cownbd cache`/logs and the tests' fetch accounting.
+ */
+import {
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  S3ServiceException,
+} from '@aws-sdk/client-s3';
+import { Semaphore } from 'async-mutex';
+
+export interface StoreConfig {
+  /** Custom endpoint (MinIO, Ceph, Garage); undefined: AWS for the region. */
+  readonly endpoint?: string;
+  readonly region: string;
+  /** Path-style addressing (http://host/bucket/key); needed by most non-AWS stores. */
+  readonly forcePathStyle: boolean;
+  readonly maxParallelGets: number;
+  /** Per attempt: connect + response timeout. */
+  readonly requestTimeoutMs: number;
+  /** Per operation including retries. */
+  readonly deadlineMs: number;
+  readonly maxAttempts: number;
+}
+
+export const DEFAULT_STORE_CONFIG: Omit<StoreConfig, 'region' | 'forcePathStyle'> = {
+  maxParallelGets: 16,
+  requestTimeoutMs: 10_000,
+  deadlineMs: 30_000,
+  maxAttempts: 4,
+};
+
+export interface StoreStats {
+  gets: number;
+  getBytes: number;
+  getErrors: number;
+  heads: number;
+  puts: number;
+  putBytes: number;
+}
+
+/** The object does not exist (404/NoSuchKey), as opposed to the store being unreachable. */
+export class ObjectNotFoundError extends Error {
+  override name = 'ObjectNotFoundError';
+}
+
+export class StoreClient {
+  readonly stats: StoreStats = { gets: 0, getBytes: 0, getErrors: 0, heads: 0, puts: 0, putBytes: 0 };
+  private readonly s3: S3Client;
+  private readonly gets: Semaphore;
+
+  constructor(readonly config: StoreConfig) {
+    this.s3 = new S3Client({
+      region: config.region,
+      ...(config.endpoint ? { endpoint: config.endpoint } : {}),
+      forcePathStyle: config.forcePathStyle,
+      maxAttempts: config.maxAttempts,
+      retryMode: 'standard',
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      requestHandler: { connectionTimeout: config.requestTimeoutMs, requestTimeout: config.requestTimeoutMs },
+    });
+    this.gets = new Semaphore(Math.max(1, config.maxParallelGets));
+  }
+
+  /** Where this client points, for messages (never includes credentials). */
+  describe(): string {
+    return this.config.endpoint ?? `AWS S3 (${this.config.region})`;
+  }
+
+  /** The whole object. Throws ObjectNotFoundError or an Error naming bucket/key and the cause. */
+  async get(bucket: string, key: string): Promise<Buffer> {
+    return this.gets.runExclusive(async () => {
+      this.stats.gets++;
+      try {
+        const out = await this.s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: this.deadline() });
+        if (!out.Body) throw new Error('empty response body');
+        const body = Buffer.from(await out.Body.transformToByteArray());
+        this.stats.getBytes += body.length;
+        return body;
+      } catch (err) {
+        this.stats.getErrors++;
+        throw this.wrap('GET', bucket, key, err);
+      }
+    });
+  }
+
+  async exists(bucket: string, key: string): Promise<boolean> {
+    this.stats.heads++;
+    try {
+      await this.s3.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: this.deadline() });
+      return true;
+    } catch (err) {
+      const e = this.wrap('HEAD', bucket, key, err);
+      if (e instanceof ObjectNotFoundError) return false;
+      throw e;
+    }
+  }
+
+  async put(bucket: string, key: string, body: Buffer, contentType = 'application/octet-stream'): Promise<void> {
+    this.stats.puts++;
+    try {
+      await this.s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }), { abortSignal: this.deadline() });
+      this.stats.putBytes += body.length;
+    } catch (err) {
+      throw this.wrap('PUT', bucket, key, err);
+    }
+  }
+
+  /** Every key under `prefix` (paginated). */
+  async list(bucket: string, prefix: string): Promise<string[]> {
+    const keys: string[] = [];
+    let token: string | undefined;
+    do {
+      try {
+        const out = await this.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }), {
+          abortSignal: this.deadline(),
+        });
+        for (const o of out.Contents ?? []) if (o.Key) keys.push(o.Key);
+        token = out.IsTruncated ? out.NextContinuationToken : undefined;
+      } catch (err) {
+        throw this.wrap('LIST', bucket, prefix, err);
+      }
+    } while (token);
+    return keys;
+  }
+
+  close(): void {
+    this.s3.destroy();
+  }
+
+  private deadline(): AbortSignal {
+    return AbortSignal.timeout(this.config.deadlineMs);
+  }
+
+  private wrap(op: string, bucket: string, key: string, err: unknown): Error {
+    const status = err instanceof S3ServiceException ? err.$metadata.httpStatusCode : undefined;
+    const name = (err as Error).name;
+    if (status === 404 || name === 'NoSuchKey' || name === 'NotFound') {
+      return new ObjectNotFoundError(`s3://${bucket}/${key}: not found (${this.describe()})`);
+    }
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = name === 'TimeoutError' || name === 'AbortError' ? `no answer within ${this.config.deadlineMs} ms` : `${code ?? name}: ${(err as Error).message}`;
+    return new Error(`${op} s3://${bucket}/${key} at ${this.describe()} failed: ${why}`, { cause: err });
+  }
+}
