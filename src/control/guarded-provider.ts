@@ -41,6 +41,11 @@ export class GuardedProvider implements ExportProvider {
     return this.held.has(name) ? undefined : this.inner.open(name, ctx);
   }
 
+  /** Passed through so the handshake's "refused export name" line keeps the real reason. */
+  refusalReason(name: string): string | undefined {
+    return this.held.has(name) ? 'held by the control plane' : this.inner.refusalReason?.(name);
+  }
+
   close(): Promise<void> {
     return this.inner.close();
   }
