@@ -31,6 +31,7 @@ import { ConfigError, loadConfigFile, mergeFileOptions, parseEndpoint, type Admi
 import { ReloadableExports } from '../control/export-set.js';
 import { ControlPlaneError, startControlPlane } from '../control/control-plane.js';
 import { GuardedProvider } from '../control/guarded-provider.js';
+import { snapshottable } from '../control/swappable-device.js';
 import type { IoPolicy } from '../block/io-policy.js';
 import { parsePathMapping, type PathMapping } from '../formats/path-map.js';
 import { checkDirectoryPath, checkImagePath, checkSocketPath } from './image-path.js';
@@ -446,8 +447,10 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     const cliExports = exportConfigs(o.ephemeral ? undefined : image, { ...o, export: cliOptions.export }, true);
     await checkServePaths(configs, o, ephemeralBase, listenFds.length > 0);
     const providers: ExportProvider[] = [];
-    const opener = (c: StaticExportConfig) =>
+    const openStatic = (c: StaticExportConfig) =>
       openImage(c.path, { readOnly: c.readOnly, format: c.format, backingFormat: c.backingFormat, ignoreMtime: o.ignoreMtime, io, pathMap: o.backingPathMap, objectStore });
+    // Writable cow exports are swappable: a live snapshot switches their top layer.
+    const opener = async (c: StaticExportConfig) => snapshottable(await openStatic(c));
     let exports: ReloadableExports;
     try {
       exports = await ReloadableExports.open(configs, opener, log);
@@ -483,6 +486,7 @@ export function registerServeCommand(program: Command, io: FileIo): void {
       overlays,
       ephemeralName: ephemeralBase ? o.name : undefined,
       inspect: (file) => openImage(file, { readOnly: true, format: 'cow', backingFormat: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io, objectStore }),
+      io,
       log,
       reload: { configFile: o.config, initial: fileOptions, cliExports, cliReadOnly: Boolean(cliOptions.readOnly) },
       admin: o.admin,

@@ -7,6 +7,7 @@
 import { readFile } from 'node:fs/promises';
 import type { BlockDevice } from '../block/block-device.js';
 import type { Logger } from '../logging.js';
+import type { FileIo } from '../block/file-io.js';
 import type { NbdServer } from '../server/listener.js';
 import { startAdminApi, type AdminApi } from './admin-api.js';
 import type { AdminEndpoint } from './config.js';
@@ -23,6 +24,7 @@ export interface ControlPlaneOptions {
   readonly overlays?: OverlayDirInfo;
   readonly ephemeralName?: string;
   readonly inspect: (file: string) => Promise<BlockDevice>;
+  readonly io?: FileIo;
   readonly log: Logger;
   readonly reload: Omit<ReloaderOptions, 'exports' | 'log'>;
   readonly admin?: AdminEndpoint;
@@ -50,6 +52,7 @@ export async function startControlPlane(o: ControlPlaneOptions): Promise<Control
     overlays: o.overlays,
     ephemeralName: o.ephemeralName,
     inspect: o.inspect,
+    io: o.io,
     log: o.log,
   });
   if (!o.admin) return { reloader, ops };
@@ -57,7 +60,7 @@ export async function startControlPlane(o: ControlPlaneOptions): Promise<Control
   let api: AdminApi;
   try {
     const metrics = createMetrics(o.server, ops);
-    api = await startAdminApi({ endpoint: o.admin, token, ops, reload: () => reloader.reload('api'), plugins: [metrics.route], log: o.log });
+    api = await startAdminApi({ endpoint: o.admin, token, ops, reload: () => reloader.reload('api'), snapshot: (name) => ops.snapshot(name), plugins: [metrics.route], log: o.log });
   } catch (err) {
     throw new ControlPlaneError(`cannot start the admin API on ${'path' in o.admin ? o.admin.path : `${o.admin.host}:${o.admin.port}`}: ${(err as Error).message}`);
   }

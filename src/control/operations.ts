@@ -22,6 +22,10 @@ import { measureAllocation, type Allocation } from './allocation.js';
 import type { ReloadableExports } from './export-set.js';
 import type { GuardedProvider } from './guarded-provider.js';
 import { recreateCowOver, readCowBacking, snapshotLayerFiles } from '../formats/cow/cow-layers.js';
+import { alignUp } from '../block/block-split.js';
+import type { FileIo } from '../block/file-io.js';
+import { liveSnapshot, offlineSnapshot, type SnapshotResult } from './snapshot.js';
+import { SwappableDevice } from './swappable-device.js';
 
 /** An error with the HTTP status the API answers. */
 export class ApiError extends Error {
@@ -81,11 +85,15 @@ export interface OperationsOptions {
   readonly ephemeralName?: string;
   /** Opens an overlay file read-only for inspection (its chain as the server would open it). */
   readonly inspect: (file: string) => Promise<BlockDevice>;
+  /** I/O policy for layers stacked by snapshots. */
+  readonly io?: FileIo;
   readonly log: Logger;
 }
 
 export class Operations {
   private readonly measured = new WeakMap<BlockDevice, { at: number; layers: LayerView[] }>();
+  /** Per export: reset, delete and snapshot run one at a time. */
+  private readonly busy = new Map<string, Promise<unknown>>();
 
   constructor(private readonly o: OperationsOptions) {}
 
@@ -159,7 +167,30 @@ export class Operations {
   }
 
   /** Throw the top overlay away: a pristine disk over its backing. */
-  async reset(name: string, force: boolean): Promise<{ disconnected: number }> {
+  reset(name: string, force: boolean): Promise<{ disconnected: number }> {
+    return this.serial(name, () => this.doReset(name, force));
+  }
+
+  remove(name: string, force: boolean): Promise<{ disconnected: number; deleted: string[] }> {
+    return this.serial(name, () => this.doRemove(name, force));
+  }
+
+  /** Freeze the export's top overlay and stack a new one on it; live when in use. */
+  snapshot(name: string): Promise<SnapshotResult & { export: string }> {
+    return this.serial(name, () => this.doSnapshot(name));
+  }
+
+  private serial<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const run = (this.busy.get(name) ?? Promise.resolve()).then(fn);
+    const tail = run.catch(() => {});
+    this.busy.set(name, tail);
+    void tail.then(() => {
+      if (this.busy.get(name) === tail) this.busy.delete(name);
+    });
+    return run;
+  }
+
+  private async doReset(name: string, force: boolean): Promise<{ disconnected: number }> {
     const kind = this.requireKind(name);
     return this.o.guard.hold(name, async () => {
       const disconnected = await this.disconnect(name, force);
@@ -183,7 +214,7 @@ export class Operations {
   }
 
   /** Delete a per-machine overlay and all its snapshot layers. */
-  async remove(name: string, force: boolean): Promise<{ disconnected: number; deleted: string[] }> {
+  private async doRemove(name: string, force: boolean): Promise<{ disconnected: number; deleted: string[] }> {
     const kind = this.requireKind(name);
     if (kind !== 'overlay') {
       throw new ApiError(400, `export "${name}" is ${kind === 'static' ? 'defined in the configuration: remove it there and reload' : 'ephemeral: it has no files to delete'}`);
@@ -196,6 +227,31 @@ export class Operations {
       this.o.log.info({ export: name, disconnected, deleted }, 'overlay deleted');
       return { disconnected, deleted };
     });
+  }
+
+  private async doSnapshot(name: string): Promise<SnapshotResult & { export: string }> {
+    const kind = this.requireKind(name);
+    let result: SnapshotResult;
+    if (kind === 'static') {
+      const config = this.o.exports.config(name)!;
+      if (config.readOnly) throw new ApiError(400, `export "${name}" is read-only: nothing to snapshot`);
+      const device = this.o.exports.device(name);
+      if (!(device instanceof SwappableDevice)) throw new ApiError(400, `export "${name}" is not a writable cow overlay: nothing to snapshot`);
+      result = await liveSnapshot(device, config.path, this.o.io);
+    } else {
+      const top = this.o.overlays!.overlayPath(name);
+      const device = this.o.guard.swappableFor(name);
+      if (device) {
+        result = await liveSnapshot(device, top, this.o.io);
+      } else {
+        const backing = await readCowBacking(top).catch((err: NodeJS.ErrnoException) => {
+          throw err.code === 'ENOENT' ? new ApiError(404, `no overlay for "${name}" yet (created at its first connection)`) : err;
+        });
+        result = await this.o.guard.hold(name, () => offlineSnapshot(top, alignUp(backing.size, 512)));
+      }
+    }
+    this.o.log.info({ export: name, ...result }, 'snapshot taken');
+    return { export: name, ...result };
   }
 
   kindOf(name: string): ExportKind | undefined {

@@ -48,6 +48,8 @@ export function overlayNameProblem(name: string): string | undefined {
   if (Buffer.byteLength(name) > MAX_OVERLAY_NAME) return `longer than ${MAX_OVERLAY_NAME} bytes`;
   if (!OVERLAY_NAME.test(name)) return 'only letters, digits, ".", "_" and "-" are allowed, and no leading "." or "-"';
   if (name.includes('..')) return '".." is not allowed';
+  // NAME.snap-N.cow are frozen snapshot layers (formats/cow/cow-layers.ts), never exports.
+  if (/\.snap-\d+$/.test(name)) return 'names ending in ".snap-<N>" are reserved for snapshot layers';
   return undefined;
 }
 

@@ -9,6 +9,7 @@
  * A version-2 header that fits several layouts without its backing file is an error
  * naming the candidates (pass --layout).
  */
+import { isSnapshotLayer } from '../formats/cow/cow-layers.js';
 import { stat } from 'node:fs/promises';
 import type { FileIo } from '../block/file-io.js';
 import { inspectAddCow, type AddCowInspection } from '../formats/add-cow/index.js';
@@ -112,7 +113,8 @@ async function inspectCowLayer(path: string, options: InspectOptions, file: File
   }
   const { header, geometry } = insp;
   const { allocatedSectors } = insp;
-  const backingFormat = options.backingFormat ?? 'raw';
+  // A snapshot layer (NAME.snap-N.cow) is cow by its name (formats/cow/cow-layers.ts).
+  const backingFormat = isSnapshotLayer(insp.backingFile.resolved) ? 'cow' : (options.backingFormat ?? 'raw');
   const backing = await checkCowBacking(header, insp.backingFile.stored, insp.backingFile.resolved, backingFormat);
   return {
     path,

@@ -17,7 +17,7 @@
  * configured backing format applies to the first layer below that is not one. The name
  * is written only by the server into the header, which lies outside the guest's disk.
  */
-import { link, open, readdir, rename, unlink } from 'node:fs/promises';
+import { link, open, readdir, rename, unlink, utimes } from 'node:fs/promises';
 import path from 'node:path';
 import { createCow } from './index.js';
 import { readCowFile } from './cow-open.js';
@@ -94,26 +94,81 @@ export async function recreateCowOver(file: string, backing: { path: string; siz
 }
 
 /**
- * Freeze `top` as the next snapshot layer and put a new empty cow over it at `top`.
- * The caller has flushed every write to `top` and writes nothing to it afterwards (its
- * mtime, recorded in the new header, must not change). Returns the frozen layer's path.
+ * Freeze `top` as the next snapshot layer and put a new empty cow over it at `top`, in
+ * three steps so that only a cheap middle step needs writers paused (snapshot.ts):
+ *
+ *   prepare  (writers still running) link top → STEM.snap-N.cow (a second name, same
+ *            inode); create the new top as a temp file over it, recording the frozen
+ *            layer's mtime M as of now
+ *   commit   (writers paused, all writes done) set the frozen layer's mtime back to M
+ *            (later writes moved it) and rename the temp file onto `top`
+ *   settle   (writers running again on the new top) fsync the frozen layer (data,
+ *            bitmap, mtime) and the directory
+ *
+ * A crash before commit leaves `top` the old, complete overlay (plus a stray link and
+ * temp file, removed by abort or ignored); after commit, the new chain.
  */
-export async function stackCowLayer(top: string, virtualSize: number): Promise<string> {
+export interface PreparedLayer {
+  readonly top: string;
+  readonly frozen: string;
+  readonly tmp: string;
+  /** The frozen layer's mtime the new header records (whole seconds). */
+  readonly mtime: number;
+}
+
+export async function prepareCowLayer(top: string, virtualSize: number): Promise<PreparedLayer> {
   const frozen = await nextSnapshotLayer(top);
   const tmp = `${top}.tmp-${process.pid}`;
-  // A second name for the old top first (link keeps its mtime), then the new top replaces
-  // the old name in one rename: a crash at any point leaves `top` a complete overlay.
   await link(top, frozen);
   try {
     await createCow(tmp, { backingFile: frozen, backingSize: virtualSize, force: true });
-    await rename(tmp, top);
+    return { top, frozen, tmp, mtime: await recordedMtime(tmp) };
   } catch (err) {
     await unlink(tmp).catch(() => {});
-    await unlink(frozen).catch(() => {}); // undo: the old top stays the top
+    await unlink(frozen).catch(() => {});
     throw err;
   }
-  await syncDir(path.dirname(path.resolve(top)));
-  return frozen;
+}
+
+export async function commitCowLayer(p: PreparedLayer): Promise<void> {
+  const now = Date.now() / 1000;
+  await utimes(p.frozen, now, p.mtime);
+  await rename(p.tmp, p.top);
+}
+
+export async function abortCowLayer(p: PreparedLayer): Promise<void> {
+  await unlink(p.tmp).catch(() => {});
+  await unlink(p.frozen).catch(() => {});
+}
+
+export async function settleCowLayer(p: PreparedLayer): Promise<void> {
+  await syncFile(p.frozen);
+  await syncDir(path.dirname(path.resolve(p.top)));
+}
+
+/** All three steps at once, for an overlay nobody has open. Returns the frozen layer. */
+export async function stackCowLayer(top: string, virtualSize: number): Promise<string> {
+  const p = await prepareCowLayer(top, virtualSize);
+  try {
+    await commitCowLayer(p);
+  } catch (err) {
+    await abortCowLayer(p);
+    throw err;
+  }
+  await settleCowLayer(p);
+  return p.frozen;
+}
+
+/** The backing mtime a v3 cow header (as createCow writes it) records. */
+async function recordedMtime(file: string): Promise<number> {
+  const fh = await open(file, 'r');
+  try {
+    const head = Buffer.alloc(8192);
+    const { bytesRead } = await fh.read(head, 0, head.length, 0);
+    return decodeCowHeader(head.subarray(0, bytesRead), 'v3').mtime;
+  } finally {
+    await fh.close();
+  }
 }
 
 /** fsync a file by path (the frozen layer's data and bitmap must be on disk). */
