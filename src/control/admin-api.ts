@@ -49,6 +49,8 @@ export function buildAdminApp(o: AdminApiOptions): FastifyInstance {
   if (o.token !== undefined) {
     const expected = Buffer.from(`Bearer ${o.token}`);
     app.addHook('onRequest', async (req, reply) => {
+      // The status page holds no data (its script sends the token with each API call).
+      if (req.method === 'GET' && req.url.split('?')[0] === '/') return;
       const got = Buffer.from(req.headers.authorization ?? '');
       if (got.length !== expected.length || !timingSafeEqual(got, expected)) {
         reply.header('www-authenticate', 'Bearer');

@@ -14,6 +14,7 @@ import type { AdminEndpoint } from './config.js';
 import type { ReloadableExports } from './export-set.js';
 import type { GuardedProvider } from './guarded-provider.js';
 import { createMetrics } from './metrics.js';
+import { statusPageRoute } from './status-page.js';
 import { Operations, type OverlayDirInfo } from './operations.js';
 import { Reloader, type ReloaderOptions } from './reload.js';
 
@@ -60,7 +61,7 @@ export async function startControlPlane(o: ControlPlaneOptions): Promise<Control
   let api: AdminApi;
   try {
     const metrics = createMetrics(o.server, ops);
-    api = await startAdminApi({ endpoint: o.admin, token, ops, reload: () => reloader.reload('api'), snapshot: (name) => ops.snapshot(name), plugins: [metrics.route], log: o.log });
+    api = await startAdminApi({ endpoint: o.admin, token, ops, reload: () => reloader.reload('api'), snapshot: (name) => ops.snapshot(name), plugins: [metrics.route, statusPageRoute], log: o.log });
   } catch (err) {
     throw new ControlPlaneError(`cannot start the admin API on ${'path' in o.admin ? o.admin.path : `${o.admin.host}:${o.admin.port}`}: ${(err as Error).message}`);
   }
