@@ -52,9 +52,14 @@ describe.runIf(hasTls && hasLibnbd)('TLS X.509 with client certificates (--tls r
 
   it('names the identity (certificate CN) on the connection log lines', async () => {
     mustSucceed(await nbdinfo([url('pub', 'bob')]));
+    await expect.poll(() => serverLog(srv).some((l) => l.msg === 'connection closed' && l.identity === 'bob')).toBe(true);
     const lines = serverLog(srv).filter((l) => l.msg === 'TLS established');
     expect(lines.map((l) => l.identity)).toContain('bob');
     expect(lines.every((l) => typeof l.protocol === 'string' && /^TLSv1\.[23]$/.test(l.protocol))).toBe(true);
+    // Every later line of bob's connection carries the identity.
+    const conn = lines.find((l) => l.identity === 'bob')!.conn;
+    const after = serverLog(srv).filter((l) => l.conn === conn && ['connection opened', 'connection closed'].includes(String(l.msg)));
+    expect(after.map((l) => [l.msg, l.identity])).toEqual([['connection opened', 'bob'], ['connection closed', 'bob']]);
   });
 
   it('nbdcopy writes and reads back through TLS', async () => {
