@@ -127,4 +127,7 @@ export type DeviceErrorCode =
   | 'ENOSPC'
   | 'EOVERFLOW'
   | 'ENOTSUP'
-  | 'ESHUTDOWN';
+  | 'ESHUTDOWN'
+  | 'EBUSY'
+  | 'EACCES'
+  | 'ELOOP';

@@ -19,6 +19,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { EXTENT_HOLE, EXTENT_ZERO, type Extent } from './block-device.js';
 import { defaultIoPolicy, type IoPolicy } from './io-policy.js';
 import type { NativeFs } from './native-fs.js';
+import type { OpenGuard } from './open-guard.js';
 
 /** Upper bound on extents returned by one blockStatus call (the caller asks again). */
 export const MAX_EXTENTS_PER_CALL = 1024;
@@ -134,7 +135,11 @@ export class FileIo {
   private readonly batchers = new WeakMap<FileHandle, WriteBatcher>();
   private syncWritesPausedUntil = 0;
 
-  constructor(readonly policy: IoPolicy = defaultIoPolicy()) {
+  constructor(
+    readonly policy: IoPolicy = defaultIoPolicy(),
+    /** The server's open-file registry and --allow-path (open-guard.ts); none for tools. */
+    readonly guard?: OpenGuard,
+  ) {
     this.native = policy.native;
     this.nowait = policy.nowaitReads && typeof policy.native?.preadNoWait === 'function';
     this.batching = policy.batchWrites && typeof policy.native?.pwriteBatch === 'function';

@@ -7,7 +7,8 @@
  * the native addon (or with an IoPolicy that turns it off) the device still works,
  * reporting everything as data. The data path goes through FileIo (file-io.ts).
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { openChecked } from './open-guard.js';
 import type { BlockDevice, DeviceCapabilities, Extent, IoOptions, LayerInfo, ZeroOptions } from './block-device.js';
 import { FileIo, ShortReadError, sparseExtents } from './file-io.js';
 import type { NativeFs } from './native-fs.js';
@@ -18,6 +19,8 @@ export interface RawOpenOptions {
   size?: number;
   /** I/O policy and fast-path state (default: every fast path, a private FileIo). */
   io?: FileIo;
+  /** The path came from an image header (a backing): subject to --allow-path. */
+  referenced?: boolean;
 }
 
 export class RawFileDevice implements BlockDevice {
@@ -51,11 +54,12 @@ export class RawFileDevice implements BlockDevice {
 
   static async open(path: string, options: RawOpenOptions = {}): Promise<RawFileDevice> {
     const readOnly = options.readOnly ?? false;
-    const fh = await open(path, readOnly ? 'r' : 'r+');
+    const io = options.io ?? new FileIo();
+    const fh = await openChecked(path, { writable: !readOnly, what: options.referenced ? 'backing file' : 'image', referenced: options.referenced, guard: io.guard });
     try {
       const st = await fh.stat();
       if (!st.isFile()) throw new Error(`${path}: not a regular file`);
-      return new RawFileDevice(path, fh, options.size ?? st.size, readOnly, options.io ?? new FileIo(), st.size);
+      return new RawFileDevice(path, fh, options.size ?? st.size, readOnly, io, st.size);
     } catch (err) {
       await fh.close();
       throw err;

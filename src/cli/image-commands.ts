@@ -153,7 +153,7 @@ export function registerImageCommands(program: Command, io: FileIo): void {
 
   program
     .command('check')
-    .description('check overlay metadata; exit 0 clean, 2 corruption, 3 leaks/cosmetic only, 1 could not check')
+    .description('check overlay metadata; exit 0 clean, 2 corruption, 3 leaks/cosmetic only, 1 could not check, 63 no metadata (raw)')
     .argument('<file>', 'overlay file')
     .addOption(formatOption())
     .addOption(layoutOption())

@@ -16,7 +16,8 @@
  *   cownbd serve --export a=a.cow --export b=b.raw,ro,description=Base disk
  */
 import { readFileSync, readlinkSync } from 'node:fs';
-import type { FileIo } from '../block/file-io.js';
+import { FileIo } from '../block/file-io.js';
+import { OpenGuard } from '../block/open-guard.js';
 import os from 'node:os';
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
@@ -52,6 +53,7 @@ export interface ServeOptions extends ProcessOptions, SecurityCliOptions, Object
   format?: ImageFormat;
   backingFormat?: ImageFormat;
   backingPathMap?: PathMapping[];
+  allowPath?: string[];
   export: StaticExportConfig[];
   base?: string;
   baseFormat?: ImageFormat;
@@ -408,6 +410,11 @@ export function registerServeCommand(program: Command, io: FileIo): void {
         }
       },
     )
+    .option(
+      '--allow-path <dir>',
+      'paths named inside image headers (backing files, add-cow image files) must lie under DIR (repeatable; default: anywhere)',
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
     .option('--ignore-mtime', 'cow exports: accept a backing file whose mtime no longer matches the header (recovery after the base was touched but not changed)')
     .option('-c, --config <file>', 'TOML configuration file (README "Operating"); options given on the command line override it; SIGHUP reloads it')
     .option('--admin <endpoint>', 'admin API (HTTP/JSON) on unix:/path, or HOST:PORT with --admin-token-file', parseAdminEndpoint)
@@ -447,8 +454,14 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     const cliExports = exportConfigs(o.ephemeral ? undefined : image, { ...o, export: cliOptions.export }, true);
     await checkServePaths(configs, o, ephemeralBase, listenFds.length > 0);
     const providers: ExportProvider[] = [];
+    // Every export's files go through one registry (a file read-only in one layer is never
+    // opened writable by another export) and --allow-path; see block/open-guard.ts.
+    const guard = new OpenGuard(o.allowPath);
+    const sio = new FileIo(io.policy, guard);
+    const golden = ephemeralBase ?? (o.overlayDir ? o.base : undefined);
+    if (golden && !/^s3:\/\//.test(golden)) await guard.pinReadOnly(path.resolve(golden));
     const openStatic = (c: StaticExportConfig) =>
-      openImage(c.path, { readOnly: c.readOnly, format: c.format, backingFormat: c.backingFormat, ignoreMtime: o.ignoreMtime, io, pathMap: o.backingPathMap, objectStore });
+      openImage(c.path, { readOnly: c.readOnly, format: c.format, backingFormat: c.backingFormat, ignoreMtime: o.ignoreMtime, io: sio, pathMap: o.backingPathMap, objectStore });
     // Writable cow exports are swappable: a live snapshot switches their top layer.
     const opener = async (c: StaticExportConfig) => snapshottable(await openStatic(c));
     let exports: ReloadableExports;
@@ -466,12 +479,12 @@ export function registerServeCommand(program: Command, io: FileIo): void {
       throw new UsageError((err as Error).message);
     }
     if (ephemeralBase) {
-      const base = await namedFailure(`base image ${ephemeralBase}`, () => resolveBase(ephemeralBase, o, io, objectStore));
+      const base = await namedFailure(`base image ${ephemeralBase}`, () => resolveBase(ephemeralBase, o, sio, objectStore));
       providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log, security.overlayLimits)));
     }
     let overlays: OverlayDirProvider | undefined;
     if (o.overlayDir) {
-      const base = await namedFailure(`--base ${o.base}`, () => resolveBase(o.base!, o, io, objectStore));
+      const base = await namedFailure(`--base ${o.base}`, () => resolveBase(o.base!, o, sio, objectStore));
       overlays = await namedFailure(`--base ${base.path} / --overlay-dir ${o.overlayDir}`, () => OverlayDirProvider.create(base, o.overlayDir!, log, security.overlayLimits));
       providers.push(overlays);
     }

@@ -11,7 +11,9 @@
  *
  * Format modules receive `openBacking` as a parameter (composition, no import cycle).
  */
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { DeviceError } from '../block/block-device.js';
 import type { BlockDevice } from '../block/block-device.js';
 import { CheckedDevice } from '../block/checked-device.js';
 import { FileIo } from '../block/file-io.js';
@@ -45,19 +47,40 @@ export interface OpenImageOptions {
    * read-only published image (src/objectstore/).
    */
   objectStore?: () => Promise<ObjectStoreContext>;
+  /** Internal: this path came from an image header (a backing; --allow-path applies). */
+  referenced?: boolean;
+  /** Internal: device:inode of every image above this one (cycle detection). */
+  chain?: readonly string[];
 }
+
+/** Backing chains deeper than this are refused (a crafted chain could open files forever). */
+export const MAX_CHAIN_DEPTH = 64;
 
 /** Opens a backing device: always read-only, never probed. Passed to format drivers. */
 export type OpenBacking = (path: string, format: ImageFormat) => Promise<BlockDevice>;
 
 export async function openImage(path: string, options: OpenImageOptions = {}): Promise<CheckedDevice> {
   if (isObjectStoreUri(path)) return openObjectStoreImage(path, options);
+  const chain = await extendChain(path, options.chain ?? []);
   const format = options.format ?? (await probeFormat(path));
   const io = options.io ?? new FileIo();
   const openBacking: OpenBacking = (backingPath, backingFormat) =>
-    openImage(backingPath, { readOnly: true, format: backingFormat, io, pathMap: options.pathMap, objectStore: options.objectStore });
-  const driver = await openDriver(path, format, { ...options, io }, openBacking);
+    openImage(backingPath, { readOnly: true, format: backingFormat, io, pathMap: options.pathMap, objectStore: options.objectStore, referenced: true, chain });
+  const driver = await openDriver(path, format, { ...options, io, chain }, openBacking);
   return new CheckedDevice(driver, { readOnly: options.readOnly });
+}
+
+/**
+ * The chain with `path` appended, refusing a cycle (A → B → A, by device and inode, so
+ * links and other spellings count) and chains deeper than MAX_CHAIN_DEPTH.
+ */
+async function extendChain(path: string, chain: readonly string[]): Promise<string[]> {
+  const st = await stat(path).catch(() => undefined);
+  if (!st) return [...chain]; // the open itself reports the missing file
+  const key = `${st.dev}:${st.ino}`;
+  if (chain.includes(key)) throw new DeviceError('ELOOP', `${path}: backing chain cycle: this file is already a layer above it`);
+  if (chain.length >= MAX_CHAIN_DEPTH) throw new DeviceError('ELOOP', `${path}: backing chain deeper than ${MAX_CHAIN_DEPTH} layers`);
+  return [...chain, key];
 }
 
 async function openDriver(
@@ -68,14 +91,15 @@ async function openDriver(
 ): Promise<BlockDevice> {
   switch (format) {
     case 'raw':
-      return RawFileDevice.open(path, { readOnly: options.readOnly, io: options.io });
+      return RawFileDevice.open(path, { readOnly: options.readOnly, io: options.io, referenced: options.referenced });
     case 'cow': {
       const { openCow } = await import('./cow/index.js');
       // A backing named *.snap-N.cow is a snapshot layer: cow, with the configured
       // backing format passed further down (docs in cow/cow-layers.ts).
       const { snapshotBackingOf } = await import('./cow/cow-layers.js');
       if (!options.backingFile && (await snapshotBackingOf(path).catch(() => undefined))) {
-        const below = (p: string) => openImage(p, { readOnly: true, format: 'cow', backingFormat: options.backingFormat, io: options.io, ignoreMtime: options.ignoreMtime });
+        const below = (p: string) =>
+          openImage(p, { readOnly: true, format: 'cow', backingFormat: options.backingFormat, io: options.io, ignoreMtime: options.ignoreMtime, referenced: true, chain: options.chain });
         return openCow(path, { ...options, backingFormat: 'cow' }, below);
       }
       return openCow(path, options, openBacking);
@@ -96,8 +120,11 @@ async function openObjectStoreImage(uri: string, options: OpenImageOptions): Pro
 
 /** Magic-only detection for the image the operator named (not for backing files). */
 export async function probeFormat(path: string): Promise<ImageFormat> {
-  const fh = await open(path, 'r');
+  // O_NONBLOCK: a FIFO must not block the open (it is refused just below).
+  const fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
   try {
+    const st = await fh.stat();
+    if (!st.isFile() && !st.isBlockDevice()) throw new DeviceError('EINVAL', `${path}: not a regular file: refused`);
     const head = Buffer.alloc(8);
     const { bytesRead } = await fh.read(head, 0, 8, 0);
     if (bytesRead >= 8) {

@@ -8,6 +8,13 @@
  *   info        harmless, reported only (e.g. UML's garbage after the path NUL,
  *               docs/cow-format.md#c10)
  *   could not check (unreadable file, ambiguous layout)        → exit 1
+ *   no metadata (a raw image; qemu-img's "does not support checks") → exit 63
+ *
+ * A file named *.cow / *.add-cow without the magic is reported as a broken overlay (a
+ * 0-byte one with the half-created hint), not checked as raw. After the metadata checks,
+ * an overlay that still cannot be OPENED (backing cycle, unsupported backing format, an
+ * image file that is a directory, a FIFO, a procfs file…) is corruption: `check` never
+ * calls an image clean that `serve` and `info` refuse.
  *
  * --repair fixes only what is provably safe, and ONLY in the overlay's own metadata file
  * (never the backing file, never the add-cow image file, never data sectors):
@@ -40,12 +47,13 @@ import {
   type CowHeader,
   type CowLayoutName,
 } from '../formats/cow/index.js';
-import { probeFormat, type ImageFormat } from '../formats/open-image.js';
+import { openImage, probeFormat, type ImageFormat } from '../formats/open-image.js';
+import { HALF_CREATED_HINT } from '../formats/cow/cow-open.js';
 import { FileIo, readFully, writeFully } from '../block/file-io.js';
 import { AllocationBitmap } from '../formats/allocation-bitmap.js';
 import { cowBitmapSource } from '../formats/cow/cow-open.js';
 import { readJournal } from './commit-journal.js';
-import { EXIT_CORRUPT, EXIT_ERROR, EXIT_LEAKS, EXIT_OK } from './errors.js';
+import { EXIT_CORRUPT, EXIT_ERROR, EXIT_LEAKS, EXIT_NO_METADATA, EXIT_OK } from './errors.js';
 import { countBits } from './inspect.js';
 
 export type Severity = 'corruption' | 'leak' | 'info';
@@ -59,7 +67,8 @@ export type FindingClass =
   | 'backing'
   | 'names'
   | 'image-file'
-  | 'commit-incomplete';
+  | 'commit-incomplete'
+  | 'unopenable';
 
 export interface Finding {
   class: FindingClass;
@@ -71,8 +80,8 @@ export interface Finding {
 export interface CheckJson {
   filename: string;
   format: string;
-  /** clean | corrupt | leaks | error (could not check) */
-  result: 'clean' | 'corrupt' | 'leaks' | 'error';
+  /** clean | corrupt | leaks | error (could not check) | unsupported (no metadata: raw) */
+  result: 'clean' | 'corrupt' | 'leaks' | 'error' | 'unsupported';
   exitCode: number;
   findings: Finding[];
   /** Findings fixed by --repair (empty without --repair). */
@@ -104,6 +113,13 @@ export async function runCheck(file: string, options: CheckOptions = {}): Promis
   let format: string = options.format ?? 'unknown';
   try {
     format = options.format ?? (await probeFormat(file));
+    if (format === 'raw' && options.format === undefined) {
+      const claimed = OVERLAY_NAME.exec(file)?.[1];
+      if (claimed) return summarize(file, claimed, [await missingMagic(file, claimed)], [], null);
+    }
+    if (format === 'raw') {
+      return { filename: file, format, result: 'unsupported', exitCode: EXIT_NO_METADATA, findings: [], repaired: [], error: `${file}: raw image: this format has no metadata to check` };
+    }
     let collected = await collect(file, format as ImageFormat, options);
     let repaired: Finding[] = [];
     if (options.repair && collected.repairs.length > 0) {
@@ -140,12 +156,36 @@ function summarize(file: string, format: string, findings: Finding[], repaired: 
   return { filename: file, format, result, exitCode, findings, repaired, error };
 }
 
+/** Names that say "overlay": such a file without the magic is a broken overlay, not raw. */
+const OVERLAY_NAME = /\.(cow|add-cow)$/;
+
+async function missingMagic(file: string, claimed: string): Promise<Finding> {
+  const head = Buffer.alloc(8);
+  const fh = await open(file, 'r');
+  let length: number;
+  try {
+    length = (await fh.stat()).size;
+    await fh.read(head, 0, 8, 0);
+  } finally {
+    await fh.close();
+  }
+  const what = length === 0 ? `is empty (0 bytes): no ${claimed} header; ${HALF_CREATED_HINT}` : `has no ${claimed} magic (${length} bytes, starting ${head.subarray(0, Math.min(8, length)).toString('hex')})`;
+  return { class: 'header', severity: 'corruption', message: `${file}: named like a ${claimed} image but ${what}`, repairable: false };
+}
+
+/** The overlay must also open the way serve/info open it (backing chain, image file kinds). */
+async function checkOpens(file: string, format: ImageFormat, options: CheckOptions, c: Collected): Promise<void> {
+  if (c.findings.some((f) => f.severity === 'corruption')) return; // already not clean
+  try {
+    const dev = await openImage(file, { readOnly: true, format, layout: options.layout, backingFile: options.backingFile });
+    await dev.close();
+  } catch (err) {
+    c.findings.push({ class: 'unopenable', severity: 'corruption', message: `${file}: cannot be opened: ${(err as Error).message}`, repairable: false });
+  }
+}
+
 async function collect(file: string, format: ImageFormat, options: CheckOptions): Promise<Collected> {
   const c: Collected = { findings: [], repairs: [] };
-  if (format === 'raw') {
-    c.findings.push({ class: 'header', severity: 'info', message: `${file}: raw image, no metadata to check`, repairable: false });
-    return c;
-  }
   const journal = await readJournal(file).catch((err: Error) => {
     c.findings.push({ class: 'commit-incomplete', severity: 'corruption', message: err.message, repairable: false });
     return undefined;
@@ -167,6 +207,7 @@ async function collect(file: string, format: ImageFormat, options: CheckOptions)
   } finally {
     await fh.close();
   }
+  await checkOpens(file, format, options, c);
   return c;
 }
 

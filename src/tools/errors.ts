@@ -7,6 +7,8 @@ export const EXIT_OK = 0;
 export const EXIT_ERROR = 1;
 export const EXIT_CORRUPT = 2;
 export const EXIT_LEAKS = 3;
+/** check: the format has no metadata to check (qemu-img's exit status for that case). */
+export const EXIT_NO_METADATA = 63;
 export const EXIT_INTERRUPTED = 130;
 
 /** A user-facing failure: the message is printed as-is, the command exits 1. */

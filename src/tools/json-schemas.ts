@@ -112,7 +112,7 @@ const FINDING = {
   additionalProperties: false,
   required: ['class', 'severity', 'message', 'repairable'],
   properties: {
-    class: { enum: ['header', 'file-length', 'tail-bits', 'padding', 'lost-writes', 'backing', 'names', 'image-file', 'commit-incomplete'] },
+    class: { enum: ['header', 'file-length', 'tail-bits', 'padding', 'lost-writes', 'backing', 'names', 'image-file', 'commit-incomplete', 'unopenable'] },
     severity: { enum: ['corruption', 'leak', 'info'] },
     message: { type: 'string' },
     repairable: { type: 'boolean' },
@@ -129,7 +129,7 @@ export const CHECK_SCHEMA = {
   properties: {
     filename: { type: 'string' },
     format: { type: 'string' },
-    result: { enum: ['clean', 'corrupt', 'leaks', 'error'] },
+    result: { enum: ['clean', 'corrupt', 'leaks', 'error', 'unsupported'] },
     exitCode: { enum: [0, 1, 2, 3] },
     findings: { type: 'array', items: FINDING },
     repaired: { type: 'array', items: FINDING },

@@ -197,6 +197,17 @@ describe('check on add-cow files', () => {
   });
 });
 
-it('raw images have nothing to check (exit 0)', () => {
-  expect(check(base, 0).findings[0]!.message).toMatch(/raw image/);
+it('raw images have no metadata to check: exit 63 like qemu-img (issue 15, defect 2)', () => {
+  const r = cliJson<{ result: string; error: string }>(['check', base], { status: 63 });
+  expect(r.result).toBe('unsupported');
+  expect(r.error).toMatch(/raw image: this format has no metadata to check/);
+});
+
+it('a 0-byte NAME.cow is a broken overlay, not a clean raw image (issue 15, defect 2)', () => {
+  const empty = tmp.file('vm1.cow');
+  writeFileSync(empty, '');
+  const r = check(empty, 2);
+  expect(r.findings[0]!.message).toMatch(/named like a cow image but is empty \(0 bytes\).*delete it/);
+  writeFileSync(empty, Buffer.alloc(4096, 7));
+  expect(check(empty, 2).findings[0]!.message).toMatch(/has no cow magic \(4096 bytes, starting 0707070707070707\)/);
 });

@@ -16,7 +16,8 @@
  * Bits past the last cluster are cleared in memory, so they are written back as 0.
  */
 import { mapRecordedPath, type PathMapping } from '../path-map.js';
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { stat, type FileHandle } from 'node:fs/promises';
+import { openChecked, type OpenGuard } from '../../block/open-guard.js';
 import path from 'node:path';
 import { DeviceError, type BlockDevice } from '../../block/block-device.js';
 import { FileIo, readFully } from '../../block/file-io.js';
@@ -74,8 +75,14 @@ export async function readAddCowHeader(file: FileHandle, label: string): Promise
  * Open the .add-cow and image files, validate names and identities, and load the bitmap.
  * Does not open the backing file (inspection must work when it is missing).
  */
-export async function openAddCowFiles(addCowPath: string, readOnly: boolean, backingOverride?: string, pathMap?: readonly PathMapping[]): Promise<AddCowFiles> {
-  const metaFile = await open(addCowPath, readOnly ? 'r' : 'r+');
+export async function openAddCowFiles(
+  addCowPath: string,
+  readOnly: boolean,
+  backingOverride?: string,
+  pathMap?: readonly PathMapping[],
+  open: { guard?: OpenGuard; referenced?: boolean } = {},
+): Promise<AddCowFiles> {
+  const metaFile = await openChecked(addCowPath, { writable: !readOnly, what: 'add-cow file', referenced: open.referenced, guard: open.guard });
   let imageFile: FileHandle | undefined;
   try {
     const header = await readAddCowHeader(metaFile, addCowPath);
@@ -91,8 +98,9 @@ export async function openAddCowFiles(addCowPath: string, readOnly: boolean, bac
           : mapRecordedPath(resolveAddCowName(addCowPath, header.backingName), pathMap);
     await checkDistinctFiles(addCowPath, imagePath, backingPath);
 
-    imageFile = await open(imagePath, readOnly ? 'r' : 'r+').catch((err: NodeJS.ErrnoException) => {
-      throw new DeviceError('EINVAL', `${addCowPath}: cannot open image file "${header.imageName}" (${imagePath}): ${err.message}`);
+    // The image file's name comes from the header: a hostile one may name anything.
+    imageFile = await openChecked(imagePath, { writable: !readOnly, what: 'image file', referenced: true, guard: open.guard }).catch((err: NodeJS.ErrnoException) => {
+      throw new DeviceError(err instanceof DeviceError ? err.code : 'EINVAL', `${addCowPath}: cannot open image file "${header.imageName}" (${imagePath}): ${err.message}`);
     });
     const st = await imageFile.stat();
     if (!st.isFile()) throw new DeviceError('EINVAL', `${addCowPath}: image file ${imagePath} is not a regular file`);
@@ -156,7 +164,7 @@ export async function openAddCowWith(
   deps: { io: FileIo },
 ): Promise<AddCowDevice> {
   const readOnly = options.readOnly ?? false;
-  const files = await openAddCowFiles(addCowPath, readOnly, options.backingFile, options.pathMap);
+  const files = await openAddCowFiles(addCowPath, readOnly, options.backingFile, options.pathMap, { guard: deps.io.guard, referenced: options.referenced });
   const { header } = files;
   let backing: BlockDevice | undefined;
   let backingFormat: ImageFormat | undefined;

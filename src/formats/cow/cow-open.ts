@@ -10,7 +10,8 @@
  * offset), and its size field equals the backing file's size. Exactly one must pass;
  * otherwise we refuse and name every candidate with its verdict. options.layout forces one.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { openChecked, type OpenGuard } from '../../block/open-guard.js';
 import type { NativeFs } from '../../block/native-fs.js';
 import { fileBitmapSource, type BitmapSource } from '../allocation-bitmap.js';
 import { readFully } from '../../block/file-io.js';
@@ -47,6 +48,10 @@ export interface CowReadOptions {
   pathMap?: readonly PathMapping[];
   /** For non-raw backings the size to compare is the backing device's virtual size. */
   backingSizeOf?: (file: string) => Promise<number>;
+  /** The server's open-file registry (open-guard.ts). */
+  guard?: OpenGuard;
+  /** The path came from a header (a cow layer below another): --allow-path applies. */
+  referenced?: boolean;
   /** With the native addon, SEEK_DATA tells which bitmap pages are holes (read as zero, no I/O). */
   native?: NativeFs;
   /**
@@ -73,7 +78,7 @@ export interface CowFileState {
 
 /** Open the COW file and read its header; the bitmap is a source for on-demand pages. The caller owns `fh` afterwards. */
 export async function readCowFile(file: string, options: CowReadOptions = {}): Promise<CowFileState> {
-  const fh = await open(file, options.readOnly ? 'r' : 'r+');
+  const fh = await openChecked(file, { writable: !options.readOnly, what: 'cow file', referenced: options.referenced, guard: options.guard });
   try {
     const st = await fh.stat();
     if (!st.isFile()) throw new CowHeaderError(`${file}: not a regular file`);

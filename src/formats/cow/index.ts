@@ -43,6 +43,8 @@ export async function openCow(path: string, options: OpenImageOptions, openBacki
   const io = options.io ?? new FileIo();
   const state = await readCowFile(path, {
     native: io.native,
+    guard: io.guard,
+    referenced: options.referenced,
     readOnly: options.readOnly,
     layout: options.layout,
     backingFile: options.backingFile,
