@@ -11,7 +11,7 @@ import { type Command, Option } from 'commander';
 import type { FileIo } from '../block/file-io.js';
 import { createAddCow, finalizeAddCow } from '../formats/add-cow/index.js';
 import { createCow } from '../formats/cow/index.js';
-import { IMAGE_FORMATS, type ImageFormat } from '../formats/open-image.js';
+import { IMAGE_FORMATS, openImage, type ImageFormat } from '../formats/open-image.js';
 import { parseSize } from '../util/size.js';
 import { formatCheckText, runCheck } from '../tools/check.js';
 import { runCommit, type OutputSize, type ToolContext } from '../tools/commit.js';
@@ -26,6 +26,7 @@ import { runRebase } from '../tools/rebase.js';
 import { formatSize } from '../util/size.js';
 import { addObjectStoreOptions, lazyObjectStore, storeConfigFrom, type ObjectStoreFlags } from '../objectstore/cli-options.js';
 import { formatObjectStoreInfoText, runObjectStoreInfo } from '../objectstore/info.js';
+import { remoteBackingStat } from '../objectstore/open.js';
 import { isObjectStoreUri } from '../objectstore/uri.js';
 import { StoreClient } from '../objectstore/store-client.js';
 import { silentLogger } from '../logging.js';
@@ -75,8 +76,21 @@ async function longRun<T>(flags: CommonFlags, state: () => string, fn: (ctx: Too
   }
 }
 
+/** The pinned address, virtual size and manifest time of an s3:// backing, for `create`. */
+async function pinRemoteBacking(address: string, flags: ObjectStoreFlags): Promise<{ pinned: string; size: number; mtime: number }> {
+  const objectStore = lazyObjectStore(flags, silentLogger());
+  try {
+    const dev = await openImage(address, { readOnly: true, objectStore });
+    const info = dev.describe();
+    await dev.close();
+    return { pinned: info.path ?? address, size: dev.size, mtime: Number(info.detail?.mtime ?? 0) };
+  } finally {
+    await objectStore.close();
+  }
+}
+
 export function registerImageCommands(program: Command, io: FileIo): void {
-  program
+  const createCmd = program
     .command('create')
     .description('create a copy-on-write overlay (cow: UML v3 like uml_mkcow; add-cow: metadata + image file)')
     .addOption(new Option('-f, --format <format>', 'overlay format').choices(['cow', 'add-cow']).makeOptionMandatory())
@@ -86,8 +100,12 @@ export function registerImageCommands(program: Command, io: FileIo): void {
     .option('--image <path>', 'add-cow: image file holding guest data (created if missing)')
     .option('--cluster-size <size>', 'add-cow: cluster size, 4K..2M (default 64K)')
     .option('--size <size>', 'add-cow: virtual size (default: image file size, else backing size); cow: must equal the backing size')
-    .option('--force', 'overwrite an existing overlay')
-    .action(async (file: string, flags: CreateFlags) => {
+    .option('--force', 'overwrite an existing overlay');
+  addObjectStoreOptions(createCmd);
+  createCmd.action(async (file: string, flags: CreateFlags & ObjectStoreFlags) => {
+      // An s3:// backing is recorded pinned to the version that exists now (docs/object-store.md).
+      const remote = flags.backing !== undefined && isObjectStoreUri(flags.backing) ? await pinRemoteBacking(flags.backing, flags) : undefined;
+      if (remote && flags.backingFormat && flags.backingFormat !== 'raw') throw new Error('an s3:// backing is a published image: drop --backing-format');
       if (flags.format === 'cow') {
         if (!flags.backing) throw new Error('create -f cow needs --backing (a cow overlay always has a backing file)');
         if (flags.image !== undefined || flags.clusterSize !== undefined) throw new Error('--image and --cluster-size apply to -f add-cow only');
@@ -98,15 +116,17 @@ export function registerImageCommands(program: Command, io: FileIo): void {
         if (flags.size !== undefined) {
           const { stat } = await import('node:fs/promises');
           const want = parseSize(flags.size);
-          const have = (await stat(flags.backing)).size;
+          const have = remote ? remote.size : (await stat(flags.backing)).size;
           if (want !== have) throw new Error(`--size ${want}: a cow overlay is always the size of its backing file (${flags.backing} is ${have} bytes)`);
         }
-        await createCow(file, { backingFile: flags.backing, force: flags.force });
+        if (remote) await createCow(file, { backingFile: remote.pinned, remoteBackingStat: { size: remote.size, mtime: remote.mtime }, force: flags.force });
+        else await createCow(file, { backingFile: flags.backing, force: flags.force });
       } else {
         if (!flags.image) throw new Error('create -f add-cow needs --image (the file that holds guest data)');
         await createAddCow(file, {
           imageFile: flags.image,
-          backingFile: flags.backing,
+          backingFile: remote ? remote.pinned : flags.backing,
+          ...(remote ? { backingVirtualSize: remote.size } : {}),
           backingFormat: flags.backingFormat,
           clusterSize: flags.clusterSize ? parseSize(flags.clusterSize, 'cluster size') : undefined,
           size: flags.size ? parseSize(flags.size) : undefined,
@@ -146,7 +166,11 @@ export function registerImageCommands(program: Command, io: FileIo): void {
         }
         return;
       }
-      const infos = await runInfo(file, { format: flags.format, backingFormat: flags.backingFormat, layout: flags.layout, chain: flags.backingChain, io });
+      const objectStore = lazyObjectStore(flags, silentLogger());
+      const remoteStat = remoteBackingStat(objectStore);
+      const infos = await runInfo(file, { format: flags.format, backingFormat: flags.backingFormat, layout: flags.layout, chain: flags.backingChain, io, remoteStat }).finally(() =>
+        objectStore.close(),
+      );
       if (flags.json) printJson(flags.backingChain ? infos : infos[0]);
       else process.stdout.write(infos.map(formatInfoText).join('\n'));
     });
@@ -227,7 +251,7 @@ export function registerImageCommands(program: Command, io: FileIo): void {
       );
     });
 
-  program
+  const convert = program
     .command('convert')
     .description('copy the full view of an image chain into a new raw image, cow overlay or add-cow overlay')
     .argument('<src>', 'source image (any chain)')
@@ -243,13 +267,16 @@ export function registerImageCommands(program: Command, io: FileIo): void {
     .option('--cluster-size <size>', '-O add-cow: cluster size (default 64K)')
     .option('--force', 'overwrite existing output files')
     .option('-q, --quiet', 'no progress bar')
-    .option('--json', 'print a JSON result (implies --quiet)')
-    .action(
+    .option('--json', 'print a JSON result (implies --quiet)');
+  // Flattening a chain over an s3:// base into local files (for UML's tools) reads the store.
+  addObjectStoreOptions(convert).action(
       async (
         src: string,
         dst: string,
-        flags: CommonFlags & { outputFormat: ImageFormat; sourceBackingFormat?: ImageFormat; backing?: string; image?: string; clusterSize?: string; force?: boolean },
+        flags: CommonFlags &
+          ObjectStoreFlags & { outputFormat: ImageFormat; sourceBackingFormat?: ImageFormat; backing?: string; image?: string; clusterSize?: string; force?: boolean },
       ) => {
+        const objectStore = lazyObjectStore(flags, silentLogger());
         await longRun(
           flags,
           () => `the partial output ${dst} was removed`,
@@ -263,6 +290,7 @@ export function registerImageCommands(program: Command, io: FileIo): void {
                 layout: flags.layout,
                 ignoreMtime: flags.ignoreMtime,
                 io,
+                objectStore,
                 outputFormat: flags.outputFormat,
                 outBacking: flags.backing,
                 outBackingFormat: flags.backingFormat,
@@ -276,11 +304,11 @@ export function registerImageCommands(program: Command, io: FileIo): void {
             if (flags.json) printJson(r);
             else if (!flags.quiet) process.stdout.write(`Converted ${src} to ${r.outputFormat} ${dst}: ${formatSize(r.bytesWritten)} written\n`);
           },
-        );
+        ).finally(() => objectStore.close());
       },
     );
 
-  program
+  const rebase = program
     .command('rebase')
     .description('point an overlay at a different backing file (safe: copies sectors that differ; --unsafe: header only)')
     .argument('<file>', 'overlay file')
@@ -292,22 +320,24 @@ export function registerImageCommands(program: Command, io: FileIo): void {
     .option('--ignore-mtime', 'cow: accept an old backing file whose mtime does not match')
     .option('--force', 'cow: accept a new backing whose mtime does not fit 32 bits')
     .option('-q, --quiet', 'no progress bar')
-    .option('--json', 'print a JSON result (implies --quiet)')
-    .action(async (file: string, flags: CommonFlags & { backing: string; unsafe?: boolean; force?: boolean }) => {
+    .option('--json', 'print a JSON result (implies --quiet)');
+  // The old backing may be an s3:// base (moving an overlay onto a local copy of it).
+  addObjectStoreOptions(rebase).action(async (file: string, flags: CommonFlags & ObjectStoreFlags & { backing: string; unsafe?: boolean; force?: boolean }) => {
+      const objectStore = lazyObjectStore(flags, silentLogger());
       await longRun(
         flags,
         () => `${file} still names its old backing file; data copied so far is flushed and harmless`,
         (ctx) =>
           runRebase(
             file,
-            { format: flags.format, layout: flags.layout, ignoreMtime: flags.ignoreMtime, io, newBacking: flags.backing, newBackingFormat: flags.backingFormat, unsafe: flags.unsafe, force: flags.force },
+            { format: flags.format, layout: flags.layout, ignoreMtime: flags.ignoreMtime, io, objectStore, newBacking: flags.backing, newBackingFormat: flags.backingFormat, unsafe: flags.unsafe, force: flags.force },
             ctx,
           ),
         (r) => {
           if (flags.json) printJson(r);
           else if (!flags.quiet) process.stdout.write(`Rebased ${file} onto ${r.storedBacking}${r.unsafe ? ' (unsafe: header only)' : `: ${formatSize(r.bytesCopied)} copied into the overlay`}\n`);
         },
-      );
+      ).finally(() => objectStore.close());
     });
 }
 

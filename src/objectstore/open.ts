@@ -11,7 +11,7 @@
  */
 import type { Logger } from '../logging.js';
 import { ChunkCache } from './chunk-cache.js';
-import { decodeManifest, type Manifest } from './manifest.js';
+import { decodeManifest, manifestMtime, type Manifest } from './manifest.js';
 import { ObjectStoreDevice } from './object-store-device.js';
 import { StoreClient, type StoreConfig } from './store-client.js';
 import { formatObjectStoreUri, manifestFolder, manifestKey, parseObjectStoreUri, VERSION_PATTERN, type ObjectStoreUri } from './uri.js';
@@ -72,4 +72,15 @@ export async function loadManifest(client: StoreClient, text: string): Promise<{
 export async function openObjectStoreBase(text: string, ctx: ObjectStoreContext): Promise<ObjectStoreDevice> {
   const { uri, manifest } = await loadManifest(ctx.client, text);
   return new ObjectStoreDevice(uri, manifest, ctx);
+}
+
+/**
+ * size + mtime of an s3:// image as a cow header records them (virtual size, manifest
+ * creation second): what cow's backing check compares for a remote backing.
+ */
+export function remoteBackingStat(objectStore: () => Promise<ObjectStoreContext>): (address: string) => Promise<{ size: number; mtime: number }> {
+  return async (address) => {
+    const { manifest } = await loadManifest((await objectStore()).client, address);
+    return { size: manifest.virtualSize, mtime: manifestMtime(manifest) };
+  };
 }

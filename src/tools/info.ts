@@ -8,6 +8,7 @@
  */
 import { inspectLayer, nextLayer, type BackingReport, type InspectOptions, type LayerInspection } from './inspect.js';
 import { formatSize } from '../util/size.js';
+import { isObjectStoreUri } from '../objectstore/uri.js';
 
 export interface InfoJson {
   filename: string;
@@ -119,7 +120,8 @@ export async function runInfo(file: string, options: InspectOptions & { chain?: 
   const seen = new Set([layer.path]);
   while (options.chain) {
     const next = nextLayer(layer);
-    if (!next) break;
+    // An s3:// base is the end of the local chain (`cownbd info s3://…` describes it).
+    if (!next || isObjectStoreUri(next.path)) break;
     if (seen.has(next.path)) throw new Error(`${next.path}: backing chain loops back to this file`);
     seen.add(next.path);
     layer = await inspectLayer(next.path, { format: next.format });

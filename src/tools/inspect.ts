@@ -18,11 +18,13 @@ import {
   CowBackingError,
   inspectCowFile,
   statBacking,
+  type BackingStat,
   type CowGeometry,
   type CowHeader,
 } from '../formats/cow/index.js';
 import { openImage, probeFormat, type ImageFormat } from '../formats/open-image.js';
 import { readJournal, type CommitJournal } from './commit-journal.js';
+import { isObjectStoreUri } from '../objectstore/uri.js';
 
 export interface InspectOptions {
   /** Force the format of this file (default: magic). */
@@ -35,6 +37,8 @@ export interface InspectOptions {
   backingFormat?: ImageFormat;
   /** I/O policy for the devices opened to measure backing sizes. */
   io?: FileIo;
+  /** size + mtime of an s3:// backing (its manifest); without it such a backing reports as missing. */
+  remoteStat?: (address: string) => Promise<BackingStat>;
 }
 
 export interface FileSizes {
@@ -115,7 +119,7 @@ async function inspectCowLayer(path: string, options: InspectOptions, file: File
   const { allocatedSectors } = insp;
   // A snapshot layer (NAME.snap-N.cow) is cow by its name (formats/cow/cow-layers.ts).
   const backingFormat = isSnapshotLayer(insp.backingFile.resolved) ? 'cow' : (options.backingFormat ?? 'raw');
-  const backing = await checkCowBacking(header, insp.backingFile.stored, insp.backingFile.resolved, backingFormat);
+  const backing = await checkCowBacking(header, insp.backingFile.stored, insp.backingFile.resolved, backingFormat, options.remoteStat);
   return {
     path,
     format: 'cow',
@@ -128,12 +132,18 @@ async function inspectCowLayer(path: string, options: InspectOptions, file: File
   };
 }
 
-async function checkCowBacking(header: CowHeader, stored: string, resolved: string, format: ImageFormat): Promise<BackingReport> {
+async function checkCowBacking(
+  header: CowHeader,
+  stored: string,
+  resolved: string,
+  format: ImageFormat,
+  remoteStat?: (address: string) => Promise<BackingStat>,
+): Promise<BackingReport> {
   const qemu = header.layout.startsWith('qemu');
   const common = { stored, resolved, format, expectedSize: header.size, expectedMtime: header.mtime };
   let st;
   try {
-    st = await statBacking(resolved);
+    st = isObjectStoreUri(resolved) && remoteStat ? await remoteStat(resolved) : await statBacking(resolved);
   } catch (err) {
     return {
       ...common,
@@ -145,7 +155,7 @@ async function checkCowBacking(header: CowHeader, stored: string, resolved: stri
       message: (err as Error).message,
     };
   }
-  const size = format === 'raw' ? st.size : await deviceSize(resolved, format).catch(() => null);
+  const size = format === 'raw' || isObjectStoreUri(resolved) ? st.size : await deviceSize(resolved, format).catch(() => null);
   let message: string | null = null;
   let sizeCheck: CheckResult = 'ok';
   let mtimeCheck: CheckResult = qemu ? 'not-applicable' : 'ok';
@@ -170,11 +180,13 @@ async function inspectAddCowLayer(path: string, options: InspectOptions, file: F
   const resolved = options.backingFile ?? insp.backingPath;
   if (resolved !== undefined) {
     const format = options.backingFormat ?? (h.backingFormat || null);
-    const st = await stat(resolved).catch(() => undefined);
+    const remote = isObjectStoreUri(resolved) && options.remoteStat ? await options.remoteStat(resolved).catch(() => undefined) : undefined;
+    const st = remote ?? (await stat(resolved).catch(() => undefined));
     let size: number | null = null;
     let message: string | null = null;
     if (!st) message = `backing file "${resolved}" does not exist`;
     else if (format === null) message = 'backing file format is empty in the header (never probed; pass --backing-format)';
+    else if (remote) size = remote.size;
     else {
       size = await deviceSize(resolved, format as ImageFormat).catch((err: Error) => {
         message = `backing file "${resolved}" cannot be opened as ${format}: ${err.message}`;

@@ -35,6 +35,7 @@ import {
 } from '../formats/cow/index.js';
 import { openImage, probeFormat, type ImageFormat } from '../formats/open-image.js';
 import { openChain, type ChainOptions } from './chain.js';
+import { remoteBackingStat } from '../objectstore/open.js';
 import type { ToolContext } from './commit.js';
 import { ToolError } from './errors.js';
 import { topLayer, type TopLayer } from './layers.js';
@@ -77,7 +78,13 @@ async function rebaseCow(file: string, newPath: string, options: RebaseOptions, 
   if (options.newBackingFormat && options.newBackingFormat !== 'raw') {
     throw new ToolError(`a cow header cannot record backing format ${options.newBackingFormat}; rebase onto a raw file`);
   }
-  const insp = await inspectCowFile(file, { layout: options.layout, backingFile: options.backingFile, ignoreMtime: options.ignoreMtime, validateBacking: !options.unsafe });
+  const insp = await inspectCowFile(file, {
+    layout: options.layout,
+    backingFile: options.backingFile,
+    ignoreMtime: options.ignoreMtime,
+    validateBacking: !options.unsafe,
+    ...(options.objectStore ? { remoteBackingStat: remoteBackingStat(options.objectStore) } : {}),
+  });
   const old = insp.header;
   const st = await statBacking(newPath);
   const qemu = old.layout.startsWith('qemu');

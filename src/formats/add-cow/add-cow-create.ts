@@ -38,6 +38,11 @@ export interface CreateAddCowOptions {
   backingFormat?: ImageFormat;
   imageFormat?: 'raw';
   clusterSize?: number;
+  /**
+   * Virtual size of a backing that is not a local file (an s3:// published image, given
+   * by its pinned address): used instead of opening it; its existence was checked by the caller.
+   */
+  backingVirtualSize?: number;
   /** Virtual size; default: existing image file's size, else the backing file's size. */
   size?: number;
   force?: boolean;
@@ -54,7 +59,7 @@ export async function createAddCow(addCowPath: string, options: CreateAddCowOpti
   const backingPath = options.backingFile === undefined ? undefined : resolveAddCowName(addCowPath, options.backingFile);
   const backingFormat = options.backingFile === undefined ? undefined : (options.backingFormat ?? 'raw');
   await checkDistinctFiles(addCowPath, imagePath, backingPath);
-  if (backingPath !== undefined && !(await exists(backingPath))) {
+  if (backingPath !== undefined && options.backingVirtualSize === undefined && !(await exists(backingPath))) {
     throw new DeviceError('EINVAL', `backing file "${options.backingFile}" (${backingPath}) does not exist`);
   }
 
@@ -68,7 +73,7 @@ export async function createAddCow(addCowPath: string, options: CreateAddCowOpti
     compatFeatures: options.backingFile === undefined ? ADD_COW_COMPAT_ALL_ALLOCATED : 0n,
   });
   const imageLength = (await stat(imagePath).catch(() => undefined))?.size;
-  const size = options.size ?? imageLength ?? (backingPath ? await backingSize(backingPath, backingFormat!) : undefined);
+  const size = options.size ?? imageLength ?? (backingPath ? (options.backingVirtualSize ?? (await backingSize(backingPath, backingFormat!))) : undefined);
   if (size === undefined) {
     throw new DeviceError('EINVAL', `${addCowPath}: no size given, the image file does not exist and there is no backing file`);
   }

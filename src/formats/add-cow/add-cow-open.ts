@@ -32,6 +32,7 @@ import {
   peekAddCowHeaderSize,
 } from './add-cow-header.js';
 import { AddCowDevice } from './add-cow-device.js';
+import { isObjectStoreUri } from '../../objectstore/uri.js';
 
 /** Logical sector: the virtual size is the image length rounded down to this (docs/add-cow-format.md#a2). */
 export const ADD_COW_SECTOR = 512;
@@ -50,6 +51,8 @@ export interface AddCowFiles {
 
 /** Resolve a stored name: absolute as-is, relative against the .add-cow file's directory. */
 export function resolveAddCowName(addCowPath: string, name: string): string {
+  // A published object-store image (docs/object-store.md) is an address, not a path.
+  if (isObjectStoreUri(name)) return name;
   return path.resolve(path.dirname(path.resolve(addCowPath)), name);
 }
 
@@ -92,7 +95,7 @@ export async function openAddCowFiles(
     const imagePath = mapRecordedPath(resolveAddCowName(addCowPath, header.imageName), pathMap);
     const backingPath =
       backingOverride !== undefined
-        ? path.resolve(backingOverride)
+        ? isObjectStoreUri(backingOverride) ? backingOverride : path.resolve(backingOverride)
         : header.backingName === undefined
           ? undefined
           : mapRecordedPath(resolveAddCowName(addCowPath, header.backingName), pathMap);

@@ -136,7 +136,7 @@ const STREAM_PAGE = 64 * 1024;
  */
 export async function inspectCowFile(
   path: string,
-  options: Pick<CowReadOptions, 'layout' | 'backingFile' | 'ignoreMtime' | 'validateBacking' | 'native'> = {},
+  options: Pick<CowReadOptions, 'layout' | 'backingFile' | 'ignoreMtime' | 'validateBacking' | 'native' | 'remoteBackingStat'> = {},
 ): Promise<Omit<CowInspection, 'bitmap'> & { allocatedSectors: number; fileLength: number }> {
   const state = await readCowFile(path, { native: new FileIo().native, ...options, readOnly: true });
   let allocatedSectors: number;
@@ -178,5 +178,5 @@ export {
   type CowLayoutName,
 } from './cow-header.js';
 export { cowGeometry, type CowGeometry } from './cow-layout.js';
-export { CowBackingError, absolutizeLikeUml, checkBacking, resolveBackingPath, statBacking } from './cow-backing.js';
+export { CowBackingError, absolutizeLikeUml, checkBacking, resolveBackingPath, statBacking, type BackingStat } from './cow-backing.js';
 export { readCowFile, type CowReadOptions, type CowFileState } from './cow-open.js';
