@@ -151,8 +151,8 @@ export function upgradeToTls(socket: net.Socket, creds: TlsCredentials): Promise
     server.once('tlsClientError', (err: Error) => {
       socket.off('close', closed);
       // OpenSSL's message for an unknown PSK user is about signature algorithms: say what happened.
-      if (creds.kind === 'psk' && pskIdentity === undefined) {
-        reject(new Error(offered === undefined ? 'client offered no PSK identity' : `unknown PSK identity "${offered.slice(0, 200)}"`));
+      if (creds.kind === 'psk' && pskIdentity === undefined && offered !== undefined) {
+        reject(new Error(`unknown PSK identity "${offered.slice(0, 200)}"`));
       } else reject(err);
     });
     server.once('secureConnection', (secure: tls.TLSSocket) => {

@@ -3,7 +3,8 @@
  * send): nothing about exports before STARTTLS, EXPORT_NAME closes, plaintext smuggled
  * behind STARTTLS closes, STARTTLS with data is invalid.
  */
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRawImage, makeTempDir, type TempDir } from '../helpers/images.js';
 import { startServer, type RunningServer } from '../helpers/server.js';
@@ -103,5 +104,63 @@ describe.runIf(hasTls)('serve refuses a bad security configuration at start-up, 
     const subst: Record<string, string> = { PSK: fx.pskFile, CERTS: fx.serverDir, NOWHERE: tmp.file('nowhere'), BAD: tmp.file('bad.psk') };
     const argv = args.map((a) => subst[a] ?? a.replace('IMG', tmp.file('d.raw')));
     await expect(startServer([tmp.file('d.raw'), ...argv])).rejects.toThrow(message);
+  });
+});
+
+describe.runIf(hasTls)('TLS versions and PSK suites (Node client on the raw socket)', () => {
+  let tmp: TempDir;
+  let srv: RunningServer;
+  let psk: Buffer;
+
+  beforeAll(async () => {
+    tmp = makeTempDir();
+    const fx = makeTlsFixture(tmp.file('tls'), [], ['alice']);
+    psk = Buffer.from(readFileSync(fx.pskFile, 'utf8').trim().split(':')[1]!, 'hex');
+    createRawImage(tmp.file('d.raw'), 1024 * 1024);
+    srv = await startServer([tmp.file('d.raw'), '-n', 'd', '--tls', 'require', '--tls-psk', fx.pskFile]);
+  });
+  afterAll(async () => {
+    await srv?.stop();
+    tmp?.cleanup();
+  });
+
+  /** STARTTLS in plaintext, then a TLS client with `options`; resolves to the TLS socket or the error. */
+  async function startTls(options: tls.ConnectionOptions): Promise<tls.TLSSocket | Error> {
+    const c = await RawClient.connect({ port: srv.port! });
+    await c.greet();
+    c.write(optionRequest(OPT.STARTTLS));
+    expect((await c.readOptionReply()).type).toBe(ACK);
+    c.socket.removeAllListeners('data');
+    return new Promise((resolve) => {
+      const s = tls.connect({ socket: c.socket, pskCallback: () => ({ identity: 'alice', psk }), checkServerIdentity: () => undefined, ...options });
+      s.once('secureConnect', () => resolve(s));
+      s.once('error', (err) => resolve(err));
+    });
+  }
+
+  it('TLS 1.2 with a PSK suite serves LIST inside TLS', async () => {
+    const s = await startTls({ maxVersion: 'TLSv1.2', ciphers: 'PSK-AES128-GCM-SHA256' });
+    expect(s).toBeInstanceOf(tls.TLSSocket);
+    const t = s as tls.TLSSocket;
+    expect(t.getProtocol()).toBe('TLSv1.2');
+    expect(t.getCipher().name).toMatch(/PSK/);
+    const reply = new Promise<Buffer>((resolve) => t.once('data', resolve));
+    t.write(optionRequest(OPT.LIST));
+    const r = await reply;
+    expect(r.readUInt32BE(12)).toBe(2); // NBD_REP_SERVER: the export list, now that TLS is up
+    t.destroy();
+  });
+
+  it('TLS 1.3 with the PSK is accepted', async () => {
+    const s = await startTls({ minVersion: 'TLSv1.3' });
+    expect((s as tls.TLSSocket).getProtocol?.()).toBe('TLSv1.3');
+    (s as tls.TLSSocket).destroy();
+  });
+
+  it('TLS 1.1 is refused', async () => {
+    const s = await startTls({ minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'PSK-AES128-CBC-SHA:@SECLEVEL=0' });
+    // The server answers with a protocol_version alert (70) and logs why.
+    expect(String(s)).toMatch(/alert protocol version/);
+    await expect.poll(() => serverLog(srv).some((l) => /TLS handshake failed: .*unsupported protocol/.test(String(l.reason))), { timeout: 5000 }).toBe(true);
   });
 });
