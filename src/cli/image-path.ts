@@ -132,7 +132,7 @@ export async function checkSocketPath(file: string): Promise<void> {
 /** Positional arguments of the image tool: which are inputs (must be images), which outputs. */
 const TOOL_ARGS: Record<string, { inputs: number[]; outputs: number[] }> = {
   info: { inputs: [0], outputs: [] },
-  check: { inputs: [0], outputs: [] },
+  // check reports an unreadable file in its own (JSON) result instead: see runCheck.
   map: { inputs: [0], outputs: [] },
   commit: { inputs: [0], outputs: [] },
   rebase: { inputs: [0], outputs: [] },

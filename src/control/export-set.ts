@@ -215,7 +215,7 @@ export class ReloadableExports implements ExportProvider {
     const opened: Generation[] = [];
     for (const c of configs) {
       try {
-        this.log.debug({ export: c.name, path: c.path, readOnly: Boolean(c.readOnly) }, 'opening export image');
+        this.log.info({ export: c.name, path: c.path, readOnly: Boolean(c.readOnly) }, 'opening export image');
         const device = await this.opener(c);
         opened.push({ config: c, key: deviceKey(c), device, refs: 0, retired: false });
       } catch (err) {

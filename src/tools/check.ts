@@ -112,6 +112,7 @@ class CouldNotCheck extends Error {}
 export async function runCheck(file: string, options: CheckOptions = {}): Promise<CheckJson> {
   let format: string = options.format ?? 'unknown';
   try {
+    await requireCheckableFile(file);
     format = options.format ?? (await probeFormat(file));
     if (format === 'raw' && options.format === undefined) {
       const claimed = OVERLAY_NAME.exec(file)?.[1];
@@ -138,6 +139,15 @@ export async function runCheck(file: string, options: CheckOptions = {}): Promis
     const msg = err instanceof CouldNotCheck ? err.message : `${file}: ${(err as Error).message}`;
     return summarize(file, format, [], [], msg);
   }
+}
+
+/** stat, never open, first: a FIFO must not hang check, a missing file gets qemu-img's words. */
+async function requireCheckableFile(file: string): Promise<void> {
+  const st = await stat(file).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') throw new CouldNotCheck(`Could not open '${file}': No such file or directory`);
+    throw err;
+  });
+  if (!st.isFile() && !st.isBlockDevice()) throw new CouldNotCheck(`${file}: not a regular file or block device`);
 }
 
 function summarize(file: string, format: string, findings: Finding[], repaired: Finding[], error: string | null): CheckJson {
