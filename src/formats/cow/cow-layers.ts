@@ -102,11 +102,14 @@ export async function recreateCowOver(file: string, backing: { path: string; siz
  *            layer's mtime M as of now
  *   commit   (writers paused, all writes done) set the frozen layer's mtime back to M
  *            (later writes moved it) and rename the temp file onto `top`
- *   settle   (writers running again on the new top) fsync the frozen layer (data,
- *            bitmap, mtime) and the directory
+ *   settle   (writers running again on the new top; the caller has flushed the old
+ *            top, whose bitmap pages may have moved the mtime again) restore the mtime
+ *            once more, fsync the frozen layer and the directory
  *
  * A crash before commit leaves `top` the old, complete overlay (plus a stray link and
- * temp file, removed by abort or ignored); after commit, the new chain.
+ * temp file, removed by abort or ignored); after settle, the new chain. A crash between
+ * the caller's final flush and settle's mtime restore leaves the chain complete but the
+ * frozen layer's mtime newer than recorded: it then opens with --ignore-mtime.
  */
 export interface PreparedLayer {
   readonly top: string;
@@ -142,6 +145,7 @@ export async function abortCowLayer(p: PreparedLayer): Promise<void> {
 }
 
 export async function settleCowLayer(p: PreparedLayer): Promise<void> {
+  await utimes(p.frozen, Date.now() / 1000, p.mtime);
   await syncFile(p.frozen);
   await syncDir(path.dirname(path.resolve(p.top)));
 }
