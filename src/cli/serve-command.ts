@@ -22,7 +22,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger, type Logger } from '../logging.js';
-import { IMAGE_FORMATS, openImage, type ImageFormat } from '../formats/open-image.js';
+import { openImage, type ImageFormat } from '../formats/open-image.js';
+import { DEFAULT_OVERLAY_FORMAT, FALLBACK_FORMAT, FORMAT_NAMES } from '../formats/registry.js';
 import { NbdServer, type ListenAddress, type ListenEndpoint } from '../server/listener.js';
 import { CompositeExportProvider, type ExportProvider, type StaticExportConfig } from '../server/exports.js';
 import { EphemeralProvider, OverlayDirProvider, type BaseImage } from '../server/overlay-providers.js';
@@ -101,10 +102,10 @@ export function parsePort(value: string): number {
 }
 
 export function parseFormat(value: string, field = 'format'): ImageFormat {
-  if (!(IMAGE_FORMATS as readonly string[]).includes(value)) {
-    throw new InvalidArgumentError(`${field} must be one of ${IMAGE_FORMATS.join(', ')} (got "${value}")`);
+  if (!FORMAT_NAMES.includes(value)) {
+    throw new InvalidArgumentError(`${field} must be one of ${FORMAT_NAMES.join(', ')} (got "${value}")`);
   }
-  return value as ImageFormat;
+  return value;
 }
 
 /**
@@ -367,11 +368,11 @@ export function installSignalHandlers(server: NbdServer, log: Logger): Pick<Runn
  * an existing overlay sees (docs/object-store.md).
  */
 async function resolveBase(base: string, o: ServeOptions, io: FileIo, objectStore: LazyObjectStore): Promise<BaseImage> {
-  if (!isObjectStoreUri(base)) return { path: path.resolve(base), format: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io };
+  if (!isObjectStoreUri(base)) return { path: path.resolve(base), format: o.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: o.ignoreMtime, io };
   const dev = await openImage(base, { readOnly: true, objectStore });
   const pinned = dev.describe().path ?? base;
   await dev.close();
-  return { path: pinned, format: 'raw', ignoreMtime: o.ignoreMtime, io, objectStore };
+  return { path: pinned, format: FALLBACK_FORMAT.name, ignoreMtime: o.ignoreMtime, io, objectStore };
 }
 
 export function registerServeCommand(program: Command, io: FileIo): void {
@@ -386,8 +387,8 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     .option('-n, --name <name>', 'export name of IMAGE', '')
     .option('--description <text>', 'export description of IMAGE')
     .option('-r, --read-only', 'export read-only (applies to every export)')
-    .addOption(new Option('-f, --format <format>', 'format of IMAGE (default: probed)').choices(IMAGE_FORMATS as string[]))
-    .addOption(new Option('--backing-format <format>', 'format of IMAGE\'s backing file').choices(IMAGE_FORMATS as string[]))
+    .addOption(new Option('-f, --format <format>', 'format of IMAGE (default: probed)').choices([...FORMAT_NAMES]))
+    .addOption(new Option('--backing-format <format>', 'format of IMAGE\'s backing file').choices([...FORMAT_NAMES]))
     .option(
       '--export <spec>',
       'add an export NAME=PATH[,ro][,format=F][,backing-format=F][,allow=ID]...[,description=TEXT] (repeatable)',
@@ -395,7 +396,7 @@ export function registerServeCommand(program: Command, io: FileIo): void {
       [] as StaticExportConfig[],
     )
     .option('--base <path>', 'golden base image for --overlay-dir (never modified)')
-    .addOption(new Option('--base-format <format>', 'format of the base image (never probed)').choices(IMAGE_FORMATS as string[]).default('raw'))
+    .addOption(new Option('--base-format <format>', 'format of the base image (never probed)').choices([...FORMAT_NAMES]).default(FALLBACK_FORMAT.name))
     .option('--overlay-dir <dir>', 'serve every export NAME as its own cow overlay DIR/NAME.cow over --base, created on first connect')
     .option('--ephemeral', 'IMAGE (or --base) is a base: every connection gets its own temporary overlay, deleted on disconnect (no CAN_MULTI_CONN)')
     .option('--ephemeral-dir <dir>', 'where ephemeral overlays live', path.join(os.tmpdir(), 'cownbd-ephemeral'))
@@ -498,7 +499,7 @@ export function registerServeCommand(program: Command, io: FileIo): void {
       exports,
       overlays,
       ephemeralName: ephemeralBase ? o.name : undefined,
-      inspect: (file) => openImage(file, { readOnly: true, format: 'cow', backingFormat: o.baseFormat ?? 'raw', ignoreMtime: o.ignoreMtime, io, objectStore }),
+      inspect: (file) => openImage(file, { readOnly: true, format: DEFAULT_OVERLAY_FORMAT.name, backingFormat: o.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: o.ignoreMtime, io, objectStore }),
       io,
       log,
       reload: { configFile: o.config, initial: fileOptions, cliExports, cliReadOnly: Boolean(cliOptions.readOnly) },

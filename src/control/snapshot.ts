@@ -17,7 +17,8 @@
  */
 import type { BlockDevice } from '../block/block-device.js';
 import { CheckedDevice } from '../block/checked-device.js';
-import type { FileIo } from '../block/file-io.js';
+import { FileIo } from '../block/file-io.js';
+import { FORMAT_NAMES } from '../formats/registry.js';
 import { abortCowLayer, commitCowLayer, prepareCowLayer, settleCowLayer, stackCowLayer } from '../formats/cow/cow-layers.js';
 import { openCow } from '../formats/cow/index.js';
 import type { SwappableDevice } from './swappable-device.js';
@@ -44,7 +45,13 @@ export async function liveSnapshot(device: SwappableDevice, top: string, io: Fil
         await commitCowLayer(prepared);
         committed = true;
         const backing = new NonClosing(new CheckedDevice(old, { readOnly: true }), prepared.frozen);
-        const driver = await openCow(top, { format: 'cow', backingFormat: 'cow', io }, () => Promise.resolve(backing));
+        const driver = await openCow(top, {
+          readOnly: false,
+          io: io ?? new FileIo(),
+          openBacking: () => Promise.resolve(backing),
+          knownFormats: FORMAT_NAMES,
+          backingFormat: 'cow',
+        });
         const settledWork = (async () => {
           await old.flush();
           await settleCowLayer(prepared);

@@ -1,33 +1,37 @@
 /**
- * openImage: turn a path (+ explicit options) into a ready BlockDevice stack.
+ * openImage: turn an image spec (+ explicit options) into a ready BlockDevice stack,
+ * through the format registry.
  *
  *   openImage("vm.cow")  ──►  CheckedDevice(CowDevice(overlay, openImage(backing, RO, raw)))
  *
- * Format selection: an explicit `format` always wins. Otherwise only an exact magic
- * match selects an overlay format ("OOOM"/"MOOO" → cow, "ACOW" → add-cow); anything
- * else is raw. Backing files are NEVER probed: they are raw unless the operator (or an
- * add-cow header, which records formats) names another format. A guest can write any
- * magic into a raw disk, so probing a backing file would be a security hole.
+ * Format selection: an explicit `format` always wins; otherwise the registry claims,
+ * probes, or falls back to raw (registry.ts). Backing files are NEVER probed: they are
+ * opened by the format their overlay records or the operator names (a guest can write
+ * any magic into a raw disk, so probing a backing would be a security hole).
  *
- * Format modules receive `openBacking` as a parameter (composition, no import cycle).
+ * Format records receive `openBacking` as a parameter and never import this module, so
+ * there is no import cycle, static or dynamic (test/unit/structure.test.ts checks).
+ * Also here: the convenience entry points that need an opener (createImage, createAddCow).
  */
-import { open, stat } from 'node:fs/promises';
-import { constants } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { DeviceError } from '../block/block-device.js';
-import type { BlockDevice } from '../block/block-device.js';
 import { CheckedDevice } from '../block/checked-device.js';
 import { FileIo } from '../block/file-io.js';
-import { RawFileDevice } from '../block/raw-file-device.js';
-import type { PathMapping } from './path-map.js';
+import { createAddCow as createAddCowWith, type CreateAddCowOptions } from './add-cow/add-cow-create.js';
 import type { ObjectStoreContext } from '../objectstore/open.js';
-import { isObjectStoreUri } from '../objectstore/uri.js';
+import type { CreateRequest, CreateResult, FormatRecord, OpenBacking, StackContext } from './format-record.js';
+import type { PathMapping } from './path-map.js';
+import { claimingRecord, detectFormat, FALLBACK_FORMAT, FORMAT_NAMES, formatByName } from './registry.js';
 
-export type ImageFormat = 'raw' | 'cow' | 'add-cow';
-export const IMAGE_FORMATS: readonly ImageFormat[] = ['raw', 'cow', 'add-cow'];
+/** A format name known to the registry (registry.ts FORMAT_NAMES). */
+export type ImageFormat = string;
+
+/** The registry's format names (kept under this name for existing callers). */
+export const IMAGE_FORMATS: readonly ImageFormat[] = FORMAT_NAMES;
 
 export interface OpenImageOptions {
   readOnly?: boolean;
-  /** Explicit format; when absent the image's magic decides (never for backing files). */
+  /** Explicit format; when absent the registry decides (never for backing files). */
   format?: ImageFormat;
   /** Override the backing file path recorded in the overlay header (cow: like uml_moo -b). */
   backingFile?: string;
@@ -42,9 +46,8 @@ export interface OpenImageOptions {
   /** Rewrites of paths recorded in overlay headers, for the whole chain (path-map.ts). */
   pathMap?: readonly PathMapping[];
   /**
-   * Object-store access for s3:// images (as the image itself or anywhere in its chain).
-   * An s3:// path is claimed by its scheme, whatever `format` says: it is always a
-   * read-only published image (src/objectstore/).
+   * Object-store access for s3:// images (as the image itself or anywhere in its chain);
+   * such specs are claimed by the s3 record (src/formats/s3/), whatever `format` says.
    */
   objectStore?: () => Promise<ObjectStoreContext>;
   /** Internal: this path came from an image header (a backing; --allow-path applies). */
@@ -53,87 +56,100 @@ export interface OpenImageOptions {
   chain?: readonly string[];
 }
 
+/** The record for `spec`: a record that claims it, else `format`, else the registry's detection. */
+export function recordFor(spec: string, format?: string): Promise<FormatRecord> {
+  const claimed = claimingRecord(spec);
+  if (claimed) return Promise.resolve(claimed);
+  return format !== undefined ? Promise.resolve(formatByName(format)) : detectFormat(spec);
+}
+
 /** Backing chains deeper than this are refused (a crafted chain could open files forever). */
 export const MAX_CHAIN_DEPTH = 64;
 
-/** Opens a backing device: always read-only, never probed. Passed to format drivers. */
-export type OpenBacking = (path: string, format: ImageFormat) => Promise<BlockDevice>;
+/** Opens backings read-only, by the format named (or claimed), sharing the stack's context. */
+export function backingOpener(stack: StackContext | FileIo): OpenBacking {
+  return openerBelow(stack instanceof FileIo ? { io: stack } : stack, []);
+}
 
-export async function openImage(path: string, options: OpenImageOptions = {}): Promise<CheckedDevice> {
-  if (isObjectStoreUri(path)) return openObjectStoreImage(path, options);
-  const chain = await extendChain(path, options.chain ?? []);
-  const format = options.format ?? (await probeFormat(path));
-  const io = options.io ?? new FileIo();
-  const openBacking: OpenBacking = (backingPath, backingFormat) =>
-    openImage(backingPath, { readOnly: true, format: backingFormat, io, pathMap: options.pathMap, objectStore: options.objectStore, referenced: true, chain });
-  const driver = await openDriver(path, format, { ...options, io, chain }, openBacking);
+/** The openBacking a layer gets: the layers below share the stack and extend the chain. */
+function openerBelow(stack: StackContext, chain: readonly string[]): OpenBacking {
+  return (spec, format, more = {}) => openLayer(spec, { readOnly: true, format, ...more }, stack, chain, true);
+}
+
+function stackOf(options: { io?: FileIo; pathMap?: readonly PathMapping[]; objectStore?: () => Promise<ObjectStoreContext> }): StackContext {
+  return { io: options.io ?? new FileIo(), pathMap: options.pathMap, objectStore: options.objectStore };
+}
+
+export async function openImage(spec: string, options: OpenImageOptions = {}): Promise<CheckedDevice> {
+  return openLayer(spec, options, stackOf(options), options.chain ?? [], options.referenced ?? false);
+}
+
+/** One layer: its record, its driver over openBacking for the layers below, CheckedDevice. */
+async function openLayer(spec: string, options: OpenImageOptions, stack: StackContext, above: readonly string[], referenced: boolean): Promise<CheckedDevice> {
+  const record = await recordFor(spec, options.format);
+  const chain = await extendChain(spec, above);
+  const driver = await record.open(spec, {
+    ...stack,
+    readOnly: Boolean(options.readOnly),
+    referenced,
+    openBacking: openerBelow(stack, chain),
+    knownFormats: FORMAT_NAMES,
+    backingFile: options.backingFile,
+    backingFormat: options.backingFormat,
+    ignoreMtime: options.ignoreMtime,
+    layout: options.layout,
+  });
   return new CheckedDevice(driver, { readOnly: options.readOnly });
 }
 
 /**
- * The chain with `path` appended, refusing a cycle (A → B → A, by device and inode, so
- * links and other spellings count) and chains deeper than MAX_CHAIN_DEPTH.
+ * The chain with `spec` appended, refusing a cycle (A → B → A, by device and inode, so
+ * links and other spellings count) and chains deeper than MAX_CHAIN_DEPTH. A spec that is
+ * no local file (an s3:// image) adds nothing.
  */
-async function extendChain(path: string, chain: readonly string[]): Promise<string[]> {
-  const st = await stat(path).catch(() => undefined);
+async function extendChain(spec: string, chain: readonly string[]): Promise<string[]> {
+  const st = await stat(spec).catch(() => undefined);
   if (!st) return [...chain]; // the open itself reports the missing file
   const key = `${st.dev}:${st.ino}`;
-  if (chain.includes(key)) throw new DeviceError('ELOOP', `${path}: backing chain cycle: this file is already a layer above it`);
-  if (chain.length >= MAX_CHAIN_DEPTH) throw new DeviceError('ELOOP', `${path}: backing chain deeper than ${MAX_CHAIN_DEPTH} layers`);
+  if (chain.includes(key)) throw new DeviceError('ELOOP', `${spec}: backing chain cycle: this file is already a layer above it`);
+  if (chain.length >= MAX_CHAIN_DEPTH) throw new DeviceError('ELOOP', `${spec}: backing chain deeper than ${MAX_CHAIN_DEPTH} layers`);
   return [...chain, key];
 }
 
-async function openDriver(
-  path: string,
-  format: ImageFormat,
-  options: OpenImageOptions,
-  openBacking: OpenBacking,
-): Promise<BlockDevice> {
-  switch (format) {
-    case 'raw':
-      return RawFileDevice.open(path, { readOnly: options.readOnly, io: options.io, referenced: options.referenced });
-    case 'cow': {
-      const { openCow } = await import('./cow/index.js');
-      // A backing named *.snap-N.cow is a snapshot layer: cow, with the configured
-      // backing format passed further down (docs in cow/cow-layers.ts).
-      const { snapshotBackingOf } = await import('./cow/cow-layers.js');
-      if (!options.backingFile && (await snapshotBackingOf(path).catch(() => undefined))) {
-        const below = (p: string) =>
-          openImage(p, { readOnly: true, format: 'cow', backingFormat: options.backingFormat, io: options.io, ignoreMtime: options.ignoreMtime, referenced: true, chain: options.chain });
-        return openCow(path, { ...options, backingFormat: 'cow' }, below);
-      }
-      return openCow(path, options, openBacking);
-    }
-    case 'add-cow': {
-      const { openAddCow } = await import('./add-cow/index.js');
-      return openAddCow(path, options, openBacking);
-    }
-  }
-}
-
-async function openObjectStoreImage(uri: string, options: OpenImageOptions): Promise<CheckedDevice> {
-  if (!options.objectStore) throw new Error(`${uri}: object-store images need object-store access (this command has no --s3-endpoint/--cache-dir options)`);
-  if (options.readOnly === false) throw new Error(`${uri}: a published image is read-only; serve it with --base and --overlay-dir/--ephemeral, or read-only`);
-  const { openObjectStoreBase } = await import('../objectstore/open.js');
-  return new CheckedDevice(await openObjectStoreBase(uri, await options.objectStore()), { readOnly: true });
-}
-
 /** Magic-only detection for the image the operator named (not for backing files). */
-export async function probeFormat(path: string): Promise<ImageFormat> {
-  // O_NONBLOCK: a FIFO must not block the open (it is refused just below).
-  const fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+export async function probeFormat(spec: string): Promise<ImageFormat> {
+  return (await detectFormat(spec)).name;
+}
+
+/** Create an image of `format` through its record; backings are measured by opening them. */
+export async function createImage(
+  format: string,
+  path: string,
+  req: Omit<CreateRequest, 'io' | 'openBacking'> & { io?: FileIo; objectStore?: () => Promise<ObjectStoreContext> },
+): Promise<CreateResult> {
+  const record = formatByName(format);
+  if (!record.create) throw new Error(`cannot create ${format} images (can: ${FORMAT_NAMES.filter((n) => formatByName(n).create).join(', ')})`);
+  const stack = stackOf(req);
+  const openBacking = backingOpener(stack);
+  return record.create(path, { ...req, backing: await pinnedBacking(req.backing, req.backingFormat, openBacking), io: stack.io, openBacking });
+}
+
+/**
+ * A backing claimed by a record (an s3:// image) is recorded as its device names itself:
+ * pinned to the version that exists now. It is a published image: no format applies.
+ */
+async function pinnedBacking(backing: string | undefined, backingFormat: string | undefined, openBacking: OpenBacking): Promise<string | undefined> {
+  if (backing === undefined || !claimingRecord(backing)) return backing;
+  if (backingFormat && backingFormat !== FALLBACK_FORMAT.name) throw new Error(`${backing}: a published image takes no --backing-format (drop it)`);
+  const dev = await openBacking(backing, FALLBACK_FORMAT.name);
   try {
-    const st = await fh.stat();
-    if (!st.isFile() && !st.isBlockDevice()) throw new DeviceError('EINVAL', `${path}: not a regular file: refused`);
-    const head = Buffer.alloc(8);
-    const { bytesRead } = await fh.read(head, 0, 8, 0);
-    if (bytesRead >= 8) {
-      const magicBE = head.readUInt32BE(0);
-      if (magicBE === 0x4f4f4f4d || magicBE === 0x4d4f4f4f) return 'cow';
-      if (head.toString('latin1', 0, 4) === 'ACOW') return 'add-cow';
-    }
-    return 'raw';
+    return dev.describe().path ?? backing;
   } finally {
-    await fh.close();
+    await dev.close();
   }
+}
+
+/** createAddCow with this module's opener (a size taken from the backing is its device's). */
+export function createAddCow(addCowPath: string, options: CreateAddCowOptions, io: FileIo = new FileIo()): Promise<void> {
+  return createAddCowWith(addCowPath, options, backingOpener(io));
 }

@@ -25,22 +25,20 @@ import { access, mkdir, readdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pidAlive, removeDeadTemps } from '../util/atomic-file.js';
 import type { BlockDevice } from '../block/block-device.js';
-import { alignUp } from '../block/block-split.js';
 import { FileIo } from '../block/file-io.js';
-import { createCow } from '../formats/cow/index.js';
-import { overlayCapabilities } from '../formats/overlay-capabilities.js';
-import { openImage, type ImageFormat } from '../formats/open-image.js';
+import type { ExportGeometry } from '../formats/format-record.js';
+import { createImage, openImage, type ImageFormat } from '../formats/open-image.js';
+import { DEFAULT_OVERLAY_FORMAT } from '../formats/registry.js';
 import type { Logger } from '../logging.js';
 import { OVERLAY_LIMIT_DEFAULTS, OverlayQuota, type OverlayLimits } from './overlay-quota.js';
 import type { ObjectStoreContext } from '../objectstore/open.js';
-import { isObjectStoreUri } from '../objectstore/uri.js';
 import type { ExportContext, ExportHandle, ExportInfo, ExportProvider, ExportSummary } from './exports.js';
 
 export const MAX_OVERLAY_NAME = 128;
 /** No leading "." (hidden, "..") nor "-" (read as an option by tools given the file name). */
 const OVERLAY_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
-const COW_SECTOR = 512;
-const COW_PREFERRED_BLOCK = 4096;
+/** The format of the overlays made on demand (cow: one file per overlay, uml_mkcow-compatible). */
+const OVERLAY_FORMAT = DEFAULT_OVERLAY_FORMAT;
 
 /** Why `name` cannot be an overlay file name, or undefined if it can. */
 export function overlayNameProblem(name: string): string | undefined {
@@ -65,26 +63,23 @@ export interface BaseImage {
   readonly objectStore?: () => Promise<ObjectStoreContext>;
 }
 
-/** Virtual size of the base as a cow overlay will present it (rounded up to whole sectors). */
-async function baseVirtualSize(base: BaseImage): Promise<{ overlaySize: number; backingSize: number; mtime?: number }> {
-  const dev = await openImage(base.path, { readOnly: true, format: base.format, io: base.io, objectStore: base.objectStore });
+/**
+ * What INFO reports for an overlay that does not exist yet: the overlay format's record
+ * answers from the opened base (the same values the device reports after GO).
+ */
+async function overlayGeometry(base: BaseImage, multiConn: boolean): Promise<ExportGeometry> {
+  const io = base.io ?? new FileIo();
+  const dev = await openImage(base.path, { readOnly: true, format: base.format, io, objectStore: base.objectStore });
   try {
-    const mtime = dev.describe().detail?.mtime;
-    return { overlaySize: alignUp(dev.size, COW_SECTOR), backingSize: dev.size, ...(typeof mtime === 'number' ? { mtime } : {}) };
+    return OVERLAY_FORMAT.overlayGeometry!(dev, io, multiConn);
   } finally {
     await dev.close();
   }
 }
 
-
-async function createOverlay(file: string, base: BaseImage, sizes: { backingSize: number; mtime?: number }): Promise<void> {
-  await createCow(file, {
-    backingFile: base.path,
-    // A non-raw base is compared by its virtual size when the overlay is opened.
-    ...(base.format === 'raw' ? {} : { backingSize: sizes.backingSize }),
-    // An s3:// base is recorded by its pinned address, size and manifest time (docs/object-store.md).
-    ...(isObjectStoreUri(base.path) ? { remoteBackingStat: { size: sizes.backingSize, mtime: sizes.mtime ?? 0 } } : {}),
-  });
+/** A new overlay over the base; the record measures the base through its device. */
+async function createOverlay(file: string, base: BaseImage): Promise<void> {
+  await createImage(OVERLAY_FORMAT.name, file, { backing: base.path, backingFormat: base.format, io: base.io, objectStore: base.objectStore });
 }
 
 async function fileExists(file: string): Promise<boolean> {
@@ -97,7 +92,7 @@ async function fileExists(file: string): Promise<boolean> {
 }
 
 function openOverlay(file: string, base: BaseImage): Promise<BlockDevice> {
-  return openImage(file, { format: 'cow', backingFormat: base.format, ignoreMtime: base.ignoreMtime, io: base.io, objectStore: base.objectStore });
+  return openImage(file, { format: OVERLAY_FORMAT.name, backingFormat: base.format, ignoreMtime: base.ignoreMtime, io: base.io, objectStore: base.objectStore });
 }
 
 interface SharedOverlay {
@@ -114,7 +109,7 @@ export class OverlayDirProvider implements ExportProvider {
   private constructor(
     private readonly base: BaseImage,
     private readonly dir: string,
-    private readonly sizes: { overlaySize: number; backingSize: number; mtime?: number },
+    private readonly geometry: ExportGeometry,
     private readonly log: Logger,
     private readonly quota: OverlayQuota,
   ) {}
@@ -124,7 +119,7 @@ export class OverlayDirProvider implements ExportProvider {
     await removeCreationTemps(dir, log);
     const existing = (await readdir(dir)).filter((f) => f.endsWith('.cow')).length;
     const quota = new OverlayQuota(limits, path.resolve(dir), existing, log);
-    return new OverlayDirProvider(base, path.resolve(dir), await baseVirtualSize(base), log, quota);
+    return new OverlayDirProvider(base, path.resolve(dir), await overlayGeometry(base, true), log, quota);
   }
 
   overlayPath(name: string): string {
@@ -179,9 +174,9 @@ export class OverlayDirProvider implements ExportProvider {
     return {
       name,
       description: this.description(name),
-      size: this.sizes.overlaySize,
-      capabilities: overlayCapabilities(true, (this.base.io ?? new FileIo()).native !== undefined, true),
-      preferredBlockSize: COW_PREFERRED_BLOCK,
+      size: this.geometry.size,
+      capabilities: this.geometry.capabilities,
+      preferredBlockSize: this.geometry.preferredBlockSize,
     };
   }
 
@@ -220,7 +215,7 @@ export class OverlayDirProvider implements ExportProvider {
   private startOverlay(name: string, file: string, reserved: boolean): SharedOverlay {
     const opening = (async () => {
       try {
-        await createOverlay(file, this.base, this.sizes);
+        await createOverlay(file, this.base);
         this.log.info({ export: name, file }, 'created overlay');
       } catch (err) {
         if (reserved) this.quota.release();
@@ -276,7 +271,7 @@ export class EphemeralProvider implements ExportProvider {
     private readonly base: BaseImage,
     private readonly exportName: string,
     private readonly dir: string,
-    private readonly sizes: { overlaySize: number; backingSize: number; mtime?: number },
+    private readonly geometry: ExportGeometry,
     private readonly log: Logger,
     private readonly quota: OverlayQuota,
   ) {}
@@ -291,7 +286,7 @@ export class EphemeralProvider implements ExportProvider {
     await mkdir(dir, { recursive: true });
     await removeCreationTemps(dir, log);
     const quota = new OverlayQuota(limits, path.resolve(dir), 0, log);
-    const provider = new EphemeralProvider(base, exportName, path.resolve(dir), await baseVirtualSize(base), log, quota);
+    const provider = new EphemeralProvider(base, exportName, path.resolve(dir), await overlayGeometry(base, false), log, quota);
     await provider.removeLeftovers();
     return provider;
   }
@@ -325,7 +320,7 @@ export class EphemeralProvider implements ExportProvider {
     const file = path.join(this.dir, `cownbd-ephemeral-${process.pid}-${ctx.connId}-${randomBytes(4).toString('hex')}.cow`);
     let device: BlockDevice;
     try {
-      await createOverlay(file, this.base, this.sizes);
+      await createOverlay(file, this.base);
       device = await openOverlay(file, this.base);
     } catch (err) {
       this.quota.release();
@@ -364,9 +359,9 @@ export class EphemeralProvider implements ExportProvider {
     return {
       name: this.exportName,
       description: this.description(),
-      size: this.sizes.overlaySize,
-      capabilities: overlayCapabilities(true, (this.base.io ?? new FileIo()).native !== undefined, false),
-      preferredBlockSize: COW_PREFERRED_BLOCK,
+      size: this.geometry.size,
+      capabilities: this.geometry.capabilities,
+      preferredBlockSize: this.geometry.preferredBlockSize,
     };
   }
 

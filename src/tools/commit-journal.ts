@@ -24,7 +24,7 @@ export interface CommitJournal {
   readonly tool: 'cownbd commit';
   /** Absolute path of the overlay being committed. */
   readonly overlay: string;
-  readonly overlayFormat: 'cow' | 'add-cow';
+  readonly overlayFormat: string;
   /** Absolute path of the backing file being written. */
   readonly target: string;
   readonly targetFormat: string;

@@ -18,12 +18,10 @@
  *               (the overlay then fails the mtime check forever).
  */
 import path from 'node:path';
-
-import { open, stat } from 'node:fs/promises';
 import type { BlockDevice } from '../block/block-device.js';
-import { writeFully } from '../block/file-io.js';
-import { resolveBackingPath, statBacking } from '../formats/cow/index.js';
-import { openImage, probeFormat, type ImageFormat } from '../formats/open-image.js';
+import type { OutputSize } from '../formats/format-record.js';
+import { openImage, recordFor, type ImageFormat } from '../formats/open-image.js';
+import { FALLBACK_FORMAT } from '../formats/registry.js';
 import { openChain, type ChainOptions } from './chain.js';
 import { readJournal, removeJournal, writeJournal, type CommitJournal } from './commit-journal.js';
 import { ToolError } from './errors.js';
@@ -33,7 +31,7 @@ import { topLayer, type TopLayer } from './layers.js';
 import type { ProgressSink } from './progress.js';
 import { CHUNK, differingRuns } from './stream.js';
 
-export type OutputSize = 'backing' | 'virtual' | 'uml-moo';
+export type { OutputSize } from '../formats/format-record.js';
 
 export interface CommitOptions extends ChainOptions {
   to?: string;
@@ -69,8 +67,9 @@ export async function runCommit(file: string, options: CommitOptions, ctx: ToolC
   if ((options.to === undefined) === (options.output === undefined)) {
     throw new ToolError('commit needs exactly one of --to BACKING (merge in place into the backing file) or -o OUT (write a new merged image)');
   }
-  const format = options.format ?? (await probeFormat(file));
-  if (format === 'raw') throw new ToolError(`${file}: a raw image has no backing file (nothing to commit)`);
+  const record = await recordFor(file, options.format);
+  if (!record.layer) throw new ToolError(`${file}: a ${record.name} image has no backing file (nothing to commit)`);
+  const format = record.name;
   const result = options.output !== undefined ? await commitToFile(file, format, options.output, options, ctx) : await commitInPlace(file, format, options.to!, options, ctx);
   return { ...result, elapsedMs: Date.now() - started };
 }
@@ -78,15 +77,8 @@ export async function runCommit(file: string, options: CommitOptions, ctx: ToolC
 async function commitToFile(file: string, format: ImageFormat, out: string, options: CommitOptions, ctx: ToolContext): Promise<Omit<CommitJson, 'elapsedMs'>> {
   const dev = await openChain(file, { ...options, format });
   try {
-    const top = topLayer(dev, options.backingFormat);
-    const mode = options.outputSize ?? (top.format === 'cow' ? 'backing' : 'virtual');
-    let length = dev.size;
-    if (top.cow) {
-      const size = top.cow.header.size;
-      length = mode === 'backing' ? size : mode === 'uml-moo' ? Math.floor(size / 512) * 512 : dev.size;
-    } else if (mode === 'uml-moo') {
-      throw new ToolError('--output-size uml-moo applies to cow overlays only');
-    }
+    const top = topLayer(dev);
+    const length = top.outputLength(options.outputSize, dev.size);
     const r = await flattenToRaw(dev, out, length, { force: options.force, progress: ctx.makeProgress(`commit ${path.basename(file)}`, length), interrupt: ctx.interrupt });
     return { command: 'commit', mode: 'new-file', overlay: file, format: top.format, target: out, bytesWritten: r.bytesWritten, length, resumed: false, headerUpdated: false };
   } finally {
@@ -106,22 +98,14 @@ async function commitInPlace(file: string, format: ImageFormat, to: string, opti
   const dev = await openChain(file, { ...options, format, backingFile: target, ignoreMtime: resumed || options.ignoreMtime });
   let targetDev: BlockDevice | undefined;
   try {
-    const top = topLayer(dev, options.backingFormat);
+    const top = topLayer(dev);
     if (top.backingPath === undefined) {
       throw new ToolError(`${file}: the overlay uses no backing file (ALL_ALLOCATED or none recorded): nothing to commit into`);
     }
-    const targetFormat = (top.backingFormat ?? 'raw') as ImageFormat;
+    const targetFormat = top.backingFormat ?? FALLBACK_FORMAT.name;
     targetDev = await openImage(target, { format: targetFormat, readOnly: false, io: options.io });
-    let limit = Math.min(dev.size, targetDev.size);
-    if (top.cow && options.outputSize === 'uml-moo') limit = Math.min(limit, Math.floor(top.cow.header.size / 512) * 512);
-    if (top.addCow) {
-      // An add-cow image may be larger than its backing (docs/add-cow-format.md#a2): never drop allocated data silently.
-      let past = 0;
-      for (const [s, e] of top.runs()) past += Math.max(0, e - Math.max(s, targetDev.size));
-      if (past > 0) {
-        throw new ToolError(`${file}: ${past} bytes of allocated clusters lie past the end of the backing file ${target} (${targetDev.size} bytes); commit -o OUT instead`);
-      }
-    }
+    const limit = top.commitLimit(Math.min(dev.size, targetDev.size), options.outputSize);
+    top.checkCommitFits(targetDev.size, file, target);
     if (!journal) {
       const j: CommitJournal = {
         version: 1,
@@ -130,8 +114,7 @@ async function commitInPlace(file: string, format: ImageFormat, to: string, opti
         overlayFormat: top.format,
         target,
         targetFormat,
-        expectedSize: top.cow ? top.cow.header.size : targetDev.size,
-        headerMtime: top.cow ? top.cow.header.mtime : null,
+        ...top.journalFacts(targetDev.size),
         started: new Date().toISOString(),
       };
       await writeJournal(file, j);
@@ -140,10 +123,7 @@ async function commitInPlace(file: string, format: ImageFormat, to: string, opti
     await targetDev.flush();
     await targetDev.close();
     targetDev = undefined;
-    let headerUpdated = false;
-    if (top.cow && options.updateHeader !== false && (await sameFile(resolveBackingPath(top.cow.layout, top.cow.header.backingFile, file), target))) {
-      headerUpdated = await refreshCowMtime(file, top, target);
-    }
+    const headerUpdated = await top.afterCommit(file, target, options.updateHeader !== false);
     await removeJournal(file);
     return { command: 'commit', mode: 'in-place', overlay: file, format: top.format, target, bytesWritten, length: limit, resumed, headerUpdated };
   } catch (err) {
@@ -183,42 +163,4 @@ async function copyAllocated(dev: BlockDevice, target: BlockDevice, top: TopLaye
     progress.finish();
   }
   return written;
-}
-
-/** Field offset and byte order of the mtime per cow layout (QEMU layouts: never checked). */
-const MTIME_FIELD: Record<string, { offset: number; le: boolean } | undefined> = {
-  v1: { offset: 264, le: true },
-  v2: { offset: 4104, le: false },
-  v3: { offset: 8, le: false },
-  'v3-broken': { offset: 8, le: false },
-};
-
-/** Rewrite only the header's 4-byte mtime (one aligned sector write) to the backing's new mtime. */
-async function refreshCowMtime(file: string, top: TopLayer, target: string): Promise<boolean> {
-  const field = MTIME_FIELD[top.cow!.header.layout];
-  if (!field) return false;
-  const st = await statBacking(target);
-  if (st.mtime < 0 || st.mtime >= 2 ** 32) {
-    process.stderr.write(`cownbd: warning: ${target} mtime ${st.mtime} does not fit the cow header; header not updated\n`);
-    return false;
-  }
-  if (st.mtime === top.cow!.header.mtime) return false;
-  const buf = Buffer.alloc(4);
-  if (field.le) buf.writeUInt32LE(st.mtime);
-  else buf.writeUInt32BE(st.mtime);
-  const fh = await open(file, 'r+');
-  try {
-    await writeFully(fh, field.offset, buf);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  return true;
-}
-
-
-/** Do both paths name the same file (dev + inode)? The header is only refreshed for its own backing. */
-async function sameFile(a: string, b: string): Promise<boolean> {
-  const [sa, sb] = await Promise.all([stat(a).catch(() => undefined), stat(b).catch(() => undefined)]);
-  return sa !== undefined && sb !== undefined && sa.dev === sb.dev && sa.ino === sb.ino;
 }

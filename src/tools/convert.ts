@@ -15,16 +15,16 @@
  * The new overlay is written through its own driver (data, then bitmap on flush), so it is
  * crash-consistent at every point; an interrupt or error deletes the files convert created.
  */
-import { stat, unlink } from 'node:fs/promises';
+import { unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { BlockDevice } from '../block/block-device.js';
-import { createAddCow } from '../formats/add-cow/index.js';
-import { createCow } from '../formats/cow/index.js';
-import { openImage, type ImageFormat } from '../formats/open-image.js';
+import { createImage, openImage, type ImageFormat } from '../formats/open-image.js';
+import { formatByName } from '../formats/registry.js';
 import { openChain, type ChainOptions } from './chain.js';
 import type { ToolContext } from './commit.js';
 import { ToolError } from './errors.js';
 import { flattenToRaw, refuseExisting } from './flatten.js';
+import { topLayer } from './layers.js';
 import { CHUNK, differingRuns, knownZero, nonZeroRuns, walk } from './stream.js';
 
 export interface ConvertOptions extends ChainOptions {
@@ -53,8 +53,8 @@ export async function runConvert(src: string, dst: string, options: ConvertOptio
   try {
     let bytesWritten: number;
     const label = `convert ${path.basename(src)}`;
-    if (options.outputFormat === 'raw') {
-      if (options.outBacking) throw new ToolError('-O raw has no backing file (drop --backing)');
+    if (!formatByName(options.outputFormat).overlay) {
+      if (options.outBacking) throw new ToolError(`-O ${options.outputFormat} has no backing file (drop --backing)`);
       bytesWritten = (await flattenToRaw(dev, dst, dev.size, { force: options.force, progress: ctx.makeProgress(label, dev.size), interrupt: ctx.interrupt })).bytesWritten;
     } else {
       bytesWritten = await convertToOverlay(dev, dst, options, ctx, label);
@@ -71,41 +71,22 @@ async function convertToOverlay(src: BlockDevice, dst: string, options: ConvertO
   let out: BlockDevice | undefined;
   let ok = false;
   try {
-    if (options.outputFormat === 'cow') {
-      if (!options.outBacking) throw new ToolError('-O cow needs --backing BASE (a cow overlay always has a backing file)');
-      if (options.outBackingFormat && options.outBackingFormat !== 'raw') {
-        throw new ToolError(`-O cow: backing format ${options.outBackingFormat} cannot be recorded in a cow header; use a raw backing file`);
-      }
-      if (options.image !== undefined || options.clusterSize !== undefined) throw new ToolError('--image and --cluster-size apply to -O add-cow only');
-      const bst = await stat(options.outBacking).catch(() => undefined);
-      if (!bst) throw new ToolError(`backing file "${options.outBacking}" does not exist`);
-      const virtual = Math.ceil(bst.size / 512) * 512;
-      if (virtual !== src.size) {
-        throw new ToolError(`-O cow: source virtual size ${src.size} differs from the overlay's size ${virtual} (backing "${options.outBacking}" is ${bst.size} bytes; a cow overlay is always the size of its backing file)`);
-      }
-      await createCow(dst, { backingFile: options.outBacking, force: options.force });
-      created.push(dst);
-      out = await openImage(dst, { format: 'cow', readOnly: false, io: options.io });
-    } else {
-      const image = options.image ?? `${dst.replace(/\.add-cow$/, '')}.img`;
-      const imagePath = path.resolve(path.dirname(path.resolve(dst)), image);
-      if (await stat(imagePath).catch(() => undefined)) {
-        if (!options.force) throw new ToolError(`image file "${imagePath}" exists (use --force to overwrite it)`);
-        await unlink(imagePath);
-      }
-      if (src.size % 512 !== 0) throw new ToolError(`-O add-cow: source size ${src.size} is not a multiple of 512`);
-      await createAddCow(dst, {
-        imageFile: image,
-        backingFile: options.outBacking,
-        backingFormat: options.outBackingFormat,
-        clusterSize: options.clusterSize,
-        size: src.size,
-        force: options.force,
-      });
-      created.push(dst, imagePath);
-      out = await openImage(dst, { format: 'add-cow', readOnly: false, io: options.io });
-    }
-    const bytesWritten = await copyDifferences(src, out, options.outBacking !== undefined, ctx, label);
+    const made = await createImage(options.outputFormat, dst, {
+      backing: options.outBacking,
+      backingFormat: options.outBackingFormat,
+      image: options.image,
+      clusterSize: options.clusterSize,
+      size: src.size,
+      force: options.force,
+      forConvert: true,
+      io: options.io,
+      objectStore: options.objectStore,
+    });
+    created.push(...made.files);
+    for (const note of made.notes) process.stderr.write(`${note}\n`);
+    out = await openImage(dst, { format: options.outputFormat, backingFormat: options.outBackingFormat, readOnly: false, io: options.io, objectStore: options.objectStore });
+    const unit = options.outBacking !== undefined ? topLayer(out).unit : 4096;
+    const bytesWritten = await copyDifferences(src, out, options.outBacking !== undefined, unit, ctx, label);
     await out.flush();
     ok = true;
     return bytesWritten;
@@ -120,9 +101,8 @@ async function convertToOverlay(src: BlockDevice, dst: string, options: ConvertO
  * compare against out's current view (= its backing) at the out's allocation granularity;
  * without one, write the non-zero 4 KiB blocks.
  */
-async function copyDifferences(src: BlockDevice, out: BlockDevice, hasBacking: boolean, ctx: ToolContext, label: string): Promise<number> {
+async function copyDifferences(src: BlockDevice, out: BlockDevice, hasBacking: boolean, unit: number, ctx: ToolContext, label: string): Promise<number> {
   const progress = ctx.makeProgress(label, src.size);
-  const unit = hasBacking ? out.preferredBlockSize === 4096 ? 512 : out.preferredBlockSize : 4096;
   const a = Buffer.allocUnsafe(CHUNK);
   const b = Buffer.allocUnsafe(CHUNK);
   let written = 0;

@@ -4,6 +4,12 @@
  * Integers are byte counts or offsets unless named otherwise; paths are strings as given
  * or resolved (see each description).
  */
+import { FORMAT_NAMES as REGISTERED, FORMATS } from '../formats/registry.js';
+
+
+/** Format names come from the registry (a new format appears in the schemas by itself). */
+const FORMAT_NAMES = [...REGISTERED];
+const OVERLAY_FORMAT_NAMES = FORMATS.filter((f) => f.overlay).map((f) => f.name);
 
 const uint = { type: 'integer', minimum: 0 } as const;
 const nullableUint = { type: ['integer', 'null'], minimum: 0 } as const;
@@ -38,7 +44,7 @@ export const INFO_SCHEMA = {
   required: ['filename', 'format', 'virtualSize', 'apparentSize', 'actualSize', 'allocatedBytes', 'backing', 'commitInProgress'],
   properties: {
     filename: { type: 'string' },
-    format: { enum: ['raw', 'cow', 'add-cow'] },
+    format: { enum: FORMAT_NAMES },
     virtualSize: uint,
     apparentSize: { ...uint, description: 'st_size of the file' },
     actualSize: { ...uint, description: 'st_blocks * 512 (space used on disk)' },
@@ -178,7 +184,7 @@ export const COMMIT_SCHEMA = {
     command: { const: 'commit' },
     mode: { enum: ['in-place', 'new-file'] },
     overlay: { type: 'string' },
-    format: { enum: ['cow', 'add-cow'] },
+    format: { enum: OVERLAY_FORMAT_NAMES },
     target: { type: 'string' },
     bytesWritten: uint,
     length: uint,
@@ -199,7 +205,7 @@ export const CONVERT_SCHEMA = {
     command: { const: 'convert' },
     source: { type: 'string' },
     target: { type: 'string' },
-    outputFormat: { enum: ['raw', 'cow', 'add-cow'] },
+    outputFormat: { enum: FORMAT_NAMES },
     virtualSize: uint,
     bytesWritten: uint,
     elapsedMs: uint,
@@ -216,7 +222,7 @@ export const REBASE_SCHEMA = {
   properties: {
     command: { const: 'rebase' },
     overlay: { type: 'string' },
-    format: { enum: ['cow', 'add-cow'] },
+    format: { enum: OVERLAY_FORMAT_NAMES },
     oldBacking: nullableString,
     newBacking: { type: 'string' },
     storedBacking: { type: 'string', description: 'the path now stored in the header' },

@@ -6,8 +6,8 @@
 import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createAddCow, finalizeAddCow, inspectAddCow, parseAddCowHeader } from '../../src/formats/add-cow/index.js';
-import { openImage } from '../../src/formats/open-image.js';
+import { finalizeAddCow, inspectAddCow, parseAddCowHeader } from '../../src/formats/add-cow/index.js';
+import { createAddCow, openImage } from '../../src/formats/open-image.js';
 import { craftAddCow } from '../helpers/add-cow-craft.js';
 import { createPatternedImage, makeTempDir, pattern, type TempDir } from '../helpers/images.js';
 import { requireTool } from '../helpers/tools.js';

@@ -8,8 +8,8 @@ import { linkSync, readFileSync, statSync, symlinkSync, truncateSync, writeFileS
 import { afterEach, describe, expect, it } from 'vitest';
 import { EXTENT_HOLE, EXTENT_ZERO, type BlockDevice } from '../../src/block/block-device.js';
 import { nativeFs } from '../../src/block/native-fs.js';
-import { AddCowDevice, createAddCow } from '../../src/formats/add-cow/index.js';
-import { openImage } from '../../src/formats/open-image.js';
+import { AddCowDevice } from '../../src/formats/add-cow/index.js';
+import { createAddCow, openImage } from '../../src/formats/open-image.js';
 import { craftAddCow, writeCraftedAddCow } from '../helpers/add-cow-craft.js';
 import { createPatternedImage, makeTempDir, pattern, type TempDir } from '../helpers/images.js';
 

@@ -6,8 +6,9 @@
  */
 import { readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { CheckedDevice } from '../../src/block/checked-device.js';
-import { createAddCow, openAddCowWith } from '../../src/formats/add-cow/index.js';
-import { openImage } from '../../src/formats/open-image.js';
+import { backingOpener, createAddCow, openImage } from '../../src/formats/open-image.js';
+import { addCowFormat } from '../../src/formats/add-cow/index.js';
+import { FORMAT_NAMES } from '../../src/formats/registry.js';
 import { FileIo } from '../../src/block/file-io.js';
 import { defaultIoPolicy, withoutNative } from '../../src/block/io-policy.js';
 import { writeCraftedAddCow } from '../helpers/add-cow-craft.js';
@@ -34,7 +35,12 @@ function addCowFixture(opts: {
     const open = async () =>
       opts.noNative
         ? new CheckedDevice(
-            await openAddCowWith(dir.file('ov.add-cow'), {}, (p, f) => openImage(p, { readOnly: true, format: f }), { io: new FileIo(withoutNative(defaultIoPolicy())) }),
+            await addCowFormat.open(dir.file('ov.add-cow'), {
+              readOnly: false,
+              io: new FileIo(withoutNative(defaultIoPolicy())),
+              openBacking: backingOpener(new FileIo()),
+              knownFormats: FORMAT_NAMES,
+            }),
           )
         : openImage(dir.file('ov.add-cow'));
     return { open, reopen: open, ...(backingPath ? { backingPath } : {}), cleanup: async () => dir.cleanup() };

@@ -22,9 +22,8 @@
 import { readFileSync, utimesSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BlockDevice } from '../../src/block/block-device.js';
-import { createAddCow } from '../../src/formats/add-cow/index.js';
 import { createCow } from '../../src/formats/cow/index.js';
-import { openImage, type OpenImageOptions } from '../../src/formats/open-image.js';
+import { createAddCow, openImage, type OpenImageOptions } from '../../src/formats/open-image.js';
 import { mustSucceed, nbdcopy, nbdinfoMap } from '../helpers/clients.js';
 import { createPatternedImage, makeTempDir, pattern, sha256File, type TempDir } from '../helpers/images.js';
 import { startServer } from '../helpers/server.js';

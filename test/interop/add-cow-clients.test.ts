@@ -12,8 +12,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createAddCow } from '../../src/formats/add-cow/index.js';
-import { openImage } from '../../src/formats/open-image.js';
+import { createAddCow, openImage } from '../../src/formats/open-image.js';
 import { describeResult, fioNbd, mustSucceed, qemuImg, qemuIo, serveImage, TARGET, type Target } from '../helpers/clients.js';
 import { createPatternedImage, makeTempDir, sha256File, type TempDir } from '../helpers/images.js';
 import { nbdPython, requireNbdPython } from '../helpers/server.js';

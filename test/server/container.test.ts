@@ -14,7 +14,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { createCow } from '../../src/formats/cow/index.js';
-import { createAddCow } from '../../src/formats/add-cow/index.js';
+import { createAddCow } from '../../src/formats/open-image.js';
 import { mapRecordedPath, parsePathMapping } from '../../src/formats/path-map.js';
 import { createRawImage, makeTempDir, pattern } from '../helpers/images.js';
 import { CLI_PATH, REPO_ROOT, assertBuilt, startServer } from '../helpers/server.js';

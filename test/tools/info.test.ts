@@ -43,6 +43,25 @@ describe('create', () => {
     expect(info.virtualSize).toBe(MiB);
     expect(cli(['create', '-f', 'add-cow', tmp.file('o.add-cow'), '--backing', base, '--image', 'o.img']).status).toBe(1);
   });
+
+  it('a cow over an add-cow records the add-cow DEVICE size, not its metadata file length (issue 13)', () => {
+    const base = makeBacking(tmp.file('base.img'), 4 * MiB);
+    cliOk(['create', '-f', 'add-cow', tmp.file('x.add-cow'), '--backing', base, '--image', 'x.img']);
+    const made = cli(['create', '-f', 'cow', tmp.file('c.cow'), '--backing', tmp.file('x.add-cow'), '--backing-format', 'add-cow']);
+    expect(made.status, made.stderr).toBe(0);
+    expect(made.stderr).toMatch(/cannot record the backing format/);
+    const info = cliJson(['info', tmp.file('c.cow'), '--backing-format', 'add-cow']);
+    expectSchema(INFO_SCHEMA, info);
+    expect(info.cow.size).toBe(4 * MiB);
+    expect(info.virtualSize).toBe(4 * MiB);
+    expect(info.backing).toMatchObject({ format: 'add-cow', size: 4 * MiB, sizeCheck: 'ok' });
+    // And it opens: the map walks cow → add-cow → raw.
+    const map = cliJson(['map', tmp.file('c.cow'), '--backing-format', 'add-cow']);
+    expect(map.virtualSize).toBe(4 * MiB);
+    // convert -O cow -B add-cow works the same way (the size comes from the opened backing).
+    cliOk(['convert', tmp.file('c.cow'), '-O', 'cow', tmp.file('d.cow'), '--backing', tmp.file('x.add-cow'), '-B', 'add-cow', '--source-backing-format', 'add-cow', '-q']);
+    expect(cliJson(['info', tmp.file('d.cow'), '--backing-format', 'add-cow']).cow.size).toBe(4 * MiB);
+  });
 });
 
 describe('add-cow finalize', () => {

@@ -15,11 +15,12 @@
  * finalize: when every cluster bit is set, set ALL_ALLOCATED durably (image fdatasync
  *   first, then header write + fdatasync). Afterwards the image file alone is the disk.
  */
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { open, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { createFileAtomically } from '../../util/atomic-file.js';
+import { isObjectStoreUri } from '../../objectstore/uri.js';
 import { DeviceError } from '../../block/block-device.js';
 import { writeFully } from '../../block/file-io.js';
-import { type ImageFormat, openImage } from '../open-image.js';
+import { withBacking, type CreateRequest, type CreateResult, type OpenBacking } from '../format-record.js';
 import {
   ADD_COW_COMPAT_ALL_ALLOCATED,
   ADD_COW_DEFAULT_CLUSTER_BITS,
@@ -35,20 +36,16 @@ import { ADD_COW_SECTOR, checkDistinctFiles, openAddCowFiles, resolveAddCowName 
 export interface CreateAddCowOptions {
   imageFile: string;
   backingFile?: string;
-  backingFormat?: ImageFormat;
+  backingFormat?: string;
   imageFormat?: 'raw';
   clusterSize?: number;
-  /**
-   * Virtual size of a backing that is not a local file (an s3:// published image, given
-   * by its pinned address): used instead of opening it; its existence was checked by the caller.
-   */
-  backingVirtualSize?: number;
   /** Virtual size; default: existing image file's size, else the backing file's size. */
   size?: number;
   force?: boolean;
 }
 
-export async function createAddCow(addCowPath: string, options: CreateAddCowOptions): Promise<void> {
+/** Create an add-cow image; a size taken from the backing comes from `openBacking`'s device. */
+export async function createAddCow(addCowPath: string, options: CreateAddCowOptions, openBacking: OpenBacking): Promise<void> {
   const clusterBits = clusterBitsOf(options.clusterSize ?? 2 ** ADD_COW_DEFAULT_CLUSTER_BITS);
   const imageFormat = options.imageFormat ?? 'raw';
   if (imageFormat !== 'raw') throw new DeviceError('ENOTSUP', `image format "${imageFormat as string}" is not supported (only raw)`);
@@ -59,7 +56,8 @@ export async function createAddCow(addCowPath: string, options: CreateAddCowOpti
   const backingPath = options.backingFile === undefined ? undefined : resolveAddCowName(addCowPath, options.backingFile);
   const backingFormat = options.backingFile === undefined ? undefined : (options.backingFormat ?? 'raw');
   await checkDistinctFiles(addCowPath, imagePath, backingPath);
-  if (backingPath !== undefined && options.backingVirtualSize === undefined && !(await exists(backingPath))) {
+  // An s3:// backing (an address, not a file) is checked by opening it for its size below.
+  if (backingPath !== undefined && !isObjectStoreUri(backingPath) && !(await exists(backingPath))) {
     throw new DeviceError('EINVAL', `backing file "${options.backingFile}" (${backingPath}) does not exist`);
   }
 
@@ -73,7 +71,7 @@ export async function createAddCow(addCowPath: string, options: CreateAddCowOpti
     compatFeatures: options.backingFile === undefined ? ADD_COW_COMPAT_ALL_ALLOCATED : 0n,
   });
   const imageLength = (await stat(imagePath).catch(() => undefined))?.size;
-  const size = options.size ?? imageLength ?? (backingPath ? (options.backingVirtualSize ?? (await backingSize(backingPath, backingFormat!))) : undefined);
+  const size = options.size ?? imageLength ?? (backingPath ? await withBacking(openBacking, backingPath, backingFormat!, (d) => d.size) : undefined);
   if (size === undefined) {
     throw new DeviceError('EINVAL', `${addCowPath}: no size given, the image file does not exist and there is no backing file`);
   }
@@ -191,15 +189,32 @@ function clusterBitsOf(clusterSize: number): number {
   return bits;
 }
 
-async function backingSize(backingPath: string, format: ImageFormat): Promise<number> {
-  const dev = await openImage(backingPath, { readOnly: true, format });
-  try {
-    return dev.size;
-  } finally {
-    await dev.close();
-  }
-}
-
 async function exists(p: string): Promise<boolean> {
   return (await stat(p).catch(() => undefined)) !== undefined;
+}
+
+/** The record's create: the CLI's and convert's requests, validated here. */
+export async function createAddCowImage(addCowPath: string, req: CreateRequest): Promise<CreateResult> {
+  let image = req.image;
+  const files = [addCowPath];
+  if (image === undefined) {
+    if (!req.forConvert) throw new Error('create -f add-cow needs --image (the file that holds guest data)');
+    image = `${addCowPath.replace(/\.add-cow$/, '')}.img`;
+  }
+  if (req.forConvert) {
+    // convert: the image file is the copy's, never adopted.
+    const imagePath = resolveAddCowName(addCowPath, image);
+    if (await exists(imagePath)) {
+      if (!req.force) throw new Error(`image file "${imagePath}" exists (use --force to overwrite it)`);
+      await unlink(imagePath);
+    }
+    if (req.size !== undefined && req.size % ADD_COW_SECTOR !== 0) throw new Error(`-O add-cow: source size ${req.size} is not a multiple of ${ADD_COW_SECTOR}`);
+    files.push(imagePath);
+  }
+  await createAddCow(
+    addCowPath,
+    { imageFile: image, backingFile: req.backing, backingFormat: req.backingFormat, clusterSize: req.clusterSize, size: req.size, force: req.force },
+    req.openBacking,
+  );
+  return { files, notes: [] };
 }

@@ -117,6 +117,11 @@ export class AddCowDevice implements BlockDevice {
     return this.parts.imagePath;
   }
 
+  /** Format the backing is (or would be) opened with. */
+  get backingFormat(): string | undefined {
+    return this.parts.backingFormat;
+  }
+
   get backingPath(): string | undefined {
     return this.parts.backingPath;
   }

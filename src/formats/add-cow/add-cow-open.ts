@@ -15,14 +15,14 @@
  * the image file grew after creation) reads as zeros there: those clusters are unallocated.
  * Bits past the last cluster are cleared in memory, so they are written back as 0.
  */
-import { mapRecordedPath, type PathMapping } from '../path-map.js';
 import { stat, type FileHandle } from 'node:fs/promises';
 import { openChecked, type OpenGuard } from '../../block/open-guard.js';
 import path from 'node:path';
 import { DeviceError, type BlockDevice } from '../../block/block-device.js';
-import { FileIo, readFully } from '../../block/file-io.js';
+import { readFully } from '../../block/file-io.js';
+import { mapRecordedPath, type PathMapping } from '../path-map.js';
 import { AllocationBitmap } from '../allocation-bitmap.js';
-import { IMAGE_FORMATS, type ImageFormat, type OpenBacking, type OpenImageOptions } from '../open-image.js';
+import type { OpenRequest } from '../format-record.js';
 import {
   ADD_COW_FIXED_SIZE,
   type AddCowHeader,
@@ -149,39 +149,32 @@ export async function checkDistinctFiles(addCowPath: string, imagePath: string, 
   }
 }
 
-function toImageFormat(addCowPath: string, value: string): ImageFormat {
-  if ((IMAGE_FORMATS as readonly string[]).includes(value)) return value as ImageFormat;
-  throw new DeviceError('ENOTSUP', `${addCowPath}: backing file format "${value}" is not supported (supported: ${IMAGE_FORMATS.join(', ')})`);
+function checkFormatName(addCowPath: string, value: string, known: readonly string[]): string {
+  if (known.includes(value)) return value;
+  throw new DeviceError('ENOTSUP', `${addCowPath}: backing file format "${value}" is not supported (supported: ${known.join(', ')})`);
 }
 
-/** openAddCow: the add-cow driver entry point used by openImage. */
-export function openAddCow(addCowPath: string, options: OpenImageOptions, openBacking: OpenBacking): Promise<AddCowDevice> {
-  return openAddCowWith(addCowPath, options, openBacking, { io: options.io ?? new FileIo() });
-}
-
-/** openAddCow with injectable dependencies (tests run the no-native-fs fallback this way). */
-export async function openAddCowWith(
-  addCowPath: string,
-  options: OpenImageOptions,
-  openBacking: OpenBacking,
-  deps: { io: FileIo },
-): Promise<AddCowDevice> {
-  const readOnly = options.readOnly ?? false;
-  const files = await openAddCowFiles(addCowPath, readOnly, options.backingFile, options.pathMap, { guard: deps.io.guard, referenced: options.referenced });
+/**
+ * The add-cow driver: open the two files, then the backing with the format RECORDED IN
+ * THE HEADER (or the operator's override; never probed), unless ALL_ALLOCATED.
+ */
+export async function openAddCow(addCowPath: string, req: OpenRequest): Promise<AddCowDevice> {
+  const readOnly = req.readOnly;
+  const files = await openAddCowFiles(addCowPath, readOnly, req.backingFile, req.pathMap, { guard: req.io.guard, referenced: req.referenced });
   const { header } = files;
   let backing: BlockDevice | undefined;
-  let backingFormat: ImageFormat | undefined;
+  let backingFormat: string | undefined;
   try {
     if (files.backingPath !== undefined) {
-      const recorded = options.backingFormat ?? header.backingFormat;
+      const recorded = req.backingFormat ?? header.backingFormat;
       if (recorded === '') {
         throw new DeviceError('EINVAL', `${addCowPath}: backing file format is empty in the header; give one explicitly (never probed)`);
       }
-      backingFormat = toImageFormat(addCowPath, recorded);
+      backingFormat = checkFormatName(addCowPath, recorded, req.knownFormats);
     }
     // ALL_ALLOCATED: the backing file is ignored entirely (it may even be gone).
     if (!header.allAllocated && files.backingPath !== undefined) {
-      backing = await openBacking(files.backingPath, backingFormat!);
+      backing = await req.openBacking(files.backingPath, backingFormat!);
     }
     return new AddCowDevice({
       path: addCowPath,
@@ -195,7 +188,7 @@ export async function openAddCowWith(
       size: files.size,
       bitmap: files.bitmap,
       readOnly,
-      io: deps.io,
+      io: req.io,
     });
   } catch (err) {
     await backing?.close().catch(() => {});

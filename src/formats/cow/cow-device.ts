@@ -101,6 +101,8 @@ export interface CowInspection {
   readonly header: CowHeader;
   readonly geometry: CowGeometry;
   readonly backingFile: { readonly stored: string; readonly resolved: string };
+  /** Format the backing device was opened with. */
+  readonly backingFormat: string;
   readonly bitmap: CowBitmapView;
 }
 
@@ -445,6 +447,7 @@ export class CowDevice implements BlockDevice {
       header: this.init.header,
       geometry: this.init.geometry,
       backingFile: { stored: this.init.backingStored, resolved: this.init.backingResolved },
+      backingFormat: this.backing.describe().format,
       bitmap: {
         sectors: bitmap.bitCount,
         isAllocated: (sector) => bitmap.get(sector),

@@ -84,6 +84,19 @@ const FIELDS: Readonly<Record<CowLayoutName, FieldMap>> = {
   'qemu-x86_64': { version: 2, headerSize: 1056, le: false, path: 8, pathLength: 1024, mtime: 1032, mtimeSigned: true, size: 1040, sectorSize: 1048 },
 };
 
+/** Where a layout keeps the backing path (check looks for garbage after its NUL). */
+export function cowPathField(layout: CowLayoutName): { readonly offset: number; readonly length: number } {
+  const f = FIELDS[layout];
+  return { offset: f.path, length: f.pathLength };
+}
+
+/** Where a UML layout keeps the u32 mtime (undefined for QEMU layouts, which never check it). */
+export function cowMtimeField(layout: CowLayoutName): { readonly offset: number; readonly le: boolean } | undefined {
+  if (isQemuLayout(layout)) return undefined;
+  const f = FIELDS[layout];
+  return { offset: f.mtime, le: f.le };
+}
+
 /** A header that cannot be used; the message names the field and its value. */
 export class CowHeaderError extends Error {
   readonly code = 'COW_ERR_BAD_HEADER';

@@ -19,7 +19,7 @@
  */
 import { link, open, readdir, rename, unlink, utimes } from 'node:fs/promises';
 import path from 'node:path';
-import { createCow } from './index.js';
+import { createCow } from './cow-create.js';
 import { readCowFile } from './cow-open.js';
 import { decodeCowHeader, detectCowLayout } from './cow-header.js';
 

@@ -28,14 +28,9 @@ import {
 } from './cow-header.js';
 import { cowGeometry, type CowGeometry } from './cow-layout.js';
 import { mapRecordedPath, type PathMapping } from '../path-map.js';
+import { HALF_CREATED_HINT } from '../check-report.js';
 
-/**
- * Older versions created overlays in place (header, then extend, then sync): a crash in
- * between left a 0-byte or header-only file under the final name. Such a file holds no
- * guest data (nothing can have been written before creation finished), so say so.
- */
-export const HALF_CREATED_HINT =
-  'if this is an overlay whose creation was interrupted (cownbd before crash-safe creation wrote it in place), it holds no data: delete it and it will be created afresh';
+export { HALF_CREATED_HINT };
 
 export interface CowReadOptions {
   readOnly?: boolean;

@@ -1,0 +1,158 @@
+/**
+ * The long-running image subcommands (commit, convert, rebase): progress bar, SIGINT
+ * handling (a safe state is kept; exit 130) and a one-line summary or --json result.
+ */
+import { type Command, Option } from 'commander';
+import type { FileIo } from '../block/file-io.js';
+import { FORMAT_NAMES } from '../formats/registry.js';
+import { runCommit, type OutputSize } from '../tools/commit.js';
+import { journalPath } from '../tools/commit-journal.js';
+import { runConvert } from '../tools/convert.js';
+import { runRebase } from '../tools/rebase.js';
+import { formatSize, parseSize } from '../util/size.js';
+import { silentLogger } from '../logging.js';
+import { addObjectStoreOptions, lazyObjectStore, type ObjectStoreFlags } from '../objectstore/cli-options.js';
+import { backingFormatOption, formatOption, layoutOption, longRun, printJson, type CommonFlags } from './image-options.js';
+
+export function registerLongImageCommands(program: Command, io: FileIo): void {
+  registerCommit(program, io);
+  registerConvert(program, io);
+  registerRebase(program, io);
+}
+
+function registerCommit(program: Command, io: FileIo): void {
+  program
+    .command('commit')
+    .description('merge an overlay with its backing file: in place (--to, like uml_moo -d) or into a new file (-o, like uml_moo)')
+    .argument('<file>', 'overlay file')
+    .option('--to <backing>', 'merge IN PLACE into this backing file (it is written; other overlays on it become invalid)')
+    .option('-o, --output <file>', 'write the merged image to a new sparse raw file')
+    .addOption(
+      new Option('--output-size <mode>', 'cow: length of the result: backing (exactly the backing size), virtual (rounded up to 512), uml-moo (rounded down like uml_moo)').choices([
+        'backing',
+        'virtual',
+        'uml-moo',
+      ]),
+    )
+    .option('--uml-moo', 'same as --output-size uml-moo (byte-identical to uml_moo, which drops a partial last sector)')
+    .option('--no-update-header', 'in place, cow: leave the header mtime stale, as uml_moo -d does')
+    .addOption(formatOption())
+    .addOption(backingFormatOption())
+    .addOption(layoutOption())
+    .option('--ignore-mtime', 'cow: accept a backing file whose mtime does not match (recovery)')
+    .option('--force', '-o: overwrite an existing output file')
+    .option('-q, --quiet', 'no progress bar')
+    .option('--json', 'print a JSON result (implies --quiet)')
+    .action(async (file: string, flags: CommonFlags & { to?: string; output?: string; outputSize?: OutputSize; umlMoo?: boolean; updateHeader?: boolean; force?: boolean }) => {
+      const outputSize: OutputSize | undefined = flags.umlMoo ? 'uml-moo' : flags.outputSize;
+      const state = (): string =>
+        flags.to
+          ? `the view through ${file} is unchanged; ${flags.to} is partially updated and ${journalPath(file)} records it: run the same commit again to finish`
+          : `${flags.output} was not created`;
+      await longRun(
+        flags,
+        state,
+        (ctx) => runCommit(file, { ...flags, outputSize, io }, ctx),
+        (r) => {
+          if (flags.json) printJson(r);
+          else if (!flags.quiet) {
+            process.stdout.write(
+              `${r.resumed ? 'Resumed and completed' : 'Committed'} ${file} ${r.mode === 'in-place' ? 'into' : 'to'} ${r.target}: ${formatSize(r.bytesWritten)} written${r.headerUpdated ? ' (overlay header mtime updated)' : ''}\n`,
+            );
+          }
+        },
+      );
+    });
+}
+
+function registerConvert(program: Command, io: FileIo): void {
+  const convert = program
+    .command('convert')
+    .description('copy the full view of an image chain into a new raw image, cow overlay or add-cow overlay')
+    .argument('<src>', 'source image (any chain)')
+    .addOption(new Option('-O, --output-format <format>', 'format of the new image').choices([...FORMAT_NAMES]).makeOptionMandatory())
+    .argument('<dst>', 'new image')
+    .addOption(formatOption())
+    .addOption(new Option('--source-backing-format <format>', 'format of the source backing file').choices([...FORMAT_NAMES]))
+    .addOption(layoutOption())
+    .option('--ignore-mtime', 'source cow: accept a backing file whose mtime does not match')
+    .option('-b, --backing <path>', 'backing file of the new overlay (-O cow: required; -O add-cow: optional)')
+    .addOption(new Option('-B, --backing-format <format>', 'format of the new overlay\'s backing file').choices([...FORMAT_NAMES]))
+    .option('--image <path>', '-O add-cow: image file (default: DST without .add-cow, plus .img)')
+    .option('--cluster-size <size>', '-O add-cow: cluster size (default 64K)')
+    .option('--force', 'overwrite existing output files')
+    .option('-q, --quiet', 'no progress bar')
+    .option('--json', 'print a JSON result (implies --quiet)');
+  // Flattening a chain over an s3:// base into local files (for UML's tools) reads the store.
+  addObjectStoreOptions(convert).action(
+      async (
+        src: string,
+        dst: string,
+        flags: CommonFlags & ObjectStoreFlags & { outputFormat: string; sourceBackingFormat?: string; backing?: string; image?: string; clusterSize?: string; force?: boolean },
+      ) => {
+        const objectStore = lazyObjectStore(flags, silentLogger());
+        await longRun(
+          flags,
+          () => `the partial output ${dst} was removed`,
+          (ctx) =>
+            runConvert(
+              src,
+              dst,
+              {
+                format: flags.format,
+                backingFormat: flags.sourceBackingFormat,
+                layout: flags.layout,
+                ignoreMtime: flags.ignoreMtime,
+                io,
+                objectStore,
+                outputFormat: flags.outputFormat,
+                outBacking: flags.backing,
+                outBackingFormat: flags.backingFormat,
+                image: flags.image,
+                clusterSize: flags.clusterSize ? parseSize(flags.clusterSize, 'cluster size') : undefined,
+                force: flags.force,
+              },
+              ctx,
+            ),
+          (r) => {
+            if (flags.json) printJson(r);
+            else if (!flags.quiet) process.stdout.write(`Converted ${src} to ${r.outputFormat} ${dst}: ${formatSize(r.bytesWritten)} written\n`);
+          },
+        ).finally(() => objectStore.close());
+      },
+    );
+}
+
+function registerRebase(program: Command, io: FileIo): void {
+  const rebase = program
+    .command('rebase')
+    .description('point an overlay at a different backing file (safe: copies sectors that differ; --unsafe: header only)')
+    .argument('<file>', 'overlay file')
+    .requiredOption('-b, --backing <path>', 'the new backing file')
+    .addOption(backingFormatOption())
+    .addOption(formatOption())
+    .addOption(layoutOption())
+    .option('--unsafe', 'only rewrite the header (the caller guarantees the new backing has the same content)')
+    .option('--ignore-mtime', 'cow: accept an old backing file whose mtime does not match')
+    .option('--force', 'cow: accept a new backing whose mtime does not fit 32 bits')
+    .option('-q, --quiet', 'no progress bar')
+    .option('--json', 'print a JSON result (implies --quiet)');
+  // The old backing may be an s3:// base (moving an overlay onto a local copy of it).
+  addObjectStoreOptions(rebase).action(async (file: string, flags: CommonFlags & ObjectStoreFlags & { backing: string; unsafe?: boolean; force?: boolean }) => {
+      const objectStore = lazyObjectStore(flags, silentLogger());
+      await longRun(
+        flags,
+        () => `${file} still names its old backing file; data copied so far is flushed and harmless`,
+        (ctx) =>
+          runRebase(
+            file,
+            { format: flags.format, layout: flags.layout, ignoreMtime: flags.ignoreMtime, io, objectStore, newBacking: flags.backing, newBackingFormat: flags.backingFormat, unsafe: flags.unsafe, force: flags.force },
+            ctx,
+          ),
+        (r) => {
+          if (flags.json) printJson(r);
+          else if (!flags.quiet) process.stdout.write(`Rebased ${file} onto ${r.storedBacking}${r.unsafe ? ' (unsafe: header only)' : `: ${formatSize(r.bytesCopied)} copied into the overlay`}\n`);
+        },
+      ).finally(() => objectStore.close());
+    });
+}

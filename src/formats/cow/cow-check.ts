@@ -1,0 +1,208 @@
+/**
+ * `cownbd check` for cow files: reads the file byte by byte with the header codecs (it
+ * must work on files the driver refuses to open) and reports, in this order: the header
+ * (layout choice, garbage the readers ignore), the file length against the layout, tail
+ * bits, padding garbage, bits lost to the v1/v2 rounding bug, and the backing identity.
+ * Repairs touch only the cow file's own metadata: never data sectors, never the bytes
+ * that may hold lost bits (evidence of real guest writes), never the backing file.
+ * Facts: docs/cow-format.md.
+ */
+import type { FileHandle } from 'node:fs/promises';
+import { readFully, writeFully } from '../../block/file-io.js';
+import {
+  clearBitsFrom,
+  corruption,
+  CouldNotCheck,
+  fmtRanges,
+  nonZeroRanges,
+  repairable,
+  zeroRanges,
+  type Collected,
+} from '../check-report.js';
+import type { CheckRequest } from '../format-record.js';
+import { nativeFs } from '../../block/native-fs.js';
+import { AllocationBitmap } from '../allocation-bitmap.js';
+import { checkBacking, resolveBackingPath, statBacking } from './cow-backing.js';
+import { COW_MAX_HEADER_SIZE, cowPathField, decodeCowHeader, detectCowLayout, isCowLayoutName, type CowHeader, type CowLayoutName } from './cow-header.js';
+import { cowGeometry, type CowGeometry } from './cow-layout.js';
+import { cowBitmapSource } from './cow-open.js';
+
+interface Subject {
+  readonly file: string;
+  readonly fh: FileHandle;
+  readonly fileLength: number;
+  readonly head: Buffer;
+  readonly header: CowHeader;
+  readonly g: CowGeometry;
+  /** Streamed page by page (a 1 TiB overlay's bitmap is 256 MiB): every bit, tail included. */
+  readonly bitmap: AllocationBitmap;
+}
+
+export async function checkCow(file: string, fh: FileHandle, req: CheckRequest, c: Collected): Promise<void> {
+  const fileLength = (await fh.stat()).size;
+  const head = Buffer.alloc(Math.min(COW_MAX_HEADER_SIZE, fileLength));
+  await readFully(fh, 0, head);
+  const header = await chooseHeader(file, head, fileLength, req, c);
+  if (!header) return;
+  const g = cowGeometry(header);
+  const bitmap = new AllocationBitmap(g.bitmapLength * 8, g.bitmapLength, 64 * 1024, await cowBitmapSource(fh.fd, g, nativeFs));
+  const s: Subject = { file, fh, fileLength, head, header, g, bitmap };
+  checkHeaderGarbage(s, c);
+  checkFileLength(s, c);
+  await checkTailBits(s, c);
+  await checkPadding(s, c);
+  await checkBackingIdentity(s, req, c);
+}
+
+/** The header, or undefined after recording why there is none. */
+async function chooseHeader(file: string, head: Buffer, fileLength: number, req: CheckRequest, c: Collected): Promise<CowHeader | undefined> {
+  let candidates: CowLayoutName[];
+  try {
+    if (req.layout !== undefined) {
+      if (!isCowLayoutName(req.layout)) throw new CouldNotCheck(`layout "${req.layout}" unknown (known: v1, v2, v3, v3-broken, qemu-i386, qemu-x86_64)`);
+      candidates = [req.layout];
+    } else candidates = detectCowLayout(head);
+  } catch (err) {
+    if (err instanceof CouldNotCheck) throw err;
+    corruption(c, 'header', `${file}: ${(err as Error).message}`);
+    return undefined;
+  }
+  const decoded: CowHeader[] = [];
+  const errors: string[] = [];
+  for (const l of candidates) {
+    try {
+      decoded.push(decodeCowHeader(head, l));
+    } catch (err) {
+      errors.push(`${l}: ${(err as Error).message}`);
+    }
+  }
+  if (decoded.length === 0) {
+    corruption(c, 'header', `${file}: ${errors.join('; ')}`);
+    return undefined;
+  }
+  if (decoded.length === 1) return decoded[0];
+  // Version 2: UML v2 vs QEMU layouts; only the backing file's size tells them apart (docs/cow-format.md#c1).
+  const fits: CowHeader[] = [];
+  for (const h of decoded) {
+    const st = await statBacking(resolveBackingPath(h.layout, h.backingFile, file, req.backingFile)).catch(() => undefined);
+    if (st && st.size === h.size && fileLength >= cowGeometry(h).bitmapOffset + cowGeometry(h).bitmapLength) fits.push(h);
+  }
+  if (fits.length !== 1) {
+    throw new CouldNotCheck(
+      `${file}: version-2 header fits ${fits.length === 0 ? 'no' : 'several'} layouts (${decoded.map((h) => h.layout).join(', ')}) against its backing file; pass --layout`,
+    );
+  }
+  return fits[0];
+}
+
+/** Bytes every reader ignores: after the path's NUL, broken-v3 padding, cow_format. */
+function checkHeaderGarbage({ head, header }: Subject, c: Collected): void {
+  const f = cowPathField(header.layout);
+  const pathField = head.subarray(f.offset, f.offset + f.length);
+  const nul = pathField.indexOf(0);
+  if (nul >= 0 && pathField.subarray(nul + 1).some((b) => b !== 0)) {
+    const at = f.offset + nul + 1;
+    repairable(c, 'padding', 'info', `non-zero bytes after the backing path's NUL (offsets ${at}..${f.offset + f.length - 1}); ignored by every reader (UML leaves memory there)`, (w) =>
+      writeFully(w, at, Buffer.alloc(f.offset + f.length - at)),
+    );
+  }
+  if (header.layout === 'v3-broken' && head.readUInt32BE(12) !== 0) {
+    repairable(c, 'padding', 'info', 'broken-v3 padding bytes 12..15 are non-zero (ignored)', (w) => writeFully(w, 12, Buffer.alloc(4)));
+  }
+  if (header.layout === 'v3' && head.readUInt32BE(28) !== 0) {
+    c.findings.push({ class: 'header', severity: 'info', message: `cow_format (offset 28) is ${head.readUInt32BE(28)}, only 0 (COW_BITMAP) is defined; readers ignore it`, repairable: false });
+  }
+}
+
+function checkFileLength({ fileLength, header, g, bitmap }: Subject, c: Collected): void {
+  const qemu = header.layout.startsWith('qemu');
+  const dataEnd = g.dataOffset + header.size;
+  const virtualEnd = g.dataOffset + g.virtualSize;
+  const bitmapEnd = g.bitmapOffset + g.bitmapLength;
+  const allocatedPastEof = countAllocatedFrom(bitmap, g, Math.max(0, Math.floor((fileLength - g.dataOffset) / 512)));
+  if (fileLength < bitmapEnd) {
+    corruption(c, 'file-length', `file length ${fileLength} ends inside the bitmap (${g.bitmapOffset}..${bitmapEnd - 1}): the bits of the missing bytes are lost`);
+  } else if (allocatedPastEof > 0) {
+    corruption(c, 'file-length', `file length ${fileLength} is shorter than the data area: ${allocatedPastEof} allocated sector(s) lie past the end of the file (data offset ${g.dataOffset}) and read as zeros`);
+  } else if (!qemu && fileLength < dataEnd) {
+    repairable(c, 'file-length', 'leak', `file length ${fileLength} is shorter than the ${header.layout} layout length ${dataEnd} (data offset ${g.dataOffset} + size ${header.size}); no allocated sector is affected`, (w) => w.truncate(dataEnd));
+  }
+  if (fileLength > virtualEnd) {
+    repairable(c, 'file-length', 'leak', `file length ${fileLength} exceeds the end of the data area ${virtualEnd} by ${fileLength - virtualEnd} bytes that no reader uses`, (w) => w.truncate(virtualEnd));
+  }
+}
+
+/** Bits inside bitmapLength but past the last representable sector. */
+async function checkTailBits({ fh, g, bitmap }: Subject, c: Collected): Promise<void> {
+  const tail = bitmap.countSet(g.representableSectors);
+  if (tail === 0) return;
+  const first = g.representableSectors >> 3;
+  const fixed = Buffer.alloc(g.bitmapLength - first);
+  await readFully(fh, g.bitmapOffset + first, fixed);
+  clearBitsFrom(fixed, g.representableSectors - first * 8);
+  repairable(c, 'tail-bits', 'leak', `${tail} bit(s) set past the last sector (${g.representableSectors} sectors, bitmap ${g.bitmapLength} bytes at ${g.bitmapOffset}); no reader uses them`, (w) =>
+    writeFully(w, g.bitmapOffset + first, fixed),
+  );
+}
+
+/** Header end → bitmap, bitmap end → data offset; never the bytes that hold lost bits. */
+async function checkPadding({ fh, fileLength, header, g }: Subject, c: Collected): Promise<void> {
+  const bitmapEnd = g.bitmapOffset + g.bitmapLength;
+  const pad1 = await nonZeroRanges(fh, header.headerSize, Math.min(g.bitmapOffset, fileLength));
+  if (pad1.length > 0) {
+    repairable(c, 'padding', 'leak', `garbage between the header and the bitmap (offsets ${fmtRanges(pad1)}); ignored by readers`, (w) => zeroRanges(w, pad1));
+  }
+  let pad2Start = bitmapEnd;
+  if ((header.layout === 'v1' || header.layout === 'v2') && g.representableSectors < g.sectors) {
+    pad2Start = bitmapEnd + (await checkLostWrites(fh, g, c));
+  }
+  const pad2 = await nonZeroRanges(fh, pad2Start, Math.min(g.dataOffset, fileLength));
+  if (pad2.length > 0) {
+    repairable(c, 'padding', 'leak', `garbage between the bitmap and the data area (offsets ${fmtRanges(pad2)}); ignored by readers`, (w) => zeroRanges(w, pad2));
+  }
+}
+
+/**
+ * UML's v1/v2 rounding bug stores the bits of the last sectors past bitmap_len and never
+ * reads them back (docs/cow-format.md#c11). Returns how many bytes past the bitmap hold them.
+ */
+async function checkLostWrites(fh: FileHandle, g: CowGeometry, c: Collected): Promise<number> {
+  const lostBytes = Math.ceil(g.sectors / 8) - g.bitmapLength;
+  const lostBuf = Buffer.alloc(lostBytes + g.bitmapLength);
+  await readFully(fh, g.bitmapOffset, lostBuf);
+  let lost = 0;
+  for (let s = g.representableSectors; s < g.sectors; s++) if (lostBuf[s >> 3]! & (1 << (s & 7))) lost++;
+  if (lost > 0) {
+    corruption(
+      c,
+      'lost-writes',
+      `${lost} bit(s) for sectors ${g.representableSectors}..${g.sectors - 1} were written past bitmap_len (${g.bitmapLength}) by UML's v1/v2 rounding bug (its bitmap is one byte short): UML and uml_moo never read them back, so those writes are invisible; convert the image to keep them`,
+    );
+  }
+  return lostBytes;
+}
+
+/** Backing file identity (size, then mtime, as UML does). */
+async function checkBackingIdentity({ file, header }: Subject, req: CheckRequest, c: Collected): Promise<void> {
+  const backing = resolveBackingPath(header.layout, header.backingFile, file, req.backingFile);
+  let st;
+  try {
+    st = await statBacking(backing);
+  } catch (err) {
+    return corruption(c, 'backing', `${(err as Error).message} (stored as "${header.backingFile}")`);
+  }
+  try {
+    checkBacking(header, st, backing, { ignoreMtime: req.commitPending });
+  } catch (err) {
+    corruption(c, 'backing', (err as Error).message);
+  }
+  if (!header.layout.startsWith('qemu') && (st.mtime < 0 || st.mtime >= 2 ** 32)) {
+    corruption(c, 'backing', `backing file "${backing}" mtime ${st.mtime} is outside the header's 32-bit range: UML and uml_moo can never validate this COW`);
+  }
+}
+
+/** Set bits for sectors >= fromSector (and < representableSectors). */
+function countAllocatedFrom(bitmap: AllocationBitmap, g: CowGeometry, fromSector: number): number {
+  if (fromSector >= g.representableSectors) return 0;
+  return bitmap.countSet(fromSector, g.representableSectors);
+}
