@@ -17,7 +17,11 @@ import { s3Format } from './s3/format.js';
 
 export const FORMATS: readonly FormatRecord[] = [rawFormat, cowFormat, addCowFormat, s3Format];
 
-export const FORMAT_NAMES: readonly string[] = FORMATS.map((f) => f.name);
+/**
+ * The names an operator (or an overlay header) selects a format by. Records that claim
+ * specs by their form (s3://) are selected by the spec alone and are not listed.
+ */
+export const FORMAT_NAMES: readonly string[] = FORMATS.filter((f) => !f.claims).map((f) => f.name);
 
 /** What an unrecognised file is. */
 export const FALLBACK_FORMAT: FormatRecord = rawFormat;

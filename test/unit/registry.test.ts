@@ -25,9 +25,10 @@ const claiming: FormatRecord = {
 };
 
 describe('format registry', () => {
-  it('lists raw, cow and add-cow, each name once, and names them in errors', () => {
+  it('lists raw, cow, add-cow and s3, each name once; s3 is chosen by its scheme, not by name, and names them in errors', () => {
     expect(FORMAT_NAMES).toEqual(['raw', 'cow', 'add-cow']);
-    expect(new Set(FORMAT_NAMES).size).toBe(FORMATS.length);
+    expect(FORMATS.map((f) => f.name)).toEqual(['raw', 'cow', 'add-cow', 's3']);
+    expect(new Set(FORMATS.map((f) => f.name)).size).toBe(FORMATS.length);
     expect(() => formatByName('qcow2')).toThrow(/format "qcow2" is not supported \(supported: raw, cow, add-cow\)/);
   });
 
@@ -52,5 +53,10 @@ describe('format registry', () => {
     expect(backingRecord(tmp.file('base.img'), 'raw', formats).name).toBe('raw');
     writeFileSync(tmp.file('plain'), Buffer.alloc(16));
     expect((await detectFormat(tmp.file('plain'), formats)).name).toBe('raw');
+  });
+
+  it('the object-store record claims s3:// specs: no file is read, a backing\'s default name does not apply', async () => {
+    expect((await detectFormat('s3://golden/debian-12@20261202T141500Z-1a2b3c4d')).name).toBe('s3');
+    expect(backingRecord('s3://golden/debian-12', 'raw').name).toBe('s3');
   });
 });
