@@ -13,16 +13,11 @@ import { createRawImage, makeTempDir } from '../helpers/images.js';
 import { CLI_PATH, nbdPython, requireNbdPython, startServer, type RunningServer } from '../helpers/server.js';
 import { CMD, OPT, REP, RawClient, optionRequest, request } from '../helpers/nbd-fixtures.js';
 import { PRELUDE } from './py-prelude.js';
+import { rssMiB } from '../helpers/process-stats.js';
 import { nbdinfo } from '../helpers/clients.js';
 
 const MiB = 1024 * 1024;
 const hasNbd = requireNbdPython();
-
-/** Resident memory of a process in MiB (Linux /proc). */
-export function rssMiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) / 1024 : NaN;
-}
 
 /** Write `total` bytes as fast as the peer takes them; resolves with the bytes accepted before close/timeout. */
 function flood(socket: net.Socket, total: number, timeoutMs: number): Promise<number> {
