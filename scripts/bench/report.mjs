@@ -51,10 +51,11 @@ export function printReport({ cells, rows, targets, isOurs, meta }) {
     if (v === null || v === undefined) return cell.notMeasured ? '-' : 'FAIL';
     return unit === 'IOPS' ? `${(v / 1000).toFixed(1)}k` : v.toFixed(0);
   };
-  const table = [['row', 'unit', ...targets, 'best peer', ...ours.map((t) => `${t}/best`)]];
+  const tlsPeers = peers.some(isTls);
+  const table = [['row', 'unit', ...targets, 'best peer', ...(tlsPeers ? ['best -tls peer'] : []), ...ours.map((t) => `${t}/best`)]];
   for (const s of summary) {
     table.push([
-      s.row, s.unit, ...targets.map((t) => fmt(s.unit, s.targets[t])), s.bestPeer ?? '-',
+      s.row, s.unit, ...targets.map((t) => fmt(s.unit, s.targets[t])), s.bestPeer ?? '-', ...(tlsPeers ? [s.bestTlsPeer ?? '-'] : []),
       ...ours.map((t) => (s.ratios[t] === null ? 'n/a' : s.ratios[t].toFixed(2))),
     ]);
   }
