@@ -16,103 +16,18 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
-import { z } from 'zod';
-import { IMAGE_FORMATS, type ImageFormat } from '../formats/open-image.js';
+import type { z } from 'zod';
 import type { StaticExportConfig } from '../server/exports.js';
 import type { ListenEndpoint } from '../server/listener.js';
+import { configSchema, toOptions, type FileOptions } from './config-schema.js';
+
+export { parseEndpoint, type AdminEndpoint, type FileOptions } from './config-schema.js';
 
 /** A config file that cannot be used: the message names file, line and key. */
 export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
-/** Where the admin API listens. */
-export type AdminEndpoint = { readonly path: string } | { readonly host: string; readonly port: number };
-
-/** What a config file says, in the shape of the serve options (absent = not said). */
-export interface FileOptions {
-  listen?: ListenEndpoint[];
-  admin?: AdminEndpoint;
-  adminTokenFile?: string;
-  logLevel?: string;
-  readOnly?: boolean;
-  ignoreMtime?: boolean;
-  export: StaticExportConfig[];
-  base?: string;
-  baseFormat?: ImageFormat;
-  overlayDir?: string;
-  ephemeral?: boolean;
-  ephemeralDir?: string;
-  /** Export name of the ephemeral base ([ephemeral] name). */
-  name?: string;
-}
-
-const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
-
-/** "host:port", "[v6]:port" or "unix:/path" → endpoint; undefined when malformed. */
-export function parseEndpoint(text: string): ListenEndpoint | undefined {
-  if (text.startsWith('unix:')) {
-    const p = text.slice(5);
-    return p.length > 0 ? { path: p } : undefined;
-  }
-  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text);
-  if (!m) return undefined;
-  const port = Number(m[3]);
-  if (port > 65535) return undefined;
-  return { host: (m[1] ?? m[2])!, port };
-}
-
-const endpoint = z.string().refine((s) => parseEndpoint(s) !== undefined, {
-  message: 'must be "HOST:PORT", "[IPv6]:PORT" or "unix:/path/to/socket"',
-});
-const format = z.enum(IMAGE_FORMATS as [ImageFormat, ...ImageFormat[]]);
-const nonEmpty = z.string().min(1, 'must not be empty');
-
-const exportSchema = z.strictObject({
-  name: z.string().refine((s) => Buffer.byteLength(s) <= 4096, 'longer than 4096 bytes'),
-  path: nonEmpty,
-  'read-only': z.boolean().optional(),
-  format: format.optional(),
-  'backing-format': format.optional(),
-  description: z.string().optional(),
-});
-
-const schema = z
-  .strictObject({
-    server: z
-      .strictObject({
-        listen: z.array(endpoint).min(1, 'needs at least one address').optional(),
-        admin: endpoint.optional(),
-        'admin-token-file': nonEmpty.optional(),
-        'log-level': z.enum(LOG_LEVELS).optional(),
-        'read-only': z.boolean().optional(),
-        'ignore-mtime': z.boolean().optional(),
-      })
-      .optional(),
-    export: z.array(exportSchema).optional(),
-    overlays: z.strictObject({ base: nonEmpty, 'base-format': format.optional(), dir: nonEmpty }).optional(),
-    ephemeral: z
-      .strictObject({ base: nonEmpty, 'base-format': format.optional(), name: z.string().optional(), dir: nonEmpty.optional() })
-      .optional(),
-  })
-  .superRefine((cfg, ctx) => {
-    const seen = new Map<string, number>();
-    cfg.export?.forEach((e, i) => {
-      const first = seen.get(e.name);
-      if (first !== undefined) {
-        ctx.addIssue({ code: 'custom', path: ['export', i, 'name'], message: `"${e.name}" is already the name of export[${first}]` });
-      } else seen.set(e.name, i);
-    });
-    if (cfg.overlays && cfg.ephemeral) {
-      ctx.addIssue({ code: 'custom', path: ['ephemeral'], message: 'cannot be combined with [overlays] (choose per-machine or per-connection overlays)' });
-    }
-    const admin = cfg.server?.admin;
-    if (admin && !admin.startsWith('unix:') && !cfg.server?.['admin-token-file']) {
-      ctx.addIssue({ code: 'custom', path: ['server', 'admin'], message: 'a TCP admin address needs admin-token-file (the bearer token clients must send)' });
-    }
-  });
-
-type RawConfig = z.infer<typeof schema>;
 
 /** Read and validate a config file. Throws ConfigError naming file, line and key. */
 export async function loadConfigFile(file: string): Promise<FileOptions> {
@@ -136,7 +51,7 @@ export function parseConfigText(text: string, file: string): FileOptions {
     }
     throw new ConfigError(`${file}: ${(err as Error).message}`);
   }
-  const result = schema.safeParse(data);
+  const result = configSchema.safeParse(data);
   if (!result.success) {
     const messages = result.error.issues.map((issue) => describeIssue(issue, text, file, data));
     throw new ConfigError(messages.join('; '));
@@ -219,43 +134,15 @@ function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
-function toOptions(cfg: RawConfig, dir: string): FileOptions {
-  const abs = (p: string) => path.resolve(dir, p);
-  const absEndpoint = (e: ListenEndpoint): ListenEndpoint => ('path' in e ? { path: abs(e.path) } : e);
-  const s = cfg.server ?? {};
-  const out: FileOptions = {
-    export: (cfg.export ?? []).map((e) => ({
-      name: e.name,
-      path: abs(e.path),
-      readOnly: e['read-only'],
-      description: e.description,
-      format: e.format,
-      backingFormat: e['backing-format'],
-    })),
-  };
-  if (s.listen) out.listen = s.listen.map((l) => absEndpoint(parseEndpoint(l)!));
-  if (s.admin) out.admin = absEndpoint(parseEndpoint(s.admin)!) as AdminEndpoint;
-  if (s['admin-token-file']) out.adminTokenFile = abs(s['admin-token-file']);
-  if (s['log-level']) out.logLevel = s['log-level'];
-  if (s['read-only'] !== undefined) out.readOnly = s['read-only'];
-  if (s['ignore-mtime'] !== undefined) out.ignoreMtime = s['ignore-mtime'];
-  if (cfg.overlays) {
-    out.base = abs(cfg.overlays.base);
-    out.baseFormat = cfg.overlays['base-format'];
-    out.overlayDir = abs(cfg.overlays.dir);
-  }
-  if (cfg.ephemeral) {
-    out.ephemeral = true;
-    out.base = abs(cfg.ephemeral.base);
-    out.baseFormat = cfg.ephemeral['base-format'];
-    if (cfg.ephemeral.name !== undefined) out.name = cfg.ephemeral.name;
-    if (cfg.ephemeral.dir) out.ephemeralDir = abs(cfg.ephemeral.dir);
-  }
-  return out;
-}
 
 /** Option names a file value may fill in (the command line wins when given there). */
-const MERGED_KEYS = ['logLevel', 'readOnly', 'ignoreMtime', 'base', 'baseFormat', 'overlayDir', 'ephemeral', 'ephemeralDir', 'name', 'admin', 'adminTokenFile'] as const;
+const MERGED_KEYS = [
+  'logLevel', 'readOnly', 'ignoreMtime', 'pidfile', 'exitWithParent', 'allowPath', 'backingPathMap',
+  'base', 'baseFormat', 'overlayDir', 'overlayDirMatchIdentity', 'ephemeral', 'ephemeralDir', 'name', 'admin', 'adminTokenFile',
+  'tls', 'tlsCertificates', 'tlsVerifyPeer', 'tlsPsk',
+  'allowFrom', 'handshakeTimeout', 'maxConnections', 'maxConnectionsPerClient', 'maxOverlays', 'minFree',
+  's3Endpoint', 's3Region', 's3Addressing', 's3MaxGets', 's3Timeout', 's3Retries', 'cacheDir', 'cacheSize',
+] as const satisfies ReadonlyArray<keyof FileOptions>;
 
 /**
  * Fill the command-line options from the file: a value given on the command line wins

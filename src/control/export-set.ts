@@ -172,7 +172,20 @@ export class ReloadableExports implements ExportProvider {
     }
     for (const name of this.current.keys()) if (!configs.some((c) => c.name === name)) diff.removed.push(name);
     this.refuseDoubleWriters(toOpen, next);
-    const opened = await this.openAll(toOpen);
+    // An unused old definition of a file about to be reopened is closed first (the server
+    // refuses to open one file writable and read-only at once); restored if opening fails.
+    const idle = [...this.current.values()].filter(
+      (g) => next.get(g.config.name) !== g && g.refs === 0 && toOpen.some((c) => path.resolve(c.path) === path.resolve(g.config.path)),
+    );
+    for (const g of idle) this.current.delete(g.config.name); // no client may get a closing device
+    await Promise.all(idle.map((g) => this.closeGeneration(g)));
+    let opened: Generation[];
+    try {
+      opened = await this.openAll(toOpen);
+    } catch (err) {
+      await this.restore(idle);
+      throw err;
+    }
     // Commit: nothing below can fail.
     for (const g of opened) {
       next.set(g.config.name, g);
@@ -190,6 +203,20 @@ export class ReloadableExports implements ExportProvider {
       else this.log.info({ export: g.config.name, connections: g.refs }, 'export retired: existing connections continue, new ones get the new definition');
     }
     return diff;
+  }
+
+  /** Reopen generations closed for a reload that then failed. */
+  private async restore(closed: readonly Generation[]): Promise<void> {
+    for (const g of closed) {
+      try {
+        const [again] = await this.openAll([g.config]);
+        this.live.add(again!);
+        this.current.set(g.config.name, again!);
+      } catch (err) {
+        this.current.delete(g.config.name);
+        this.log.error({ export: g.config.name, reason: (err as Error).message }, 'export could not be reopened after a failed reload; it is gone until the next reload');
+      }
+    }
   }
 
   private refuseDoubleWriters(toOpen: readonly StaticExportConfig[], keep: ReadonlyMap<string, Generation>): void {

@@ -12,7 +12,8 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { fioNbd, nbdinfo, nbdinfoJson, serverLog } from '../helpers/clients.js';
 import { createRawImage, makeTempDir } from '../helpers/images.js';
-import { CLI_PATH, assertBuilt, requireNbdPython, runNbdPython, startServer } from '../helpers/server.js';
+import { CLI_PATH, assertBuilt, nbdPython, requireNbdPython, runNbdPython, startServer } from '../helpers/server.js';
+import { makeTlsFixture, requireTlsTools } from '../helpers/tls-creds.js';
 import { requireTool } from '../helpers/tools.js';
 
 const usable = requireTool('fio') && requireTool('nbdinfo') && requireNbdPython();
@@ -60,6 +61,47 @@ describe('serve --config: validation', () => {
   });
 });
 
+describe.runIf(requireTlsTools() && requireNbdPython())('serve --config: TLS, access and limits', () => {
+  const tmp = makeTempDir();
+  afterAll(() => tmp.cleanup());
+
+  it('takes [tls], [limits] and export allow lists from the file; bad values name the key', async () => {
+    const fx = makeTlsFixture(tmp.file('tls'), ['alice', 'bob']);
+    createRawImage(tmp.file('d.img'), 1 << 20);
+    const config = tmp.file('tls.toml');
+    writeFileSync(
+      config,
+      `[tls]\nmode = "require"\npsk = "${fx.pskFile}"\n\n[limits]\nmax-connections = 5\nmin-free = "1M"\n\n[[export]]\nname = "d"\npath = "d.img"\nallow = ["alice"]\n`,
+    );
+    const srv = await startServer(['--config', config]);
+    try {
+      const attempt = (user: string, tls: boolean) =>
+        nbdPython(`
+import nbd
+h = nbd.NBD()
+if TLS:
+    h.set_tls(nbd.TLS_REQUIRE); h.set_tls_psk_file(PSK); h.set_tls_username(USER)
+h.set_export_name('d')
+try:
+    h.connect_tcp('127.0.0.1', str(PORT)); h.pwrite(b'x' * 512, 0); h.flush(); print('opened')
+except nbd.Error:
+    print('refused')
+`, { TLS: tls, PSK: fx.pskFile, USER: user, PORT: srv.port });
+      expect((await attempt('alice', true)).trim()).toBe('opened');
+      expect((await attempt('bob', true)).trim()).toBe('refused');
+      expect((await attempt('alice', false)).trim()).toBe('refused');
+    } finally {
+      await srv.stop();
+    }
+    writeFileSync(config, `[tls]\nmode = "on"\n\n[limits]\nmax-connections = 0\nmin-free = "lots"\n`);
+    const r = spawnSync(process.execPath, [CLI_PATH, 'serve', '--config', config, '-p', '0'], { encoding: 'utf8', timeout: 20_000 });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain(`${config}:2: tls.mode: "on" needs certificates = DIR or psk = FILE`);
+    expect(r.stderr).toContain(`${config}:5: limits.max-connections: must be at least 1`);
+    expect(r.stderr).toContain(`${config}:6: limits.min-free: must be a size such as 1G`);
+  });
+});
+
 describe.runIf(usable)('serve --config: reload', () => {
   const tmp = makeTempDir();
   afterAll(() => tmp.cleanup());
@@ -100,7 +142,9 @@ print("ok")
       await new Promise((r) => setTimeout(r, 300)); // fio is running too
       writeFileSync(config, exportsToml([...base, { name: 'changed', path: 'changed.img', extra: 'read-only = true' }, { name: 'new', path: 'new.img' }]));
       srv.proc.kill('SIGHUP');
-      await waitFor(() => srv.stderr().includes('configuration reloaded'), 'the reload');
+      await waitFor(() => srv.stderr().includes('configuration reloaded'), 'the reload').catch((err: Error) => {
+        throw new Error(`${err.message}\n${srv.stderr().slice(-1500)}`);
+      });
       expect(await listNames(srv.uri('load'))).toEqual(['changed', 'keep', 'load', 'new']);
       // Removed: new connections are refused...
       const refused = await nbdinfo([srv.uri('gone')]);
