@@ -7,7 +7,7 @@
 # Throughput: every target serves a FRESH, EMPTY overlay over the same 1 GiB random base, for
 # every (round, row), so reads go to the base and writes are first writes. Targets (BENCH_TARGETS):
 #   cownbd-cow      cownbd serve --base BASE --overlay-dir DIR   (export vm → DIR/vm.cow)
-#   cownbd-addcow   cownbd serving an add-cow overlay (cluster BENCH_ADDCOW_CLUSTER, default 64K;
+#   cownbd-addcow   cownbd serving an add-cow overlay (cluster BENCH_ADDCOW_CLUSTER, default 4K;
 #                   cownbd-addcow-4K, cownbd-addcow-1M … pick a cluster size per target)
 #   nbdkit-cow64k, nbdkit-cow4k   nbdkit --filter=cow file, cow-block-size 64K / 4K
 #   qemu-threads, qemu-uring      qemu-nbd on a qcow2 overlay, --aio=threads / io_uring
@@ -26,7 +26,7 @@
 # Output: the table, each cownbd target's ratio to the best peer per row, .bench/results.json.
 #
 # Environment: BENCH_SECONDS (per cell, default 8), BENCH_RAMP (fio warm-up, default 1),
-# BENCH_ROUNDS (2), BENCH_ROWS, BENCH_TARGETS, BENCH_ADDCOW_CLUSTER (64K), BENCH_SIZE_MIB (1024),
+# BENCH_ROUNDS (2), BENCH_ROWS, BENCH_TARGETS, BENCH_ADDCOW_CLUSTER (4K), BENCH_SIZE_MIB (1024),
 # BENCH_DIR (.bench), COWNBD_SERVE_ARGS, COWNBD_CLI (dist/cli/main.js).
 # Timing: defaults = 7 targets × 9 rows × 2 rounds × ~11 s ≈ 23 minutes, + 2 TLS targets × 2 rows.
 # Memory (scripts/bench.sh memory): see scripts/bench/memory.mjs; MEMORY_WRITES (10000).

@@ -32,7 +32,7 @@ const ctx = {
   cli: env.COWNBD_CLI,
   node: env.NODE24 || process.execPath,
   serveArgs: split(env.COWNBD_SERVE_ARGS),
-  addcowCluster: env.BENCH_ADDCOW_CLUSTER || '64K',
+  addcowCluster: env.BENCH_ADDCOW_CLUSTER || '4K',
   tlsDir: () => makeServerCertificate(join(runDir, 'tls')),
   rawCopy() {
     const p = join(runDir, 'raw.img');

@@ -3,7 +3,7 @@
 // process group so stop() ends the server and anything it forked.
 //
 //   cownbd-cow         cownbd serve --base BASE --overlay-dir DIR (export "vm" → DIR/vm.cow)
-//   cownbd-addcow[-C]  cownbd serving an add-cow overlay, cluster size C (default 64K)
+//   cownbd-addcow[-C]  cownbd serving an add-cow overlay, cluster size C (default 4K)
 //   cownbd-raw         cownbd serving a copy of the base (raw: no overlay), reference only
 //   nbdkit-cow64k      nbdkit --filter=cow file, cow-block-size=64K (nbdkit's default)
 //   nbdkit-cow4k       same with cow-block-size=4K

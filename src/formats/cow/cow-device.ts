@@ -60,6 +60,7 @@ const MAX_EXTENTS = 1024;
 const ZERO_CHUNK = 1024 * 1024;
 const ZEROS = Buffer.alloc(ZERO_CHUNK);
 const NO_EDGES: readonly number[] = [];
+const DONE = Promise.resolve();
 /**
  * Bitmap page (loading, eviction, dirty tracking): 1 KiB = 8192 sectors = 4 MiB of disk.
  * Scattered writes touch one page each, so memory after N scattered writes is ~N KiB
@@ -180,10 +181,37 @@ export class CowDevice implements BlockDevice {
 
   // ---- writes ------------------------------------------------------------------------
 
-  async write(offset: number, data: Buffer, options: IoOptions = {}): Promise<void> {
+  write(offset: number, data: Buffer, options: IoOptions = {}): Promise<void> {
+    try {
+      if (!options.fua && this.tryWriteNow(offset, data)) return DONE;
+    } catch (err) {
+      return Promise.reject(err); // e.g. ENOSPC from the synchronous pwrite: bits not set
+    }
+    return this.writeQueued(offset, data, options);
+  }
+
+  private async writeQueued(offset: number, data: Buffer, options: IoOptions): Promise<void> {
     if (offset % SECTOR === 0 && data.length % SECTOR === 0) await this.writeAligned(offset, data);
     else await this.writeUnaligned(offset, data);
     if (options.fua) await this.flush();
+  }
+
+  /**
+   * The 4 KiB random-write fast path: a whole-sector write that no partial write can
+   * conflict with (the lock is free for whole sectors), written synchronously into the page
+   * cache (FileIo.writeNow), bits set right after — the same data-then-bit order as
+   * writeAligned, with no await in between, so no lock, promise chain or closure is needed.
+   * Measured with callgrind: see README, Performance.
+   */
+  private tryWriteNow(offset: number, data: Buffer): boolean {
+    if (offset % SECTOR !== 0 || data.length % SECTOR !== 0 || data.length === 0 || !this.lock.wholeSectorsFree) return false;
+    const first = offset / SECTOR;
+    const end = first + data.length / SECTOR;
+    if (end > this.writable) return false; // writeAligned reports it
+    if (!this.init.io.writeNow(this.fh, this.dataOffset + offset, data)) return false;
+    this.unsynced = true;
+    this.bitmap.setRange(first, end - first);
+    return true;
   }
 
   /**

@@ -54,6 +54,14 @@ export class SectorWriteLock {
     }
   }
 
+  /**
+   * A whole-sector write could be granted at once and would release before anything else
+   * runs (it does no await): nothing partial is held or waiting, so nothing can conflict.
+   */
+  get wholeSectorsFree(): boolean {
+    return this.waiting.length === 0 && this.grantedWithEdges === 0;
+  }
+
   /** Number of held claims (for tests). */
   get held(): number {
     return this.granted.size;
