@@ -15,8 +15,8 @@ export interface TempDir {
   cleanup(): void;
 }
 
-export function makeTempDir(prefix = 'cownbd-test-'): TempDir {
-  const dir = mkdtempSync(path.join(tmpdir(), prefix));
+export function makeTempDir(prefix = 'cownbd-test-', parent = tmpdir()): TempDir {
+  const dir = mkdtempSync(path.join(parent, prefix));
   return {
     path: dir,
     file: (name) => path.join(dir, name),
