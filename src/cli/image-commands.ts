@@ -25,6 +25,7 @@ import { StoreClient } from '../objectstore/store-client.js';
 import { isObjectStoreUri } from '../objectstore/uri.js';
 import { registerLongImageCommands } from './image-long-commands.js';
 import { backingFormatOption, formatOption, layoutOption, printJson, type CommonFlags } from './image-options.js';
+import { forceShareOption, outputOption, wantsJson } from './qemu-img-habits.js';
 
 interface CreateFlags {
   format: string;
@@ -48,9 +49,10 @@ export function registerImageCommands(program: Command, io: FileIo): void {
 function registerCreate(program: Command, io: FileIo): void {
   const create = program
     .command('create')
-    .description('create a copy-on-write overlay (cow: UML v3 like uml_mkcow; add-cow: metadata + image file)')
-    .addOption(new Option('-f, --format <format>', 'overlay format').choices(creatableFormats()).makeOptionMandatory())
-    .argument('<file>', 'overlay file to create')
+    .description('create an image: a sparse raw file (FILE SIZE, as qemu-img create) or a copy-on-write overlay (cow: UML v3 like uml_mkcow; add-cow: metadata + image file)')
+    .addOption(new Option('-f, --format <format>', 'image format').choices(creatableFormats()).default('raw'))
+    .argument('<file>', 'image file to create')
+    .argument('[size]', 'virtual size, e.g. 64M or 10G (same as --size)')
     .option('-b, --backing <path>', 'backing (base) image; never modified')
     .addOption(new Option('-F, --backing-format <format>', 'format of the backing image (never probed)').choices([...FORMAT_NAMES]))
     .option('--image <path>', 'add-cow: image file holding guest data (created if missing)')
@@ -58,7 +60,9 @@ function registerCreate(program: Command, io: FileIo): void {
     .option('--size <size>', 'add-cow: virtual size (default: image file size, else backing size); cow: must equal the backing size')
     .option('--force', 'overwrite an existing overlay');
   // An s3:// backing is recorded pinned to the version that exists now (docs/object-store.md).
-  addObjectStoreOptions(create).action(async (file: string, flags: CreateFlags & ObjectStoreFlags) => {
+  addObjectStoreOptions(create).action(async (file: string, sizeArg: string | undefined, flags: CreateFlags & ObjectStoreFlags) => {
+    if (sizeArg !== undefined && flags.size !== undefined && parseSize(flags.size) !== parseSize(sizeArg)) throw new Error(`SIZE ${sizeArg} and --size ${flags.size} disagree`);
+    const size = sizeArg ?? flags.size;
     const objectStore = lazyObjectStore(flags, silentLogger());
     try {
       const made = await createImage(flags.format, file, {
@@ -66,7 +70,7 @@ function registerCreate(program: Command, io: FileIo): void {
         backingFormat: flags.backingFormat,
         image: flags.image,
         clusterSize: flags.clusterSize ? parseSize(flags.clusterSize, 'cluster size') : undefined,
-        size: flags.size ? parseSize(flags.size) : undefined,
+        size: size ? parseSize(size) : undefined,
         force: flags.force,
         io,
         objectStore,
@@ -98,7 +102,9 @@ function registerInfo(program: Command, io: FileIo): void {
     .addOption(backingFormatOption())
     .addOption(layoutOption())
     .option('--backing-chain', 'also describe every backing layer (JSON: an array, top first)')
-    .option('--json', 'machine-readable output');
+    .option('--json', 'machine-readable output')
+    .addOption(outputOption())
+    .addOption(forceShareOption());
   addObjectStoreOptions(info)
     .action(async (file: string, flags: CommonFlags & ObjectStoreFlags & { backingChain?: boolean }) => {
       if (isObjectStoreUri(file)) return objectStoreInfo(file, flags);
@@ -106,7 +112,7 @@ function registerInfo(program: Command, io: FileIo): void {
       const infos = await runInfo(file, { format: flags.format, backingFormat: flags.backingFormat, layout: flags.layout, chain: flags.backingChain, io, objectStore }).finally(() =>
         objectStore.close(),
       );
-      if (flags.json) printJson(flags.backingChain ? infos.map((i) => i.json) : infos[0]!.json);
+      if (wantsJson(flags)) printJson(flags.backingChain ? infos.map((i) => i.json) : infos[0]!.json);
       else process.stdout.write(infos.map(formatInfoText).join('\n'));
     });
 }
@@ -119,10 +125,15 @@ function registerCheck(program: Command): void {
     .addOption(formatOption())
     .addOption(layoutOption())
     .option('--repair', 'fix what is provably safe (tail bits, padding garbage, file length); never data or backing files')
+    .addOption(
+      new Option('-r, --repair-mode <what>', 'qemu-img check -r: leaks or all; both repair exactly what --repair does (cownbd never repairs corruption)').choices(['leaks', 'all']),
+    )
     .option('--json', 'machine-readable output')
-    .action(async (file: string, flags: CommonFlags & { repair?: boolean }) => {
-      const r = await runCheck(file, { format: flags.format, layout: flags.layout, repair: flags.repair });
-      if (flags.json) printJson(r);
+    .addOption(outputOption())
+    .addOption(forceShareOption())
+    .action(async (file: string, flags: CommonFlags & { repair?: boolean; repairMode?: 'leaks' | 'all' }) => {
+      const r = await runCheck(file, { format: flags.format, layout: flags.layout, repair: Boolean(flags.repair || flags.repairMode) });
+      if (wantsJson(flags)) printJson(r);
       else if (r.error) process.stderr.write(formatCheckText(r));
       else process.stdout.write(formatCheckText(r));
       process.exitCode = r.exitCode;
@@ -130,11 +141,11 @@ function registerCheck(program: Command): void {
 }
 
 /** `info s3://…`: what the store holds (manifests, chunks), asked directly. */
-async function objectStoreInfo(file: string, flags: ObjectStoreFlags & { json?: boolean }): Promise<void> {
+async function objectStoreInfo(file: string, flags: ObjectStoreFlags & { json?: boolean; output?: 'human' | 'json' }): Promise<void> {
   const client = new StoreClient(storeConfigFrom(flags));
   try {
     const i = await runObjectStoreInfo(file, client);
-    if (flags.json) printJson(i);
+    if (wantsJson(flags)) printJson(i);
     else process.stdout.write(formatObjectStoreInfoText(i));
   } finally {
     client.close();
@@ -150,12 +161,14 @@ function registerMap(program: Command, io: FileIo): void {
     .addOption(backingFormatOption())
     .addOption(layoutOption())
     .option('--ignore-mtime', 'cow: open even if the backing mtime does not match')
-    .option('--json', 'machine-readable output');
+    .option('--json', 'machine-readable output')
+    .addOption(outputOption())
+    .addOption(forceShareOption());
   addObjectStoreOptions(map)
     .action(async (file: string, flags: CommonFlags & ObjectStoreFlags) => {
       const objectStore = lazyObjectStore(flags, silentLogger());
       const m = await runMap(file, { ...flags, io, objectStore }).finally(() => objectStore.close());
-      if (flags.json) printJson(m);
+      if (wantsJson(flags)) printJson(m);
       else process.stdout.write(formatMapText(m));
     });
 }

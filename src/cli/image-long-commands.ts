@@ -13,6 +13,7 @@ import { formatSize, parseSize } from '../util/size.js';
 import { silentLogger } from '../logging.js';
 import { addObjectStoreOptions, lazyObjectStore, type ObjectStoreFlags } from '../objectstore/cli-options.js';
 import { backingFormatOption, formatOption, layoutOption, longRun, printJson, type CommonFlags } from './image-options.js';
+import { forceShareOption, outputOption, progressOption, wantsJson } from './qemu-img-habits.js';
 
 export function registerLongImageCommands(program: Command, io: FileIo): void {
   registerCommit(program, io);
@@ -42,6 +43,8 @@ function registerCommit(program: Command, io: FileIo): void {
     .option('--ignore-mtime', 'cow: accept a backing file whose mtime does not match (recovery)')
     .option('--force', '-o: overwrite an existing output file')
     .option('-q, --quiet', 'no progress bar')
+    .addOption(progressOption())
+    .addOption(forceShareOption())
     .option('--json', 'print a JSON result (implies --quiet)')
     .action(async (file: string, flags: CommonFlags & { to?: string; output?: string; outputSize?: OutputSize; umlMoo?: boolean; updateHeader?: boolean; force?: boolean }) => {
       const outputSize: OutputSize | undefined = flags.umlMoo ? 'uml-moo' : flags.outputSize;
@@ -76,20 +79,26 @@ function registerConvert(program: Command, io: FileIo): void {
     .addOption(new Option('--source-backing-format <format>', 'format of the source backing file').choices([...FORMAT_NAMES]))
     .addOption(layoutOption())
     .option('--ignore-mtime', 'source cow: accept a backing file whose mtime does not match')
-    .option('-b, --backing <path>', 'backing file of the new overlay (-O cow: required; -O add-cow: optional)')
-    .addOption(new Option('-B, --backing-format <format>', 'format of the new overlay\'s backing file').choices([...FORMAT_NAMES]))
+    .option('-B, --backing <path>', 'backing file of the new overlay, as qemu-img convert -B (-O cow: required; -O add-cow: optional)')
+    .addOption(new Option('-b <path>', 'same as -B').hideHelp())
+    .addOption(new Option('-F, --backing-format <format>', 'format of the new overlay\'s backing file, as qemu-img convert -F').choices([...FORMAT_NAMES]))
     .option('--image <path>', '-O add-cow: image file (default: DST without .add-cow, plus .img)')
     .option('--cluster-size <size>', '-O add-cow: cluster size (default 64K)')
     .option('--force', 'overwrite existing output files')
     .option('-q, --quiet', 'no progress bar')
-    .option('--json', 'print a JSON result (implies --quiet)');
+    .addOption(progressOption())
+    .addOption(forceShareOption())
+    .option('--json', 'print a JSON result (implies --quiet)')
+    .addOption(outputOption());
   // Flattening a chain over an s3:// base into local files (for UML's tools) reads the store.
   addObjectStoreOptions(convert).action(
       async (
         src: string,
         dst: string,
-        flags: CommonFlags & ObjectStoreFlags & { outputFormat: string; sourceBackingFormat?: string; backing?: string; image?: string; clusterSize?: string; force?: boolean },
+        flags: CommonFlags & ObjectStoreFlags & { outputFormat: string; sourceBackingFormat?: string; backing?: string; b?: string; image?: string; clusterSize?: string; force?: boolean },
       ) => {
+        if (flags.b !== undefined && flags.backing !== undefined && flags.b !== flags.backing) throw new Error('give the new backing file once (-B or -b)');
+        const outBacking = flags.backing ?? flags.b;
         const objectStore = lazyObjectStore(flags, silentLogger());
         await longRun(
           flags,
@@ -106,7 +115,7 @@ function registerConvert(program: Command, io: FileIo): void {
                 io,
                 objectStore,
                 outputFormat: flags.outputFormat,
-                outBacking: flags.backing,
+                outBacking,
                 outBackingFormat: flags.backingFormat,
                 image: flags.image,
                 clusterSize: flags.clusterSize ? parseSize(flags.clusterSize, 'cluster size') : undefined,
@@ -115,7 +124,7 @@ function registerConvert(program: Command, io: FileIo): void {
               ctx,
             ),
           (r) => {
-            if (flags.json) printJson(r);
+            if (wantsJson(flags)) printJson(r);
             else if (!flags.quiet) process.stdout.write(`Converted ${src} to ${r.outputFormat} ${dst}: ${formatSize(r.bytesWritten)} written\n`);
           },
         ).finally(() => objectStore.close());
@@ -132,11 +141,13 @@ function registerRebase(program: Command, io: FileIo): void {
     .addOption(backingFormatOption())
     .addOption(formatOption())
     .addOption(layoutOption())
-    .option('--unsafe', 'only rewrite the header (the caller guarantees the new backing has the same content)')
+    .option('-u, --unsafe', 'only rewrite the header (the caller guarantees the new backing has the same content), as qemu-img rebase -u')
     .option('--ignore-mtime', 'cow: accept an old backing file whose mtime does not match')
     .option('--force', 'cow: accept a new backing whose mtime does not fit 32 bits')
     .option('-q, --quiet', 'no progress bar')
-    .option('--json', 'print a JSON result (implies --quiet)');
+    .addOption(progressOption())
+    .option('--json', 'print a JSON result (implies --quiet)')
+    .addOption(outputOption());
   // The old backing may be an s3:// base (moving an overlay onto a local copy of it).
   addObjectStoreOptions(rebase).action(async (file: string, flags: CommonFlags & ObjectStoreFlags & { backing: string; unsafe?: boolean; force?: boolean }) => {
       const objectStore = lazyObjectStore(flags, silentLogger());
@@ -150,7 +161,7 @@ function registerRebase(program: Command, io: FileIo): void {
             ctx,
           ),
         (r) => {
-          if (flags.json) printJson(r);
+          if (wantsJson(flags)) printJson(r);
           else if (!flags.quiet) process.stdout.write(`Rebased ${file} onto ${r.storedBacking}${r.unsafe ? ' (unsafe: header only)' : `: ${formatSize(r.bytesCopied)} copied into the overlay`}\n`);
         },
       ).finally(() => objectStore.close());

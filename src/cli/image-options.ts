@@ -9,14 +9,13 @@ import type { ToolContext } from '../tools/commit.js';
 import { EXIT_INTERRUPTED, InterruptedError } from '../tools/errors.js';
 import { Interrupt } from '../tools/interrupt.js';
 import { makeProgress } from '../tools/progress.js';
+import { progressMode, type HabitFlags } from './qemu-img-habits.js';
 
-export interface CommonFlags {
+export interface CommonFlags extends HabitFlags {
   format?: string;
   backingFormat?: string;
   layout?: string;
   ignoreMtime?: boolean;
-  json?: boolean;
-  quiet?: boolean;
 }
 
 export const formatOption = (): Option => new Option('-f, --format <format>', 'format of FILE (default: detected from its magic)').choices([...FORMAT_NAMES]);
@@ -32,7 +31,7 @@ export function printJson(value: unknown): void {
 export async function longRun<T>(flags: CommonFlags, state: () => string, fn: (ctx: ToolContext) => Promise<T>, print: (r: T) => void): Promise<void> {
   try {
     const r = await Interrupt.run(state, (interrupt) =>
-      fn({ interrupt, makeProgress: (label, total) => makeProgress(label, total, Boolean(flags.quiet || flags.json)) }),
+      fn({ interrupt, makeProgress: (label, total) => makeProgress(label, total, progressMode(flags)) }),
     );
     print(r);
   } catch (err) {

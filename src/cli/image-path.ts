@@ -75,6 +75,8 @@ export interface ImagePathOptions {
   readonly write?: boolean;
   /** How the hint for "not writable" reads (default: serve's -r). */
   readonly readOnlyHint?: string;
+  /** A missing file is the command's to report (check --json answers it in JSON). */
+  readonly missingOk?: boolean;
 }
 
 /** An existing regular file that can be opened as asked, or a PathError saying why not. */
@@ -84,6 +86,7 @@ export async function checkImagePath(file: string, options: ImagePathOptions = {
     st = await stat(file);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
+    if (e.code === 'ENOENT' && options.missingOk) return;
     const dir = e.code === 'ENOENT' ? await missingDirectory(file) : undefined;
     const where = dir ? ` (directory '${dir}' does not exist)` : '';
     throw new PathError(`Could not open '${file}': ${strerror(e)}${where}`);
@@ -146,6 +149,8 @@ export async function checkToolPaths(command: string, args: readonly unknown[]):
   const spec = TOOL_ARGS[command];
   if (!spec) return;
   // s3:// published images are addresses, not paths (checked when opened).
-  for (const i of spec.inputs) if (typeof args[i] === 'string' && !isObjectStoreUri(args[i])) await checkImagePath(args[i]);
+  // Kinds that would hang or mislead are refused here; a missing file is left to the
+  // command, which reports it in its own format (check --json included).
+  for (const i of spec.inputs) if (typeof args[i] === 'string' && !isObjectStoreUri(args[i])) await checkImagePath(args[i], { missingOk: true });
   for (const i of spec.outputs) if (typeof args[i] === 'string') await checkNewFilePath(args[i]);
 }

@@ -73,12 +73,20 @@ describe('operator errors name the path and say what to do', () => {
     [['serve', '--export', 'a=ok.raw,description=Base disk, v2', '-p', '0'], /unknown option " v2".*description with commas must be quoted/],
     [['info', 'missing.raw'], /^cownbd: Could not open 'missing.raw': No such file or directory$/],
     [['info', 'fifo'], /'fifo' is a FIFO \(named pipe\), not an image file/],
-    [['check', 'adir'], /'adir' is a directory, not an image file/],
     [['map', 'fifo'], /'fifo' is a FIFO/],
     [['convert', 'ok.raw', '-O', 'raw', 'nodir/out.raw'], /Could not create 'nodir\/out.raw': directory '.*\/nodir' does not exist/],
     [['create', '-f', 'cow', 'nodir/x.cow', '--backing', 'ok.raw'], /Could not create 'nodir\/x.cow': directory '.*\/nodir' does not exist/],
   ])('%#: %s', async (args, message) => {
     expectOneLine(await runCli(args, { cwd: dir }), message);
+  });
+
+  it('check reports a directory or FIFO in its own result (it has a JSON form), without hanging', async () => {
+    for (const f of ['adir', 'fifo']) {
+      const r = await runCli(['check', f], { cwd: dir });
+      expect(r.timedOut).toBe(false);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(new RegExp(`${f}: not a regular file`));
+    }
   });
 
   it('an invalid --log-level is refused naming the value and the choices', async () => {

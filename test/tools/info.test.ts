@@ -59,7 +59,7 @@ describe('create', () => {
     const map = cliJson(['map', tmp.file('c.cow'), '--backing-format', 'add-cow']);
     expect(map.virtualSize).toBe(4 * MiB);
     // convert -O cow -B add-cow works the same way (the size comes from the opened backing).
-    cliOk(['convert', tmp.file('c.cow'), '-O', 'cow', tmp.file('d.cow'), '--backing', tmp.file('x.add-cow'), '-B', 'add-cow', '--source-backing-format', 'add-cow', '-q']);
+    cliOk(['convert', tmp.file('c.cow'), '-O', 'cow', tmp.file('d.cow'), '--backing', tmp.file('x.add-cow'), '-F', 'add-cow', '--source-backing-format', 'add-cow', '-q']);
     expect(cliJson(['info', tmp.file('d.cow'), '--backing-format', 'add-cow']).cow.size).toBe(4 * MiB);
   });
 });
