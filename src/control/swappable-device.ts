@@ -89,19 +89,28 @@ export class SwappableDevice implements BlockDevice {
     return { pauseMs: performance.now() - started, settled };
   }
 
-  private async run<T>(op: (d: BlockDevice) => Promise<T>): Promise<T> {
-    while (this.gate) await this.gate;
+  /** Per request: one counter and one extra promise (no async frame) unless a swap holds the gate. */
+  private run<T>(op: (d: BlockDevice) => Promise<T>): Promise<T> {
+    if (this.gate) return this.gate.then(() => this.run(op));
     this.active++;
+    let p: Promise<T>;
     try {
-      return await op(this.device);
-    } finally {
-      if (--this.active === 0 && this.drained) {
-        const d = this.drained;
-        this.drained = undefined;
-        d();
-      }
+      p = op(this.device);
+    } catch (err) {
+      this.leave();
+      return Promise.reject(err as Error);
     }
+    p.then(this.leave, this.leave);
+    return p;
   }
+
+  private readonly leave = (): void => {
+    if (--this.active === 0 && this.drained) {
+      const d = this.drained;
+      this.drained = undefined;
+      d();
+    }
+  };
 
   read(offset: number, target: Buffer): Promise<void> {
     return this.run((d) => d.read(offset, target));

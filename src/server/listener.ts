@@ -166,7 +166,8 @@ export class NbdServer {
       security: this.options.security,
       isStopping: () => this.isStopping(),
       pool: this.pool,
-      onRequest: this.onRequest,
+      // No observer at all (not even a clock read per request) unless someone listens.
+      onRequest: this.requestListeners.length > 0 ? this.onRequest : undefined,
     };
     const conn = new Connection(socket, this.nextId++, peer, server, this.options.log, setSink, release);
     this.connections.add(conn);

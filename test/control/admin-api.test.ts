@@ -104,7 +104,8 @@ print(h.pread(8, 1 << 20).hex())
 `, { URI: srv.uri('vm1') });
       expect(after.trim()).not.toBe('ab'.repeat(8));
 
-      // Delete: gone from disk (nobody connected now).
+      // Delete: gone from disk (once the server has seen the last client go).
+      await expect.poll(async () => (await api(A, 'GET', '/connections')).body.connections.length).toBe(0);
       const del = await api(A, 'DELETE', '/exports/vm1');
       expect(del.status, del.text).toBe(200);
       expect(existsSync(tmp.file('vms/vm1.cow'))).toBe(false);
