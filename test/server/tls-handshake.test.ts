@@ -85,6 +85,7 @@ describe.runIf(hasTls)('serve refuses a bad security configuration at start-up, 
     tmp = makeTempDir();
     fx = makeTlsFixture(tmp.file('tls'), []);
     createRawImage(tmp.file('d.raw'), 1024 * 1024);
+    createRawImage(tmp.file('x.raw'), 1024 * 1024);
     writeFileSync(tmp.file('bad.psk'), 'vm1:xyz\n');
   });
   afterAll(() => tmp?.cleanup());
@@ -102,7 +103,7 @@ describe.runIf(hasTls)('serve refuses a bad security configuration at start-up, 
     [['--min-free', 'lots'], /invalid --min-free "lots"/],
   ])('%j', async (args, message) => {
     const subst: Record<string, string> = { PSK: fx.pskFile, CERTS: fx.serverDir, NOWHERE: tmp.file('nowhere'), BAD: tmp.file('bad.psk') };
-    const argv = args.map((a) => subst[a] ?? a.replace('IMG', tmp.file('d.raw')));
+    const argv = args.map((a) => subst[a] ?? a.replace('IMG', tmp.file('x.raw')));
     await expect(startServer([tmp.file('d.raw'), ...argv])).rejects.toThrow(message);
   });
 });
