@@ -1,0 +1,180 @@
+/**
+ * Write ordering under strace (issue 15): the property that survives power loss, which
+ * kill -9 cannot show. The server runs under
+ *   strace -f -y -xx -s 8192 -e trace=pwrite64,pwritev,pwritev2,fdatasync,fsync
+ * while two connections write fresh sectors of a cow overlay (FUA, FLUSH, unaligned).
+ * From the trace: every bit that a bitmap write newly sets must belong to a sector whose
+ * data write completed before an fdatasync/fsync of the overlay that STARTED after it and
+ * FINISHED before the bitmap write started.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { inspectCowFile } from '../../src/formats/cow/index.js';
+import { createPatternedImage, makeTempDir } from '../helpers/images.js';
+import { CLI_PATH } from '../helpers/server.js';
+import { requireTool } from '../helpers/tools.js';
+import { CAMPAIGN, report, rng } from './knobs.js';
+import { AsyncNbdClient } from './nbd-async-client.js';
+
+const MiB = 1024 * 1024;
+const SECTOR = 512;
+const hasStrace = requireTool('strace');
+const WRITES = Number(process.env.COWNBD_ORDER_WRITES ?? 600);
+
+interface Event {
+  call: string;
+  fd: string;
+  start: number;
+  end: number;
+  offset: number;
+  length: number;
+  data?: Buffer;
+}
+
+/** Parse strace -f -y -xx output into completed events with start/end positions. */
+export function parseTrace(text: string): Event[] {
+  const events: Event[] = [];
+  const open = new Map<string, { call: string; head: string; start: number }>();
+  const lines = text.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    const m = /^(\d+)\s+(.*)$/.exec(line);
+    if (!m) continue;
+    const [, pid, rest] = m as unknown as [string, string, string];
+    let full: string;
+    let start = i;
+    const unfinished = /^(\w+)\((.*) <unfinished \.\.\.>$/.exec(rest);
+    if (unfinished) {
+      open.set(pid, { call: unfinished[1]!, head: `${unfinished[1]}(${unfinished[2]}`, start: i });
+      continue;
+    }
+    const resumed = /^<\.\.\. (\w+) resumed>(.*)$/.exec(rest);
+    if (resumed) {
+      const o = open.get(pid);
+      open.delete(pid);
+      if (!o) continue;
+      full = o.head + resumed[2];
+      start = o.start;
+    } else full = rest;
+    const call = /^(\w+)\(/.exec(full)?.[1];
+    if (!call) continue;
+    // -xx prints the fd's path hex-escaped too.
+    const fd = decode(`"${/^\w+\(\d+<([^>]*)>/.exec(full)?.[1] ?? ''}"`).toString();
+    const ret = Number(/\)\s+=\s+(-?\d+)/.exec(full)?.[1] ?? -1);
+    if (ret < 0) continue;
+    const ev: Event = { call, fd, start, end: i, offset: 0, length: ret };
+    if (call === 'pwrite64') {
+      const a = /, ("(?:[^"\\]|\\.)*")(\.\.\.)?, (\d+), (\d+)\)\s+=/.exec(full);
+      if (!a) continue;
+      ev.offset = Number(a[4]);
+      if (!a[2]) ev.data = decode(a[1]!);
+    } else if (call === 'pwritev' || call === 'pwritev2') {
+      const a = /\], \d+, (\d+)(?:, \w+)?\)\s+=/.exec(full);
+      if (!a) continue;
+      ev.offset = Number(a[1]);
+      const parts = [...full.matchAll(/iov_base=("(?:[^"\\]|\\.)*")(\.\.\.)?/g)];
+      if (parts.every((p) => !p[2])) ev.data = Buffer.concat(parts.map((p) => decode(p[1]!)));
+    }
+    events.push(ev);
+  }
+  return events;
+}
+
+function decode(quoted: string): Buffer {
+  return Buffer.from(quoted.slice(1, -1).replace(/\\x/g, ''), 'hex');
+}
+
+describe.runIf(hasStrace)('write ordering under strace', () => {
+  const tmp = makeTempDir('cownbd-order-');
+  afterAll(() => tmp.cleanup());
+
+  it('every bitmap bit reaches the file after an fdatasync that covered its data', async () => {
+    const base = createPatternedImage(tmp.file('base.raw'), 8 * MiB, 2);
+    const cow = tmp.file('disk.cow');
+    execFileSync(process.execPath, [CLI_PATH, 'create', '-f', 'cow', cow, '--backing', base]);
+    const g = (await inspectCowFile(cow)).geometry;
+    const trace = tmp.file('trace.txt');
+    const proc = spawn('strace', ['-f', '-y', '-xx', '-s', '8192', '-qq', '-o', trace, '-e', 'trace=pwrite64,pwritev,pwritev2,fdatasync,fsync', process.execPath, CLI_PATH, 'serve', cow, '-n', 'disk', '-p', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    proc.stdout.on('data', (d: Buffer) => (out += d));
+    const port = await new Promise<number>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`no listen line: ${out}`)), 30_000);
+      proc.stdout.on('data', () => {
+        const m = /listening on nbd:\/\/127\.0\.0\.1:(\d+)\//.exec(out);
+        if (m) {
+          clearTimeout(t);
+          resolve(Number(m[1]));
+        }
+      });
+    });
+    // Fresh 4 KiB slots, each written once (so every data write sets new bits).
+    const r = rng(CAMPAIGN.seed);
+    const slots = Array.from({ length: (8 * MiB) / 4096 }, (_, i) => i);
+    for (let i = slots.length - 1; i > 0; i--) {
+      const j = Math.floor(r() * (i + 1));
+      [slots[i], slots[j]] = [slots[j]!, slots[i]!];
+    }
+    const clients = await Promise.all([AsyncNbdClient.connect(port, 'disk'), AsyncNbdClient.connect(port, 'disk')]);
+    let requests = 0;
+    await Promise.all(
+      clients.map(async (c, ci) => {
+        const pending: Array<Promise<unknown>> = [];
+        for (let k = ci; k < WRITES; k += 2) {
+          const slot = slots[k]!;
+          const offset = slot * 4096 + Math.floor(r() * 3000);
+          const length = 1 + Math.floor(r() * (4096 - (offset - slot * 4096)));
+          pending.push(c.write(offset, Buffer.alloc(length, k & 0xff), r() < 0.2));
+          requests++;
+          if (r() < 0.05) pending.push(c.flush());
+          if (pending.length >= 8) await Promise.all(pending.splice(0));
+        }
+        await Promise.all(pending);
+        await c.flush();
+      }),
+    );
+    for (const c of clients) c.close();
+    // Stop the traced server itself (strace then exits and flushes the trace).
+    const child = readFileSync(`/proc/${proc.pid}/task/${proc.pid}/children`, 'utf8').trim().split(/\s+/)[0];
+    process.kill(Number(child), 'SIGTERM');
+    await new Promise((resolve) => proc.once('exit', resolve));
+
+    const events = parseTrace(readFileSync(trace, 'utf8')).filter((e) => e.fd === cow);
+    const shadow = Buffer.alloc(g.bitmapLength);
+    const dataDone = new Map<number, number>(); // sector → end position of its last data write
+    const syncs: Array<{ start: number; end: number }> = [];
+    let bitmapWrites = 0;
+    let bitsChecked = 0;
+    const violations: string[] = [];
+    // Process in completion order; a bitmap write is judged against what finished before it started.
+    for (const e of [...events].sort((a, b) => a.end - b.end)) {
+      if (e.call === 'fdatasync' || e.call === 'fsync') {
+        syncs.push({ start: e.start, end: e.end });
+        continue;
+      }
+      if (e.offset >= g.dataOffset) {
+        for (let s = Math.floor((e.offset - g.dataOffset) / SECTOR); s * SECTOR < e.offset - g.dataOffset + e.length; s++) dataDone.set(s, e.end);
+        continue;
+      }
+      if (e.offset < g.bitmapOffset) continue; // header
+      expect(e.data, `bitmap write at ${e.offset} was not fully traced`).toBeDefined();
+      bitmapWrites++;
+      const at = e.offset - g.bitmapOffset;
+      for (let i = 0; i < e.data!.length; i++) {
+        const newly = e.data![i]! & ~shadow[at + i]!;
+        for (let bit = 0; bit < 8; bit++) {
+          if (!(newly & (1 << bit))) continue;
+          const sector = (at + i) * 8 + bit;
+          bitsChecked++;
+          const written = dataDone.get(sector);
+          const covered = written !== undefined && written < e.start && syncs.some((s) => s.start > written && s.end < e.start);
+          if (!covered && violations.length < 5) violations.push(`bit of sector ${sector} written at trace line ${e.start}: data ${written === undefined ? 'never written' : `done at line ${written}`}, no fdatasync between`);
+        }
+        shadow[at + i] = e.data![i]!;
+      }
+    }
+    report(`write-ordering: ${requests} writes on 2 connections, ${bitmapWrites} bitmap writes, ${bitsChecked} newly set bits checked, ${syncs.length} syncs, ${violations.length} violations`);
+    expect(violations).toEqual([]);
+    expect(bitsChecked).toBeGreaterThan(1000);
+  }, 120_000);
+});
