@@ -15,7 +15,8 @@
  * guest could write any magic into a raw disk). The format is therefore recorded by the
  * name: a backing file named `*.snap-<N>.cow` is a cow layer made by a snapshot; the
  * configured backing format applies to the first layer below that is not one. The name
- * is written only by the server into the header, which lies outside the guest's disk.
+ * is written only by the server into the header, which lies outside the guest's disk
+ * (docs/cow-format.md#c19).
  */
 import { link, open, readdir, rename, unlink, utimes } from 'node:fs/promises';
 import path from 'node:path';
