@@ -3,6 +3,9 @@
 #
 #   scripts/bench.sh            throughput table (npm run bench)
 #   scripts/bench.sh memory     RSS table (scripts/bench/memory.mjs)
+#   scripts/bench.sh objectstore  s3:// base (cold/warm) vs the same local base, and publish
+#                               MiB/s, against s3rver (scripts/bench/objectstore.mjs;
+#                               BENCH_S3_CHUNKS=1M,2M,4M compares chunk sizes)
 #
 # Throughput: every target serves a FRESH, EMPTY overlay over the same 1 GiB random base, for
 # every (round, row), so reads go to the base and writes are first writes. Targets (BENCH_TARGETS):
@@ -36,9 +39,9 @@ ROOT=$PWD
 
 MODE="${1:-throughput}"
 case "$MODE" in
-  throughput | memory) ;;
+  throughput | memory | objectstore) ;;
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "bench.sh: unknown mode '$MODE' (expected nothing or memory)" >&2; exit 2 ;;
+  *) echo "bench.sh: unknown mode '$MODE' (expected nothing, memory or objectstore)" >&2; exit 2 ;;
 esac
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -78,6 +81,7 @@ if [[ ! -f "$BASE" || $(stat -c %s "$BASE") -ne $((SIZE_MIB * 1024 * 1024)) ]]; 
   mv "$BASE.tmp" "$BASE"
 fi
 export BENCH_BASE="$BASE"
+if [[ $MODE == objectstore ]]; then exec "$NODE24" "$ROOT/scripts/bench/objectstore.mjs"; fi
 # Nothing may write to the base (we may run as root, so permissions prove nothing: check
 # size + mtime after the run instead).
 BASE_SUM_BEFORE="$(stat -c '%s %Y' "$BASE")"

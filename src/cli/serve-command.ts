@@ -438,7 +438,7 @@ export function registerServeCommand(program: Command, io: FileIo): void {
     const log = createLogger({ level: o.logLevel });
     logNativeAddon(log, io.policy);
     storeConfigFrom(o); // bad object-store flags fail now, not at the first s3:// image
-    const objectStore = lazyObjectStore(o, log);
+    const objectStore = lazyObjectStore(o, log, io);
     // Read (and unset) the activation variables first, before anything can spawn a child.
     const listenFds = takeSystemdListenFds();
     if (listenFds.length) {

@@ -12,6 +12,7 @@ import type { StaticExportConfig } from '../server/exports.js';
 import type { ListenEndpoint } from '../server/listener.js';
 import { TLS_MODES, type TlsMode } from '../server/tls.js';
 import { parseSize } from '../util/size.js';
+import { isObjectStoreUri } from '../objectstore/uri.js';
 
 /** Where the admin API listens. */
 export type AdminEndpoint = { readonly path: string } | { readonly host: string; readonly port: number };
@@ -189,7 +190,8 @@ function set<K extends keyof FileOptions>(out: FileOptions, key: K, value: FileO
 }
 
 export function toOptions(cfg: RawConfig, dir: string): FileOptions {
-  const abs = (p: string) => path.resolve(dir, p);
+  // s3:// images (base, exports) are addresses, not paths relative to the file.
+  const abs = (p: string) => (isObjectStoreUri(p) ? p : path.resolve(dir, p));
   const absEndpoint = (e: ListenEndpoint): ListenEndpoint => ('path' in e ? { path: abs(e.path) } : e);
   const s = cfg.server ?? {};
   const out: FileOptions = {

@@ -22,20 +22,22 @@
  *     an evicted file is unlinked at once and its descriptor closed when no read holds it.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import fs from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, utimes, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { DeviceError } from '../block/block-device.js';
+import { FileIo } from '../block/file-io.js';
 import type { Logger } from '../logging.js';
 
 const HASH = /^[0-9a-f]{64}$/;
-const MAX_OPEN_FDS = 128;
+const MAX_OPEN_FDS = 1024;
 const TOUCH_INTERVAL_MS = 60_000;
 
 export interface ChunkCacheOptions {
   readonly dir: string;
   readonly maxBytes: number;
   readonly log: Logger;
+  /** Reads of cache files go through the project's I/O fast paths (page-cache reads without a thread hop). */
+  readonly io?: FileIo;
 }
 
 export interface CacheStats {
@@ -52,8 +54,8 @@ interface Entry {
   readonly hash: string;
   readonly size: number;
   verified: boolean;
-  fd: number | undefined;
-  opening: Promise<number> | undefined;
+  fh: FileHandle | undefined;
+  opening: Promise<FileHandle> | undefined;
   pins: number;
   evicted: boolean;
   touchedAt: number;
@@ -81,10 +83,11 @@ export class ChunkCache {
     readonly dir: string,
     readonly maxBytes: number,
     private readonly log: Logger,
+    private readonly io: FileIo,
   ) {}
 
   static async open(o: ChunkCacheOptions): Promise<ChunkCache> {
-    const cache = new ChunkCache(path.resolve(o.dir), o.maxBytes, o.log);
+    const cache = new ChunkCache(path.resolve(o.dir), o.maxBytes, o.log, o.io ?? new FileIo());
     await cache.load();
     return cache;
   }
@@ -151,7 +154,7 @@ export class ChunkCache {
   }
 
   private insert(hash: string, size: number, verified: boolean, touchedAt: number): void {
-    this.entries.set(hash, { hash, size, verified, fd: undefined, opening: undefined, pins: 0, evicted: false, touchedAt });
+    this.entries.set(hash, { hash, size, verified, fh: undefined, opening: undefined, pins: 0, evicted: false, touchedAt });
     this.bytes += size;
   }
 
@@ -170,8 +173,8 @@ export class ChunkCache {
         entry.verified = true;
         data.copy(target, 0, offset, offset + target.length);
       } else {
-        const fd = await this.fdOf(entry);
-        await preadFully(fd, target, offset);
+        const fh = await this.handleOf(entry);
+        await this.io.read(fh, offset, target, target.length);
       }
       this.touch(entry);
     } catch (err) {
@@ -241,23 +244,21 @@ export class ChunkCache {
     if (entry.pins === 0) this.closeFd(entry);
   }
 
-  private async fdOf(entry: Entry): Promise<number> {
-    if (entry.fd !== undefined) return entry.fd;
-    entry.opening ??= new Promise<number>((resolve, reject) => {
-      fs.open(this.file(entry.hash), 'r', (err, fd) => (err ? reject(err) : resolve(fd)));
-    }).finally(() => {
+  private async handleOf(entry: Entry): Promise<FileHandle> {
+    if (entry.fh !== undefined) return entry.fh;
+    entry.opening ??= open(this.file(entry.hash), 'r').finally(() => {
       entry.opening = undefined;
     });
-    const fd = await entry.opening;
-    if (entry.fd === undefined) {
-      entry.fd = fd;
+    const fh = await entry.opening;
+    if (entry.fh === undefined) {
+      entry.fh = fh;
       this.openFds++;
       this.fdOrder.set(entry.hash, entry);
       this.trimFds();
-    } else if (entry.fd !== fd) {
-      fs.close(fd, () => {});
+    } else if (entry.fh !== fh) {
+      fh.close().catch(() => {});
     }
-    return entry.fd;
+    return entry.fh;
   }
 
   private trimFds(): void {
@@ -268,9 +269,9 @@ export class ChunkCache {
   }
 
   private closeFd(entry: Entry): void {
-    if (entry.fd === undefined) return;
-    fs.close(entry.fd, () => {});
-    entry.fd = undefined;
+    if (entry.fh === undefined) return;
+    entry.fh.close().catch(() => {});
+    entry.fh = undefined;
     this.openFds--;
     this.fdOrder.delete(entry.hash);
   }
@@ -282,22 +283,6 @@ export class ChunkCache {
     const t = new Date(now);
     utimes(this.file(entry.hash), t, t).catch(() => {});
   }
-}
-
-function preadFully(fd: number, target: Buffer, position: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let done = 0;
-    const step = (): void => {
-      fs.read(fd, target, done, target.length - done, position + done, (err, n) => {
-        if (err) return reject(err);
-        if (n === 0) return reject(Object.assign(new Error('chunk file shorter than expected'), { code: 'EIO' }));
-        done += n;
-        if (done < target.length) step();
-        else resolve();
-      });
-    };
-    step();
-  });
 }
 
 /** `cownbd cache show`: what a cache directory holds (no server needed). */

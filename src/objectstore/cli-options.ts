@@ -10,6 +10,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
+import type { FileIo } from '../block/file-io.js';
 import type { Logger } from '../logging.js';
 import { parseSize } from '../util/size.js';
 import { createObjectStoreContext, type ObjectStoreContext } from './open.js';
@@ -84,10 +85,10 @@ export interface LazyObjectStore {
   close(): Promise<void>;
 }
 
-export function lazyObjectStore(flags: ObjectStoreFlags, log: Logger): LazyObjectStore {
+export function lazyObjectStore(flags: ObjectStoreFlags, log: Logger, io?: FileIo): LazyObjectStore {
   let ctx: Promise<ObjectStoreContext> | undefined;
   const get = (() => {
-    ctx ??= (async () => createObjectStoreContext({ store: storeConfigFrom(flags), ...cacheConfigFrom(flags), log }))();
+    ctx ??= (async () => createObjectStoreContext({ store: storeConfigFrom(flags), ...cacheConfigFrom(flags), log, io }))();
     return ctx;
   }) as LazyObjectStore;
   get.close = async () => {

@@ -9,6 +9,7 @@
  * chunk cache shared by every export. Configuration comes in as values; nothing here reads
  * the environment.
  */
+import type { FileIo } from '../block/file-io.js';
 import type { Logger } from '../logging.js';
 import { ChunkCache } from './chunk-cache.js';
 import { decodeManifest, manifestMtime, type Manifest } from './manifest.js';
@@ -28,11 +29,13 @@ export interface ObjectStoreContextOptions {
   readonly cacheDir: string;
   readonly cacheSize: number;
   readonly log: Logger;
+  /** I/O policy for reading cache files (the server's; default: every fast path). */
+  readonly io?: FileIo;
 }
 
 export async function createObjectStoreContext(o: ObjectStoreContextOptions): Promise<ObjectStoreContext> {
   const client = new StoreClient(o.store);
-  const cache = await ChunkCache.open({ dir: o.cacheDir, maxBytes: o.cacheSize, log: o.log });
+  const cache = await ChunkCache.open({ dir: o.cacheDir, maxBytes: o.cacheSize, log: o.log, io: o.io });
   return {
     client,
     cache,
