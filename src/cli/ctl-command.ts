@@ -81,6 +81,7 @@ interface ExportRow {
   readOnly: boolean;
   connections: number;
   chain: Array<{ depth: number; format: string; path?: string; allocatedBytes: number }>;
+  error?: string;
 }
 
 interface ConnectionRow {
@@ -96,7 +97,7 @@ interface ConnectionRow {
 function exportsTable(body: { exports: ExportRow[] }): string {
   const rows = [['NAME', 'KIND', 'SIZE', 'MODE', 'CONNS', 'CHAIN (bytes each layer provides)']];
   for (const e of body.exports) {
-    const chain = e.chain.map((l) => `${l.format}:${l.path?.split('/').pop() ?? '?'}=${bytes(l.allocatedBytes)}`).join(' > ');
+    const chain = e.error ? `error: ${e.error}` : e.chain.map((l) => `${l.format}:${l.path?.split('/').pop() ?? '?'}=${bytes(l.allocatedBytes)}`).join(' > ');
     rows.push([e.name, e.kind, bytes(e.size), e.readOnly ? 'ro' : 'rw', String(e.connections), chain]);
   }
   return formatTable(rows);

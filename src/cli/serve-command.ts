@@ -502,7 +502,18 @@ export function registerServeCommand(program: Command, io: FileIo): void {
       inspect: (file) => openImage(file, { readOnly: true, format: DEFAULT_OVERLAY_FORMAT.name, backingFormat: o.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: o.ignoreMtime, io, objectStore }),
       io,
       log,
-      reload: { configFile: o.config, initial: fileOptions, cliExports, cliReadOnly: Boolean(cliOptions.readOnly) },
+      reload: {
+        configFile: o.config,
+        initial: fileOptions,
+        cliExports,
+        cliReadOnly: Boolean(cliOptions.readOnly),
+        // The same rule buildServerSecurity() applies at start-up.
+        check: (list) => {
+          const identities = o.tls !== 'off' && (o.tlsPsk !== undefined || Boolean(o.tlsVerifyPeer));
+          const bad = list.find((c) => c.allow?.length);
+          if (bad && !identities) throw new Error(`export "${bad.name}": allow= needs client identities (TLS with a PSK file or verified certificates); restart with [tls] to use it`);
+        },
+      },
       admin: o.admin,
       adminTokenFile: o.adminTokenFile,
     }).catch((err: unknown) => {

@@ -57,6 +57,8 @@ export interface ExportView {
   readonly format?: string;
   readonly chain: LayerView[];
   readonly connections: number;
+  /** Set when the export could not be inspected (e.g. its overlay file is damaged). */
+  readonly error?: string;
 }
 
 export interface ConnectionView {
@@ -141,7 +143,12 @@ export class Operations {
     const names = await this.exportNames();
     const out: ExportView[] = [];
     for (const name of names) {
-      const view = await this.exportView(name).catch(() => undefined);
+      // An export that cannot be inspected is listed with the reason, not hidden.
+      const view = await this.exportView(name).catch((err: Error): ExportView | undefined =>
+        err instanceof ApiError && err.status === 404
+          ? undefined
+          : { name, kind: this.kindOf(name) ?? 'static', description: '', size: 0, readOnly: true, chain: [], connections: this.connectionsTo(name).length, error: err.message },
+      );
       if (view) out.push(view);
     }
     return out;

@@ -28,6 +28,8 @@ export interface ReloaderOptions {
   /** --read-only given on the command line (applies to every export). */
   readonly cliReadOnly: boolean;
   readonly exports: ReloadableExports;
+  /** Refuses an export list the running server cannot honour (e.g. allow= without TLS identities). */
+  readonly check?: (configs: readonly StaticExportConfig[]) => void;
   readonly log: Logger;
 }
 
@@ -71,6 +73,7 @@ export class Reloader {
       const file = await loadConfigFile(this.o.configFile);
       const readOnly = this.o.cliReadOnly || Boolean(file.readOnly);
       const configs = [...file.export, ...this.o.cliExports].map((c) => (readOnly ? { ...c, readOnly: true } : c));
+      this.o.check?.(configs);
       const diff = await this.o.exports.apply(configs);
       if (file.logLevel && file.logLevel !== log.level) log.level = file.logLevel;
       const restartNeeded = RESTART_ONLY.filter((k) => JSON.stringify(file[k]) !== JSON.stringify(this.o.initial?.[k]));

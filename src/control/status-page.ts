@@ -104,7 +104,7 @@ async function refresh() {
       mapCell.textContent = e.kind === "ephemeral" ? "one overlay per connection" : "no overlay";
       mapCell.className = "muted";
     }
-    const chain = e.chain.map((l) => l.format + " " + (l.path || "?").split("/").pop() + " = " + bytes(l.allocatedBytes)).join("  ▸  ");
+    const chain = e.error ? "error: " + e.error : e.chain.map((l) => l.format + " " + (l.path || "?").split("/").pop() + " = " + bytes(l.allocatedBytes)).join("  ▸  ");
     cell(row, chain, "chain");
     rows.push(row);
   }

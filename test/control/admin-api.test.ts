@@ -66,6 +66,14 @@ describe.runIf(usable)('admin API', () => {
       // 8 slices of 1 MiB: the write at 1 MiB fills 1/16 of slice 1.
       expect(alloc.body.top).toEqual([0, 65536 / (1 << 20), 0, 0, 0, 0, 0, 0]);
 
+      // A damaged overlay is listed with the reason, not hidden.
+      writeFileSync(tmp.file('vms/broken.cow'), 'not a cow at all');
+      const withBroken = (await api(A, 'GET', '/exports')).body.exports;
+      expect(withBroken.find((e: { name: string }) => e.name === 'broken').error).toContain('is not a COW magic');
+      expect(withBroken.find((e: { name: string }) => e.name === 'vm1').chain).toHaveLength(2);
+      const { unlinkSync } = await import('node:fs');
+      unlinkSync(tmp.file('vms/broken.cow'));
+
       // Reset and delete are refused while a client is connected...
       const refused = await api(A, 'POST', '/exports/vm1/reset');
       expect(refused.status).toBe(409);

@@ -170,6 +170,13 @@ print("ok")
       expect(String(failed.reason)).toContain('export[2] ("x").path: is required');
       expect(await listNames(srv.uri('load'))).toEqual(['changed', 'keep', 'load', 'new']);
 
+      // allow= needs TLS identities, which this server has not: refused, nothing changes.
+      writeFileSync(config, exportsToml([...base, { name: 'new', path: 'new.img', extra: 'allow = ["vm9"]' }]));
+      srv.proc.kill('SIGHUP');
+      await waitFor(() => serverLog(srv).filter((l) => l.msg === 'reload failed: configuration unchanged').length === 2, 'the refused reload');
+      expect(String(serverLog(srv).filter((l) => l.msg === 'reload failed: configuration unchanged')[1]!.reason)).toContain('export "new": allow= needs client identities');
+      expect(await listNames(srv.uri('load'))).toEqual(['changed', 'keep', 'load', 'new']);
+
       const result = await fio;
       expect(result.code, result.stderr).toBe(0);
       expect(result.jobs[0]!.error).toBe(0);
