@@ -242,8 +242,9 @@ export class ReloadableExports implements ExportProvider {
     const opened: Generation[] = [];
     for (const c of configs) {
       try {
-        this.log.info({ export: c.name, path: c.path, readOnly: Boolean(c.readOnly) }, 'opening export image');
         const device = await this.opener(c);
+        // debug, after the open: a failed open is the single error line serve exits with.
+        this.log.debug({ export: c.name, path: c.path, readOnly: Boolean(c.readOnly), size: device.size }, 'export image opened');
         opened.push({ config: c, key: deviceKey(c), device, refs: 0, retired: false });
       } catch (err) {
         await Promise.all(opened.map((g) => g.device.close().catch(() => {})));
