@@ -153,7 +153,10 @@ describe('README walk-through', () => {
       // set -e, not pipefail: like an interactive shell, `check … | jq` is judged by jq.
       const script = `set -e\n${prologue}${cmds.map((c) => `${c}\n`).join('')}${epilogue}`;
       const r = await bash(script, work, env);
-      expect(r.status, `README block at line ${block.line} failed:\n${script}\n--- output ---\n${r.out}`).toBe(0);
+      expect(
+        r.status,
+        `README block at line ${block.line} failed (fix the example, or if it cannot run on a test machine put <!-- readme-test: skip: REASON --> above it):\n${script}\n--- output ---\n${r.out}`,
+      ).toBe(0);
       ran++;
     }
     expect(ran).toBeGreaterThanOrEqual(10);
