@@ -73,7 +73,7 @@ export async function publishImage(device: BlockDevice, target: string, client: 
         chunks[index] = hash;
         let upload = seen.get(hash);
         if (!upload) {
-          upload = sendIfAbsent(client, u.bucket, `${o.chunkPrefix}${hash}`, Buffer.from(data));
+          upload = sendIfAbsent(client, u.bucket, `${o.chunkPrefix}${hash}`, data, hash);
           seen.set(hash, upload);
           if (await upload) {
             r.uploadedChunks++;
@@ -131,8 +131,8 @@ async function readChunk(device: BlockDevice, start: number, data: Buffer): Prom
 }
 
 /** PUT unless the object exists; true when it was sent. */
-async function sendIfAbsent(client: StoreClient, bucket: string, key: string, data: Buffer): Promise<boolean> {
+async function sendIfAbsent(client: StoreClient, bucket: string, key: string, data: Buffer, sha256: string): Promise<boolean> {
   if (await client.exists(bucket, key)) return false;
-  await client.put(bucket, key, data);
+  await client.put(bucket, key, data, 'application/octet-stream', sha256);
   return true;
 }

@@ -114,10 +114,26 @@ export class StoreClient {
     }
   }
 
-  async put(bucket: string, key: string, body: Buffer, contentType = 'application/octet-stream'): Promise<void> {
+  /**
+   * `sha256` (hex of `body`, when the caller has it): sent as x-amz-content-sha256, so SigV4
+   * signs it instead of hashing the body again — and the store rejects a body that was
+   * corrupted on the way (AWS checks it).
+   */
+  async put(bucket: string, key: string, body: Buffer, contentType = 'application/octet-stream', sha256?: string): Promise<void> {
     this.stats.puts++;
     try {
-      await this.s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }), { abortSignal: this.deadline() });
+      const cmd = new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType });
+      if (sha256) {
+        cmd.middlewareStack.add(
+          (next) => async (args) => {
+            const req = args.request as { headers?: Record<string, string> };
+            if (req.headers) req.headers['x-amz-content-sha256'] = sha256;
+            return next(args);
+          },
+          { step: 'build', name: 'cownbdKnownPayloadHash' },
+        );
+      }
+      await this.s3.send(cmd, { abortSignal: this.deadline() });
       this.stats.putBytes += body.length;
     } catch (err) {
       throw this.wrap('PUT', bucket, key, err);
