@@ -103,7 +103,12 @@ export interface BlockDevice {
   blockStatus(offset: number, length: number): Promise<Extent[]>;
   /** Prefetch hint; must not change contents. */
   cache(offset: number, length: number): Promise<void>;
-  /** Release resources. Does NOT flush: callers flush first if they need durability. */
+  /**
+   * Release resources. Not a flush: callers flush first if they need the data of completed
+   * writes durable. Metadata a driver caches (an overlay's dirty allocation-bitmap pages)
+   * is persisted with its usual ordering (data before bitmap), so completed writes are
+   * never silently dropped by a close (overlay-core.ts).
+   */
   close(): Promise<void>;
   describe(): LayerInfo;
 }

@@ -40,30 +40,13 @@
  * only cached state, and dropping it would silently lose completed writes.
  */
 import type { FileHandle } from 'node:fs/promises';
-import {
-  type BlockDevice,
-  type DeviceCapabilities,
-  EXTENT_HOLE,
-  EXTENT_ZERO,
-  type Extent,
-  type IoOptions,
-  type LayerInfo,
-  type ZeroOptions,
-} from '../../block/block-device.js';
-import { mergeExtents } from '../../block/checked-device.js';
-import { type FileIo, sparseExtents } from '../../block/file-io.js';
+import type { BlockDevice, DeviceCapabilities, Extent, IoOptions, LayerInfo, ZeroOptions } from '../../block/block-device.js';
+import type { FileIo } from '../../block/file-io.js';
 import type { AllocationBitmap } from '../allocation-bitmap.js';
-import { overlayCapabilities } from '../overlay-capabilities.js';
-import { BackingExtentCache } from '../backing-extent-cache.js';
-import { BitmapPersister } from '../bitmap-persistence.js';
 import { BlockLocks } from '../block-locks.js';
+import { OverlayCore } from '../overlay-core.js';
+import { overlayCapabilities } from '../overlay-capabilities.js';
 import type { AddCowHeader } from './add-cow-header.js';
-
-/** Zero writes without native-fs go out in chunks of this size. */
-const ZERO_CHUNK = 1024 * 1024;
-const ZERO_BUFFER = Buffer.alloc(ZERO_CHUNK);
-/** Stop collecting extents after this many (the caller asks again). */
-const MAX_EXTENTS = 1024;
 
 export interface AddCowDeviceParts {
   /** Path of the .add-cow metadata file. */
@@ -93,8 +76,7 @@ export class AddCowDevice implements BlockDevice {
   readonly bitmap: AllocationBitmap;
   private readonly cluster: number;
   private readonly locks = new BlockLocks();
-  private readonly persister: BitmapPersister;
-  private readonly backingExtents: BackingExtentCache | undefined;
+  private readonly core: OverlayCore;
 
   constructor(private readonly parts: AddCowDeviceParts) {
     this.size = parts.size;
@@ -102,14 +84,19 @@ export class AddCowDevice implements BlockDevice {
     this.bitmap = parts.bitmap;
     this.cluster = parts.header.clusterSize;
     this.preferredBlockSize = this.cluster;
-    this.backingExtents = parts.backing ? new BackingExtentCache(parts.backing) : undefined;
-    const writable = !parts.readOnly;
-    this.capabilities = overlayCapabilities(writable, parts.io.native !== undefined);
-    this.persister = new BitmapPersister(parts.bitmap, {
-      file: parts.metaFile,
-      offset: parts.header.headerSize,
-      syncData: () => parts.imageFile.datasync(),
-      syncMetadata: () => parts.metaFile.datasync(),
+    this.capabilities = overlayCapabilities(!parts.readOnly, parts.io.native !== undefined);
+    // Guest data lives in the image file at the same offsets; the bitmap follows the header.
+    this.core = new OverlayCore({
+      size: parts.size,
+      unit: this.cluster,
+      bitmap: parts.bitmap,
+      dataFile: parts.imageFile,
+      dataOffset: 0,
+      bitmapFile: parts.metaFile,
+      bitmapOffset: parts.header.headerSize,
+      backing: parts.backing,
+      readOnly: parts.readOnly,
+      io: parts.io,
     });
   }
 
@@ -143,55 +130,24 @@ export class AddCowDevice implements BlockDevice {
   // ----- read ------------------------------------------------------------------------
 
   read(offset: number, target: Buffer): Promise<void> {
-    if (this.allAllocated) return this.parts.io.read(this.parts.imageFile, offset, target);
-    const end = offset + target.length;
-    const c = Math.floor(offset / this.cluster);
-    const lastCluster = Math.floor((end - 1) / this.cluster);
-    // Fast path (nearly every request): one run of equal bits → one call, no awaits here.
-    if (c + this.bitmap.runLength(c, lastCluster - c + 1) > lastCluster) {
-      return this.bitmap.get(c) ? this.parts.io.read(this.parts.imageFile, offset, target) : this.readBacking(offset, target);
-    }
-    return this.readRuns(offset, target);
-  }
-
-  private async readRuns(offset: number, target: Buffer): Promise<void> {
-    const end = offset + target.length;
-    const lastCluster = Math.floor((end - 1) / this.cluster);
-    let pos = offset;
-    while (pos < end) {
-      const c = Math.floor(pos / this.cluster);
-      const run = this.bitmap.runLength(c, lastCluster - c + 1);
-      const runEnd = Math.min(end, (c + run) * this.cluster);
-      const slice = target.subarray(pos - offset, runEnd - offset);
-      if (this.bitmap.get(c)) await this.parts.io.read(this.parts.imageFile, pos, slice);
-      else await this.readBacking(pos, slice);
-      pos = runEnd;
-    }
-  }
-
-  /** Backing bytes at `offset`; zeros past the backing's end or without a backing file. */
-  private readBacking(offset: number, target: Buffer): Promise<void> {
-    const backing = this.parts.backing;
-    const available = backing ? Math.max(0, Math.min(target.length, backing.size - offset)) : 0;
-    if (available === target.length) return backing!.read(offset, target);
-    target.fill(0, available);
-    return available > 0 ? backing!.read(offset, target.subarray(0, available)) : Promise.resolve();
+    if (this.allAllocated) return this.core.readData(offset, target);
+    return this.core.read(offset, target);
   }
 
   // ----- write / trim / zero --------------------------------------------------------
 
   async write(offset: number, data: Buffer, options: IoOptions = {}): Promise<void> {
-    await this.mutate(offset, data.length, () => this.parts.io.write(this.parts.imageFile, offset, data));
+    await this.mutate(offset, data.length, () => this.core.writeData(offset, data));
     if (options.fua) await this.flush();
   }
 
   async trim(offset: number, length: number, options: IoOptions = {}): Promise<void> {
-    await this.mutate(offset, length, () => this.zeroImage(offset, length, false));
+    await this.mutate(offset, length, () => this.core.zeroData(offset, length, false));
     if (options.fua) await this.flush();
   }
 
   async writeZeroes(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
-    await this.mutate(offset, length, () => this.zeroImage(offset, length, Boolean(options.noHole)));
+    await this.mutate(offset, length, () => this.core.zeroData(offset, length, Boolean(options.noHole)));
     if (options.fua) await this.flush();
   }
 
@@ -235,26 +191,8 @@ export class AddCowDevice implements BlockDevice {
   /** COW-fill: copy backing bytes [start, end) (zeros past its end) into the image file. */
   private async copyFromBacking(start: number, end: number): Promise<void> {
     const buf = Buffer.allocUnsafe(end - start);
-    await this.readBacking(start, buf);
-    await this.parts.io.write(this.parts.imageFile, start, buf);
-  }
-
-  private async zeroImage(offset: number, length: number, noHole: boolean): Promise<void> {
-    const native = this.parts.io.native;
-    if (native) {
-      const fd = this.parts.imageFile.fd;
-      if (noHole) return native.zeroRange(fd, offset, length);
-      try {
-        return await native.punchHole(fd, offset, length);
-      } catch (err) {
-        // A filesystem that cannot punch holes: fall through to writing zeros.
-        if ((err as NodeJS.ErrnoException).code !== 'ENOTSUP') throw err;
-      }
-    }
-    for (let done = 0; done < length; done += ZERO_CHUNK) {
-      const n = Math.min(ZERO_CHUNK, length - done);
-      await this.parts.io.write(this.parts.imageFile, offset + done, ZERO_BUFFER.subarray(0, n));
-    }
+    await this.core.readBacking(start, buf);
+    await this.core.writeData(start, buf);
   }
 
   // ----- flush / status / lifecycle -------------------------------------------------
@@ -262,53 +200,20 @@ export class AddCowDevice implements BlockDevice {
   async flush(): Promise<void> {
     if (this.parts.readOnly) return;
     if (this.allAllocated) return this.parts.imageFile.datasync();
-    await this.persister.flush();
+    await this.core.flush();
   }
 
-  async blockStatus(offset: number, length: number): Promise<Extent[]> {
-    if (this.allAllocated) return this.imageStatus(offset, length);
-    const end = offset + length;
-    const lastCluster = Math.floor((end - 1) / this.cluster);
-    const out: Extent[] = [];
-    let pos = offset;
-    while (pos < end && out.length < MAX_EXTENTS) {
-      const c = Math.floor(pos / this.cluster);
-      const run = this.bitmap.runLength(c, lastCluster - c + 1);
-      const runEnd = Math.min(end, (c + run) * this.cluster);
-      const extents = this.bitmap.get(c) ? await this.imageStatus(pos, runEnd - pos) : await this.backingStatus(pos, runEnd - pos);
-      for (const e of extents) out.push(e);
-      pos += extents.reduce((sum, e) => sum + e.length, 0);
-    }
-    return mergeExtents(out);
-  }
-
-  /** Allocated range: depth 1; a hole in the image file reads as zeros (when detectable). */
-  private async imageStatus(offset: number, length: number): Promise<Extent[]> {
-    const native = this.parts.io.native;
-    if (!native) return [{ length, flags: 0, depth: 1 }];
-    return sparseExtents(native, this.parts.imageFile.fd, offset, length, 1);
-  }
-
-  /** Unallocated range: the backing's status one level deeper; zeros (depth 0) past its end. */
-  private async backingStatus(offset: number, length: number): Promise<Extent[]> {
-    const backing = this.parts.backing;
-    const inBacking = backing ? Math.max(0, Math.min(length, backing.size - offset)) : 0;
-    if (inBacking === 0) return [{ length, flags: EXTENT_HOLE | EXTENT_ZERO, depth: 0 }];
-    // Cached: the backing never changes while we are open (backing-extent-cache.ts).
-    const extents = await this.backingExtents!.extents(offset, inBacking);
-    return extents.map((e) => ({ length: e.length, flags: e.flags, depth: e.depth + 1 }));
+  blockStatus(offset: number, length: number): Promise<Extent[]> {
+    // ALL_ALLOCATED: the image file alone is the disk (depth 1 everywhere).
+    if (this.allAllocated) return this.core.dataStatus(offset, length);
+    return this.core.blockStatus(offset, length);
   }
 
   async cache(): Promise<void> {}
 
-  async close(): Promise<void> {
-    try {
-      if (!this.parts.readOnly && !this.allAllocated && this.bitmap.hasDirty) await this.persister.flush();
-    } finally {
-      await this.parts.imageFile.close().catch(() => {});
-      await this.parts.metaFile.close().catch(() => {});
-      await this.parts.backing?.close();
-    }
+  /** The overlay close() contract (overlay-core.ts): dirty bitmap pages persisted, data first. */
+  close(): Promise<void> {
+    return this.core.close();
   }
 
   describe(): LayerInfo {

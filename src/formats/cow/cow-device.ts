@@ -36,29 +36,15 @@
  *     sectors of the same range) proceed concurrently.
  */
 import type { FileHandle } from 'node:fs/promises';
-import { Mutex } from 'async-mutex';
-import {
-  type BlockDevice,
-  type DeviceCapabilities,
-  DeviceError,
-  EXTENT_HOLE,
-  EXTENT_ZERO,
-  type Extent,
-  type IoOptions,
-  type LayerInfo,
-  type ZeroOptions,
-} from '../../block/block-device.js';
-import { type FileIo, sparseExtents } from '../../block/file-io.js';
+import { type BlockDevice, type DeviceCapabilities, DeviceError, type Extent, type IoOptions, type LayerInfo, type ZeroOptions } from '../../block/block-device.js';
+import type { FileIo } from '../../block/file-io.js';
 import { AllocationBitmap, type BitmapSource } from '../allocation-bitmap.js';
+import { OverlayCore } from '../overlay-core.js';
 import { overlayCapabilities } from '../overlay-capabilities.js';
-import { BackingExtentCache } from '../backing-extent-cache.js';
 import { COW_SECTOR_SIZE as SECTOR, type CowHeader } from './cow-header.js';
 import type { CowGeometry } from './cow-layout.js';
 import { SectorWriteLock } from './cow-write-lock.js';
 
-const MAX_EXTENTS = 1024;
-const ZERO_CHUNK = 1024 * 1024;
-const ZEROS = Buffer.alloc(ZERO_CHUNK);
 const NO_EDGES: readonly number[] = [];
 const DONE = Promise.resolve();
 /**
@@ -112,71 +98,36 @@ export class CowDevice implements BlockDevice {
   readonly capabilities: DeviceCapabilities;
   readonly preferredBlockSize = 4096;
 
-  private readonly fh: FileHandle;
-  private readonly backing: BlockDevice;
+  private readonly core: OverlayCore;
   private readonly bitmap: AllocationBitmap;
-  private readonly backingStatus: BackingExtentCache;
-  private readonly dataOffset: number;
   private readonly writable: number;
   private readonly lock = new SectorWriteLock();
-  private readonly persistMutex = new Mutex();
-  private queuedFlush: Promise<void> | undefined;
-  /** Data written since the last fdatasync started. */
-  private unsynced = false;
 
   constructor(private readonly init: CowDeviceInit) {
     const g = init.geometry;
-    this.fh = init.fh;
-    this.backing = init.backing;
-    this.backingStatus = new BackingExtentCache(init.backing);
     this.size = g.virtualSize;
-    this.dataOffset = g.dataOffset;
     this.writable = g.representableSectors;
     // Tail garbage past the last representable sector is ignored (docs/cow-format.md#c6).
     this.bitmap = new AllocationBitmap(g.sectors, g.bitmapLength, BITMAP_PAGE, init.bitmapBytes, { clearFrom: g.representableSectors });
-    const rw = !init.readOnly;
-    this.capabilities = overlayCapabilities(rw, init.io.native !== undefined);
+    this.capabilities = overlayCapabilities(!init.readOnly, init.io.native !== undefined);
+    this.core = new OverlayCore({
+      size: this.size,
+      unit: SECTOR,
+      bitmap: this.bitmap,
+      dataFile: init.fh,
+      dataOffset: g.dataOffset,
+      bitmapFile: init.fh,
+      bitmapOffset: g.bitmapOffset,
+      backing: init.backing,
+      readOnly: init.readOnly,
+      io: init.io,
+    });
   }
 
   // ---- reads -------------------------------------------------------------------------
 
   read(offset: number, target: Buffer): Promise<void> {
-    const end = offset + target.length;
-    const s = Math.floor(offset / SECTOR);
-    const lastSector = Math.ceil(end / SECTOR);
-    // get() and runLength() are synchronous: the run is a consistent snapshot.
-    const allocated = this.bitmap.get(s);
-    const run = this.bitmap.runLength(s, lastSector - s);
-    // Fast path (nearly every request): one run → one call, no per-request arrays,
-    // closures or Promise.all. Set runs go straight to the page-cache read.
-    if (s + run >= lastSector) {
-      return allocated ? this.init.io.read(this.fh, this.dataOffset + offset, target) : this.readBacking(offset, target);
-    }
-    return this.readRuns(offset, target);
-  }
-
-  private async readRuns(offset: number, target: Buffer): Promise<void> {
-    const end = offset + target.length;
-    const lastSector = Math.ceil(end / SECTOR);
-    const parts: Promise<void>[] = [];
-    let pos = offset;
-    while (pos < end) {
-      const s = Math.floor(pos / SECTOR);
-      const allocated = this.bitmap.get(s);
-      const run = this.bitmap.runLength(s, lastSector - s);
-      const runEnd = Math.min(end, (s + run) * SECTOR);
-      const slice = target.subarray(pos - offset, runEnd - offset);
-      parts.push(allocated ? this.init.io.read(this.fh, this.dataOffset + pos, slice) : this.readBacking(pos, slice));
-      pos = runEnd;
-    }
-    await Promise.all(parts);
-  }
-
-  private readBacking(pos: number, slice: Buffer): Promise<void> {
-    const avail = Math.max(0, Math.min(slice.length, this.backing.size - pos));
-    if (avail === slice.length) return this.backing.read(pos, slice);
-    slice.fill(0, avail);
-    return avail > 0 ? this.backing.read(pos, slice.subarray(0, avail)) : Promise.resolve();
+    return this.core.read(offset, target);
   }
 
   // ---- writes ------------------------------------------------------------------------
@@ -226,8 +177,7 @@ export class CowDevice implements BlockDevice {
     const end = first + data.length / SECTOR;
     if (end > this.writable) throw this.unwritable(first);
     await this.lock.run(first, end, NO_EDGES, async () => {
-      await this.init.io.write(this.fh, this.dataOffset + offset, data);
-      this.unsynced = true;
+      await this.core.writeData(offset, data);
       this.bitmap.setRange(first, end - first);
     });
   }
@@ -236,7 +186,7 @@ export class CowDevice implements BlockDevice {
     await this.mutate(offset, data.length, async (span) => {
       const buf = await this.completeEdges(span, offset, data.length);
       data.copy(buf, offset - span.start);
-      await this.init.io.write(this.fh, this.dataOffset + span.start, buf);
+      await this.core.writeData(span.start, buf);
     });
   }
 
@@ -269,32 +219,14 @@ export class CowDevice implements BlockDevice {
               const from = Math.max(offset, sectorStart) - sectorStart;
               const to = Math.min(offset + length, sectorStart + SECTOR) - sectorStart;
               buf.fill(0, from, to);
-              await this.init.io.write(this.fh, this.dataOffset + sectorStart, buf);
+              await this.core.writeData(sectorStart, buf);
             })(),
           );
         }
       }
-      if (bodyEnd > bodyStart) io.push(this.zeroData(bodyStart, bodyEnd - bodyStart, noHole));
+      if (bodyEnd > bodyStart) io.push(this.core.zeroData(bodyStart, bodyEnd - bodyStart, noHole));
       await Promise.all(io);
     });
-  }
-
-  /** Make [pos, pos+len) of the data area read as zeros. */
-  private async zeroData(pos: number, len: number, noHole: boolean): Promise<void> {
-    const native = this.init.io.native;
-    if (native) {
-      try {
-        if (noHole) await native.zeroRange(this.fh.fd, this.dataOffset + pos, len);
-        else await native.punchHole(this.fh.fd, this.dataOffset + pos, len);
-        return;
-      } catch (err) {
-        // A filesystem that cannot punch holes: fall back to writing zeros below.
-        if ((err as NodeJS.ErrnoException).code !== 'ENOTSUP') throw err;
-      }
-    }
-    for (let done = 0; done < len; done += ZERO_CHUNK) {
-      await this.init.io.write(this.fh, this.dataOffset + pos + done, ZEROS.subarray(0, Math.min(ZERO_CHUNK, len - done)));
-    }
   }
 
   /**
@@ -317,7 +249,6 @@ export class CowDevice implements BlockDevice {
     if (span.tailPartial && end - 1 !== first) edges.push(end - 1);
     await this.lock.run(first, end, edges, async () => {
       await io(span);
-      this.unsynced = true;
       this.bitmap.setRange(first, end - first);
     });
   }
@@ -345,100 +276,21 @@ export class CowDevice implements BlockDevice {
     return buf;
   }
 
-  // ---- durability --------------------------------------------------------------------
+  // ---- durability, status, lifecycle (overlay-core.ts) -------------------------------
 
   flush(): Promise<void> {
-    // Callers that arrive while a flush is still queued share it: their writes completed
-    // before it takes its snapshot.
-    if (this.queuedFlush) return this.queuedFlush;
-    const p = this.persistMutex.runExclusive(async () => {
-      this.queuedFlush = undefined;
-      await this.persist();
-    });
-    this.queuedFlush = p;
-    return p;
+    return this.core.flush();
   }
 
-  private async persist(): Promise<void> {
-    const pages = this.bitmap.takeDirtyPages();
-    // Snapshot now: every bit in it belongs to a completed data write, which the
-    // fdatasync below (started after this point) makes durable before the page is written.
-    const snapshot = pages.map((p) => {
-      const { offset, data } = this.bitmap.pageBytes(p);
-      return { offset, data: Buffer.from(data) };
-    });
-    try {
-      if (this.unsynced || snapshot.length > 0) {
-        this.unsynced = false;
-        await this.fh.datasync();
-      }
-      if (snapshot.length === 0) return;
-      for (const { offset, data } of snapshot) {
-        await this.init.io.write(this.fh, this.init.geometry.bitmapOffset + offset, data);
-      }
-      await this.fh.datasync();
-      this.bitmap.pagesPersisted(pages);
-    } catch (err) {
-      this.unsynced = true;
-      this.bitmap.markPagesDirty(pages);
-      throw err;
-    }
-  }
-
-  // ---- status ------------------------------------------------------------------------
-
-  async blockStatus(offset: number, length: number): Promise<Extent[]> {
-    const end = offset + length;
-    const out: Extent[] = [];
-    let pos = offset;
-    while (pos < end && out.length < MAX_EXTENTS) {
-      const s = Math.floor(pos / SECTOR);
-      const allocated = this.bitmap.get(s);
-      const run = this.bitmap.runLength(s, Math.ceil(end / SECTOR) - s);
-      const runEnd = Math.min(end, (s + run) * SECTOR);
-      const got = allocated ? await this.ownExtents(pos, runEnd - pos) : await this.backingExtents(pos, runEnd - pos);
-      let covered = 0;
-      for (const e of got) {
-        out.push(e);
-        covered += e.length;
-      }
-      pos += covered;
-      if (covered < runEnd - (pos - covered)) break; // the lower layer stopped early
-    }
-    return out;
-  }
-
-  private async ownExtents(pos: number, len: number): Promise<Extent[]> {
-    const native = this.init.io.native;
-    if (!native) return [{ length: len, flags: 0, depth: 1 }];
-    return sparseExtents(native, this.fh.fd, this.dataOffset + pos, len, 1);
-  }
-
-  private async backingExtents(pos: number, len: number): Promise<Extent[]> {
-    const inBacking = Math.max(0, Math.min(len, this.backing.size - pos));
-    const out: Extent[] = [];
-    if (inBacking > 0) {
-      // Cached: the backing never changes while we are open (backing-extent-cache.ts).
-      const ext = await this.backingStatus.extents(pos, inBacking);
-      for (let i = 0; i < ext.length && i < MAX_EXTENTS; i++) {
-        const e = ext[i]!;
-        out.push({ length: e.length, flags: e.flags, depth: e.depth + 1 });
-      }
-      if (ext.length > MAX_EXTENTS) return out;
-    }
-    // Past the backing file's end (the partial last sector): zeros held by no layer.
-    if (inBacking < len) out.push({ length: len - inBacking, flags: EXTENT_HOLE | EXTENT_ZERO, depth: 0 });
-    return out;
+  blockStatus(offset: number, length: number): Promise<Extent[]> {
+    return this.core.blockStatus(offset, length);
   }
 
   async cache(): Promise<void> {}
 
-  async close(): Promise<void> {
-    try {
-      await this.fh.close();
-    } finally {
-      await this.backing.close();
-    }
+  /** Persists dirty bitmap pages (data first), then closes the file and the backing. */
+  close(): Promise<void> {
+    return this.core.close();
   }
 
   // ---- introspection -----------------------------------------------------------------
@@ -463,7 +315,7 @@ export class CowDevice implements BlockDevice {
         backingResolved: this.init.backingResolved,
         allocatedBytes: this.bitmap.countSet() * SECTOR,
       },
-      backing: this.backing.describe(),
+      backing: this.init.backing.describe(),
     };
   }
 
@@ -475,7 +327,7 @@ export class CowDevice implements BlockDevice {
       header: this.init.header,
       geometry: this.init.geometry,
       backingFile: { stored: this.init.backingStored, resolved: this.init.backingResolved },
-      backingFormat: this.backing.describe().format,
+      backingFormat: this.init.backing.describe().format,
       bitmap: {
         sectors: bitmap.bitCount,
         isAllocated: (sector) => bitmap.get(sector),
