@@ -91,45 +91,38 @@ function registerConvert(program: Command, io: FileIo): void {
     .option('--json', 'print a JSON result (implies --quiet)')
     .addOption(outputOption());
   // Flattening a chain over an s3:// base into local files (for UML's tools) reads the store.
-  addObjectStoreOptions(convert).action(
-      async (
-        src: string,
-        dst: string,
-        flags: CommonFlags & ObjectStoreFlags & { outputFormat: string; sourceBackingFormat?: string; backing?: string; b?: string; image?: string; clusterSize?: string; force?: boolean },
-      ) => {
-        if (flags.b !== undefined && flags.backing !== undefined && flags.b !== flags.backing) throw new Error('give the new backing file once (-B or -b)');
-        const outBacking = flags.backing ?? flags.b;
-        const objectStore = lazyObjectStore(flags, silentLogger());
-        await longRun(
-          flags,
-          () => `the partial output ${dst} was removed`,
-          (ctx) =>
-            runConvert(
-              src,
-              dst,
-              {
-                format: flags.format,
-                backingFormat: flags.sourceBackingFormat,
-                layout: flags.layout,
-                ignoreMtime: flags.ignoreMtime,
-                io,
-                objectStore,
-                outputFormat: flags.outputFormat,
-                outBacking,
-                outBackingFormat: flags.backingFormat,
-                image: flags.image,
-                clusterSize: flags.clusterSize ? parseSize(flags.clusterSize, 'cluster size') : undefined,
-                force: flags.force,
-              },
-              ctx,
-            ),
-          (r) => {
-            if (wantsJson(flags)) printJson(r);
-            else if (!flags.quiet) process.stdout.write(`Converted ${src} to ${r.outputFormat} ${dst}: ${formatSize(r.bytesWritten)} written\n`);
-          },
-        ).finally(() => objectStore.close());
-      },
-    );
+  addObjectStoreOptions(convert).action((src: string, dst: string, flags: ConvertFlags) => convertAction(src, dst, flags, io));
+}
+
+type ConvertFlags = CommonFlags &
+  ObjectStoreFlags & { outputFormat: string; sourceBackingFormat?: string; backing?: string; b?: string; image?: string; clusterSize?: string; force?: boolean };
+
+async function convertAction(src: string, dst: string, flags: ConvertFlags, io: FileIo): Promise<void> {
+  if (flags.b !== undefined && flags.backing !== undefined && flags.b !== flags.backing) throw new Error('give the new backing file once (-B or -b)');
+  const objectStore = lazyObjectStore(flags, silentLogger());
+  const options = {
+    format: flags.format,
+    backingFormat: flags.sourceBackingFormat,
+    layout: flags.layout,
+    ignoreMtime: flags.ignoreMtime,
+    io,
+    objectStore,
+    outputFormat: flags.outputFormat,
+    outBacking: flags.backing ?? flags.b,
+    outBackingFormat: flags.backingFormat,
+    image: flags.image,
+    clusterSize: flags.clusterSize ? parseSize(flags.clusterSize, 'cluster size') : undefined,
+    force: flags.force,
+  };
+  await longRun(
+    flags,
+    () => `the partial output ${dst} was removed`,
+    (ctx) => runConvert(src, dst, options, ctx),
+    (r) => {
+      if (wantsJson(flags)) printJson(r);
+      else if (!flags.quiet) process.stdout.write(`Converted ${src} to ${r.outputFormat} ${dst}: ${formatSize(r.bytesWritten)} written\n`);
+    },
+  ).finally(() => objectStore.close());
 }
 
 function registerRebase(program: Command, io: FileIo): void {

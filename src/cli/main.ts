@@ -8,7 +8,7 @@ import { Command } from 'commander';
 import { FileIo } from '../block/file-io.js';
 import { ioPolicyFromEnv } from '../block/io-policy.js';
 import { registerImageCommands } from './image-commands.js';
-import { registerServeCommand } from './serve-command.js';
+import { registerServeCommand } from './serve-register.js';
 import { registerDemoCommand } from './demo.js';
 import { checkToolPaths } from './image-path.js';
 import { registerCtlCommand } from './ctl-command.js';

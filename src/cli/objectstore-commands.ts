@@ -45,48 +45,53 @@ export function registerObjectStoreCommands(program: Command): void {
       .option('-j, --parallel <n>', 'chunks in flight at once', (v) => Number(v), 16)
       .option('-q, --quiet', 'no progress bar')
       .option('--json', 'print a JSON result (implies --quiet)'),
-  ).action(async (image: string, target: string, flags: PublishFlags) => {
-    parseObjectStoreUri(target);
-    const chunkSize = chunkSizeOf(flags.chunkSize);
-    if (!/^(?:[A-Za-z0-9._-]+\/)*$/.test(flags.chunkPrefix)) throw new Error(`--chunk-prefix must be empty or end with "/" (got "${flags.chunkPrefix}")`);
-    if (!Number.isInteger(flags.parallel) || flags.parallel < 1 || flags.parallel > 256) throw new Error(`--parallel must be 1-256 (got "${flags.parallel}")`);
-    const log = createLogger({ level: 'warn' });
-    const objectStore = lazyObjectStore(flags, log);
-    const client = new StoreClient(storeConfigFrom(flags));
-    const device = await openImage(image, { readOnly: true, format: flags.format, backingFormat: flags.backingFormat, objectStore });
-    const bar = flags.quiet || flags.json || !process.stderr.isTTY ? undefined : new cliProgress.SingleBar(
-      { format: 'publish [{bar}] {percentage}% {done}/{size} {rate}/s', hideCursor: true, stream: process.stderr },
-      cliProgress.Presets.shades_classic,
-    );
-    const started = Date.now();
-    const fmt = (done: number) => ({ done: formatSize(done), size: formatSize(device.size), rate: formatSize(Math.round(done / Math.max(0.001, (Date.now() - started) / 1000))) });
-    bar?.start(device.size, 0, fmt(0));
-    try {
-      const r = await publishImage(device, target, client, {
-        chunkSize,
-        chunkPrefix: flags.chunkPrefix,
-        concurrency: flags.parallel,
-        source: path.basename(image),
-        onProgress: (done) => bar?.update(done, fmt(done)),
-      });
-      bar?.stop();
-      if (flags.json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
-      else {
-        process.stdout.write(
-          `published ${r.uri}\n` +
-            `  ${r.chunks} chunks of ${formatSize(r.chunkSize)}: ${r.uploadedChunks} uploaded (${formatSize(r.uploadedBytes)}), ` +
-            `${r.presentChunks} already there, ${r.zeroChunks} zero (not stored); ${r.seconds.toFixed(1)} s, ` +
-            `${formatSize(Math.round(r.virtualSize / Math.max(0.001, r.seconds)))}/s\n`,
-        );
-      }
-    } finally {
-      bar?.stop();
-      await device.close();
-      client.close();
-      await objectStore.close();
-    }
-  });
+  ).action((image: string, target: string, flags: PublishFlags) => publishAction(image, target, flags));
+  registerCacheCommands(program);
+}
 
+async function publishAction(image: string, target: string, flags: PublishFlags): Promise<void> {
+  parseObjectStoreUri(target);
+  const chunkSize = chunkSizeOf(flags.chunkSize);
+  if (!/^(?:[A-Za-z0-9._-]+\/)*$/.test(flags.chunkPrefix)) throw new Error(`--chunk-prefix must be empty or end with "/" (got "${flags.chunkPrefix}")`);
+  if (!Number.isInteger(flags.parallel) || flags.parallel < 1 || flags.parallel > 256) throw new Error(`--parallel must be 1-256 (got "${flags.parallel}")`);
+  const log = createLogger({ level: 'warn' });
+  const objectStore = lazyObjectStore(flags, log);
+  const client = new StoreClient(storeConfigFrom(flags));
+  const device = await openImage(image, { readOnly: true, format: flags.format, backingFormat: flags.backingFormat, objectStore });
+  const bar = flags.quiet || flags.json || !process.stderr.isTTY ? undefined : new cliProgress.SingleBar(
+    { format: 'publish [{bar}] {percentage}% {done}/{size} {rate}/s', hideCursor: true, stream: process.stderr },
+    cliProgress.Presets.shades_classic,
+  );
+  const started = Date.now();
+  const fmt = (done: number) => ({ done: formatSize(done), size: formatSize(device.size), rate: formatSize(Math.round(done / Math.max(0.001, (Date.now() - started) / 1000))) });
+  bar?.start(device.size, 0, fmt(0));
+  try {
+    const r = await publishImage(device, target, client, {
+      chunkSize,
+      chunkPrefix: flags.chunkPrefix,
+      concurrency: flags.parallel,
+      source: path.basename(image),
+      onProgress: (done) => bar?.update(done, fmt(done)),
+    });
+    bar?.stop();
+    if (flags.json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+    else {
+      process.stdout.write(
+        `published ${r.uri}\n` +
+          `  ${r.chunks} chunks of ${formatSize(r.chunkSize)}: ${r.uploadedChunks} uploaded (${formatSize(r.uploadedBytes)}), ` +
+          `${r.presentChunks} already there, ${r.zeroChunks} zero (not stored); ${r.seconds.toFixed(1)} s, ` +
+          `${formatSize(Math.round(r.virtualSize / Math.max(0.001, r.seconds)))}/s\n`,
+      );
+    }
+  } finally {
+    bar?.stop();
+    await device.close();
+    client.close();
+    await objectStore.close();
+  }
+}
+
+function registerCacheCommands(program: Command): void {
   const cache = program.command('cache').description('show or clear the local chunk cache of s3:// images');
   addCacheOptions(cache.command('show').description('what the cache holds').option('--json', 'machine-readable output')).action(
     async (flags: ObjectStoreFlags & { json?: boolean }) => {

@@ -16,30 +16,22 @@
  *   cownbd serve --export a=a.cow --export b=b.raw,ro,description=Base disk
  */
 import { readFileSync, readlinkSync } from 'node:fs';
-import { FileIo } from '../block/file-io.js';
-import { OpenGuard } from '../block/open-guard.js';
 import os from 'node:os';
-import path from 'node:path';
-import { Command, InvalidArgumentError, Option } from 'commander';
-import { createLogger, type Logger } from '../logging.js';
-import { openImage, type ImageFormat } from '../formats/open-image.js';
-import { DEFAULT_OVERLAY_FORMAT, FALLBACK_FORMAT, FORMAT_NAMES } from '../formats/registry.js';
+import { InvalidArgumentError } from 'commander';
+import type { Logger } from '../logging.js';
+import type { ImageFormat } from '../formats/open-image.js';
+import { FORMAT_NAMES } from '../formats/registry.js';
 import { NbdServer, type ListenAddress, type ListenEndpoint } from '../server/listener.js';
-import { CompositeExportProvider, type ExportProvider, type StaticExportConfig } from '../server/exports.js';
-import { EphemeralProvider, OverlayDirProvider, type BaseImage } from '../server/overlay-providers.js';
-import { addObjectStoreOptions, lazyObjectStore, storeConfigFrom, type LazyObjectStore, type ObjectStoreFlags } from '../objectstore/cli-options.js';
+import type { ExportProvider, StaticExportConfig } from '../server/exports.js';
+import type { ObjectStoreFlags } from '../objectstore/cli-options.js';
 import { isObjectStoreUri } from '../objectstore/uri.js';
-import { ConfigError, loadConfigFile, mergeFileOptions, parseEndpoint, type AdminEndpoint, type FileOptions } from '../control/config.js';
-import { ReloadableExports } from '../control/export-set.js';
-import { ControlPlaneError, startControlPlane } from '../control/control-plane.js';
-import { GuardedProvider } from '../control/guarded-provider.js';
-import { snapshottable } from '../control/swappable-device.js';
+import { parseEndpoint, type AdminEndpoint } from '../control/config.js';
 import type { IoPolicy } from '../block/io-policy.js';
-import { parsePathMapping, type PathMapping } from '../formats/path-map.js';
+import type { PathMapping } from '../formats/path-map.js';
 import { checkDirectoryPath, checkImagePath, checkSocketPath } from './image-path.js';
-import { addProcessOptions, applyProcessOptions, type ProcessOptions } from './serve-process.js';
-import { buildServerSecurity, type ServerSecurity } from '../server/security.js';
-import { addSecurityOptions, securityOptionsFrom, type SecurityCliOptions } from './security-options.js';
+import type { ProcessOptions } from './serve-process.js';
+import type { ServerSecurity } from '../server/security.js';
+import type { SecurityCliOptions } from './security-options.js';
 
 export const DEFAULT_PORT = 10809;
 export const DEFAULT_BIND = '127.0.0.1';
@@ -188,7 +180,7 @@ export function exportConfigs(image: string | undefined, o: ServeOptions, allowN
   return list;
 }
 
-function parseAdminEndpoint(value: string): AdminEndpoint {
+export function parseAdminEndpoint(value: string): AdminEndpoint {
   const e = parseEndpoint(value);
   if (!e) throw new InvalidArgumentError(`--admin must be unix:/path or HOST:PORT (got "${value}")`);
   return e as AdminEndpoint;
@@ -289,7 +281,7 @@ export function unixSocketPathOfFd(fd: number): string | undefined {
 }
 
 /** Run `fn`; a failure becomes a UsageError prefixed with `what` (the file it concerns). */
-async function namedFailure<T>(what: string, fn: () => Promise<T>): Promise<T> {
+export async function namedFailure<T>(what: string, fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } catch (err) {
@@ -302,7 +294,7 @@ async function namedFailure<T>(what: string, fn: () => Promise<T>): Promise<T> {
  * to do (image-path.ts): images missing, unreadable, not writable without -r, directories,
  * FIFOs; a Unix socket in a missing directory; an --ephemeral-dir that is a file.
  */
-async function checkServePaths(configs: readonly StaticExportConfig[], o: ServeOptions, ephemeralBase: string | undefined, socketActivated: boolean): Promise<void> {
+export async function checkServePaths(configs: readonly StaticExportConfig[], o: ServeOptions, ephemeralBase: string | undefined, socketActivated: boolean): Promise<void> {
   const named = async (what: string, fn: () => Promise<void>) => {
     try {
       await fn();
@@ -367,158 +359,3 @@ export function installSignalHandlers(server: NbdServer, log: Logger): Pick<Runn
  * overlays record the exact version served now, and a later publish never changes what
  * an existing overlay sees (docs/object-store.md).
  */
-async function resolveBase(base: string, o: ServeOptions, io: FileIo, objectStore: LazyObjectStore): Promise<BaseImage> {
-  if (!isObjectStoreUri(base)) return { path: path.resolve(base), format: o.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: o.ignoreMtime, io };
-  const dev = await openImage(base, { readOnly: true, objectStore });
-  const pinned = dev.describe().path ?? base;
-  await dev.close();
-  return { path: pinned, format: FALLBACK_FORMAT.name, ignoreMtime: o.ignoreMtime, io, objectStore };
-}
-
-export function registerServeCommand(program: Command, io: FileIo): void {
-  const serve = program
-    .command('serve')
-    .description('serve disk images (raw, cow, add-cow) over NBD')
-    .argument('[image]', 'image to export (as export NAME, default "")')
-    .option('-p, --port <port>', 'TCP port (0 = pick a free port)', parsePort, DEFAULT_PORT)
-    // COWNBD_BIND: the container image sets 0.0.0.0 (its loopback is unreachable from outside).
-    .addOption(new Option('-b, --bind <addr>', 'address to listen on').env('COWNBD_BIND').default(DEFAULT_BIND))
-    .option('-U, --socket <path>', 'listen on a Unix socket instead of TCP')
-    .option('-n, --name <name>', 'export name of IMAGE', '')
-    .option('--description <text>', 'export description of IMAGE')
-    .option('-r, --read-only', 'export read-only (applies to every export)')
-    .addOption(new Option('-f, --format <format>', 'format of IMAGE (default: probed)').choices([...FORMAT_NAMES]))
-    .addOption(new Option('--backing-format <format>', 'format of IMAGE\'s backing file').choices([...FORMAT_NAMES]))
-    .option(
-      '--export <spec>',
-      'add an export NAME=PATH[,ro][,format=F][,backing-format=F][,allow=ID]...[,description=TEXT] (repeatable)',
-      (v: string, prev: StaticExportConfig[]) => [...prev, parseExportSpec(v)],
-      [] as StaticExportConfig[],
-    )
-    .option('--base <path>', 'golden base image for --overlay-dir (never modified)')
-    .addOption(new Option('--base-format <format>', 'format of the base image (never probed)').choices([...FORMAT_NAMES]).default(FALLBACK_FORMAT.name))
-    .option('--overlay-dir <dir>', 'serve every export NAME as its own cow overlay DIR/NAME.cow over --base, created on first connect')
-    .option('--ephemeral', 'IMAGE (or --base) is a base: every connection gets its own temporary overlay, deleted on disconnect (no CAN_MULTI_CONN)')
-    .option('--ephemeral-dir <dir>', 'where ephemeral overlays live', path.join(os.tmpdir(), 'cownbd-ephemeral'))
-    .option(
-      '--backing-path-map <old=new>',
-      'serve overlays whose backing (or add-cow image) file moved: a recorded path under OLD is opened under NEW instead (repeatable; still validated)',
-      (v: string, prev: PathMapping[] = []) => {
-        try {
-          return [...prev, parsePathMapping(v)];
-        } catch (err) {
-          throw new InvalidArgumentError((err as Error).message);
-        }
-      },
-    )
-    .option(
-      '--allow-path <dir>',
-      'paths named inside image headers (backing files, add-cow image files) must lie under DIR (repeatable; default: anywhere)',
-      (v: string, prev: string[] = []) => [...prev, v],
-    )
-    .option('--ignore-mtime', 'cow exports: accept a backing file whose mtime no longer matches the header (recovery after the base was touched but not changed)')
-    .option('-c, --config <file>', 'TOML configuration file (README "Operating"); options given on the command line override it; SIGHUP reloads it')
-    .option('--admin <endpoint>', 'admin API (HTTP/JSON) on unix:/path, or HOST:PORT with --admin-token-file', parseAdminEndpoint)
-    .option('--admin-token-file <file>', 'bearer token clients of a TCP admin API must send');
-  addProcessOptions(serve, true);
-  addSecurityOptions(serve);
-  addObjectStoreOptions(serve);
-  serve.action(async (image: string | undefined, cliOptions: ServeOptions, cmd: Command) => {
-    const fromCli = (k: string) => cmd.getOptionValueSource(k) === 'cli';
-    let fileOptions: FileOptions | undefined;
-    if (cliOptions.config) {
-      try {
-        fileOptions = await loadConfigFile(cliOptions.config);
-      } catch (err) {
-        throw err instanceof ConfigError ? new UsageError(err.message) : err;
-      }
-    }
-    const o = fileOptions ? mergeFileOptions(cliOptions, fileOptions, fromCli) : cliOptions;
-    if (o.admin && !('path' in o.admin) && !o.adminTokenFile) throw new UsageError('--admin HOST:PORT needs --admin-token-file (the bearer token clients must send)');
-    const log = createLogger({ level: o.logLevel });
-    logNativeAddon(log, io.policy);
-    storeConfigFrom(o); // bad object-store flags fail now, not at the first s3:// image
-    const objectStore = lazyObjectStore(o, log, io);
-    // Read (and unset) the activation variables first, before anything can spawn a child.
-    const listenFds = takeSystemdListenFds();
-    if (listenFds.length) {
-      const ignored = ['port', 'bind', 'socket'].filter((k) => cmd.getOptionValueSource(k) === 'cli');
-      if (ignored.length) log.warn({ ignored, fds: listenFds }, 'socket activated: ignoring --port/--bind/--socket');
-    }
-    if (o.overlayDir && !o.base) throw new UsageError('--overlay-dir needs --base (the golden image every overlay is made over)');
-    if (o.ephemeral && !(o.base ?? image)) throw new UsageError('--ephemeral needs a base image: cownbd serve --ephemeral golden.img');
-    if (o.ephemeral && o.readOnly) throw new UsageError('--ephemeral overlays are writable by design; drop --read-only');
-    // With --ephemeral the positional IMAGE is the base, not a static export.
-    const ephemeralBase = o.ephemeral ? (o.base ?? image) : undefined;
-    const configs = exportConfigs(o.ephemeral ? undefined : image, o, Boolean(o.overlayDir || o.ephemeral || o.config));
-    // What a reload keeps: the exports named on the command line itself.
-    const cliExports = exportConfigs(o.ephemeral ? undefined : image, { ...o, export: cliOptions.export }, true);
-    await checkServePaths(configs, o, ephemeralBase, listenFds.length > 0);
-    const providers: ExportProvider[] = [];
-    // Every export's files go through one registry (a file read-only in one layer is never
-    // opened writable by another export) and --allow-path; see block/open-guard.ts.
-    const guard = new OpenGuard(o.allowPath);
-    const sio = new FileIo(io.policy, guard);
-    const golden = ephemeralBase ?? (o.overlayDir ? o.base : undefined);
-    if (golden && !/^s3:\/\//.test(golden)) await guard.pinReadOnly(path.resolve(golden));
-    const openStatic = (c: StaticExportConfig) =>
-      openImage(c.path, { readOnly: c.readOnly, format: c.format, backingFormat: c.backingFormat, ignoreMtime: o.ignoreMtime, io: sio, pathMap: o.backingPathMap, objectStore });
-    // Writable cow exports are swappable: a live snapshot switches their top layer.
-    const opener = async (c: StaticExportConfig) => snapshottable(await openStatic(c));
-    let exports: ReloadableExports;
-    try {
-      exports = await ReloadableExports.open(configs, opener, log);
-    } catch (err) {
-      throw new UsageError((err as Error).message);
-    }
-    providers.push(exports);
-    let security: ServerSecurity;
-    try {
-      security = await buildServerSecurity(securityOptionsFrom(o), exports, log);
-    } catch (err) {
-      await exports.close().catch(() => {});
-      throw new UsageError((err as Error).message);
-    }
-    if (ephemeralBase) {
-      const base = await namedFailure(`base image ${ephemeralBase}`, () => resolveBase(ephemeralBase, o, sio, objectStore));
-      providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log, security.overlayLimits)));
-    }
-    let overlays: OverlayDirProvider | undefined;
-    if (o.overlayDir) {
-      const base = await namedFailure(`--base ${o.base}`, () => resolveBase(o.base!, o, sio, objectStore));
-      overlays = await namedFailure(`--base ${base.path} / --overlay-dir ${o.overlayDir}`, () => OverlayDirProvider.create(base, o.overlayDir!, log, security.overlayLimits));
-      providers.push(overlays);
-    }
-    // The control plane holds new clients off an export while it resets or snapshots it.
-    const provider = new GuardedProvider(providers.length === 1 ? providers[0]! : new CompositeExportProvider(providers));
-    const defaultName = configs[0]?.name ?? (ephemeralBase ? o.name : 'vm1');
-    const running = await runServer(provider, { ...o, listenFds, arenaReads: io.policy.arenaReads, exportNames: configs.map((c) => c.name), security }, defaultName, log);
-    await startControlPlane({
-      server: running.server,
-      guard: provider,
-      exports,
-      overlays,
-      ephemeralName: ephemeralBase ? o.name : undefined,
-      inspect: (file) => openImage(file, { readOnly: true, format: DEFAULT_OVERLAY_FORMAT.name, backingFormat: o.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: o.ignoreMtime, io, objectStore }),
-      io,
-      log,
-      reload: {
-        configFile: o.config,
-        initial: fileOptions,
-        cliExports,
-        cliReadOnly: Boolean(cliOptions.readOnly),
-        // The same rule buildServerSecurity() applies at start-up.
-        check: (list) => {
-          const identities = o.tls !== 'off' && (o.tlsPsk !== undefined || Boolean(o.tlsVerifyPeer));
-          const bad = list.find((c) => c.allow?.length);
-          if (bad && !identities) throw new Error(`export "${bad.name}": allow= needs client identities (TLS with a PSK file or verified certificates); restart with [tls] to use it`);
-        },
-      },
-      admin: o.admin,
-      adminTokenFile: o.adminTokenFile,
-    }).catch((err: unknown) => {
-      throw err instanceof ControlPlaneError ? new UsageError(err.message) : err;
-    });
-    await applyProcessOptions({ ...running, defaultExport: defaultName }, o, log, process.env);
-  });
-}

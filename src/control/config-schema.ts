@@ -221,6 +221,13 @@ export function toOptions(cfg: RawConfig, dir: string): FileOptions {
     set(out, 'tlsVerifyPeer', cfg.tls['verify-peer']);
     set(out, 'tlsPsk', cfg.tls.psk && abs(cfg.tls.psk));
   }
+  setLimitsAndOverlays(out, cfg, abs);
+  setObjectStore(out, cfg, abs);
+  return out;
+}
+
+/** [limits], [overlays] and [ephemeral]. */
+function setLimitsAndOverlays(out: FileOptions, cfg: RawConfig, abs: (p: string) => string): void {
   const l = cfg.limits ?? {};
   set(out, 'allowFrom', l['allow-from']);
   set(out, 'handshakeTimeout', l['handshake-timeout']);
@@ -241,6 +248,10 @@ export function toOptions(cfg: RawConfig, dir: string): FileOptions {
     set(out, 'name', cfg.ephemeral.name);
     set(out, 'ephemeralDir', cfg.ephemeral.dir && abs(cfg.ephemeral.dir));
   }
+}
+
+/** [object-store]. */
+function setObjectStore(out: FileOptions, cfg: RawConfig, abs: (p: string) => string): void {
   const os = cfg['object-store'] ?? {};
   set(out, 's3Endpoint', os.endpoint);
   set(out, 's3Region', os.region);
@@ -250,5 +261,4 @@ export function toOptions(cfg: RawConfig, dir: string): FileOptions {
   set(out, 's3Retries', os.retries);
   set(out, 'cacheDir', os['cache-dir'] && abs(os['cache-dir']));
   set(out, 'cacheSize', os['cache-size']);
-  return out;
 }

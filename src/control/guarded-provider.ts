@@ -13,6 +13,7 @@
  */
 import type { BlockDevice } from '../block/block-device.js';
 import type { ExportContext, ExportHandle, ExportInfo, ExportProvider, ExportSummary } from '../server/exports.js';
+import { recordOf } from '../formats/registry.js';
 import { SwappableDevice } from './swappable-device.js';
 
 interface Shared {
@@ -122,8 +123,8 @@ export class GuardedProvider implements ExportProvider {
   }
 }
 
-/** Shared writable cow devices can be snapshotted; per-connection (ephemeral) ones cannot. */
+/** Shared writable devices of a format with live snapshots (cow) can be snapshotted; per-connection (ephemeral) ones cannot. */
 function wrappable(handle: ExportHandle): boolean {
   const d = handle.device;
-  return !(d instanceof SwappableDevice) && d.capabilities.writable && d.capabilities.multiConn && d.describe().format === 'cow';
+  return !(d instanceof SwappableDevice) && d.capabilities.writable && d.capabilities.multiConn && Boolean(recordOf(d)?.liveSnapshots);
 }

@@ -32,6 +32,21 @@ export interface ServerMetrics {
 export function createMetrics(server: NbdServer, ops: Operations): ServerMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'cownbd_' });
+  countRequests(server, registry);
+  addStateGauges(registry, ops);
+  return {
+    registry,
+    route(app) {
+      app.get('/metrics', async (_req, reply) => {
+        reply.header('content-type', registry.contentType);
+        return registry.metrics();
+      });
+    },
+  };
+}
+
+/** Counters and the latency histogram, fed by the server's request listener. */
+function countRequests(server: NbdServer, registry: Registry): void {
   const requests = new Counter({ name: 'cownbd_requests_total', help: 'NBD requests finished, by export and command', labelNames: ['export', 'command'], registers: [registry] });
   const errors = new Counter({ name: 'cownbd_request_errors_total', help: 'NBD requests answered with an error, by errno', labelNames: ['export', 'command', 'errno'], registers: [registry] });
   const readBytes = new Counter({ name: 'cownbd_read_bytes_total', help: 'Bytes returned by successful READs', labelNames: ['export'], registers: [registry] });
@@ -55,7 +70,10 @@ export function createMetrics(server: NbdServer, ops: Operations): ServerMetrics
     else if (cmd === NbdCmd.WRITE) writtenBytes.inc({ export: exp }, length);
     if (startNs > 0n) duration.observe({ export: exp, command }, Number(process.hrtime.bigint() - startNs) / 1e9);
   });
+}
 
+/** Gauges computed when scraped: connections, requests in flight, allocation per layer, exports. */
+function addStateGauges(registry: Registry, ops: Operations): void {
   new Gauge({
     name: 'cownbd_connections',
     help: 'Clients in transmission, by export',
@@ -95,14 +113,4 @@ export function createMetrics(server: NbdServer, ops: Operations): ServerMetrics
       this.set((await ops.exportNames()).length);
     },
   });
-
-  return {
-    registry,
-    route(app) {
-      app.get('/metrics', async (_req, reply) => {
-        reply.header('content-type', registry.contentType);
-        return registry.metrics();
-      });
-    },
-  };
 }

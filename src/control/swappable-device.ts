@@ -19,6 +19,7 @@
  * (a new cow layer over the old top has the same virtual size and features).
  */
 import type { BlockDevice, DeviceCapabilities, Extent, IoOptions, LayerInfo, ZeroOptions } from '../block/block-device.js';
+import { recordOf } from '../formats/registry.js';
 
 export type SwapFn = (old: BlockDevice) => Promise<{ device: BlockDevice; settled?: Promise<void> }>;
 
@@ -155,7 +156,7 @@ export class SwappableDevice implements BlockDevice {
   }
 }
 
-/** Wrap a writable cow device so it can be snapshotted live; anything else as it is. */
+/** Wrap a writable device whose format takes live snapshots (cow) so it can be snapshotted live; anything else as it is. */
 export function snapshottable(device: BlockDevice): BlockDevice {
-  return device.capabilities.writable && device.describe().format === 'cow' ? new SwappableDevice(device) : device;
+  return device.capabilities.writable && recordOf(device)?.liveSnapshots ? new SwappableDevice(device) : device;
 }

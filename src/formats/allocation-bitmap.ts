@@ -24,9 +24,11 @@
  * ever set, never cleared, by the formats. Callers serialise the persisting of pages (an
  * async mutex in the driver) so a page is never written twice concurrently out of order.
  */
-import { readSync } from 'node:fs';
+import { countBits, isZero, scanRun, setBits } from './bitmap-bits.js';
 
 /** Where the bitmap's bytes live, for loading pages on demand. */
+export { fileBitmapSource } from './bitmap-bits.js';
+
 export interface BitmapSource {
   /** Read bitmap bytes [offset, offset + target.length) synchronously; past the file's end: zeros. */
   read(offset: number, target: Buffer): void;
@@ -56,11 +58,6 @@ interface Chunk {
   /** The page's bytes inside the chunk read (valid until the next read), or undefined if zero. */
   page(page: number): Buffer | undefined;
 }
-const POPCOUNT = Uint8Array.from({ length: 256 }, (_, b) => {
-  let n = 0;
-  for (let v = b; v; v &= v - 1) n++;
-  return n;
-});
 
 export class AllocationBitmap {
   /** Bytes of bitmap storage. */
@@ -371,81 +368,4 @@ export class AllocationBitmap {
       excess--;
     }
   }
-}
-
-/** A BitmapSource reading `length` bytes at `offset` of an open file descriptor. */
-export function fileBitmapSource(fd: number, offset: number, length: number, dataRanges?: ReadonlyArray<readonly [number, number]>): BitmapSource {
-  return {
-    dataRanges,
-    read(at, target) {
-      let done = 0;
-      const want = Math.max(0, Math.min(target.length, length - at));
-      while (done < want) {
-        const n = readSync(fd, target, done, want - done, offset + at + done);
-        if (n === 0) break; // past EOF: the rest stays zero
-        done += n;
-      }
-    },
-  };
-}
-
-const ZEROS = Buffer.alloc(64 * 1024);
-function isZero(buf: Buffer): boolean {
-  for (let at = 0; at < buf.length; at += ZEROS.length) {
-    const part = buf.subarray(at, Math.min(buf.length, at + ZEROS.length));
-    if (!part.equals(ZEROS.subarray(0, part.length))) return false; // memcmp
-  }
-  return true;
-}
-
-/** First bit index in [from, to) whose value differs from `value`, or `to`. */
-function scanRun(page: Buffer, from: number, to: number, value: boolean): number {
-  const full = value ? 0xff : 0x00;
-  let b = from;
-  while (b < to) {
-    if ((b & 7) === 0 && b + 8 <= to && page[b >> 3] === full) {
-      b += 8;
-      continue;
-    }
-    if (((page[b >> 3]! & (1 << (b & 7))) !== 0) !== value) return b;
-    b++;
-  }
-  return to;
-}
-
-/** Set bits [from, to) of one page; true if any changed. */
-function setBits(page: Buffer, from: number, to: number): boolean {
-  let changed = false;
-  let b = from;
-  while (b < to) {
-    const i = b >> 3;
-    if ((b & 7) === 0 && b + 8 <= to) {
-      if (page[i] !== 0xff) {
-        page[i] = 0xff;
-        changed = true;
-      }
-      b += 8;
-      continue;
-    }
-    const mask = 1 << (b & 7);
-    if ((page[i]! & mask) === 0) {
-      page[i] = page[i]! | mask;
-      changed = true;
-    }
-    b++;
-  }
-  return changed;
-}
-
-/** Set bits in [from, to) of one page. */
-function countBits(page: Buffer, from: number, to: number): number {
-  let n = 0;
-  let b = from;
-  while (b < to && (b & 7) !== 0) {
-    if (page[b >> 3]! & (1 << (b & 7))) n++;
-    b++;
-  }
-  for (; b + 8 <= to; b += 8) n += POPCOUNT[page[b >> 3]!]!;
-  for (; b < to; b++) if (page[b >> 3]! & (1 << (b & 7))) n++;
-  return n;
 }

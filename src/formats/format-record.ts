@@ -168,6 +168,8 @@ export interface FormatRecord {
   /** The top-layer facts of an open device of this format (undefined: not this format). */
   layer?(device: BlockDevice): OverlayLayer | undefined;
   rebase?(path: string, req: RebaseRequest): Promise<RebaseOutcome>;
+  /** A writable image of this format can be snapshotted live (cow-layers.ts: freeze the top, stack a new one). */
+  readonly liveSnapshots?: boolean;
   /** What a new writable overlay of this format over `backing` will report (INFO before GO). */
   overlayGeometry?(backing: BlockDevice, io: FileIo, multiConn: boolean): ExportGeometry;
 }

@@ -121,6 +121,17 @@ export class OverlayCore {
     this.persister.noteDataWritten();
   }
 
+  /**
+   * writeData done synchronously into the page cache when FileIo can (FileIo.writeNow);
+   * false: nothing was written, use writeData. The caller sets bits right after, in the
+   * same turn (data-then-bit order, no await in between).
+   */
+  writeDataNow(pos: number, data: Buffer): boolean {
+    if (!this.parts.io.writeNow(this.parts.dataFile, this.parts.dataOffset + pos, data)) return false;
+    this.persister.noteDataWritten();
+    return true;
+  }
+
   /** Make disk range [pos, pos+len) of the data file read as zeros. */
   async zeroData(pos: number, len: number, noHole: boolean): Promise<void> {
     this.persister.noteDataWritten();

@@ -9,6 +9,7 @@
  *   3. raw (FALLBACK_FORMAT).
  */
 import { open } from 'node:fs/promises';
+import type { BlockDevice } from '../block/block-device.js';
 import { addCowFormat } from './add-cow/format.js';
 import { cowFormat } from './cow/format.js';
 import type { FormatRecord } from './format-record.js';
@@ -40,6 +41,12 @@ export function formatByName(name: string): FormatRecord {
   const f = FORMATS.find((r) => r.name === name);
   if (!f) throw new UnknownFormatError(`format "${name}" is not supported (supported: ${FORMAT_NAMES.join(', ')})`);
   return f;
+}
+
+/** The record of an open device's top layer (by the format it describes itself with). */
+export function recordOf(device: BlockDevice): FormatRecord | undefined {
+  const name = device.describe().format;
+  return FORMATS.find((f) => f.name === name);
 }
 
 /** Formats that can create images (for the CLI's choices). */

@@ -69,20 +69,7 @@ export async function publishImage(device: BlockDevice, target: string, client: 
       if ((await allZeroByStatus(device, start, len)) || (await readChunk(device, start, data), data.equals(zeros.subarray(0, len)))) {
         r.zeroChunks++;
       } else {
-        const hash = sha256Hex(data);
-        chunks[index] = hash;
-        let upload = seen.get(hash);
-        if (!upload) {
-          upload = sendIfAbsent(client, u.bucket, `${o.chunkPrefix}${hash}`, data, hash);
-          seen.set(hash, upload);
-          if (await upload) {
-            r.uploadedChunks++;
-            r.uploadedBytes += len;
-          } else r.presentChunks++;
-        } else {
-          await upload;
-          r.presentChunks++;
-        }
+        chunks[index] = await storeChunk(data, { client, bucket: u.bucket, prefix: o.chunkPrefix, seen, counts: r });
       }
       done += len;
       o.onProgress?.(done);
@@ -110,6 +97,33 @@ export async function publishImage(device: BlockDevice, target: string, client: 
     ...r,
     seconds: (Date.now() - started) / 1000,
   };
+}
+
+interface ChunkStore {
+  readonly client: StoreClient;
+  readonly bucket: string;
+  readonly prefix: string;
+  /** Uploads started, by content hash (a chunk seen twice is sent once). */
+  readonly seen: Map<string, Promise<boolean>>;
+  readonly counts: { uploadedChunks: number; presentChunks: number; uploadedBytes: number };
+}
+
+/** Store one non-zero chunk by its content hash (unless the store has it); returns the hash. */
+async function storeChunk(data: Buffer, t: ChunkStore): Promise<string> {
+  const hash = sha256Hex(data);
+  let upload = t.seen.get(hash);
+  if (!upload) {
+    upload = sendIfAbsent(t.client, t.bucket, `${t.prefix}${hash}`, data, hash);
+    t.seen.set(hash, upload);
+    if (await upload) {
+      t.counts.uploadedChunks++;
+      t.counts.uploadedBytes += data.length;
+    } else t.counts.presentChunks++;
+  } else {
+    await upload;
+    t.counts.presentChunks++;
+  }
+  return hash;
 }
 
 /** True when block status says the whole range reads as zeros (no read needed). */

@@ -30,7 +30,7 @@ import { ByteReader } from '../protocol/byte-reader.js';
 import { ProtocolError } from '../protocol/nbd-errors.js';
 import type { BufferPool } from './buffer-pool.js';
 import type { ExportHandle, ExportProvider } from './exports.js';
-import { negotiate } from './handshake.js';
+import { negotiate, type NegotiatedSession } from './handshake.js';
 import { TransmissionSession } from './transmission.js';
 
 export interface ConnectionServer {
@@ -189,6 +189,11 @@ export class Connection {
       void this.onClose();
       return;
     }
+    this.startTransmission(negotiated);
+  }
+
+  /** The handshake chose an export: run its requests. */
+  private startTransmission(negotiated: NegotiatedSession): void {
     this.log.debug({ export: negotiated.handle.name, structured: negotiated.structured }, 'transmission phase');
     this.exportName = negotiated.handle.name;
     this.log.info({ export: negotiated.handle.name, readOnly: !negotiated.handle.capabilities.writable }, 'connection opened');

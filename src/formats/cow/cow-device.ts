@@ -159,8 +159,7 @@ export class CowDevice implements BlockDevice {
     const first = offset / SECTOR;
     const end = first + data.length / SECTOR;
     if (end > this.writable) return false; // writeAligned reports it
-    if (!this.init.io.writeNow(this.fh, this.dataOffset + offset, data)) return false;
-    this.unsynced = true;
+    if (!this.core.writeDataNow(offset, data)) return false;
     this.bitmap.setRange(first, end - first);
     return true;
   }

@@ -16,6 +16,7 @@ export const cowFormat: FormatRecord = {
   summary: 'User-Mode-Linux COW overlay (uml_mkcow v3; reads v1, v2, v3, QEMU layouts)',
   overlay: true,
   fileSuffix: '.cow',
+  liveSnapshots: true,
   // "OOOM" big-endian (v2/v3) or little-endian (v1 on x86).
   probe: (head) => head.length >= 8 && (head.readUInt32BE(0) === COW_MAGIC || head.readUInt32LE(0) === COW_MAGIC),
   open: openCow,
