@@ -8,7 +8,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { createRawImage, makeTempDir, sha256File } from '../helpers/images.js';
 import { CLI_PATH, REPO_ROOT, assertBuilt } from '../helpers/server.js';
@@ -23,7 +23,9 @@ const pkg = JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8'
   repository?: { url?: string };
   homepage?: string;
   bin: Record<string, string>;
+  scripts: Record<string, string>;
 };
+const pkgScripts = pkg.scripts;
 
 function run(cmd: string, args: string[], opts: { cwd?: string; env?: Record<string, string>; timeoutMs?: number } = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -103,6 +105,19 @@ describe('npm package', () => {
     const version = await run(bin, ['--version'], { env: { PATH: `${path.dirname(process.execPath)}:${process.env.PATH}` } });
     expect(version.stdout.trim()).toBe(pkg.version);
   }, 200_000);
+
+  it.runIf(hasNpm)('npm install in a clone shows build-native.sh\'s reason when there is no compiler', async () => {
+    // A project with our install script and nothing else (no dependencies: offline, fast).
+    const proj = tmp.file('clone');
+    mkdirSync(path.join(proj, 'scripts'), { recursive: true });
+    mkdirSync(path.join(proj, 'native'));
+    copyFileSync(path.join(REPO_ROOT, 'scripts', 'build-native.sh'), path.join(proj, 'scripts', 'build-native.sh'));
+    copyFileSync(path.join(REPO_ROOT, 'native', 'fsx.c'), path.join(proj, 'native', 'fsx.c'));
+    writeFileSync(path.join(proj, 'package.json'), JSON.stringify({ name: 'clone', version: '1.0.0', private: true, scripts: { install: pkgScripts.install } }));
+    const r = await run('npm', ['install', '--offline', '--no-audit', '--no-fund'], { cwd: proj, env: { CC: '/nonexistent/cc' } });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout + r.stderr).toMatch(/WARNING: no C compiler .*sparse-file support .* is disabled/);
+  });
 
   it('scripts/build-native.sh says why when there is no C compiler (and still exits 0)', async () => {
     const fsx = path.join(REPO_ROOT, 'build', 'fsx.node');
