@@ -2,14 +2,17 @@
  * Write ordering under strace (issue 15): the property that survives power loss, which
  * kill -9 cannot show. The server runs under
  *   strace -f -y -xx -s 8192 -e trace=pwrite64,pwritev,pwritev2,fdatasync,fsync
- * while two connections write fresh sectors of a cow overlay (FUA, FLUSH, unaligned).
- * From the trace: every bit that a bitmap write newly sets must belong to a sector whose
- * data write completed before an fdatasync/fsync of the overlay that STARTED after it and
- * FINISHED before the bitmap write started.
+ * while two connections write fresh ranges of a cow overlay, then of an add-cow overlay
+ * (FUA, FLUSH, unaligned). From the trace: every bit that a bitmap write newly sets must
+ * belong to a unit (cow: 512-byte sector; add-cow: cluster) whose every data write (the
+ * guest's and COW-fills) completed before an fdatasync/fsync of the DATA file that started
+ * after it and finished before the bitmap write started. (cow: data and bitmap share one
+ * file; add-cow: data in the image file, bitmap in the .add-cow file.)
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
+import { inspectAddCow } from '../../src/formats/add-cow/index.js';
 import { inspectCowFile } from '../../src/formats/cow/index.js';
 import { createPatternedImage, makeTempDir } from '../helpers/images.js';
 import { CLI_PATH } from '../helpers/server.js';
@@ -85,96 +88,144 @@ function decode(quoted: string): Buffer {
   return Buffer.from(quoted.slice(1, -1).replace(/\\x/g, ''), 'hex');
 }
 
+interface Layout {
+  readonly dataFile: string;
+  /** File offset of virtual byte 0 in dataFile. */
+  readonly dataOffset: number;
+  readonly unit: number;
+  readonly bitmapFile: string;
+  readonly bitmapOffset: number;
+  readonly bitmapLength: number;
+}
+
+/** Run the traced server on `image`, write fresh ranges from two connections, return the trace. */
+async function tracedWorkload(image: string, traceFile: string, size: number): Promise<number> {
+  const proc = spawn('strace', ['-f', '-y', '-xx', '-s', '8192', '-qq', '-o', traceFile, '-e', 'trace=pwrite64,pwritev,pwritev2,fdatasync,fsync', process.execPath, CLI_PATH, 'serve', image, '-n', 'disk', '-p', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout.on('data', (d: Buffer) => (out += d));
+  const port = await new Promise<number>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no listen line: ${out}`)), 30_000);
+    proc.stdout.on('data', () => {
+      const m = /listening on nbd:\/\/127\.0\.0\.1:(\d+)\//.exec(out);
+      if (m) {
+        clearTimeout(t);
+        resolve(Number(m[1]));
+      }
+    });
+  });
+  // Fresh 4 KiB slots, each written once (so every data write sets new bits).
+  const r = rng(CAMPAIGN.seed);
+  const slots = Array.from({ length: size / 4096 }, (_, i) => i);
+  for (let i = slots.length - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [slots[i], slots[j]] = [slots[j]!, slots[i]!];
+  }
+  const clients = await Promise.all([AsyncNbdClient.connect(port, 'disk'), AsyncNbdClient.connect(port, 'disk')]);
+  let requests = 0;
+  await Promise.all(
+    clients.map(async (c, ci) => {
+      const pending: Array<Promise<unknown>> = [];
+      for (let k = ci; k < WRITES; k += 2) {
+        const slot = slots[k]!;
+        const offset = slot * 4096 + Math.floor(r() * 3000);
+        const length = 1 + Math.floor(r() * (4096 - (offset - slot * 4096)));
+        pending.push(c.write(offset, Buffer.alloc(length, k & 0xff), r() < 0.2));
+        requests++;
+        if (r() < 0.05) pending.push(c.flush());
+        if (pending.length >= 8) await Promise.all(pending.splice(0));
+      }
+      await Promise.all(pending);
+      await c.flush();
+    }),
+  );
+  for (const c of clients) c.close();
+  // Stop the traced server itself (strace then exits and flushes the trace).
+  const child = readFileSync(`/proc/${proc.pid}/task/${proc.pid}/children`, 'utf8').trim().split(/\s+/)[0];
+  process.kill(Number(child), 'SIGTERM');
+  await new Promise((resolve) => proc.once('exit', resolve));
+  return requests;
+}
+
+/** The ordering check over a parsed trace; returns counts and the first violations. */
+function checkOrdering(all: Event[], g: Layout): { bitmapWrites: number; bits: number; syncs: number; violations: string[] } {
+  const events = all.filter((e) => e.fd === g.dataFile || e.fd === g.bitmapFile);
+  const shadow = Buffer.alloc(g.bitmapLength);
+  const dataDone = new Map<number, number>(); // unit → end position of its latest data write
+  const syncs: Array<{ start: number; end: number }> = [];
+  let bitmapWrites = 0;
+  let bits = 0;
+  const violations: string[] = [];
+  // Completion order; a bitmap write is judged against what finished before it started.
+  for (const e of [...events].sort((a, b) => a.end - b.end)) {
+    if (e.call === 'fdatasync' || e.call === 'fsync') {
+      if (e.fd === g.dataFile) syncs.push({ start: e.start, end: e.end });
+      continue;
+    }
+    if (e.fd === g.dataFile && e.offset >= g.dataOffset) {
+      const v = e.offset - g.dataOffset;
+      for (let u = Math.floor(v / g.unit); u * g.unit < v + e.length; u++) dataDone.set(u, Math.max(dataDone.get(u) ?? -1, e.end));
+      continue;
+    }
+    if (e.fd !== g.bitmapFile || e.offset < g.bitmapOffset || e.offset >= g.bitmapOffset + g.bitmapLength) continue;
+    expect(e.data, `bitmap write at ${e.offset} was not fully traced`).toBeDefined();
+    bitmapWrites++;
+    const at = e.offset - g.bitmapOffset;
+    for (let i = 0; i < e.data!.length && at + i < shadow.length; i++) {
+      const newly = e.data![i]! & ~shadow[at + i]!;
+      for (let bit = 0; bit < 8; bit++) {
+        if (!(newly & (1 << bit))) continue;
+        const unit = (at + i) * 8 + bit;
+        bits++;
+        const written = dataDone.get(unit);
+        const covered = written !== undefined && written < e.start && syncs.some((s) => s.start > written && s.end < e.start);
+        if (!covered && violations.length < 5) violations.push(`bit of unit ${unit} written at trace line ${e.start}: data ${written === undefined ? 'never written' : `done at line ${written}`}, no covering fdatasync between`);
+      }
+      shadow[at + i] = e.data![i]!;
+    }
+  }
+  return { bitmapWrites, bits, syncs: syncs.length, violations };
+}
+
 describe.runIf(hasStrace)('write ordering under strace', () => {
   const tmp = makeTempDir('cownbd-order-');
   afterAll(() => tmp.cleanup());
+  const SIZE = 8 * MiB;
 
-  it('every bitmap bit reaches the file after an fdatasync that covered its data', async () => {
-    const base = createPatternedImage(tmp.file('base.raw'), 8 * MiB, 2);
+  it('the checker flags a bitmap bit written without a covering fdatasync (self-test)', () => {
+    const hex = (t: string) => [...Buffer.from(t)].map((b) => `\\x${b.toString(16).padStart(2, '0')}`).join('');
+    const fd = `3<${hex('/f')}>`;
+    const data = `1 pwrite64(${fd}, "\\x00"..., 512, 4096) = 512`;
+    const bitmap = `1 pwrite64(${fd}, "\\x01", 1, 0) = 1`;
+    const sync = `2 fdatasync(${fd}) = 0`;
+    const layout: Layout = { dataFile: '/f', dataOffset: 4096, unit: 512, bitmapFile: '/f', bitmapOffset: 0, bitmapLength: 1 };
+    expect(checkOrdering(parseTrace([data, sync, bitmap].join('\n')), layout).violations).toEqual([]);
+    expect(checkOrdering(parseTrace([data, bitmap, sync].join('\n')), layout).violations).toHaveLength(1);
+    expect(checkOrdering(parseTrace([sync, data, bitmap].join('\n')), layout).violations).toHaveLength(1);
+  });
+
+  it('cow: every bitmap bit reaches the file after an fdatasync that covered its data', async () => {
+    const base = createPatternedImage(tmp.file('base.raw'), SIZE, 2);
     const cow = tmp.file('disk.cow');
     execFileSync(process.execPath, [CLI_PATH, 'create', '-f', 'cow', cow, '--backing', base]);
-    const g = (await inspectCowFile(cow)).geometry;
-    const trace = tmp.file('trace.txt');
-    const proc = spawn('strace', ['-f', '-y', '-xx', '-s', '8192', '-qq', '-o', trace, '-e', 'trace=pwrite64,pwritev,pwritev2,fdatasync,fsync', process.execPath, CLI_PATH, 'serve', cow, '-n', 'disk', '-p', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    proc.stdout.on('data', (d: Buffer) => (out += d));
-    const port = await new Promise<number>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`no listen line: ${out}`)), 30_000);
-      proc.stdout.on('data', () => {
-        const m = /listening on nbd:\/\/127\.0\.0\.1:(\d+)\//.exec(out);
-        if (m) {
-          clearTimeout(t);
-          resolve(Number(m[1]));
-        }
-      });
-    });
-    // Fresh 4 KiB slots, each written once (so every data write sets new bits).
-    const r = rng(CAMPAIGN.seed);
-    const slots = Array.from({ length: (8 * MiB) / 4096 }, (_, i) => i);
-    for (let i = slots.length - 1; i > 0; i--) {
-      const j = Math.floor(r() * (i + 1));
-      [slots[i], slots[j]] = [slots[j]!, slots[i]!];
-    }
-    const clients = await Promise.all([AsyncNbdClient.connect(port, 'disk'), AsyncNbdClient.connect(port, 'disk')]);
-    let requests = 0;
-    await Promise.all(
-      clients.map(async (c, ci) => {
-        const pending: Array<Promise<unknown>> = [];
-        for (let k = ci; k < WRITES; k += 2) {
-          const slot = slots[k]!;
-          const offset = slot * 4096 + Math.floor(r() * 3000);
-          const length = 1 + Math.floor(r() * (4096 - (offset - slot * 4096)));
-          pending.push(c.write(offset, Buffer.alloc(length, k & 0xff), r() < 0.2));
-          requests++;
-          if (r() < 0.05) pending.push(c.flush());
-          if (pending.length >= 8) await Promise.all(pending.splice(0));
-        }
-        await Promise.all(pending);
-        await c.flush();
-      }),
-    );
-    for (const c of clients) c.close();
-    // Stop the traced server itself (strace then exits and flushes the trace).
-    const child = readFileSync(`/proc/${proc.pid}/task/${proc.pid}/children`, 'utf8').trim().split(/\s+/)[0];
-    process.kill(Number(child), 'SIGTERM');
-    await new Promise((resolve) => proc.once('exit', resolve));
+    const geo = (await inspectCowFile(cow)).geometry;
+    const requests = await tracedWorkload(cow, tmp.file('cow.trace'), SIZE);
+    const layout: Layout = { dataFile: cow, dataOffset: geo.dataOffset, unit: SECTOR, bitmapFile: cow, bitmapOffset: geo.bitmapOffset, bitmapLength: geo.bitmapLength };
+    const r = checkOrdering(parseTrace(readFileSync(tmp.file('cow.trace'), 'utf8')), layout);
+    report(`write-ordering cow: ${requests} writes on 2 connections, ${r.bitmapWrites} bitmap writes, ${r.bits} newly set bits checked, ${r.syncs} syncs, ${r.violations.length} violations`);
+    expect(r.violations).toEqual([]);
+    expect(r.bits).toBeGreaterThan(1000);
+  }, 120_000);
 
-    const events = parseTrace(readFileSync(trace, 'utf8')).filter((e) => e.fd === cow);
-    const shadow = Buffer.alloc(g.bitmapLength);
-    const dataDone = new Map<number, number>(); // sector → end position of its last data write
-    const syncs: Array<{ start: number; end: number }> = [];
-    let bitmapWrites = 0;
-    let bitsChecked = 0;
-    const violations: string[] = [];
-    // Process in completion order; a bitmap write is judged against what finished before it started.
-    for (const e of [...events].sort((a, b) => a.end - b.end)) {
-      if (e.call === 'fdatasync' || e.call === 'fsync') {
-        syncs.push({ start: e.start, end: e.end });
-        continue;
-      }
-      if (e.offset >= g.dataOffset) {
-        for (let s = Math.floor((e.offset - g.dataOffset) / SECTOR); s * SECTOR < e.offset - g.dataOffset + e.length; s++) dataDone.set(s, e.end);
-        continue;
-      }
-      if (e.offset < g.bitmapOffset) continue; // header
-      expect(e.data, `bitmap write at ${e.offset} was not fully traced`).toBeDefined();
-      bitmapWrites++;
-      const at = e.offset - g.bitmapOffset;
-      for (let i = 0; i < e.data!.length; i++) {
-        const newly = e.data![i]! & ~shadow[at + i]!;
-        for (let bit = 0; bit < 8; bit++) {
-          if (!(newly & (1 << bit))) continue;
-          const sector = (at + i) * 8 + bit;
-          bitsChecked++;
-          const written = dataDone.get(sector);
-          const covered = written !== undefined && written < e.start && syncs.some((s) => s.start > written && s.end < e.start);
-          if (!covered && violations.length < 5) violations.push(`bit of sector ${sector} written at trace line ${e.start}: data ${written === undefined ? 'never written' : `done at line ${written}`}, no fdatasync between`);
-        }
-        shadow[at + i] = e.data![i]!;
-      }
-    }
-    report(`write-ordering: ${requests} writes on 2 connections, ${bitmapWrites} bitmap writes, ${bitsChecked} newly set bits checked, ${syncs.length} syncs, ${violations.length} violations`);
-    expect(violations).toEqual([]);
-    expect(bitsChecked).toBeGreaterThan(1000);
+  it('add-cow: every bitmap bit reaches the .add-cow file after an image-file fdatasync that covered its cluster', async () => {
+    const base = createPatternedImage(tmp.file('base2.raw'), SIZE, 3);
+    const ac = tmp.file('disk.add-cow');
+    execFileSync(process.execPath, [CLI_PATH, 'create', '-f', 'add-cow', ac, '--image', 'disk.img', '--backing', base, '--cluster-size', '4K']);
+    const insp = await inspectAddCow(ac);
+    const requests = await tracedWorkload(ac, tmp.file('ac.trace'), SIZE);
+    const layout: Layout = { dataFile: insp.imagePath, dataOffset: 0, unit: insp.clusterSize, bitmapFile: ac, bitmapOffset: insp.header.headerSize, bitmapLength: insp.bitmap.length };
+    const r = checkOrdering(parseTrace(readFileSync(tmp.file('ac.trace'), 'utf8')), layout);
+    report(`write-ordering add-cow: ${requests} writes on 2 connections, ${r.bitmapWrites} bitmap writes, ${r.bits} newly set bits checked, ${r.syncs} image syncs, ${r.violations.length} violations`);
+    expect(r.violations).toEqual([]);
+    expect(r.bits).toBeGreaterThan(200);
   }, 120_000);
 });
