@@ -52,7 +52,9 @@ export function registerObjectStoreCommands(program: Command): void {
 async function publishAction(image: string, target: string, flags: PublishFlags): Promise<void> {
   parseObjectStoreUri(target);
   const chunkSize = chunkSizeOf(flags.chunkSize);
-  if (!/^(?:[A-Za-z0-9._-]+\/)*$/.test(flags.chunkPrefix)) throw new Error(`--chunk-prefix must be empty or end with "/" (got "${flags.chunkPrefix}")`);
+  if (!/^(?:[A-Za-z0-9._-]+\/)*$/.test(flags.chunkPrefix) || flags.chunkPrefix.split('/').some((seg) => seg === '.' || seg === '..')) {
+    throw new Error(`--chunk-prefix must be key segments ending with "/", without "." or ".." (got "${flags.chunkPrefix}")`);
+  }
   if (!Number.isInteger(flags.parallel) || flags.parallel < 1 || flags.parallel > 256) throw new Error(`--parallel must be 1-256 (got "${flags.parallel}")`);
   const log = createLogger({ level: 'warn' });
   const objectStore = lazyObjectStore(flags, log);

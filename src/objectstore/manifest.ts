@@ -41,7 +41,12 @@ const schema = z.object({
   virtualSize: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
   chunkSize: z.number().int().min(MIN_CHUNK_SIZE).max(MAX_CHUNK_SIZE),
   hash: z.literal('sha256'),
-  chunkPrefix: z.string().max(512).regex(/^(?:[A-Za-z0-9._-]+\/)*$/),
+  // Key segments only; "." and ".." would be resolved away by HTTP clients (another object).
+  chunkPrefix: z
+    .string()
+    .max(512)
+    .regex(/^(?:[A-Za-z0-9._-]+\/)*$/)
+    .refine((p) => !p.split('/').some((seg) => seg === '.' || seg === '..'), 'no "." or ".." segments'),
   source: z.string().max(4096).optional(),
   chunks: z.array(z.string().regex(HASH).nullable()).max(MAX_CHUNKS),
 });
@@ -91,7 +96,16 @@ export function decodeManifest(bytes: Buffer, where: string): Manifest {
     const value = issue.path.reduce<unknown>((v, k) => (v as Record<PropertyKey, unknown> | undefined)?.[k], raw);
     throw new ManifestError(`${where}: manifest field ${field} = ${JSON.stringify(value)?.slice(0, 80)}: ${issue.message}`);
   }
-  const m: Manifest = parsed.data;
+  const d = parsed.data;
+  const m: Manifest = {
+    version: d.version,
+    created: d.created,
+    virtualSize: d.virtualSize,
+    chunkSize: d.chunkSize,
+    chunkPrefix: d.chunkPrefix,
+    ...(d.source === undefined ? {} : { source: d.source }),
+    chunks: d.chunks,
+  };
   checkShape(m, where);
   return m;
 }
