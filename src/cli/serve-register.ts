@@ -170,6 +170,13 @@ async function serveExports(ctx: ServeContext, configs: StaticExportConfig[], li
       openImage(file, { readOnly: true, format: DEFAULT_OVERLAY_FORMAT.name, backingFormat: o.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: o.ignoreMtime, io: ctx.io, objectStore: ctx.objectStore }),
     io: ctx.io,
     log,
+    objectStoreStats: () => {
+      const os = ctx.objectStore.peek();
+      if (!os) return undefined;
+      const c = os.cache.stats();
+      const g = os.client.stats;
+      return { gets: g.gets, getBytes: g.getBytes, getErrors: g.getErrors, cacheHits: c.hits, cacheMisses: c.misses, cacheBytes: c.bytes, verifyFailures: c.verifyFailures };
+    },
     // What a reload keeps: the exports named on the command line itself.
     reload: {
       configFile: o.config,

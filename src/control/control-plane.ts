@@ -13,7 +13,7 @@ import { startAdminApi, type AdminApi } from './admin-api.js';
 import type { AdminEndpoint } from './config.js';
 import type { ReloadableExports } from './export-set.js';
 import type { GuardedProvider } from './guarded-provider.js';
-import { createMetrics } from './metrics.js';
+import { createMetrics, type ObjectStoreStats } from './metrics.js';
 import { statusPageRoute } from './status-page.js';
 import { Operations, type OverlayDirInfo } from './operations.js';
 import { Reloader, type ReloaderOptions } from './reload.js';
@@ -30,6 +30,8 @@ export interface ControlPlaneOptions {
   readonly reload: Omit<ReloaderOptions, 'exports' | 'log'>;
   readonly admin?: AdminEndpoint;
   readonly adminTokenFile?: string;
+  /** Object-store counters for /metrics, when this server uses s3:// images. */
+  readonly objectStoreStats?: () => ObjectStoreStats | undefined;
 }
 
 export interface ControlPlane {
@@ -60,7 +62,7 @@ export async function startControlPlane(o: ControlPlaneOptions): Promise<Control
   const token = o.adminTokenFile ? await readToken(o.adminTokenFile) : undefined;
   let api: AdminApi;
   try {
-    const metrics = createMetrics(o.server, ops);
+    const metrics = createMetrics(o.server, ops, o.objectStoreStats);
     api = await startAdminApi({ endpoint: o.admin, token, ops, reload: () => reloader.reload('api'), snapshot: (name) => ops.snapshot(name), plugins: [metrics.route, statusPageRoute], log: o.log });
   } catch (err) {
     throw new ControlPlaneError(`cannot start the admin API on ${'path' in o.admin ? o.admin.path : `${o.admin.host}:${o.admin.port}`}: ${(err as Error).message}`);

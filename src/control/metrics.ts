@@ -29,11 +29,23 @@ export interface ServerMetrics {
   route(app: FastifyInstance): void;
 }
 
-export function createMetrics(server: NbdServer, ops: Operations): ServerMetrics {
+/** What the object store and its chunk cache counted so far (src/objectstore/). */
+export interface ObjectStoreStats {
+  readonly gets: number;
+  readonly getBytes: number;
+  readonly getErrors: number;
+  readonly cacheHits: number;
+  readonly cacheMisses: number;
+  readonly cacheBytes: number;
+  readonly verifyFailures: number;
+}
+
+export function createMetrics(server: NbdServer, ops: Operations, objectStore?: () => ObjectStoreStats | undefined): ServerMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'cownbd_' });
   countRequests(server, registry);
   addStateGauges(registry, ops);
+  if (objectStore) addObjectStoreGauges(registry, objectStore);
   return {
     registry,
     route(app) {
@@ -113,4 +125,32 @@ function addStateGauges(registry: Registry, ops: Operations): void {
       this.set((await ops.exportNames()).length);
     },
   });
+}
+
+/**
+ * Object-store counters, read at scrape time (zero until the first s3:// image is opened):
+ *   cownbd_s3_gets, cownbd_s3_get_bytes, cownbd_s3_get_errors, cownbd_s3_verify_failures,
+ *   cownbd_chunk_cache_hits, cownbd_chunk_cache_misses, cownbd_chunk_cache_bytes
+ * Gauges holding monotonic totals (the source counters live in the object-store context).
+ */
+function addObjectStoreGauges(registry: Registry, stats: () => ObjectStoreStats | undefined): void {
+  const gauges: Array<[string, string, keyof ObjectStoreStats]> = [
+    ['cownbd_s3_gets', 'Chunk and manifest GETs sent to the object store', 'gets'],
+    ['cownbd_s3_get_bytes', 'Bytes received from the object store', 'getBytes'],
+    ['cownbd_s3_get_errors', 'GETs that failed after their retries', 'getErrors'],
+    ['cownbd_s3_verify_failures', 'Chunks refused because they did not match their SHA-256', 'verifyFailures'],
+    ['cownbd_chunk_cache_hits', 'Chunk reads served from the local cache', 'cacheHits'],
+    ['cownbd_chunk_cache_misses', 'Chunk reads that had to fetch (or wait for a fetch)', 'cacheMisses'],
+    ['cownbd_chunk_cache_bytes', 'Bytes of chunk files in the local cache', 'cacheBytes'],
+  ];
+  for (const [name, help, key] of gauges) {
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(stats()?.[key] ?? 0);
+      },
+    });
+  }
 }

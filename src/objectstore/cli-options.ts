@@ -82,15 +82,19 @@ export function cacheConfigFrom(flags: ObjectStoreFlags): { cacheDir: string; ca
 /** A memoised context factory; `close()` releases it if it was ever created. */
 export interface LazyObjectStore {
   (): Promise<ObjectStoreContext>;
+  /** The context if one was created and is ready (metrics read it without creating one). */
+  peek(): ObjectStoreContext | undefined;
   close(): Promise<void>;
 }
 
 export function lazyObjectStore(flags: ObjectStoreFlags, log: Logger, io?: FileIo): LazyObjectStore {
   let ctx: Promise<ObjectStoreContext> | undefined;
+  let ready: ObjectStoreContext | undefined;
   const get = (() => {
-    ctx ??= (async () => createObjectStoreContext({ store: storeConfigFrom(flags), ...cacheConfigFrom(flags), log, io }))();
+    ctx ??= (async () => createObjectStoreContext({ store: storeConfigFrom(flags), ...cacheConfigFrom(flags), log, io }))().then((c) => (ready = c));
     return ctx;
   }) as LazyObjectStore;
+  get.peek = () => ready;
   get.close = async () => {
     if (ctx) await (await ctx).close();
   };

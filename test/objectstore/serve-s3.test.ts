@@ -4,7 +4,9 @@
  * --overlay-dir / --export, two servers on one version, what a partial read fetches.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import parsePrometheusTextFormat from 'parse-prometheus-text-format';
+import { api, waitFor } from '../control/control-helpers.js';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mustSucceed, nbdinfoMap, runTool } from '../helpers/clients.js';
@@ -60,7 +62,8 @@ describe.runIf(hasTools)('object-store base (s3rver)', () => {
     const img = createRawImage(tmp.file('big.raw'), 1024 * MiB, [[256 * MiB, 32 * MiB], [900 * MiB, 4 * MiB]], 2);
     const pub = await publish(s3, img, 's3://golden/big');
     expect(pub.uploadedChunks).toBe(36);
-    const srv = await serveS3(s3, ['--export', 'big=s3://golden/big'], tmp.file('cache-big'));
+    const admin = tmp.file('admin-big.sock');
+    const srv = await serveS3(s3, ['--export', 'big=s3://golden/big', '--admin', `unix:${admin}`], tmp.file('cache-big'));
     try {
       s3.resetStats();
       const r = mustSucceed(await qemuRead(srv.uri('big'), 260 * MiB, 10 * MiB));
@@ -68,6 +71,14 @@ describe.runIf(hasTools)('object-store base (s3rver)', () => {
       expect(s3.stats.chunkGets).toBeGreaterThanOrEqual(10);
       expect(s3.stats.chunkGets).toBeLessThanOrEqual(11);
       expect(s3.stats.chunkGetBytes).toBeLessThanOrEqual(11 * MiB);
+      // The server's own account (GET /metrics) agrees with the S3 server's.
+      await waitFor(() => existsSync(admin), 'the admin API');
+      const m = parsePrometheusTextFormat((await api({ socketPath: admin }, 'GET', '/metrics')).text);
+      const value = (name: string) => Number(m.find((f) => f.name === name)?.metrics[0]?.value);
+      expect(value('cownbd_s3_get_bytes')).toBeGreaterThanOrEqual(s3.stats.chunkGetBytes);
+      expect(value('cownbd_s3_get_bytes')).toBeLessThanOrEqual(s3.stats.chunkGetBytes + MiB); // + the manifest
+      expect(value('cownbd_chunk_cache_misses')).toBeGreaterThanOrEqual(10);
+      expect(value('cownbd_s3_verify_failures')).toBe(0);
       // Read again: served from the cache, nothing fetched.
       s3.resetStats();
       mustSucceed(await qemuRead(srv.uri('big'), 260 * MiB, 10 * MiB));
