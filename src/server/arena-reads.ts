@@ -107,5 +107,22 @@ export function arenaSocket(accepted: net.Socket, options: { allowHalfOpen: bool
   // that), so destroy it, handle-less, when the wrapper closes.
   (accepted as unknown as { _handle: unknown })._handle = null;
   socket.once('close', () => accepted.destroy());
-  return { socket, setSink, release: () => arena.release() };
+  const release = (): number => {
+    const freed = arena.release();
+    // Node prepares the NEXT read buffer right after each read and keeps it (a view of the
+    // old arena, which it keeps alive). Hand it a fresh small one instead, or the released
+    // arena stays resident for as long as the connection is quiet.
+    if (freed > 0) replacePendingBuffer(socket, arena.next());
+    return freed;
+  };
+  return { socket, setSink, release };
+}
+
+/** Swap the buffer Node holds for the socket's next read (internal: kBuffer + useUserBuffer). */
+function replacePendingBuffer(socket: net.Socket, buf: Buffer): void {
+  const key = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'kBuffer');
+  const handle = (socket as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } })._handle;
+  if (!key || typeof handle?.useUserBuffer !== 'function') return; // another Node: keep its buffer
+  (socket as unknown as Record<symbol, unknown>)[key] = buf;
+  handle.useUserBuffer(buf);
 }

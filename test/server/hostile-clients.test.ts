@@ -166,7 +166,7 @@ for h in hs: h.shutdown()
     const idle = rssMiB(pid) - before;
     py.stdin.end('\n');
     await new Promise((r) => py.once('exit', r));
-    expect(idle, `8 idle connections added ${idle.toFixed(1)} MiB`).toBeLessThan(100);
+    expect(idle, `8 idle connections added ${idle.toFixed(1)} MiB`).toBeLessThan(48);
   });
 });
 
