@@ -114,6 +114,9 @@ try {
   }
 } finally {
   s3.stop();
+  // The bucket holds a copy of the base per chunk size: keep only the logs.
+  await new Promise((r) => setTimeout(r, 500));
+  rmSync(join(runDir, 's3'), { recursive: true, force: true });
 }
 for (const r of results.reads.filter((x) => x.label === 'local')) {
   for (const w of results.reads.filter((x) => x.row === r.row && x.label.startsWith('s3-warm'))) w.ratioToLocal = w.value / r.value;
