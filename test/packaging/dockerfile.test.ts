@@ -205,7 +205,7 @@ describe('Dockerfile', () => {
     for (const tool of ['/usr/local/bin/npm', '/usr/local/bin/npx', '/usr/local/lib/node_modules/npm']) expect(runs).toContain(tool);
     expect(args(runtime, 'ENV')).toContain('COWNBD_BIND=0.0.0.0');
     // The CLI really reads COWNBD_BIND (and -b still wins).
-    expect(readFileSync(path.join(REPO_ROOT, 'src', 'cli', 'serve-command.ts'), 'utf8')).toMatch(/--bind <addr>.*\.env\('COWNBD_BIND'\)/);
+    expect(readFileSync(path.join(REPO_ROOT, 'src', 'cli', 'serve-register.ts'), 'utf8')).toMatch(/--bind <addr>.*\.env\('COWNBD_BIND'\)/);
     expect(args(runtime, 'VOLUME').join(' ')).toContain('/srv/images');
     const hc = args(runtime, 'HEALTHCHECK');
     expect(hc).toHaveLength(1);
