@@ -15,16 +15,18 @@
  *     (and s3rver) differ in what flexible-checksum headers they accept.
  *
  * Counters (gets, bytes, errors) feed `cownbd cache`/logs and the tests' fetch accounting.
+ *
+ * The SDK is loaded on first use (a dynamic import): it costs ~30 MiB of RSS and start-up
+ * time in every cownbd process, and most never touch an object store.
  */
-import {
-  GetObjectCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-  S3ServiceException,
-} from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { Semaphore } from 'async-mutex';
+
+type S3Sdk = typeof import('@aws-sdk/client-s3');
+interface Connected {
+  readonly sdk: S3Sdk;
+  readonly s3: S3Client;
+}
 
 export interface StoreConfig {
   /** Custom endpoint (MinIO, Ceph, Garage); undefined: AWS for the region. */
@@ -63,21 +65,28 @@ export class ObjectNotFoundError extends Error {
 
 export class StoreClient {
   readonly stats: StoreStats = { gets: 0, getBytes: 0, getErrors: 0, heads: 0, puts: 0, putBytes: 0 };
-  private readonly s3: S3Client;
+  private connected?: Promise<Connected>;
   private readonly gets: Semaphore;
 
   constructor(readonly config: StoreConfig) {
-    this.s3 = new S3Client({
-      region: config.region,
-      ...(config.endpoint ? { endpoint: config.endpoint } : {}),
-      forcePathStyle: config.forcePathStyle,
-      maxAttempts: config.maxAttempts,
-      retryMode: 'standard',
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-      requestHandler: { connectionTimeout: config.requestTimeoutMs, requestTimeout: config.requestTimeoutMs },
-    });
     this.gets = new Semaphore(Math.max(1, config.maxParallelGets));
+  }
+
+  private connect(): Promise<Connected> {
+    this.connected ??= import('@aws-sdk/client-s3').then((sdk) => ({
+      sdk,
+      s3: new sdk.S3Client({
+        region: this.config.region,
+        ...(this.config.endpoint ? { endpoint: this.config.endpoint } : {}),
+        forcePathStyle: this.config.forcePathStyle,
+        maxAttempts: this.config.maxAttempts,
+        retryMode: 'standard',
+        requestChecksumCalculation: 'WHEN_REQUIRED',
+        responseChecksumValidation: 'WHEN_REQUIRED',
+        requestHandler: { connectionTimeout: this.config.requestTimeoutMs, requestTimeout: this.config.requestTimeoutMs },
+      }),
+    }));
+    return this.connected;
   }
 
   /** Where this client points, for messages (never includes credentials). */
@@ -90,7 +99,8 @@ export class StoreClient {
     return this.gets.runExclusive(async () => {
       this.stats.gets++;
       try {
-        const out = await this.s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: this.deadline() });
+        const { sdk, s3 } = await this.connect();
+        const out = await s3.send(new sdk.GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: this.deadline() });
         if (!out.Body) throw new Error('empty response body');
         const body = Buffer.from(await out.Body.transformToByteArray());
         this.stats.getBytes += body.length;
@@ -105,7 +115,8 @@ export class StoreClient {
   async exists(bucket: string, key: string): Promise<boolean> {
     this.stats.heads++;
     try {
-      await this.s3.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: this.deadline() });
+      const { sdk, s3 } = await this.connect();
+      await s3.send(new sdk.HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: this.deadline() });
       return true;
     } catch (err) {
       const e = this.wrap('HEAD', bucket, key, err);
@@ -122,7 +133,8 @@ export class StoreClient {
   async put(bucket: string, key: string, body: Buffer, contentType = 'application/octet-stream', sha256?: string): Promise<void> {
     this.stats.puts++;
     try {
-      const cmd = new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType });
+      const { sdk, s3 } = await this.connect();
+      const cmd = new sdk.PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType });
       if (sha256) {
         cmd.middlewareStack.add(
           (next) => async (args) => {
@@ -133,7 +145,7 @@ export class StoreClient {
           { step: 'build', name: 'cownbdKnownPayloadHash' },
         );
       }
-      await this.s3.send(cmd, { abortSignal: this.deadline() });
+      await s3.send(cmd, { abortSignal: this.deadline() });
       this.stats.putBytes += body.length;
     } catch (err) {
       throw this.wrap('PUT', bucket, key, err);
@@ -146,7 +158,8 @@ export class StoreClient {
     let token: string | undefined;
     do {
       try {
-        const out = await this.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }), {
+        const { sdk, s3 } = await this.connect();
+        const out = await s3.send(new sdk.ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }), {
           abortSignal: this.deadline(),
         });
         for (const o of out.Contents ?? []) if (o.Key) keys.push(o.Key);
@@ -159,7 +172,7 @@ export class StoreClient {
   }
 
   close(): void {
-    this.s3.destroy();
+    void this.connected?.then(({ s3 }) => s3.destroy(), () => {});
   }
 
   private deadline(): AbortSignal {
@@ -167,7 +180,8 @@ export class StoreClient {
   }
 
   private wrap(op: string, bucket: string, key: string, err: unknown): Error {
-    const status = err instanceof S3ServiceException ? err.$metadata.httpStatusCode : undefined;
+    // S3ServiceException's metadata, read structurally: the SDK module may not be loaded here.
+    const status = (err as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
     const name = (err as Error).name;
     if (status === 404 || name === 'NoSuchKey' || name === 'NotFound') {
       return new ObjectNotFoundError(`s3://${bucket}/${key}: not found (${this.describe()})`);
