@@ -13,12 +13,14 @@ import type { ListenEndpoint } from '../server/listener.js';
 import { TLS_MODES, type TlsMode } from '../server/tls.js';
 import { parseSize } from '../util/size.js';
 import { isObjectStoreUri } from '../objectstore/uri.js';
+import type { ObjectStoreFlags } from '../objectstore/cli-options.js';
 
 /** Where the admin API listens. */
 export type AdminEndpoint = { readonly path: string } | { readonly host: string; readonly port: number };
 
 /** What a config file says, in the shape of the serve options (absent = not said). */
-export interface FileOptions {
+/** What a config file can say: serve's options, the object-store ones (ObjectStoreFlags) included. */
+export interface FileOptions extends ObjectStoreFlags {
   listen?: ListenEndpoint[];
   admin?: AdminEndpoint;
   adminTokenFile?: string;
@@ -48,14 +50,6 @@ export interface FileOptions {
   maxConnectionsPerClient?: number;
   maxOverlays?: number;
   minFree?: number;
-  s3Endpoint?: string;
-  s3Region?: string;
-  s3Addressing?: 'path' | 'virtual';
-  s3MaxGets?: number;
-  s3Timeout?: number;
-  s3Retries?: number;
-  cacheDir?: string;
-  cacheSize?: string;
 }
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;

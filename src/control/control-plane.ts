@@ -5,28 +5,14 @@
  * set's operations, so the data path never depends on it.
  */
 import { readFile } from 'node:fs/promises';
-import type { BlockDevice } from '../block/block-device.js';
-import type { Logger } from '../logging.js';
-import type { FileIo } from '../block/file-io.js';
-import type { NbdServer } from '../server/listener.js';
 import { startAdminApi, type AdminApi } from './admin-api.js';
 import type { AdminEndpoint } from './config.js';
-import type { ReloadableExports } from './export-set.js';
-import type { GuardedProvider } from './guarded-provider.js';
 import { createMetrics, type ObjectStoreStats } from './metrics.js';
 import { statusPageRoute } from './status-page.js';
-import { Operations, type OverlayDirInfo } from './operations.js';
+import { Operations, type OperationsOptions } from './operations.js';
 import { Reloader, type ReloaderOptions } from './reload.js';
 
-export interface ControlPlaneOptions {
-  readonly server: NbdServer;
-  readonly guard: GuardedProvider;
-  readonly exports: ReloadableExports;
-  readonly overlays?: OverlayDirInfo;
-  readonly ephemeralName?: string;
-  readonly inspect: (file: string) => Promise<BlockDevice>;
-  readonly io?: FileIo;
-  readonly log: Logger;
+export interface ControlPlaneOptions extends OperationsOptions {
   readonly reload: Omit<ReloaderOptions, 'exports' | 'log'>;
   readonly admin?: AdminEndpoint;
   readonly adminTokenFile?: string;
