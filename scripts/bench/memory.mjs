@@ -12,8 +12,7 @@
 import { mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync, closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
-import { createServer } from 'node:net';
-import { rssMiB, runMeasured } from './proc.mjs';
+import { freePort, rssMiB, runMeasured } from './proc.mjs';
 
 const env = process.env;
 const node = env.NODE24 || process.execPath;
@@ -22,15 +21,6 @@ const writes = Number(env.MEMORY_WRITES ?? 10000);
 const GiB = 2 ** 30;
 const dir = mkdtempSync(join(env.BENCH_DIR, 'run.memory.'));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 function must(argv) {
   const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8' });

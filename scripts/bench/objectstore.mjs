@@ -9,9 +9,8 @@
 // only the start of the disk), nbdcopy-null (ONE whole-disk copy: cold, every chunk once).
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { cpuSeconds, runMeasured } from './proc.mjs';
+import { cpuSeconds, freePort, runMeasured } from './proc.mjs';
 import { ROWS, runRow } from './rows.mjs';
 import { startTarget } from './targets.mjs';
 
@@ -31,17 +30,6 @@ const wanted = (env.BENCH_ROWS ?? '').split(/[\s,]+/).filter(Boolean);
 const rows = ['seqread-1m-qd8', 'randread-4k-qd32', 'nbdcopy-null']
   .filter((n) => wanted.length === 0 || wanted.some((w) => n.startsWith(w)))
   .map((n) => ROWS.find((r) => r.name === n));
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function startS3() {
   const dir = join(runDir, 's3');

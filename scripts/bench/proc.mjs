@@ -4,6 +4,7 @@
 // by the parent, so their time lands in the parent's cutime/cstime). cpuSeconds() sums
 // utime+stime+cutime+cstime of the root and of every live descendant, so the difference of
 // two samples is the CPU the whole tree used in between.
+import { createServer } from 'node:net';
 import { readdirSync, readFileSync } from 'node:fs';
 import { execFileSync, spawnSync } from 'node:child_process';
 
@@ -75,4 +76,16 @@ export function runMeasured(argv, { stdout = 'ignore', env } = {}) {
   if (res.status !== 0) throw new Error(`measuring ${argv[0]} failed: ${res.stderr}`);
   const lines = res.stdout.trim().split('\n');
   return JSON.parse(lines[lines.length - 1]);
+}
+
+/** A TCP port free on 127.0.0.1 right now (the kernel picks it; we release it for a server). */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
 }

@@ -6,8 +6,7 @@
 //   node run.mjs  (configured by environment, see scripts/bench.sh --help)
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, copyFileSync, existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { createServer } from 'node:net';
-import { cpuSeconds } from './proc.mjs';
+import { cpuSeconds, freePort } from './proc.mjs';
 import { ROWS, runRow } from './rows.mjs';
 import { OURS, PEERS, isOurs, startTarget } from './targets.mjs';
 import { printReport } from './report.mjs';
@@ -40,17 +39,6 @@ const ctx = {
     return p;
   },
 };
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function cell(target, row, round) {
   const dir = join(runDir, `${target}.${row.name}.r${round}`);

@@ -8,7 +8,7 @@
  *   2. a record whose probe(head) recognises the file's first bytes, else
  *   3. raw (FALLBACK_FORMAT).
  */
-import { open } from 'node:fs/promises';
+import { openChecked } from '../block/open-guard.js';
 import type { BlockDevice } from '../block/block-device.js';
 import { addCowFormat } from './add-cow/format.js';
 import { cowFormat } from './cow/format.js';
@@ -63,7 +63,8 @@ export function claimingRecord(spec: string, formats: readonly FormatRecord[] = 
 export async function detectFormat(spec: string, formats: readonly FormatRecord[] = FORMATS): Promise<FormatRecord> {
   const claimed = formats.find((f) => f.claims?.(spec));
   if (claimed) return claimed;
-  const fh = await open(spec, 'r');
+  // The checked open: a FIFO or a kernel interface is refused before anything can block on it.
+  const fh = await openChecked(spec, { writable: false, what: 'image file', allowBlockDevice: true });
   try {
     const head = Buffer.alloc(PROBE_BYTES);
     const { bytesRead } = await fh.read(head, 0, PROBE_BYTES, 0);

@@ -13,10 +13,10 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openImage, type ImageFormat } from '../../src/formats/open-image.js';
+import type { ImageFormat } from '../../src/formats/open-image.js';
 import { runCheck } from '../../src/tools/check.js';
 import { CMD } from '../helpers/nbd-fixtures.js';
-import { createPatternedImage, makeTempDir, sha256File } from '../helpers/images.js';
+import { createPatternedImage, makeTempDir, readImage, sha256File } from '../helpers/images.js';
 import { CLI_PATH, startServer, type RunningServer } from '../helpers/server.js';
 import { requireTool } from '../helpers/tools.js';
 import { ByteModel } from './byte-model.js';
@@ -35,17 +35,6 @@ interface Target {
   readonly file: string;
   readonly format: ImageFormat;
   state: Buffer;
-}
-
-async function readImage(file: string, format: ImageFormat): Promise<Buffer> {
-  const dev = await openImage(file, { readOnly: true, format });
-  try {
-    const out = Buffer.alloc(dev.size);
-    await dev.read(0, out);
-    return out;
-  } finally {
-    await dev.close();
-  }
 }
 
 /** One connection's workload until `stop()`; `onDurable` fires on every FLUSH/FUA reply. */

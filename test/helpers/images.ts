@@ -5,6 +5,7 @@
  * so a read from the wrong offset can never pass by accident.
  */
 import { createHash } from 'node:crypto';
+import type { ImageFormat } from '../../src/formats/open-image.js';
 import { mkdtempSync, rmSync, readFileSync, writeFileSync, openSync, ftruncateSync, writeSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -62,10 +63,13 @@ export function sha256(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
-/** The whole virtual disk of an image (any format, opened read-only through openImage). */
-export async function readImage(file: string): Promise<Buffer> {
+/**
+ * The whole virtual disk of an image (opened read-only through openImage; the format is
+ * probed unless named).
+ */
+export async function readImage(file: string, format?: ImageFormat): Promise<Buffer> {
   const { openImage } = await import('../../src/formats/open-image.js');
-  const dev = await openImage(file, { readOnly: true });
+  const dev = await openImage(file, { readOnly: true, format });
   try {
     const out = Buffer.alloc(dev.size);
     await dev.read(0, out);
