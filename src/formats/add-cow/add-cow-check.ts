@@ -4,6 +4,7 @@
  * bits, padding after the bitmap. Repairs touch only the .add-cow file (never the image
  * or backing file). Facts: docs/add-cow-format.md.
  */
+import { quotedPath } from '../../util/quoted-path.js';
 import { stat, type FileHandle } from 'node:fs/promises';
 import { readFully, writeFully } from '../../block/file-io.js';
 import { clearBitsFrom, corruption, fmtRanges, nonZeroRanges, repairable, zeroRanges, type Collected } from '../check-report.js';
@@ -55,7 +56,7 @@ async function checkNames(file: string, header: AddCowHeader, req: CheckRequest,
   if (header.imageFormat !== 'raw') corruption(c, 'image-file', `image file format "${header.imageFormat}" is not supported (only raw)`);
   const imageSt = await stat(imagePath).catch(() => undefined);
   if (!imageSt) {
-    corruption(c, 'image-file', `image file "${header.imageName}" (${imagePath}) does not exist`);
+    corruption(c, 'image-file', `image file ${quotedPath(header.imageName)} (${quotedPath(imagePath)}) does not exist`);
     return undefined;
   }
   const size = Math.floor(imageSt.size / ADD_COW_SECTOR) * ADD_COW_SECTOR;
@@ -64,7 +65,7 @@ async function checkNames(file: string, header: AddCowHeader, req: CheckRequest,
   }
   if (backingPath !== undefined && !header.allAllocated) {
     if (header.backingFormat === '') corruption(c, 'names', 'a backing file is named but its format (bytes 44..59) is empty');
-    if (!(await stat(backingPath).catch(() => undefined))) corruption(c, 'backing', `backing file "${header.backingName ?? backingPath}" (${backingPath}) does not exist`);
+    if (!(await stat(backingPath).catch(() => undefined))) corruption(c, 'backing', `backing file ${quotedPath(header.backingName ?? backingPath)} (${quotedPath(backingPath)}) does not exist`);
   }
   return size;
 }

@@ -3,6 +3,7 @@
  * (it may be missing: reported, not fatal). add-cow has no size/mtime identity check: the
  * image may be larger than the backing (docs/add-cow-format.md#a2).
  */
+import { quotedPath } from '../../util/quoted-path.js';
 import { stat } from 'node:fs/promises';
 import { isObjectStoreUri } from '../../objectstore/uri.js';
 import { remoteStat, withBacking, type InspectRequest } from '../format-record.js';
@@ -36,12 +37,12 @@ async function addCowBackingReport(insp: AddCowInspection, resolved: string, req
   const st = remote ?? (await stat(resolved).catch(() => undefined));
   let size: number | null = null;
   let message: string | null = null;
-  if (!st) message = `backing file "${resolved}" does not exist`;
+  if (!st) message = `backing file ${quotedPath(resolved)} does not exist`;
   else if (format === null) message = 'backing file format is empty in the header (never probed; pass --backing-format)';
   else if (remote) size = remote.size;
   else {
     size = await withBacking(req.openBacking, resolved, format, (d) => d.size).catch((err: Error) => {
-      message = `backing file "${resolved}" cannot be opened as ${format}: ${err.message}`;
+      message = `backing file ${quotedPath(resolved)} cannot be opened as ${format}: ${err.message}`;
       return null;
     });
   }

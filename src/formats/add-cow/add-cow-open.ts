@@ -15,6 +15,7 @@
  * the image file grew after creation) reads as zeros there: those clusters are unallocated.
  * Bits past the last cluster are cleared in memory, so they are written back as 0.
  */
+import { quotedPath } from '../../util/quoted-path.js';
 import { stat, type FileHandle } from 'node:fs/promises';
 import { openChecked, type OpenGuard } from '../../block/open-guard.js';
 import path from 'node:path';
@@ -103,7 +104,7 @@ export async function openAddCowFiles(
 
     // The image file's name comes from the header: a hostile one may name anything.
     imageFile = await openChecked(imagePath, { writable: !readOnly, what: 'image file', referenced: true, guard: open.guard }).catch((err: NodeJS.ErrnoException) => {
-      throw new DeviceError(err instanceof DeviceError ? err.code : 'EINVAL', `${addCowPath}: cannot open image file "${header.imageName}" (${imagePath}): ${err.message}`);
+      throw new DeviceError(err instanceof DeviceError ? err.code : 'EINVAL', `${addCowPath}: cannot open image file ${quotedPath(header.imageName)} (${quotedPath(imagePath)}): ${err.message}`);
     });
     const st = await imageFile.stat();
     if (!st.isFile()) throw new DeviceError('EINVAL', `${addCowPath}: image file ${imagePath} is not a regular file`);

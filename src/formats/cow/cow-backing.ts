@@ -17,6 +17,7 @@
  *                                               "mtime mismatch (H vs A) of COW header vs backing file"
  *      skipped with ignoreMtime (recovery), and for QEMU layouts (QEMU never checked it, docs/cow-format.md#c18).
  */
+import { quotedPath } from '../../util/quoted-path.js';
 import { stat, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import { isObjectStoreUri } from '../../objectstore/uri.js';
@@ -55,9 +56,9 @@ export async function statBacking(file: string): Promise<BackingStat> {
     st = await stat(file, { bigint: true });
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    throw new CowBackingError(`Couldn't stat backing file "${file}": ${e.code ?? e.message}`);
+    throw new CowBackingError(`Couldn't stat backing file ${quotedPath(file)}: ${e.code ?? e.message}`);
   }
-  if (!st.isFile() && !st.isBlockDevice()) throw new CowBackingError(`backing file "${file}" is not a regular file`);
+  if (!st.isFile() && !st.isBlockDevice()) throw new CowBackingError(`backing file ${quotedPath(file)} is not a regular file`);
   const ns = st.mtimeNs;
   const sec = ns >= 0n ? ns / 1_000_000_000n : -((-ns + 999_999_999n) / 1_000_000_000n);
   return { size: Number(st.size), mtime: Number(sec) };
@@ -67,11 +68,11 @@ export async function statBacking(file: string): Promise<BackingStat> {
 export function checkBacking(h: CowHeader, actual: BackingStat, file: string, options: { ignoreMtime?: boolean; sizeOverride?: number } = {}): void {
   const size = options.sizeOverride ?? actual.size;
   if (h.size !== size) {
-    throw new CowBackingError(`Size mismatch (${h.size} vs ${size}) of COW header vs backing file "${file}"`);
+    throw new CowBackingError(`Size mismatch (${h.size} vs ${size}) of COW header vs backing file ${quotedPath(file)}`);
   }
   if (options.ignoreMtime || isQemuLayout(h.layout)) return;
   if (h.mtime !== actual.mtime) {
-    throw new CowBackingError(`mtime mismatch (${h.mtime} vs ${actual.mtime}) of COW header vs backing file "${file}" (override with --ignore-mtime if the backing content is unchanged)`);
+    throw new CowBackingError(`mtime mismatch (${h.mtime} vs ${actual.mtime}) of COW header vs backing file ${quotedPath(file)} (override with --ignore-mtime if the backing content is unchanged)`);
   }
 }
 
