@@ -26,5 +26,8 @@ for (let i = 0; i < args.length; i += 2) {
     process.exit(2);
   }
 }
+// A new seed each long run (npm test pins one); printed so a finding can be replayed.
+env.COWNBD_TORTURE_SEED ??= String(Date.now() % 1_000_000);
+console.log(`torture: seed ${env.COWNBD_TORTURE_SEED} (replay with --seed ${env.COWNBD_TORTURE_SEED})`);
 const r = spawnSync('npx', ['vitest', 'run', 'test/campaign'], { stdio: 'inherit', env });
 process.exit(r.status ?? 1);
