@@ -12,7 +12,7 @@
  *   COWNBD_NO_NOWAIT=1     no synchronous preadv2(RWF_NOWAIT) page-cache reads
  *   COWNBD_NO_BATCH=1      no batching of one event-loop turn's pwrites into one job
  *   COWNBD_SYNC_WRITES=0   no synchronous small buffered writes
- *   COWNBD_NO_ARENA=1      no arena reads on accepted sockets
+ *   COWNBD_NO_SHARED_READS=1  sockets use Node's default reads (a fresh buffer per read)
  */
 import { nativeFs, nativeFsUnavailableReason, type NativeFs } from './native-fs.js';
 
@@ -27,8 +27,8 @@ export interface IoPolicy {
   readonly batchWrites: boolean;
   /** Write small buffers synchronously while that stays fast. */
   readonly syncWrites: boolean;
-  /** Accepted sockets read into shared arenas (server/arena-reads.ts). */
-  readonly arenaReads: boolean;
+  /** Accepted sockets read into one shared buffer (server/shared-reads.ts). */
+  readonly sharedReads: boolean;
 }
 
 /** Every fast path on (where the addon provides it). */
@@ -39,7 +39,7 @@ export function defaultIoPolicy(): IoPolicy {
     nowaitReads: true,
     batchWrites: true,
     syncWrites: true,
-    arenaReads: true,
+    sharedReads: true,
   };
 }
 
@@ -53,7 +53,7 @@ export function ioPolicyFromEnv(env: NodeJS.ProcessEnv): IoPolicy {
     nowaitReads: env.COWNBD_NO_NOWAIT !== '1',
     batchWrites: env.COWNBD_NO_BATCH !== '1',
     syncWrites: env.COWNBD_SYNC_WRITES !== '0',
-    arenaReads: env.COWNBD_NO_ARENA !== '1',
+    sharedReads: env.COWNBD_NO_SHARED_READS !== '1',
   };
 }
 

@@ -126,7 +126,7 @@ export function registerDemoCommand(program: Command, io: FileIo): void {
       log,
       () => Promise.resolve(overlay.device),
     );
-    const running = await runServer(provider, { port: o.port, bind: o.bind, printUri: o.printUri, arenaReads: io.policy.arenaReads }, '', log);
+    const running = await runServer(provider, { port: o.port, bind: o.bind, printUri: o.printUri, sharedReads: io.policy.sharedReads }, '', log);
     await applyProcessOptions({ ...running, defaultExport: '' }, o, log, process.env);
     if (o.printUri) return;
     const uri = running.uris[0]!.replace(/\/$/, '');

@@ -216,7 +216,7 @@ export interface RunServerOptions {
   printUri?: boolean;
   /** Names of the static exports: each gets its own URI line (default export first). */
   exportNames?: readonly string[];
-  arenaReads?: boolean;
+  sharedReads?: boolean;
   /** Endpoints from a config file (instead of port/bind/socket). */
   listen?: readonly ListenEndpoint[];
   /** TLS, access rules and limits (absent: open server, as `demo` runs). */
@@ -228,7 +228,7 @@ export interface RunServerOptions {
  * line(s) and install signal handlers. Shared by `serve` and `demo`.
  */
 export async function runServer(provider: ExportProvider, o: RunServerOptions, defaultExport: string, log: Logger): Promise<RunningServer> {
-  const server = new NbdServer({ provider, log, arenaReads: o.arenaReads, security: o.security });
+  const server = new NbdServer({ provider, log, sharedReads: o.sharedReads, security: o.security });
   const tlsRequired = o.security?.tlsMode === 'require';
   const endpoints: ListenEndpoint[] = o.listenFds?.length
     ? o.listenFds.map((fd) => ({ fd }))

@@ -4,8 +4,14 @@
  *   push(chunk) ─► [chunk0 (from `head`)] [chunk1] [chunk2] ... ─► take(n) / skip(n)
  *
  * take(n) returns a VIEW into the first chunk when the n bytes lie inside it (the
- * common case for request headers and WRITE payloads), and copies only when a
- * message spans chunk boundaries. Views stay valid: chunks are never reused.
+ * common case for request headers), and copies only when a message spans chunk
+ * boundaries; takeInto() copies into the caller's buffer (WRITE payloads, filled as
+ * their bytes arrive).
+ *
+ * Transient chunks (push(chunk, true)) are views of memory the caller reuses after the
+ * current event (server/shared-reads.ts): the caller consumes synchronously, then calls
+ * settle(), which copies whatever is still buffered into owned memory. A readExactly()
+ * that completes on a transient chunk gets a copy, since its consumer runs later.
  *
  * Two styles of consumer: the handshake awaits readExactly(n) (simple sequential
  * code, low rate); the transmission phase polls `length` and calls take() itself,
@@ -19,6 +25,8 @@ export class ByteReader {
   private head = 0;
   private total = 0;
   private ended = false;
+  /** Some buffered chunk is transient: settle() must copy before the caller returns. */
+  private transient = false;
   private waiter: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
 
   /** Bytes buffered and not yet consumed. */
@@ -30,23 +38,53 @@ export class ByteReader {
     return this.ended;
   }
 
-  push(chunk: Buffer): void {
+  /** Buffer `chunk`; `transient`: its memory is reused after this event (see settle()). */
+  push(chunk: Buffer, transient = false): void {
     if (chunk.length === 0) return;
-    const n = this.chunks.length;
-    const last = n > 0 ? this.chunks[n - 1]! : undefined;
-    if (last && last.buffer === chunk.buffer && last.byteOffset + last.length === chunk.byteOffset) {
-      // Adjacent in the same memory (arena reads): extend the view, so a message received
-      // in several reads can still be taken without a copy.
-      this.chunks[n - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + chunk.length);
-    } else {
-      this.chunks.push(chunk);
-    }
+    this.chunks.push(chunk);
     this.total += chunk.length;
+    if (transient) this.transient = true;
     const w = this.waiter;
     if (w && this.total >= w.n) {
       this.waiter = undefined;
-      w.resolve(this.take(w.n));
+      const msg = this.take(w.n);
+      w.resolve(this.transient ? Buffer.from(msg) : msg);
     }
+  }
+
+  /** Copy buffered bytes out of transient chunks, so none of that memory is referenced. */
+  settle(): void {
+    if (!this.transient) return;
+    this.transient = false;
+    if (this.total === 0) {
+      this.chunks = [];
+      this.head = 0;
+      return;
+    }
+    const owned = Buffer.allocUnsafe(this.total);
+    let at = 0;
+    for (let i = 0; i < this.chunks.length; i++) {
+      const c = this.chunks[i]!;
+      at += c.copy(owned, at, i === 0 ? this.head : 0);
+    }
+    this.chunks = [owned];
+    this.head = 0;
+  }
+
+  /** Copy up to `max` buffered bytes into target at `at`; returns how many were copied. */
+  takeInto(target: Buffer, at: number, max: number): number {
+    let left = Math.min(max, this.total);
+    const done = left;
+    while (left > 0) {
+      const c = this.chunks[0]!;
+      const have = c.length - this.head;
+      const want = Math.min(have, left);
+      c.copy(target, at, this.head, this.head + want);
+      at += want;
+      this.advance(want, c, have);
+      left -= want;
+    }
+    return done;
   }
 
   /** The peer closed its side: a pending or later readExactly() fails. */
@@ -103,7 +141,10 @@ export class ByteReader {
 
   /** Await exactly n bytes. Rejects with ProtocolError on EOF. One reader at a time. */
   readExactly(n: number): Promise<Buffer> {
-    if (this.total >= n) return Promise.resolve(this.take(n));
+    if (this.total >= n) {
+      const msg = this.take(n);
+      return Promise.resolve(this.transient ? Buffer.from(msg) : msg);
+    }
     if (this.ended) return Promise.reject(this.eofError(n));
     if (this.waiter) return Promise.reject(new Error('ByteReader: concurrent readExactly'));
     return new Promise((resolve, reject) => {

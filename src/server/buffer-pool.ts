@@ -15,7 +15,8 @@
  * (e.g. after socket.write's callback, after a device write resolved); on error paths
  * they simply do not release.
  */
-export const MIN_POOLED = 64 * 1024;
+/** Smaller buffers come from Node's slab allocator (Buffer.allocUnsafe), which is cheap. */
+export const MIN_POOLED = 4 * 1024;
 const MAX_CLASS = 64 * 1024 * 1024;
 
 export class BufferPool {

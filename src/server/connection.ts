@@ -79,13 +79,11 @@ export class Connection {
     readonly peer: string,
     private readonly server: ConnectionServer,
     parentLog: Logger,
-    /** Arena-read sockets deliver bytes through a sink instead of 'data' events. */
-    setSink?: (sink: (bytes: Buffer) => void) => void,
-    /** Give idle read memory back (arena reads); called by the server's idle sweep. */
-    private readonly releaseReadMemory: () => number = () => 0,
+    /** Shared-read sockets deliver bytes through a sink instead of 'data' events. */
+    setSink?: (sink: (bytes: Buffer, transient: boolean) => void) => void,
   ) {
     this.log = parentLog.child({ conn: id, peer });
-    if (setSink) setSink((chunk) => this.onData(chunk));
+    if (setSink) setSink((chunk, transient) => this.onData(chunk, transient));
     this.attach(socket, !setSink);
   }
 
@@ -245,12 +243,6 @@ export class Connection {
     return this.closed;
   }
 
-  /** Called by the server's periodic sweep: give read memory back when nothing is pending. */
-  sweepIdle(idleMs: number, now: number): number {
-    if (now - this.lastInput < idleMs || this.reader.length !== 0) return 0;
-    return this.releaseReadMemory();
-  }
-
   /** Hard close (shutdown grace expired). */
   destroy(): void {
     this.socket.destroy();
@@ -280,11 +272,16 @@ export class Connection {
     this.socket.uncork();
   };
 
-  private onData(chunk: Buffer): void {
+  /** `transient`: a view of the server's shared read buffer (shared-reads.ts), valid only now. */
+  private onData(chunk: Buffer, transient = false): void {
     if (this.inputClosed) return;
     this.lastInput = Date.now();
-    this.reader.push(chunk);
-    if (this.session) this.pump();
+    this.reader.push(chunk, transient);
+    try {
+      if (this.session) this.pump();
+    } finally {
+      this.reader.settle();
+    }
   }
 
   private pump(): void {

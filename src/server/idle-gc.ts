@@ -1,7 +1,7 @@
 /**
  * Give memory back when the server goes quiet.
  *
- * Buffers dropped by idle connections (read arenas, pooled READ/WRITE memory) are only
+ * Buffers dropped by the pool (pooled READ/WRITE memory) are only
  * freed when V8 collects them, and V8 collects when JavaScript allocates — an idle server
  * never does, so the memory stayed resident (measured: ~200 MiB for 8 idle connections
  * after bursts of 4 MiB I/O). After a sweep that released memory we therefore run one

@@ -7,13 +7,14 @@
  *   stop(): close listeners ─► each connection: running requests finish, new ones get
  *           ESHUTDOWN ─► sockets closed ─► provider.close() (flush + close every device)
  *
- * Memory: one BufferPool serves every connection; a sweep every IDLE_SWEEP_MS gives read
- * arenas of quiet connections and the pool's buffers back. Descriptors: see fd-limit.ts.
+ * Memory: one BufferPool serves every connection and every socket reads into one shared
+ * buffer (shared-reads.ts); a sweep every IDLE_SWEEP_MS gives the pool's buffers back once
+ * nobody asked for one a while. Descriptors: see fd-limit.ts.
  *
  * No state at module level: several servers can live in one process (tests, library use).
  */
 import net from 'node:net';
-import { arenaSocket } from './arena-reads.js';
+import { SHARED_READ_SIZE, sharedReadSocket } from './shared-reads.js';
 import { lstat, unlink } from 'node:fs/promises';
 import type { Logger } from '../logging.js';
 import { BufferPool } from './buffer-pool.js';
@@ -44,15 +45,15 @@ export interface NbdServerOptions {
   readonly log: Logger;
   /** How long stop() waits for connections to finish before destroying them (ms). */
   readonly stopGraceMs?: number;
-  /** Read accepted sockets into arenas (IoPolicy.arenaReads; default true). */
-  readonly arenaReads?: boolean;
+  /** Read accepted sockets into one shared buffer (IoPolicy.sharedReads; default true). */
+  readonly sharedReads?: boolean;
   /** TLS, access rules and limits (security.ts); absent = open server, no limits. */
   readonly security?: ServerSecurity;
   /** Connections per listener (default: what the descriptor limit allows, see fd-limit.ts). */
   readonly maxConnections?: number;
 }
 
-/** Quiet connections give their read memory back after this long (and the pool is trimmed). */
+/** The pool is trimmed once no buffer was asked for this long. */
 export const IDLE_SWEEP_MS = 2000;
 /** Released memory that is worth a GC + malloc_trim (see idle-gc.ts). */
 const RECLAIM_MIN_BYTES = 1024 * 1024;
@@ -65,6 +66,8 @@ export class NbdServer {
   private nextId = 1;
   private stopping: Promise<void> | undefined;
   private readonly pool = new BufferPool(POOL_RETAINED_BYTES);
+  /** What every accepted socket reads into (shared-reads.ts); allocated at the first accept. */
+  private sharedReadBuffer: Buffer | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private readonly reclaim = idleReclaimer();
   private readonly logDrop = rateLimited(10_000, (suppressed) =>
@@ -88,7 +91,7 @@ export class NbdServer {
 
   /** Start listening; resolves with the real address (the real port when port is 0). */
   async listen(endpoint: ListenEndpoint): Promise<ListenAddress> {
-    // pauseOnConnect: accepted sockets are re-wrapped for arena reads before any read.
+    // pauseOnConnect: accepted sockets are re-wrapped for shared reads before any read.
     const server = net.createServer({ noDelay: true, allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     const cap = this.options.maxConnections ?? connectionBudget();
     if (cap !== undefined) server.maxConnections = cap;
@@ -157,7 +160,8 @@ export class NbdServer {
       return;
     }
     const peer = address ? `${address}:${accepted.remotePort}` : 'unix';
-    const { socket, setSink, release } = arenaSocket(accepted, { allowHalfOpen: true, arena: this.options.arenaReads ?? true });
+    if (this.options.sharedReads ?? true) this.sharedReadBuffer ??= Buffer.allocUnsafeSlow(SHARED_READ_SIZE);
+    const { socket, setSink } = sharedReadSocket(accepted, { allowHalfOpen: true, shared: this.sharedReadBuffer });
     socket.setNoDelay(true);
     // Notice vanished clients (NBD issue #52: state lingering after an unclean death).
     socket.setKeepAlive(true, 60_000);
@@ -169,7 +173,7 @@ export class NbdServer {
       // No observer at all (not even a clock read per request) unless someone listens.
       onRequest: this.requestListeners.length > 0 ? this.onRequest : undefined,
     };
-    const conn = new Connection(socket, this.nextId++, peer, server, this.options.log, setSink, release);
+    const conn = new Connection(socket, this.nextId++, peer, server, this.options.log, setSink);
     this.connections.add(conn);
     void conn.closed.then(() => {
       this.connections.delete(conn);
@@ -182,8 +186,7 @@ export class NbdServer {
     if (this.sweepTimer) return;
     this.sweepTimer = setInterval(() => {
       const now = Date.now();
-      let freed = this.pool.trim(IDLE_SWEEP_MS, now);
-      for (const c of this.connections) freed += c.sweepIdle(IDLE_SWEEP_MS, now);
+      const freed = this.pool.trim(IDLE_SWEEP_MS, now);
       // Only after real releases: an idle server is not woken to collect nothing.
       if (freed >= RECLAIM_MIN_BYTES) this.reclaim();
     }, IDLE_SWEEP_MS);

@@ -11,8 +11,9 @@
  * - Backpressure: at most MAX_IN_FLIGHT requests (and MAX_IN_FLIGHT_BYTES of READ/WRITE
  *   data) per connection; beyond that, or while socket.write() reports a full buffer,
  *   the socket is paused and resumed on completion / 'drain'.
- * - Zero copy: READ allocates one Buffer for header(s)+data and the device reads into
- *   a subarray; a WRITE payload is a view of the received chunk when it is contiguous.
+ * - Few copies, no fresh memory: READ takes one pooled Buffer for header(s)+data and the
+ *   device reads into a subarray; a WRITE payload is copied once, as its bytes arrive, out
+ *   of the shared read buffer (shared-reads.ts) into a pooled buffer.
  * - Errors: validation failures and device errors become NBD error replies (the real
  *   cause is logged at debug); only a ProtocolError (bad magic) closes the connection.
  */
@@ -71,8 +72,8 @@ export class TransmissionSession {
 
   private inFlight = 0;
   private inFlightBytes = 0;
-  /** A WRITE header whose payload has not fully arrived. */
-  private pendingWrite: RequestHeader | undefined;
+  /** A WRITE whose payload is still arriving: copied into `buf` as its bytes come in. */
+  private pendingWrite: { h: RequestHeader; buf: Buffer; pooled: Buffer | undefined; filled: number } | undefined;
   /** Payload bytes of a rejected WRITE still to be discarded. */
   private drainLeft = 0;
   private writeBlocked = false;
@@ -119,15 +120,10 @@ export class TransmissionSession {
       }
       const pending = this.pendingWrite;
       if (pending) {
-        if (reader.length < pending.length) return;
+        pending.filled += reader.takeInto(pending.buf, pending.filled, pending.buf.length - pending.filled);
+        if (pending.filled < pending.buf.length) return;
         this.pendingWrite = undefined;
-        let pooled: Buffer | undefined;
-        const payload = reader.take(pending.length, (n) => {
-          if (n < MIN_POOLED) return Buffer.allocUnsafe(n);
-          pooled = this.pool.acquire(n);
-          return pooled.subarray(0, n);
-        });
-        this.start(pending, payload, pooled);
+        this.start(pending.h, pending.buf, pending.pooled);
         continue;
       }
       if (!this.shuttingDown && (this.inFlight >= MAX_IN_FLIGHT || this.inFlightBytes >= MAX_IN_FLIGHT_BYTES || this.writeBlocked)) {
@@ -209,7 +205,9 @@ export class TransmissionSession {
       return;
     }
     if (isWrite && h.length > 0) {
-      this.pendingWrite = h; // pump() starts it once the payload is complete
+      // pump() fills it and starts the request once the payload is complete.
+      const pooled = h.length >= MIN_POOLED ? this.pool.acquire(h.length) : undefined;
+      this.pendingWrite = { h, buf: pooled ? pooled.subarray(0, h.length) : Buffer.allocUnsafe(h.length), pooled, filled: 0 };
       return;
     }
     this.start(h, undefined);

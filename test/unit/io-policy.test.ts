@@ -21,14 +21,14 @@ afterAll(async () => {
 describe('ioPolicyFromEnv', () => {
   it('turns each documented switch off, and nothing else', () => {
     const base = ioPolicyFromEnv({});
-    expect(base).toMatchObject({ nowaitReads: true, batchWrites: true, syncWrites: true, arenaReads: true });
+    expect(base).toMatchObject({ nowaitReads: true, batchWrites: true, syncWrites: true, sharedReads: true });
     expect(base.native).toBe(defaultIoPolicy().native);
     expect(ioPolicyFromEnv({ COWNBD_NO_NATIVE: '1' }).native).toBeUndefined();
     expect(ioPolicyFromEnv({ COWNBD_NO_NATIVE: '1' }).nativeUnavailableReason).toMatch(/COWNBD_NO_NATIVE/);
     expect(ioPolicyFromEnv({ COWNBD_NO_NOWAIT: '1' }).nowaitReads).toBe(false);
     expect(ioPolicyFromEnv({ COWNBD_NO_BATCH: '1' }).batchWrites).toBe(false);
     expect(ioPolicyFromEnv({ COWNBD_SYNC_WRITES: '0' }).syncWrites).toBe(false);
-    expect(ioPolicyFromEnv({ COWNBD_NO_ARENA: '1' }).arenaReads).toBe(false);
+    expect(ioPolicyFromEnv({ COWNBD_NO_SHARED_READS: '1' }).sharedReads).toBe(false);
     expect(ioPolicyFromEnv({ COWNBD_NO_BATCH: '0', COWNBD_SYNC_WRITES: '1' })).toMatchObject({ batchWrites: true, syncWrites: true });
   });
 });

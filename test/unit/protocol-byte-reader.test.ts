@@ -82,30 +82,53 @@ describe('ByteReader', () => {
   });
 });
 
-describe('ByteReader with arena reads', () => {
-  it('merges views adjacent in one arena, so a message split across reads is taken without a copy', () => {
-    const arena = Buffer.alloc(64);
-    for (let i = 0; i < 64; i++) arena[i] = i;
+describe('ByteReader with transient chunks (shared reads)', () => {
+  it('settle() copies what is still buffered, so reusing the memory cannot change it', () => {
+    const shared = Buffer.alloc(64);
+    for (let i = 0; i < 64; i++) shared[i] = i;
     const r = new ByteReader();
-    r.push(arena.subarray(0, 10));
-    r.push(arena.subarray(10, 25));
-    r.push(arena.subarray(25, 40));
-    const head = r.take(4);
-    const msg = r.take(30); // spans the three reads
-    expect([...head]).toEqual([0, 1, 2, 3]);
-    expect([...msg]).toEqual(Array.from({ length: 30 }, (_, i) => i + 4));
-    expect(msg.buffer).toBe(arena.buffer); // a view into the arena, not a copy
-    expect(msg.byteOffset).toBe(arena.byteOffset + 4);
-    expect(r.length).toBe(6);
+    r.push(shared.subarray(0, 10), true);
+    expect([...r.take(4)]).toEqual([0, 1, 2, 3]);
+    r.settle();
+    shared.fill(0xee); // the next read lands in the same memory
+    r.push(shared.subarray(0, 2), true);
+    expect([...r.take(8)]).toEqual([4, 5, 6, 7, 8, 9, 0xee, 0xee]);
+    r.settle();
+    expect(r.length).toBe(0);
   });
 
-  it('does not merge views of different memory, or non-adjacent views of the same memory', () => {
-    const a = Buffer.from([1, 2, 3, 4]);
-    const b = Buffer.from([5, 6]);
+  it('takeInto() fills a payload across reads and reports how much it copied', () => {
+    const shared = Buffer.alloc(8);
+    const target = Buffer.alloc(12);
     const r = new ByteReader();
-    r.push(a.subarray(0, 2));
-    r.push(a.subarray(3, 4)); // gap at index 2: must stay separate
-    r.push(b);
-    expect([...r.take(5)]).toEqual([1, 2, 4, 5, 6]);
+    let filled = 0;
+    for (let read = 0; read < 3; read++) {
+      shared.fill(read + 1);
+      r.push(shared.subarray(0, 5), true);
+      filled += r.takeInto(target, filled, target.length - filled);
+      r.settle();
+    }
+    expect(filled).toBe(12);
+    expect([...target]).toEqual([1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3]);
+    expect(r.length).toBe(3); // the rest of the third read stays buffered (as a copy)
+    shared.fill(9);
+    expect([...r.take(3)]).toEqual([3, 3, 3]);
+  });
+
+  it('a readExactly() completed by a transient chunk resolves with a copy', async () => {
+    const shared = Buffer.from([1, 2, 3, 4]);
+    const r = new ByteReader();
+    const p = r.readExactly(3);
+    r.push(shared, true);
+    r.settle();
+    shared.fill(0);
+    expect([...(await p)]).toEqual([1, 2, 3]);
+    shared.set([5, 6, 7, 8]);
+    const r2 = new ByteReader();
+    r2.push(shared, true);
+    const q = r2.readExactly(2); // already buffered, still a view of the shared memory
+    shared.fill(0);
+    r2.settle();
+    expect([...(await q)]).toEqual([5, 6]);
   });
 });
