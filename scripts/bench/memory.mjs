@@ -3,6 +3,8 @@
 //
 // Per overlay (cow 16 GiB, cow 1 TiB, add-cow 1 TiB, over sparse bases of that size):
 //   open     seconds from `cownbd serve` spawn until it answers NBD (Node start included)
+//   open ms  milliseconds of openImage() + close() on the overlay inside one Node process,
+//            after a warm-up open (what opening costs the server; median of 5)
 //   idle     server RSS after open (one nbdinfo connection)
 //   writes   server RSS after MEMORY_WRITES (10 000) random 4 KiB writes over the whole disk
 //            (fio, QD32, then flush)
@@ -50,6 +52,23 @@ async function serve(args, uri, log) {
   throw new Error(`server did not answer on ${uri} (see ${log})`);
 }
 
+/** Median ms of openImage + close in one process (dist/formats/open-image.js), after a warm-up. */
+function openMs(ov) {
+  const url = new URL('../formats/open-image.js', new URL(`file://${cli}`)).href;
+  const script = `
+    const { openImage } = await import(${JSON.stringify(url)});
+    const times = [];
+    for (let i = 0; i < 6; i++) {
+      const t0 = performance.now();
+      const dev = await openImage(${JSON.stringify(ov)}, { readOnly: true });
+      await dev.close();
+      times.push(performance.now() - t0);
+    }
+    const rest = times.slice(1).sort((a, b) => a - b);
+    console.log(rest[2].toFixed(1));`;
+  return Number(must([node, '--input-type=module', '-e', script]).trim());
+}
+
 function tool(args) {
   const m = runMeasured([node, cli, ...args]);
   if (m.rc !== 0) throw new Error(`cownbd ${args.join(' ')}: ${m.stderr}`);
@@ -85,6 +104,7 @@ async function overlayRow(format, size) {
   const row = {
     overlay: `${format} ${size >= 1024 * GiB ? `${size / 1024 / GiB} TiB` : `${size / GiB} GiB`}`,
     openSeconds: Math.round(server.openSeconds * 100) / 100,
+    openMs: openMs(ov),
     idleMiB: Math.round(idle),
     afterWritesMiB: Math.round(after),
     map: tool(['map', ov]),
@@ -142,11 +162,11 @@ const many = await manyOverlays(64);
 rmSync(dir, { recursive: true, force: true });
 
 console.log(`\nRSS in MiB (${writes} random 4 KiB writes; tools: peak RSS, seconds)`);
-console.log('| overlay | open s | idle after open | after writes | `map` | `check` | `info` |');
-console.log('|---|---|---|---|---|---|---|');
+console.log('| overlay | serve answers (s) | open (ms) | idle after open | after writes | `map` | `check` | `info` |');
+console.log('|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
   const t = (x) => `${x.rssMiB} (${x.seconds} s)`;
-  console.log(`| ${r.overlay} | ${r.openSeconds} | ${r.idleMiB} | ${r.afterWritesMiB} | ${t(r.map)} | ${t(r.check)} | ${t(r.info)} |`);
+  console.log(`| ${r.overlay} | ${r.openSeconds} | ${r.openMs} | ${r.idleMiB} | ${r.afterWritesMiB} | ${t(r.map)} | ${t(r.check)} | ${t(r.info)} |`);
 }
 console.log(`\n${many.overlays} overlays of a 1 GiB base in one process: ${many.rssMiB} MiB`);
 const out = join(env.BENCH_DIR, 'memory.json');
