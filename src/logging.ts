@@ -1,9 +1,14 @@
 /**
  * Logging: pino, JSON lines on stderr; human-readable (pino-pretty) when stderr is a TTY.
  * Child loggers carry context fields: { conn, peer } per connection, { export } per export.
+ *
+ * pino-pretty (with its colour and date libraries) is required only when pretty output is
+ * chosen: a service writing JSON to a journal, and every image tool, never load it. It is
+ * CommonJS, so a synchronous require keeps createLogger() synchronous for its callers.
  */
+import { createRequire } from 'node:module';
 import { pino, type Logger } from 'pino';
-import pretty from 'pino-pretty';
+import type PinoPretty from 'pino-pretty';
 
 export type { Logger };
 
@@ -18,6 +23,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   const level = options.level ?? 'info';
   const usePretty = options.pretty ?? Boolean(process.stderr.isTTY);
   if (usePretty) {
+    const pretty = createRequire(import.meta.url)('pino-pretty') as typeof PinoPretty;
     return pino({ level }, pretty({ destination: 2, sync: true, colorize: true }));
   }
   return pino({ level }, pino.destination({ fd: 2, sync: true }));

@@ -7,114 +7,17 @@
  * Output: a table when stdout is a terminal, JSON otherwise or with --json. An API error
  * is one line on stderr ("cownbd: export "vm1" has 2 connected client(s)…") and status 1.
  * The endpoint comes from --admin, else COWNBD_ADMIN (read when the command runs).
+ * Registration only; the client is ctl-client.ts, loaded when a ctl command runs.
  */
-import http from 'node:http';
-import { readFileSync } from 'node:fs';
-import { Command } from 'commander';
-import { parseEndpoint } from '../control/config.js';
-
-interface CtlOptions {
-  admin?: string;
-  tokenFile?: string;
-  json?: boolean;
-}
-
-interface Reply {
-  status: number;
-  body: unknown;
-  text: string;
-}
-
-function request(o: CtlOptions, method: string, urlPath: string): Promise<Reply> {
-  const spec = o.admin ?? process.env.COWNBD_ADMIN;
-  if (!spec) throw new Error('no admin endpoint: give --admin unix:/path (or HOST:PORT), or set COWNBD_ADMIN');
-  const endpoint = parseEndpoint(spec.replace(/^https?:\/\//, ''));
-  if (!endpoint || 'fd' in endpoint) throw new Error(`--admin must be unix:/path or HOST:PORT (got "${spec}")`);
-  const headers: Record<string, string> = {};
-  if (o.tokenFile) headers.authorization = `Bearer ${readFileSync(o.tokenFile, 'utf8').trim()}`;
-  const target = 'path' in endpoint ? { socketPath: endpoint.path } : { host: endpoint.host, port: endpoint.port };
-  return new Promise((resolve, reject) => {
-    const req = http.request({ ...target, method, path: urlPath, headers, timeout: 60_000 }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (text += d));
-      res.on('end', () => {
-        let body: unknown = text;
-        if ((res.headers['content-type'] ?? '').includes('json')) body = JSON.parse(text);
-        resolve({ status: res.statusCode ?? 0, body, text });
-      });
-    });
-    req.on('timeout', () => req.destroy(new Error('admin API did not answer within 60 s')));
-    req.on('error', (err) => reject(new Error(`cannot reach the admin API at ${spec}: ${err.message}`)));
-    req.end();
-  });
-}
-
-async function call(o: CtlOptions, method: string, urlPath: string): Promise<unknown> {
-  const r = await request(o, method, urlPath);
-  if (r.status >= 400) {
-    const message = typeof r.body === 'object' && r.body && 'error' in r.body ? String((r.body as { error: unknown }).error) : r.text;
-    throw new Error(`${method} ${urlPath}: ${r.status}: ${message}`);
-  }
-  return r.body;
-}
-
-function bytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`;
-}
-
-export function formatTable(rows: string[][]): string {
-  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
-  return rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n') + '\n';
-}
-
-interface ExportRow {
-  name: string;
-  kind: string;
-  size: number;
-  readOnly: boolean;
-  connections: number;
-  chain: Array<{ depth: number; format: string; path?: string; allocatedBytes: number }>;
-  error?: string;
-}
-
-interface ConnectionRow {
-  id: number;
-  export: string;
-  client: string;
-  since: string;
-  bytesRead: number;
-  bytesWritten: number;
-  inFlight: number;
-}
-
-function exportsTable(body: { exports: ExportRow[] }): string {
-  const rows = [['NAME', 'KIND', 'SIZE', 'MODE', 'CONNS', 'CHAIN (bytes each layer provides)']];
-  for (const e of body.exports) {
-    const chain = e.error ? `error: ${e.error}` : e.chain.map((l) => `${l.format}:${l.path?.split('/').pop() ?? '?'}=${bytes(l.allocatedBytes)}`).join(' > ');
-    rows.push([e.name, e.kind, bytes(e.size), e.readOnly ? 'ro' : 'rw', String(e.connections), chain]);
-  }
-  return formatTable(rows);
-}
-
-function connectionsTable(body: { connections: ConnectionRow[] }): string {
-  const rows = [['ID', 'EXPORT', 'CLIENT', 'SINCE', 'READ', 'WRITTEN', 'IN FLIGHT']];
-  for (const c of body.connections) rows.push([String(c.id), c.export, c.client, c.since, bytes(c.bytesRead), bytes(c.bytesWritten), String(c.inFlight)]);
-  return formatTable(rows);
-}
-
-function print(o: CtlOptions, body: unknown, table?: (b: never) => string): void {
-  if (o.json || !process.stdout.isTTY || !table) process.stdout.write(`${typeof body === 'string' ? body : JSON.stringify(body, null, 2)}\n`);
-  else process.stdout.write(table(body as never));
-}
+import type { Command } from 'commander';
+import type { CtlOptions, CtlView } from './ctl-client.js';
 
 const enc = encodeURIComponent;
+
+async function run(cmd: Command, method: string, urlPath: string, view?: CtlView): Promise<void> {
+  const { runCtl } = await import('./ctl-client.js');
+  await runCtl(cmd.optsWithGlobals<CtlOptions>(), method, urlPath, view);
+}
 
 export function registerCtlCommand(program: Command): void {
   const ctl = program
@@ -123,25 +26,20 @@ export function registerCtlCommand(program: Command): void {
     .option('--admin <endpoint>', 'unix:/path or HOST:PORT of the admin API (default: $COWNBD_ADMIN)')
     .option('--token-file <file>', 'bearer token for a TCP admin API')
     .option('--json', 'print JSON even on a terminal');
-  const opts = (cmd: Command) => cmd.optsWithGlobals<CtlOptions>();
   ctl.command('exports').description('list exports with their chains, bytes per layer and connections')
-    .action(async (_o, cmd: Command) => print(opts(cmd), await call(opts(cmd), 'GET', '/exports'), exportsTable));
+    .action((_o, cmd: Command) => run(cmd, 'GET', '/exports', 'exports'));
   ctl.command('connections').description('list connected clients')
-    .action(async (_o, cmd: Command) => print(opts(cmd), await call(opts(cmd), 'GET', '/connections'), connectionsTable));
+    .action((_o, cmd: Command) => run(cmd, 'GET', '/connections', 'connections'));
   ctl.command('reload').description('re-read the configuration file (like SIGHUP)')
-    .action(async (_o, cmd: Command) => print(opts(cmd), await call(opts(cmd), 'POST', '/reload')));
+    .action((_o, cmd: Command) => run(cmd, 'POST', '/reload'));
   ctl.command('snapshot').argument('<name>').description('freeze the export\'s overlay and stack a new one, live')
-    .action(async (name: string, _o, cmd: Command) => print(opts(cmd), await call(opts(cmd), 'POST', `/exports/${enc(name)}/snapshot`)));
+    .action((name: string, _o, cmd: Command) => run(cmd, 'POST', `/exports/${enc(name)}/snapshot`));
   ctl.command('reset').argument('<name>').option('--force', 'disconnect connected clients first')
     .description('throw the overlay away: a pristine disk over its backing')
-    .action(async (name: string, o: { force?: boolean }, cmd: Command) =>
-      print(opts(cmd), await call(opts(cmd), 'POST', `/exports/${enc(name)}/reset${o.force ? '?force=true' : ''}`)));
+    .action((name: string, o: { force?: boolean }, cmd: Command) => run(cmd, 'POST', `/exports/${enc(name)}/reset${o.force ? '?force=true' : ''}`));
   ctl.command('delete').argument('<name>').option('--force', 'disconnect connected clients first')
     .description('delete a per-machine overlay (--overlay-dir) and its snapshot layers')
-    .action(async (name: string, o: { force?: boolean }, cmd: Command) =>
-      print(opts(cmd), await call(opts(cmd), 'DELETE', `/exports/${enc(name)}${o.force ? '?force=true' : ''}`)));
+    .action((name: string, o: { force?: boolean }, cmd: Command) => run(cmd, 'DELETE', `/exports/${enc(name)}${o.force ? '?force=true' : ''}`));
   ctl.command('metrics').description('print the Prometheus metrics')
-    .action(async (_o, cmd: Command) => {
-      process.stdout.write(String(await call(opts(cmd), 'GET', '/metrics')));
-    });
+    .action((_o, cmd: Command) => run(cmd, 'GET', '/metrics', 'text'));
 }

@@ -17,15 +17,14 @@
 import { mkdir, open, stat, unlink } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { Command } from 'commander';
 import type { BlockDevice } from '../block/block-device.js';
 import type { FileIo } from '../block/file-io.js';
 import { createCow } from '../formats/cow/index.js';
 import { openImage } from '../formats/open-image.js';
 import { createLogger, type Logger } from '../logging.js';
 import { StaticExportProvider } from '../server/exports.js';
-import { DEFAULT_BIND, DEFAULT_PORT, logNativeAddon, parsePort, runServer } from './serve-command.js';
-import { addProcessOptions, applyProcessOptions, type ProcessOptions } from './serve-process.js';
+import { logNativeAddon, runServer } from './serve-command.js';
+import { applyProcessOptions, type ProcessOptions } from './serve-process.js';
 
 export const DEMO_SIZE = 64 * 1024 * 1024;
 export const DEMO_BANNER = 'cownbd demo disk: served over NBD by cownbd\n';
@@ -108,43 +107,38 @@ export function resetCommand(env: NodeJS.ProcessEnv): string {
   return env.npm_lifecycle_event === 'start' ? 'npm start -- --reset' : 'cownbd demo --reset';
 }
 
-export function registerDemoCommand(program: Command, io: FileIo): void {
-  const demo = program
-    .command('demo')
-    .description('serve a demo disk (a cow overlay over a 64 MiB raw base) on 127.0.0.1:10809')
-    .option('-p, --port <port>', 'TCP port (0 = pick a free port)', parsePort, DEFAULT_PORT)
-    .option('-b, --bind <addr>', 'address to listen on', DEFAULT_BIND)
-    .option('--reset', 'throw the demo overlay away (every write so far) and start from the base');
-  addProcessOptions(demo, false);
-  demo.action(async (o: { port: number; bind: string; reset?: boolean } & ProcessOptions) => {
-    const log = createLogger({ level: o.logLevel });
-    logNativeAddon(log, io.policy);
-    const base = await setupDemoImage();
-    const overlay = await openDemoOverlay(base, { reset: o.reset, log, io });
-    const provider = new StaticExportProvider(
-      [{ name: '', path: overlay.file, format: 'cow', description: 'cownbd demo disk (cow overlay)' }],
-      log,
-      () => Promise.resolve(overlay.device),
-    );
-    const running = await runServer(provider, { port: o.port, bind: o.bind, printUri: o.printUri, sharedReads: io.policy.sharedReads }, '', log);
-    await applyProcessOptions({ ...running, defaultExport: '' }, o, log, process.env);
-    if (o.printUri) return;
-    const uri = running.uris[0]!.replace(/\/$/, '');
-    process.stdout.write(
-      [
-        `cownbd demo: serving ${overlay.file} (${overlay.created ? 'new' : 'existing'} cow overlay, ${DEMO_SIZE / 1024 / 1024} MiB)`,
-        `  over the read-only base ${base}`,
-        `  at ${uri}`,
-        'try:',
-        `  nbdinfo ${uri}`,
-        `  nbdinfo --map=qemu:allocation-depth ${uri}`,
-        `  qemu-img info ${uri}`,
-        `  qemu-io -f raw -c 'write -P 0x55 0 64k' ${uri}`,
-        `  nbdinfo --map=qemu:allocation-depth ${uri}    # depth 1 = written to the overlay, 2 = base`,
-        `writes persist in the overlay; \`${resetCommand(process.env)}\` discards them`,
-        'press Ctrl-C to stop',
-        '',
-      ].join('\n'),
-    );
-  });
+/** What `demo` is given (options registered in demo-register.ts). */
+export type DemoOptions = { port: number; bind: string; reset?: boolean } & ProcessOptions;
+
+/** `cownbd demo`: set up the demo disk, serve it, print the client commands to try. */
+export async function runDemo(o: DemoOptions, io: FileIo): Promise<void> {
+  const log = createLogger({ level: o.logLevel });
+  logNativeAddon(log, io.policy);
+  const base = await setupDemoImage();
+  const overlay = await openDemoOverlay(base, { reset: o.reset, log, io });
+  const provider = new StaticExportProvider(
+    [{ name: '', path: overlay.file, format: 'cow', description: 'cownbd demo disk (cow overlay)' }],
+    log,
+    () => Promise.resolve(overlay.device),
+  );
+  const running = await runServer(provider, { port: o.port, bind: o.bind, printUri: o.printUri, sharedReads: io.policy.sharedReads }, '', log);
+  await applyProcessOptions({ ...running, defaultExport: '' }, o, log, process.env);
+  if (o.printUri) return;
+  const uri = running.uris[0]!.replace(/\/$/, '');
+  process.stdout.write(
+    [
+      `cownbd demo: serving ${overlay.file} (${overlay.created ? 'new' : 'existing'} cow overlay, ${DEMO_SIZE / 1024 / 1024} MiB)`,
+      `  over the read-only base ${base}`,
+      `  at ${uri}`,
+      'try:',
+      `  nbdinfo ${uri}`,
+      `  nbdinfo --map=qemu:allocation-depth ${uri}`,
+      `  qemu-img info ${uri}`,
+      `  qemu-io -f raw -c 'write -P 0x55 0 64k' ${uri}`,
+      `  nbdinfo --map=qemu:allocation-depth ${uri}    # depth 1 = written to the overlay, 2 = base`,
+      `writes persist in the overlay; \`${resetCommand(process.env)}\` discards them`,
+      'press Ctrl-C to stop',
+      '',
+    ].join('\n'),
+  );
 }

@@ -1,8 +1,9 @@
 /**
  * Image subcommands: create, add-cow finalize, info, check, map here; the long-running
  * commit, convert and rebase in image-long-commands.ts. Registered on the commander
- * program by cli/main.ts. Parsing and printing only; the work lives in src/tools/*.ts
- * (one module per subcommand) and in the format records they dispatch to.
+ * program by cli/main.ts. Registration only: each action imports image-actions.ts when it
+ * runs, so `--help`, `--version` and the other commands never load the tools, the formats'
+ * code or the object store.
  *
  * Exit codes follow qemu-img: 0 success, 1 error (the message names file/field/value);
  * check: 2 corruption, 3 leaks/cosmetic only; 130 after SIGINT (a safe state was kept).
@@ -10,32 +11,14 @@
  */
 import { type Command, Option } from 'commander';
 import type { FileIo } from '../block/file-io.js';
-import { finalizeAddCow } from '../formats/add-cow/index.js';
-import { createImage } from '../formats/open-image.js';
 import { creatableFormats, FORMAT_NAMES } from '../formats/registry.js';
-import { formatCheckText, runCheck } from '../tools/check.js';
-import { ToolError } from '../tools/errors.js';
-import { formatInfoText, runInfo } from '../tools/info.js';
-import { formatMapText, runMap } from '../tools/map.js';
-import { parseSize } from '../util/size.js';
-import { silentLogger } from '../logging.js';
-import { addObjectStoreOptions, lazyObjectStore, storeConfigFrom, type ObjectStoreFlags } from '../objectstore/cli-options.js';
-import { formatObjectStoreInfoText, runObjectStoreInfo } from '../objectstore/info.js';
-import { StoreClient } from '../objectstore/store-client.js';
-import { isObjectStoreUri } from '../objectstore/uri.js';
+import { addObjectStoreOptions } from '../objectstore/cli-options.js';
+import type { CheckFlags, CreateFlags, InfoFlags, MapFlags } from './image-actions.js';
 import { registerLongImageCommands } from './image-long-commands.js';
-import { backingFormatOption, formatOption, layoutOption, printJson, type CommonFlags } from './image-options.js';
-import { forceShareOption, outputOption, wantsJson } from './qemu-img-habits.js';
+import { backingFormatOption, formatOption, layoutOption } from './image-options.js';
+import { forceShareOption, outputOption } from './qemu-img-habits.js';
 
-interface CreateFlags {
-  format: string;
-  backing?: string;
-  backingFormat?: string;
-  image?: string;
-  clusterSize?: string;
-  size?: string;
-  force?: boolean;
-}
+const actions = () => import('./image-actions.js');
 
 export function registerImageCommands(program: Command, io: FileIo): void {
   registerCreate(program, io);
@@ -60,26 +43,7 @@ function registerCreate(program: Command, io: FileIo): void {
     .option('--size <size>', 'add-cow: virtual size (default: image file size, else backing size); cow: must equal the backing size')
     .option('--force', 'overwrite an existing overlay');
   // An s3:// backing is recorded pinned to the version that exists now (docs/object-store.md).
-  addObjectStoreOptions(create).action(async (file: string, sizeArg: string | undefined, flags: CreateFlags & ObjectStoreFlags) => {
-    if (sizeArg !== undefined && flags.size !== undefined && parseSize(flags.size) !== parseSize(sizeArg)) throw new Error(`SIZE ${sizeArg} and --size ${flags.size} disagree`);
-    const size = sizeArg ?? flags.size;
-    const objectStore = lazyObjectStore(flags, silentLogger());
-    try {
-      const made = await createImage(flags.format, file, {
-        backing: flags.backing,
-        backingFormat: flags.backingFormat,
-        image: flags.image,
-        clusterSize: flags.clusterSize ? parseSize(flags.clusterSize, 'cluster size') : undefined,
-        size: size ? parseSize(size) : undefined,
-        force: flags.force,
-        io,
-        objectStore,
-      });
-      for (const note of made.notes) process.stderr.write(`${note}\n`);
-    } finally {
-      await objectStore.close();
-    }
-  });
+  addObjectStoreOptions(create).action(async (file: string, sizeArg: string | undefined, flags: CreateFlags) => (await actions()).createAction(file, sizeArg, flags, io));
 }
 
 function registerFinalize(program: Command): void {
@@ -88,9 +52,7 @@ function registerFinalize(program: Command): void {
     .command('finalize')
     .description('set ALL_ALLOCATED once every cluster is in the image file, so the image can be used alone')
     .argument('<file>', '.add-cow metadata file')
-    .action(async (file: string) => {
-      await finalizeAddCow(file);
-    });
+    .action(async (file: string) => (await actions()).finalizeAction(file));
 }
 
 function registerInfo(program: Command, io: FileIo): void {
@@ -105,16 +67,7 @@ function registerInfo(program: Command, io: FileIo): void {
     .option('--json', 'machine-readable output')
     .addOption(outputOption())
     .addOption(forceShareOption());
-  addObjectStoreOptions(info)
-    .action(async (file: string, flags: CommonFlags & ObjectStoreFlags & { backingChain?: boolean }) => {
-      if (isObjectStoreUri(file)) return objectStoreInfo(file, flags);
-      const objectStore = lazyObjectStore(flags, silentLogger());
-      const infos = await runInfo(file, { format: flags.format, backingFormat: flags.backingFormat, layout: flags.layout, chain: flags.backingChain, io, objectStore }).finally(() =>
-        objectStore.close(),
-      );
-      if (wantsJson(flags)) printJson(flags.backingChain ? infos.map((i) => i.json) : infos[0]!.json);
-      else process.stdout.write(infos.map(formatInfoText).join('\n'));
-    });
+  addObjectStoreOptions(info).action(async (file: string, flags: InfoFlags) => (await actions()).infoAction(file, flags, io));
 }
 
 function registerCheck(program: Command): void {
@@ -131,25 +84,7 @@ function registerCheck(program: Command): void {
     .option('--json', 'machine-readable output')
     .addOption(outputOption())
     .addOption(forceShareOption())
-    .action(async (file: string, flags: CommonFlags & { repair?: boolean; repairMode?: 'leaks' | 'all' }) => {
-      const r = await runCheck(file, { format: flags.format, layout: flags.layout, repair: Boolean(flags.repair || flags.repairMode) });
-      if (wantsJson(flags)) printJson(r);
-      else if (r.error) process.stderr.write(formatCheckText(r));
-      else process.stdout.write(formatCheckText(r));
-      process.exitCode = r.exitCode;
-    });
-}
-
-/** `info s3://…`: what the store holds (manifests, chunks), asked directly. */
-async function objectStoreInfo(file: string, flags: ObjectStoreFlags & { json?: boolean; output?: 'human' | 'json' }): Promise<void> {
-  const client = new StoreClient(storeConfigFrom(flags));
-  try {
-    const i = await runObjectStoreInfo(file, client);
-    if (wantsJson(flags)) printJson(i);
-    else process.stdout.write(formatObjectStoreInfoText(i));
-  } finally {
-    client.close();
-  }
+    .action(async (file: string, flags: CheckFlags) => (await actions()).checkAction(file, flags));
 }
 
 function registerMap(program: Command, io: FileIo): void {
@@ -164,13 +99,5 @@ function registerMap(program: Command, io: FileIo): void {
     .option('--json', 'machine-readable output')
     .addOption(outputOption())
     .addOption(forceShareOption());
-  addObjectStoreOptions(map)
-    .action(async (file: string, flags: CommonFlags & ObjectStoreFlags) => {
-      const objectStore = lazyObjectStore(flags, silentLogger());
-      const m = await runMap(file, { ...flags, io, objectStore }).finally(() => objectStore.close());
-      if (wantsJson(flags)) printJson(m);
-      else process.stdout.write(formatMapText(m));
-    });
+  addObjectStoreOptions(map).action(async (file: string, flags: MapFlags) => (await actions()).mapAction(file, flags, io));
 }
-
-export { ToolError };

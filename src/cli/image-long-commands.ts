@@ -1,19 +1,17 @@
 /**
- * The long-running image subcommands (commit, convert, rebase): progress bar, SIGINT
- * handling (a safe state is kept; exit 130) and a one-line summary or --json result.
+ * The long-running image subcommands (commit, convert, rebase): their options. Registration
+ * only; each action imports image-long-actions.ts (progress bar, SIGINT handling, the
+ * tools) when it runs.
  */
 import { type Command, Option } from 'commander';
 import type { FileIo } from '../block/file-io.js';
 import { FORMAT_NAMES } from '../formats/registry.js';
-import { runCommit, type OutputSize } from '../tools/commit.js';
-import { journalPath } from '../tools/commit-journal.js';
-import { runConvert } from '../tools/convert.js';
-import { runRebase } from '../tools/rebase.js';
-import { formatSize, parseSize } from '../util/size.js';
-import { silentLogger } from '../logging.js';
-import { addObjectStoreOptions, lazyObjectStore, type ObjectStoreFlags } from '../objectstore/cli-options.js';
-import { backingFormatOption, formatOption, layoutOption, longRun, printJson, type CommonFlags } from './image-options.js';
-import { forceShareOption, outputOption, progressOption, wantsJson } from './qemu-img-habits.js';
+import { addObjectStoreOptions } from '../objectstore/cli-options.js';
+import type { CommitFlags, ConvertFlags, RebaseFlags } from './image-long-actions.js';
+import { backingFormatOption, formatOption, layoutOption } from './image-options.js';
+import { forceShareOption, outputOption, progressOption } from './qemu-img-habits.js';
+
+const actions = () => import('./image-long-actions.js');
 
 export function registerLongImageCommands(program: Command, io: FileIo): void {
   registerCommit(program, io);
@@ -46,26 +44,7 @@ function registerCommit(program: Command, io: FileIo): void {
     .addOption(progressOption())
     .addOption(forceShareOption())
     .option('--json', 'print a JSON result (implies --quiet)')
-    .action(async (file: string, flags: CommonFlags & { to?: string; output?: string; outputSize?: OutputSize; umlMoo?: boolean; updateHeader?: boolean; force?: boolean }) => {
-      const outputSize: OutputSize | undefined = flags.umlMoo ? 'uml-moo' : flags.outputSize;
-      const state = (): string =>
-        flags.to
-          ? `the view through ${file} is unchanged; ${flags.to} is partially updated and ${journalPath(file)} records it: run the same commit again to finish`
-          : `${flags.output} was not created`;
-      await longRun(
-        flags,
-        state,
-        (ctx) => runCommit(file, { ...flags, outputSize, io }, ctx),
-        (r) => {
-          if (flags.json) printJson(r);
-          else if (!flags.quiet) {
-            process.stdout.write(
-              `${r.resumed ? 'Resumed and completed' : 'Committed'} ${file} ${r.mode === 'in-place' ? 'into' : 'to'} ${r.target}: ${formatSize(r.bytesWritten)} written${r.headerUpdated ? ' (overlay header mtime updated)' : ''}\n`,
-            );
-          }
-        },
-      );
-    });
+    .action(async (file: string, flags: CommitFlags) => (await actions()).commitAction(file, flags, io));
 }
 
 function registerConvert(program: Command, io: FileIo): void {
@@ -91,38 +70,7 @@ function registerConvert(program: Command, io: FileIo): void {
     .option('--json', 'print a JSON result (implies --quiet)')
     .addOption(outputOption());
   // Flattening a chain over an s3:// base into local files (for UML's tools) reads the store.
-  addObjectStoreOptions(convert).action((src: string, dst: string, flags: ConvertFlags) => convertAction(src, dst, flags, io));
-}
-
-type ConvertFlags = CommonFlags &
-  ObjectStoreFlags & { outputFormat: string; sourceBackingFormat?: string; backing?: string; b?: string; image?: string; clusterSize?: string; force?: boolean };
-
-async function convertAction(src: string, dst: string, flags: ConvertFlags, io: FileIo): Promise<void> {
-  if (flags.b !== undefined && flags.backing !== undefined && flags.b !== flags.backing) throw new Error('give the new backing file once (-B or -b)');
-  const objectStore = lazyObjectStore(flags, silentLogger());
-  const options = {
-    format: flags.format,
-    backingFormat: flags.sourceBackingFormat,
-    layout: flags.layout,
-    ignoreMtime: flags.ignoreMtime,
-    io,
-    objectStore,
-    outputFormat: flags.outputFormat,
-    outBacking: flags.backing ?? flags.b,
-    outBackingFormat: flags.backingFormat,
-    image: flags.image,
-    clusterSize: flags.clusterSize ? parseSize(flags.clusterSize, 'cluster size') : undefined,
-    force: flags.force,
-  };
-  await longRun(
-    flags,
-    () => `the partial output ${dst} was removed`,
-    (ctx) => runConvert(src, dst, options, ctx),
-    (r) => {
-      if (wantsJson(flags)) printJson(r);
-      else if (!flags.quiet) process.stdout.write(`Converted ${src} to ${r.outputFormat} ${dst}: ${formatSize(r.bytesWritten)} written\n`);
-    },
-  ).finally(() => objectStore.close());
+  addObjectStoreOptions(convert).action(async (src: string, dst: string, flags: ConvertFlags) => (await actions()).convertAction(src, dst, flags, io));
 }
 
 function registerRebase(program: Command, io: FileIo): void {
@@ -142,21 +90,5 @@ function registerRebase(program: Command, io: FileIo): void {
     .option('--json', 'print a JSON result (implies --quiet)')
     .addOption(outputOption());
   // The old backing may be an s3:// base (moving an overlay onto a local copy of it).
-  addObjectStoreOptions(rebase).action(async (file: string, flags: CommonFlags & ObjectStoreFlags & { backing: string; unsafe?: boolean; force?: boolean }) => {
-      const objectStore = lazyObjectStore(flags, silentLogger());
-      await longRun(
-        flags,
-        () => `${file} still names its old backing file; data copied so far is flushed and harmless`,
-        (ctx) =>
-          runRebase(
-            file,
-            { format: flags.format, layout: flags.layout, ignoreMtime: flags.ignoreMtime, io, objectStore, newBacking: flags.backing, newBackingFormat: flags.backingFormat, unsafe: flags.unsafe, force: flags.force },
-            ctx,
-          ),
-        (r) => {
-          if (wantsJson(flags)) printJson(r);
-          else if (!flags.quiet) process.stdout.write(`Rebased ${file} onto ${r.storedBacking}${r.unsafe ? ' (unsafe: header only)' : `: ${formatSize(r.bytesCopied)} copied into the overlay`}\n`);
-        },
-      ).finally(() => objectStore.close());
-    });
+  addObjectStoreOptions(rebase).action(async (file: string, flags: RebaseFlags) => (await actions()).rebaseAction(file, flags, io));
 }

@@ -1,15 +1,12 @@
 /**
- * What the image subcommands share: the option builders (format names come from the
- * format registry, never a list of our own), JSON printing and the long-run wrapper
- * (SIGINT handling and the progress bar).
+ * What the image subcommands share when they are registered: the option builders (format
+ * names come from the format registry, never a list of our own), the flag types and JSON
+ * printing. The long-run wrapper (SIGINT handling, progress bar) is in
+ * image-long-actions.ts, loaded only when a long command runs.
  */
 import { Option } from 'commander';
 import { FORMAT_NAMES } from '../formats/registry.js';
-import type { ToolContext } from '../tools/commit.js';
-import { EXIT_INTERRUPTED, InterruptedError } from '../tools/errors.js';
-import { Interrupt } from '../tools/interrupt.js';
-import { makeProgress } from '../tools/progress.js';
-import { progressMode, type HabitFlags } from './qemu-img-habits.js';
+import type { HabitFlags } from './qemu-img-habits.js';
 
 export interface CommonFlags extends HabitFlags {
   format?: string;
@@ -25,21 +22,4 @@ export const layoutOption = (): Option => new Option('--layout <layout>', 'cow: 
 
 export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
-}
-
-/** Run a long operation with SIGINT handling and an optional progress bar. */
-export async function longRun<T>(flags: CommonFlags, state: () => string, fn: (ctx: ToolContext) => Promise<T>, print: (r: T) => void): Promise<void> {
-  try {
-    const r = await Interrupt.run(state, (interrupt) =>
-      fn({ interrupt, makeProgress: (label, total) => makeProgress(label, total, progressMode(flags)) }),
-    );
-    print(r);
-  } catch (err) {
-    if (err instanceof InterruptedError) {
-      process.stderr.write(`cownbd: ${err.message}\n`);
-      process.exitCode = EXIT_INTERRUPTED;
-      return;
-    }
-    throw err;
-  }
 }

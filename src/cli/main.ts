@@ -2,6 +2,12 @@
 /**
  * cownbd command line: `serve`, `demo`, and the image tools (registered by
  * image-commands.ts). Kept thin: parsing and wiring only.
+ *
+ * Start-up cost: the modules imported here register options and help text only. Every
+ * action imports its implementation when it runs (`await import(...)`), so `--version`,
+ * `--help` and `info`/`map`/`check` of a local image never load the server, the admin API
+ * (fastify, prom-client), the config file's TOML parser and zod schema, the object store
+ * or the progress bar. test/cli/startup.test.ts checks this.
  */
 import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
@@ -9,7 +15,7 @@ import { FileIo } from '../block/file-io.js';
 import { ioPolicyFromEnv } from '../block/io-policy.js';
 import { registerImageCommands } from './image-commands.js';
 import { registerServeCommand } from './serve-register.js';
-import { registerDemoCommand } from './demo.js';
+import { registerDemoCommand } from './demo-register.js';
 import { checkToolPaths } from './image-path.js';
 import { registerCtlCommand } from './ctl-command.js';
 

@@ -1,35 +1,19 @@
 /**
  * Object-store subcommands: `publish IMAGE s3://BUCKET/PREFIX` and `cache show|clear`.
- * Parsing and printing only; the work is in src/objectstore/.
+ * Registration only: the actions (objectstore-actions.ts, with the progress bar and the
+ * object-store code) are imported when one of these commands runs.
  */
-import path from 'node:path';
-import { type Command, InvalidArgumentError, Option } from 'commander';
-import cliProgress from 'cli-progress';
-import { IMAGE_FORMATS, openImage, type ImageFormat } from '../formats/open-image.js';
-import { createLogger } from '../logging.js';
-import { clearCacheDir, inspectCacheDir } from '../objectstore/chunk-cache.js';
-import { addCacheOptions, addObjectStoreOptions, cacheConfigFrom, lazyObjectStore, storeConfigFrom, type ObjectStoreFlags } from '../objectstore/cli-options.js';
-import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE } from '../objectstore/manifest.js';
-import { DEFAULT_CHUNK_PREFIX, DEFAULT_CHUNK_SIZE, publishImage } from '../objectstore/publish.js';
-import { StoreClient } from '../objectstore/store-client.js';
-import { parseObjectStoreUri } from '../objectstore/uri.js';
-import { formatSize, parseSize } from '../util/size.js';
+import { type Command, Option } from 'commander';
+import { FORMAT_NAMES } from '../formats/registry.js';
+import { addCacheOptions, addObjectStoreOptions, type ObjectStoreFlags } from '../objectstore/cli-options.js';
+import type { PublishFlags } from './objectstore-actions.js';
 
-interface PublishFlags extends ObjectStoreFlags {
-  format?: ImageFormat;
-  backingFormat?: ImageFormat;
-  chunkSize: string;
-  chunkPrefix: string;
-  parallel: number;
-  quiet?: boolean;
-  json?: boolean;
-}
+/** Chunk size when --chunk-size is not given (1 MiB: see docs/object-store.md). */
+export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
+/** Where the shared, content-addressed chunks live when --chunk-prefix is not given. */
+export const DEFAULT_CHUNK_PREFIX = 'cownbd-chunks/sha256/';
 
-function chunkSizeOf(text: string): number {
-  const n = parseSize(text, '--chunk-size');
-  if ((n & (n - 1)) !== 0 || n < MIN_CHUNK_SIZE || n > MAX_CHUNK_SIZE) throw new InvalidArgumentError(`--chunk-size must be a power of two from 64K to 64M (got "${text}")`);
-  return n;
-}
+const actions = () => import('./objectstore-actions.js');
 
 export function registerObjectStoreCommands(program: Command): void {
   addObjectStoreOptions(
@@ -38,74 +22,23 @@ export function registerObjectStoreCommands(program: Command): void {
       .description('store an image (raw, cow, add-cow or a chain) in S3-compatible object storage as a new immutable version')
       .argument('<image>', 'image to publish (never modified)')
       .argument('<target>', 's3://BUCKET/PREFIX (a new version is made on every publish)')
-      .addOption(new Option('-f, --format <format>', 'format of IMAGE (default: detected from its magic)').choices([...IMAGE_FORMATS]))
-      .addOption(new Option('-F, --backing-format <format>', 'format of its backing file').choices([...IMAGE_FORMATS]))
+      .addOption(new Option('-f, --format <format>', 'format of IMAGE (default: detected from its magic)').choices([...FORMAT_NAMES]))
+      .addOption(new Option('-F, --backing-format <format>', 'format of its backing file').choices([...FORMAT_NAMES]))
       .option('--chunk-size <size>', 'chunk size, a power of two 64K-64M', `${DEFAULT_CHUNK_SIZE / 1024 / 1024}M`)
       .option('--chunk-prefix <key>', 'bucket folder of the (shared, content-addressed) chunks', DEFAULT_CHUNK_PREFIX)
       .option('-j, --parallel <n>', 'chunks in flight at once', (v) => Number(v), 16)
       .option('-q, --quiet', 'no progress bar')
       .option('--json', 'print a JSON result (implies --quiet)'),
-  ).action((image: string, target: string, flags: PublishFlags) => publishAction(image, target, flags));
+  ).action(async (image: string, target: string, flags: PublishFlags) => (await actions()).publishAction(image, target, flags));
   registerCacheCommands(program);
-}
-
-async function publishAction(image: string, target: string, flags: PublishFlags): Promise<void> {
-  parseObjectStoreUri(target);
-  const chunkSize = chunkSizeOf(flags.chunkSize);
-  if (!/^(?:[A-Za-z0-9._-]+\/)*$/.test(flags.chunkPrefix) || flags.chunkPrefix.split('/').some((seg) => seg === '.' || seg === '..')) {
-    throw new Error(`--chunk-prefix must be key segments ending with "/", without "." or ".." (got "${flags.chunkPrefix}")`);
-  }
-  if (!Number.isInteger(flags.parallel) || flags.parallel < 1 || flags.parallel > 256) throw new Error(`--parallel must be 1-256 (got "${flags.parallel}")`);
-  const log = createLogger({ level: 'warn' });
-  const objectStore = lazyObjectStore(flags, log);
-  const client = new StoreClient(storeConfigFrom(flags));
-  const device = await openImage(image, { readOnly: true, format: flags.format, backingFormat: flags.backingFormat, objectStore });
-  const bar = flags.quiet || flags.json || !process.stderr.isTTY ? undefined : new cliProgress.SingleBar(
-    { format: 'publish [{bar}] {percentage}% {done}/{size} {rate}/s', hideCursor: true, stream: process.stderr },
-    cliProgress.Presets.shades_classic,
-  );
-  const started = Date.now();
-  const fmt = (done: number) => ({ done: formatSize(done), size: formatSize(device.size), rate: formatSize(Math.round(done / Math.max(0.001, (Date.now() - started) / 1000))) });
-  bar?.start(device.size, 0, fmt(0));
-  try {
-    const r = await publishImage(device, target, client, {
-      chunkSize,
-      chunkPrefix: flags.chunkPrefix,
-      concurrency: flags.parallel,
-      source: path.basename(image),
-      onProgress: (done) => bar?.update(done, fmt(done)),
-    });
-    bar?.stop();
-    if (flags.json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
-    else {
-      process.stdout.write(
-        `published ${r.uri}\n` +
-          `  ${r.chunks} chunks of ${formatSize(r.chunkSize)}: ${r.uploadedChunks} uploaded (${formatSize(r.uploadedBytes)}), ` +
-          `${r.presentChunks} already there, ${r.zeroChunks} zero (not stored); ${r.seconds.toFixed(1)} s, ` +
-          `${formatSize(Math.round(r.virtualSize / Math.max(0.001, r.seconds)))}/s\n`,
-      );
-    }
-  } finally {
-    bar?.stop();
-    await device.close();
-    client.close();
-    await objectStore.close();
-  }
 }
 
 function registerCacheCommands(program: Command): void {
   const cache = program.command('cache').description('show or clear the local chunk cache of s3:// images');
   addCacheOptions(cache.command('show').description('what the cache holds').option('--json', 'machine-readable output')).action(
-    async (flags: ObjectStoreFlags & { json?: boolean }) => {
-      const { cacheDir, cacheSize } = cacheConfigFrom(flags);
-      const s = await inspectCacheDir(cacheDir);
-      if (flags.json) process.stdout.write(`${JSON.stringify({ ...s, maxBytes: cacheSize }, null, 2)}\n`);
-      else process.stdout.write(`cache ${s.dir}: ${s.chunks} chunks, ${formatSize(s.bytes)} (bound ${formatSize(cacheSize)})\n`);
-    },
+    async (flags: ObjectStoreFlags & { json?: boolean }) => (await actions()).cacheShowAction(flags),
   );
-  addCacheOptions(cache.command('clear').description('delete every cached chunk (servers fetch them again)')).action(async (flags: ObjectStoreFlags) => {
-    const { cacheDir } = cacheConfigFrom(flags);
-    const n = await clearCacheDir(cacheDir);
-    process.stdout.write(`cache ${path.resolve(cacheDir)}: removed ${n} chunks\n`);
-  });
+  addCacheOptions(cache.command('clear').description('delete every cached chunk (servers fetch them again)')).action(async (flags: ObjectStoreFlags) =>
+    (await actions()).cacheClearAction(flags),
+  );
 }

@@ -1,6 +1,6 @@
 /**
  * The `serve` options for TLS, access control and limits (README "Security"), kept apart
- * from serve-command.ts: they are registered on the command here and turned into the
+ * from serve-register.ts: they are registered on the command here and turned into the
  * plain SecurityOptions object (src/server/security.ts) that a config file can also build.
  */
 import { InvalidArgumentError, Option, type Command } from 'commander';

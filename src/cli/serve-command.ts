@@ -1,7 +1,8 @@
 /**
- * `cownbd serve`: parse the export definitions, start an NbdServer, print one
- * "cownbd: listening on <uri>" line per listener on stdout, and stop gracefully on
- * SIGINT/SIGTERM (a second signal exits at once, status 1).
+ * `cownbd serve` at run time: turn the export definitions into a list, start an NbdServer,
+ * print one "cownbd: listening on <uri>" line per listener on stdout, and stop gracefully
+ * on SIGINT/SIGTERM (a second signal exits at once, status 1). Loaded only when `serve` or
+ * `demo` runs; the option parsers are in serve-options.ts.
  *
  * Static exports are opened at start-up, not at the first client: a missing backing
  * file or a cow "mtime mismatch" is an operator error that should stop `serve` with one
@@ -17,54 +18,14 @@
  */
 import { readFileSync, readlinkSync } from 'node:fs';
 import os from 'node:os';
-import { InvalidArgumentError } from 'commander';
 import type { Logger } from '../logging.js';
-import type { ImageFormat } from '../formats/open-image.js';
-import { FORMAT_NAMES } from '../formats/registry.js';
 import { NbdServer, type ListenAddress, type ListenEndpoint } from '../server/listener.js';
 import type { ExportProvider, StaticExportConfig } from '../server/exports.js';
-import type { ObjectStoreFlags } from '../objectstore/cli-options.js';
 import { isObjectStoreUri } from '../objectstore/uri.js';
-import { parseEndpoint, type AdminEndpoint } from '../control/config.js';
 import type { IoPolicy } from '../block/io-policy.js';
-import type { PathMapping } from '../formats/path-map.js';
 import { checkDirectoryPath, checkImagePath, checkSocketPath } from './image-path.js';
-import type { ProcessOptions } from './serve-process.js';
 import type { ServerSecurity } from '../server/security.js';
-import type { SecurityCliOptions } from './security-options.js';
-
-export const DEFAULT_PORT = 10809;
-export const DEFAULT_BIND = '127.0.0.1';
-
-export interface ServeOptions extends ProcessOptions, SecurityCliOptions, ObjectStoreFlags {
-  port: number;
-  bind: string;
-  socket?: string;
-  name: string;
-  description?: string;
-  readOnly?: boolean;
-  format?: ImageFormat;
-  backingFormat?: ImageFormat;
-  backingPathMap?: PathMapping[];
-  allowPath?: string[];
-  export: StaticExportConfig[];
-  base?: string;
-  baseFormat?: ImageFormat;
-  overlayDir?: string;
-  ephemeral?: boolean;
-  ephemeralDir?: string;
-  ignoreMtime?: boolean;
-  config?: string;
-  /** Listen addresses from a config file (used unless -p/-b/-U are given). */
-  listen?: ListenEndpoint[];
-  admin?: AdminEndpoint;
-  adminTokenFile?: string;
-}
-
-/** An operator error: main.ts prints its message as one line, without a stack trace. */
-export class UsageError extends Error {
-  override name = 'UsageError';
-}
+import { MAX_EXPORT_NAME, UsageError, type ServeOptions } from './serve-options.js';
 
 /** First fd passed by systemd (SD_LISTEN_FDS_START). */
 export const SD_LISTEN_FDS_START = 3;
@@ -86,73 +47,6 @@ export function takeSystemdListenFds(env: NodeJS.ProcessEnv = process.env, pid =
   const n = Number(listenFds);
   return Array.from({ length: n }, (_, i) => SD_LISTEN_FDS_START + i);
 }
-
-export function parsePort(value: string): number {
-  const n = Number(value);
-  if (!/^\d+$/.test(value) || n > 65535) throw new InvalidArgumentError(`port must be an integer 0-65535 (got "${value}")`);
-  return n;
-}
-
-export function parseFormat(value: string, field = 'format'): ImageFormat {
-  if (!FORMAT_NAMES.includes(value)) {
-    throw new InvalidArgumentError(`${field} must be one of ${FORMAT_NAMES.join(', ')} (got "${value}")`);
-  }
-  return value;
-}
-
-/**
- * `NAME=PATH[,opts]` with opts `ro`, `rw`, `format=F`, `backing-format=F`, `allow=ID`
- * (repeatable), `description=TEXT`. Options are separated by commas; a description
- * containing commas must be double-quoted (`description="Base disk, v2"`). Anything that
- * is not a known option is an error: a description never silently swallows the options
- * after it.
- */
-export function parseExportSpec(spec: string): StaticExportConfig {
-  const eq = spec.indexOf('=');
-  if (eq < 0) throw new InvalidArgumentError(`--export must be NAME=PATH[,opts] (got "${spec}")`);
-  const name = spec.slice(0, eq);
-  const [path, ...opts] = splitOptions(spec.slice(eq + 1), spec);
-  if (!path) throw new InvalidArgumentError(`--export "${spec}": PATH is empty`);
-  if (Buffer.byteLength(name) > MAX_EXPORT_NAME) throw new InvalidArgumentError(`--export "${name.slice(0, 40)}…": name longer than ${MAX_EXPORT_NAME} bytes (the NBD limit)`);
-  const config: { -readonly [K in keyof StaticExportConfig]: StaticExportConfig[K] } = { name, path };
-  for (const opt of opts) {
-    if (opt === 'ro' || opt === 'readonly') config.readOnly = true;
-    else if (opt === 'rw') config.readOnly = false;
-    else if (opt.startsWith('format=')) config.format = parseFormat(opt.slice(7), `--export ${name} format`);
-    else if (opt.startsWith('backing-format=')) config.backingFormat = parseFormat(opt.slice(15), `--export ${name} backing-format`);
-    else if (opt.startsWith('allow=') && opt.length > 6) config.allow = [...(config.allow ?? []), opt.slice(6)];
-    else if (opt.startsWith('description=')) config.description = unquote(opt.slice(12));
-    else {
-      const hint = config.description !== undefined ? '; a description with commas must be quoted: description="a, b"' : '';
-      throw new InvalidArgumentError(`--export "${spec}": unknown option "${opt}" (expected ro, rw, format=, backing-format=, allow=, description=)${hint}`);
-    }
-  }
-  return config;
-}
-
-/** Split on commas outside double quotes. */
-function splitOptions(text: string, spec: string): string[] {
-  const out: string[] = [];
-  let current = '';
-  let quoted = false;
-  for (const ch of text) {
-    if (ch === '"') quoted = !quoted;
-    if (ch === ',' && !quoted) {
-      out.push(current);
-      current = '';
-    } else current += ch;
-  }
-  if (quoted) throw new InvalidArgumentError(`--export "${spec}": unbalanced double quote`);
-  out.push(current);
-  return out;
-}
-
-function unquote(value: string): string {
-  return value.length >= 2 && value.startsWith('"') && value.endsWith('"') ? value.slice(1, -1) : value;
-}
-
-/** NBD strings (export names) are at most 4096 bytes. */
-export const MAX_EXPORT_NAME = 4096;
 
 /** The exports named on the command line: the positional IMAGE plus every --export. */
 export function exportConfigs(image: string | undefined, o: ServeOptions, allowNone = false): StaticExportConfig[] {
@@ -178,12 +72,6 @@ export function exportConfigs(image: string | undefined, o: ServeOptions, allowN
     seen.add(e.name);
   }
   return list;
-}
-
-export function parseAdminEndpoint(value: string): AdminEndpoint {
-  const e = parseEndpoint(value);
-  if (!e) throw new InvalidArgumentError(`--admin must be unix:/path or HOST:PORT (got "${value}")`);
-  return e as AdminEndpoint;
 }
 
 /** The export's URI; `nbds` (libnbd: TLS required) when the server requires TLS. */
@@ -353,9 +241,3 @@ export function installSignalHandlers(server: NbdServer, log: Logger): Pick<Runn
   process.on('SIGTERM', onSignal);
   return { shutdown, onStop: (fn) => stopHooks.push(fn) };
 }
-
-/**
- * The base image for --overlay-dir/--ephemeral. An s3:// base is pinned here, once: new
- * overlays record the exact version served now, and a later publish never changes what
- * an existing overlay sees (docs/object-store.md).
- */

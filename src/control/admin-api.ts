@@ -20,7 +20,7 @@ import { timingSafeEqual } from 'node:crypto';
 import { chmod, lstat, unlink } from 'node:fs/promises';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from '../logging.js';
-import type { AdminEndpoint } from './config.js';
+import type { AdminEndpoint } from './endpoint.js';
 import { ApiError, type Operations } from './operations.js';
 import type { ReloadResult } from './reload.js';
 

@@ -14,9 +14,7 @@ import { TLS_MODES, type TlsMode } from '../server/tls.js';
 import { parseSize } from '../util/size.js';
 import { isObjectStoreUri } from '../objectstore/uri.js';
 import type { ObjectStoreFlags } from '../objectstore/cli-options.js';
-
-/** Where the admin API listens. */
-export type AdminEndpoint = { readonly path: string } | { readonly host: string; readonly port: number };
+import { parseEndpoint, type AdminEndpoint } from './endpoint.js';
 
 /** What a config file says, in the shape of the serve options (absent = not said). */
 /** What a config file can say: serve's options, the object-store ones (ObjectStoreFlags) included. */
@@ -53,19 +51,6 @@ export interface FileOptions extends ObjectStoreFlags {
 }
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
-
-/** "host:port", "[v6]:port" or "unix:/path" → endpoint; undefined when malformed. */
-export function parseEndpoint(text: string): ListenEndpoint | undefined {
-  if (text.startsWith('unix:')) {
-    const p = text.slice(5);
-    return p.length > 0 ? { path: p } : undefined;
-  }
-  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text);
-  if (!m) return undefined;
-  const port = Number(m[3]);
-  if (port > 65535) return undefined;
-  return { host: (m[1] ?? m[2])!, port };
-}
 
 const endpoint = z.string().refine((s) => parseEndpoint(s) !== undefined, {
   message: 'must be "HOST:PORT", "[IPv6]:PORT" or "unix:/path/to/socket"',

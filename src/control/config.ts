@@ -21,7 +21,7 @@ import type { StaticExportConfig } from '../server/exports.js';
 import type { ListenEndpoint } from '../server/listener.js';
 import { configSchema, toOptions, type FileOptions } from './config-schema.js';
 
-export { parseEndpoint, type AdminEndpoint, type FileOptions } from './config-schema.js';
+export type { FileOptions } from './config-schema.js';
 
 /** A config file that cannot be used: the message names file, line and key. */
 export class ConfigError extends Error {

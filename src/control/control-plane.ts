@@ -3,12 +3,14 @@
  * endpoint is configured, the admin API (with metrics and the status page). Built once
  * after the NBD listeners are up; it reads the server's registries and calls the export
  * set's operations, so the data path never depends on it.
+ *
+ * The admin API's code (fastify, prom-client, the status page) is imported only when an
+ * endpoint is configured: a plain `serve` never loads it.
  */
 import { readFile } from 'node:fs/promises';
-import { startAdminApi, type AdminApi } from './admin-api.js';
-import type { AdminEndpoint } from './config.js';
-import { createMetrics, type ObjectStoreStats } from './metrics.js';
-import { statusPageRoute } from './status-page.js';
+import type { AdminApi } from './admin-api.js';
+import type { AdminEndpoint } from './endpoint.js';
+import type { ObjectStoreStats } from './metrics.js';
 import { Operations, type OperationsOptions } from './operations.js';
 import { Reloader, type ReloaderOptions } from './reload.js';
 
@@ -48,6 +50,7 @@ export async function startControlPlane(o: ControlPlaneOptions): Promise<Control
   const token = o.adminTokenFile ? await readToken(o.adminTokenFile) : undefined;
   let api: AdminApi;
   try {
+    const [{ startAdminApi }, { createMetrics }, { statusPageRoute }] = await Promise.all([import('./admin-api.js'), import('./metrics.js'), import('./status-page.js')]);
     const metrics = createMetrics(o.server, ops, o.objectStoreStats);
     api = await startAdminApi({ endpoint: o.admin, token, ops, reload: () => reloader.reload('api'), snapshot: (name) => ops.snapshot(name), plugins: [metrics.route, statusPageRoute], log: o.log });
   } catch (err) {

@@ -11,7 +11,7 @@
  */
 import type { Logger } from '../logging.js';
 import type { StaticExportConfig } from '../server/exports.js';
-import { loadConfigFile, type FileOptions } from './config.js';
+import type { FileOptions } from './config.js';
 import type { ReloadableExports, ReloadDiff } from './export-set.js';
 
 export interface ReloadResult extends ReloadDiff {
@@ -70,6 +70,8 @@ export class Reloader {
       throw err;
     }
     try {
+      // Imported here: a serve without --config never loads the TOML parser and zod.
+      const { loadConfigFile } = await import('./config.js');
       const file = await loadConfigFile(this.o.configFile);
       const readOnly = this.o.cliReadOnly || Boolean(file.readOnly);
       const configs = [...file.export, ...this.o.cliExports].map((c) => (readOnly ? { ...c, readOnly: true } : c));

@@ -5,7 +5,8 @@
  *
  * The context is created lazily, on the first s3:// image a command meets (a local image
  * whose cow header names an s3:// backing counts), so commands on local files never touch
- * the cache directory or the network.
+ * the cache directory or the network — nor load the object-store code (its manifest
+ * schema needs zod) or a logger, which are imported on that first use.
  */
 import os from 'node:os';
 import path from 'node:path';
@@ -13,7 +14,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { FileIo } from '../block/file-io.js';
 import type { Logger } from '../logging.js';
 import { parseSize } from '../util/size.js';
-import { createObjectStoreContext, type ObjectStoreContext } from './open.js';
+import type { ObjectStoreContext } from './open.js';
 import { DEFAULT_STORE_CONFIG, type StoreConfig } from './store-client.js';
 
 export interface ObjectStoreFlags {
@@ -87,11 +88,16 @@ export interface LazyObjectStore {
   close(): Promise<void>;
 }
 
-export function lazyObjectStore(flags: ObjectStoreFlags, log: Logger, io?: FileIo): LazyObjectStore {
+/** `log`: where the cache reports (default: nowhere, as the image tools want it). */
+export function lazyObjectStore(flags: ObjectStoreFlags, log?: Logger, io?: FileIo): LazyObjectStore {
   let ctx: Promise<ObjectStoreContext> | undefined;
   let ready: ObjectStoreContext | undefined;
   const get = (() => {
-    ctx ??= (async () => createObjectStoreContext({ store: storeConfigFrom(flags), ...cacheConfigFrom(flags), log, io }))().then((c) => (ready = c));
+    ctx ??= (async () => {
+      const store = storeConfigFrom(flags);
+      const { createObjectStoreContext } = await import('./open.js');
+      return createObjectStoreContext({ store, ...cacheConfigFrom(flags), log: log ?? (await import('../logging.js')).silentLogger(), io });
+    })().then((c) => (ready = c));
     return ctx;
   }) as LazyObjectStore;
   get.peek = () => ready;

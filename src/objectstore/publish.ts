@@ -20,9 +20,6 @@ import { chunkCount, encodeManifest, newVersionId, type Manifest } from './manif
 import type { StoreClient } from './store-client.js';
 import { formatObjectStoreUri, manifestKey, parseObjectStoreUri } from './uri.js';
 
-export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
-export const DEFAULT_CHUNK_PREFIX = 'cownbd-chunks/sha256/';
-
 export interface PublishOptions {
   readonly chunkSize: number;
   readonly chunkPrefix: string;

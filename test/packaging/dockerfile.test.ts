@@ -15,7 +15,7 @@ import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { DEFAULT_PORT } from '../../src/cli/serve-command.js';
+import { DEFAULT_PORT } from '../../src/cli/serve-options.js';
 import { REPO_ROOT } from '../helpers/server.js';
 import { execForm, parseCopy, parseDockerfile, type Stage } from './dockerfile-parse.js';
 

@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync } from 'node:fs';
 import net from 'node:net';
-import { parseExportSpec } from '../../src/cli/serve-command.js';
+import { parseExportSpec } from '../../src/cli/serve-options.js';
 import { createRawImage, makeTempDir } from '../helpers/images.js';
 import { CLI_PATH, assertBuilt } from '../helpers/server.js';
 

@@ -1,0 +1,90 @@
+/**
+ * The work of the object-store subcommands (registered in objectstore-commands.ts, loaded
+ * when one runs): `publish` with its progress bar, `cache show|clear`. Parsing checks and
+ * printing only; the work itself is in src/objectstore/.
+ */
+import path from 'node:path';
+import { InvalidArgumentError } from 'commander';
+import cliProgress from 'cli-progress';
+import { openImage, type ImageFormat } from '../formats/open-image.js';
+import { createLogger } from '../logging.js';
+import { clearCacheDir, inspectCacheDir } from '../objectstore/chunk-cache.js';
+import { cacheConfigFrom, lazyObjectStore, storeConfigFrom, type ObjectStoreFlags } from '../objectstore/cli-options.js';
+import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE } from '../objectstore/manifest.js';
+import { publishImage } from '../objectstore/publish.js';
+import { StoreClient } from '../objectstore/store-client.js';
+import { parseObjectStoreUri } from '../objectstore/uri.js';
+import { formatSize, parseSize } from '../util/size.js';
+
+export interface PublishFlags extends ObjectStoreFlags {
+  format?: ImageFormat;
+  backingFormat?: ImageFormat;
+  chunkSize: string;
+  chunkPrefix: string;
+  parallel: number;
+  quiet?: boolean;
+  json?: boolean;
+}
+
+function chunkSizeOf(text: string): number {
+  const n = parseSize(text, '--chunk-size');
+  if ((n & (n - 1)) !== 0 || n < MIN_CHUNK_SIZE || n > MAX_CHUNK_SIZE) throw new InvalidArgumentError(`--chunk-size must be a power of two from 64K to 64M (got "${text}")`);
+  return n;
+}
+
+export async function publishAction(image: string, target: string, flags: PublishFlags): Promise<void> {
+  parseObjectStoreUri(target);
+  const chunkSize = chunkSizeOf(flags.chunkSize);
+  if (!/^(?:[A-Za-z0-9._-]+\/)*$/.test(flags.chunkPrefix) || flags.chunkPrefix.split('/').some((seg) => seg === '.' || seg === '..')) {
+    throw new Error(`--chunk-prefix must be key segments ending with "/", without "." or ".." (got "${flags.chunkPrefix}")`);
+  }
+  if (!Number.isInteger(flags.parallel) || flags.parallel < 1 || flags.parallel > 256) throw new Error(`--parallel must be 1-256 (got "${flags.parallel}")`);
+  const log = createLogger({ level: 'warn' });
+  const objectStore = lazyObjectStore(flags, log);
+  const client = new StoreClient(storeConfigFrom(flags));
+  const device = await openImage(image, { readOnly: true, format: flags.format, backingFormat: flags.backingFormat, objectStore });
+  const bar = flags.quiet || flags.json || !process.stderr.isTTY ? undefined : new cliProgress.SingleBar(
+    { format: 'publish [{bar}] {percentage}% {done}/{size} {rate}/s', hideCursor: true, stream: process.stderr },
+    cliProgress.Presets.shades_classic,
+  );
+  const started = Date.now();
+  const fmt = (done: number) => ({ done: formatSize(done), size: formatSize(device.size), rate: formatSize(Math.round(done / Math.max(0.001, (Date.now() - started) / 1000))) });
+  bar?.start(device.size, 0, fmt(0));
+  try {
+    const r = await publishImage(device, target, client, {
+      chunkSize,
+      chunkPrefix: flags.chunkPrefix,
+      concurrency: flags.parallel,
+      source: path.basename(image),
+      onProgress: (done) => bar?.update(done, fmt(done)),
+    });
+    bar?.stop();
+    if (flags.json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+    else {
+      process.stdout.write(
+        `published ${r.uri}\n` +
+          `  ${r.chunks} chunks of ${formatSize(r.chunkSize)}: ${r.uploadedChunks} uploaded (${formatSize(r.uploadedBytes)}), ` +
+          `${r.presentChunks} already there, ${r.zeroChunks} zero (not stored); ${r.seconds.toFixed(1)} s, ` +
+          `${formatSize(Math.round(r.virtualSize / Math.max(0.001, r.seconds)))}/s\n`,
+      );
+    }
+  } finally {
+    bar?.stop();
+    await device.close();
+    client.close();
+    await objectStore.close();
+  }
+}
+
+export async function cacheShowAction(flags: ObjectStoreFlags & { json?: boolean }): Promise<void> {
+  const { cacheDir, cacheSize } = cacheConfigFrom(flags);
+  const s = await inspectCacheDir(cacheDir);
+  if (flags.json) process.stdout.write(`${JSON.stringify({ ...s, maxBytes: cacheSize }, null, 2)}\n`);
+  else process.stdout.write(`cache ${s.dir}: ${s.chunks} chunks, ${formatSize(s.bytes)} (bound ${formatSize(cacheSize)})\n`);
+}
+
+export async function cacheClearAction(flags: ObjectStoreFlags): Promise<void> {
+  const { cacheDir } = cacheConfigFrom(flags);
+  const n = await clearCacheDir(cacheDir);
+  process.stdout.write(`cache ${path.resolve(cacheDir)}: removed ${n} chunks\n`);
+}
