@@ -230,10 +230,16 @@ interface QueuedWrite {
  * (pwriteBatch), flushed at setImmediate — i.e. after the socket data of this turn was
  * parsed and every resulting write queued. Cuts the per-write futex cost that dominated
  * 4 KiB random writes.
+ *
+ * One batch per file at a time: buffered writes to one file serialise on its inode lock in
+ * the kernel anyway, so a second concurrent batch only spun on that lock (perf during 1 MiB
+ * sequential writes: ~9% of the server's cycles in rwsem_spin_on_owner). Writes arriving
+ * meanwhile form the next batch, issued when the current one completes.
  */
 class WriteBatcher {
   private queue: QueuedWrite[] = [];
   private scheduled = false;
+  private inFlight = false;
 
   constructor(
     private readonly fd: number,
@@ -243,17 +249,21 @@ class WriteBatcher {
   write(data: Buffer, position: number): Promise<void> {
     return new Promise((resolve, reject) => {
       this.queue.push({ data, position, resolve, reject });
-      if (!this.scheduled) {
-        this.scheduled = true;
-        setImmediate(this.flush);
-      }
+      this.schedule();
     });
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.inFlight || this.queue.length === 0) return;
+    this.scheduled = true;
+    setImmediate(this.flush);
   }
 
   private readonly flush = (): void => {
     this.scheduled = false;
     const items = this.queue;
     this.queue = [];
+    this.inFlight = true;
     this.native.pwriteBatch!(
       this.fd,
       items.map((i) => i.data),
@@ -269,6 +279,9 @@ class WriteBatcher {
       (err: Error) => {
         for (const item of items) item.reject(err);
       },
-    );
+    ).finally(() => {
+      this.inFlight = false;
+      this.schedule();
+    });
   };
 }

@@ -29,6 +29,7 @@ import { upgradeToTls } from './tls.js';
 import { ByteReader } from '../protocol/byte-reader.js';
 import { ProtocolError } from '../protocol/nbd-errors.js';
 import type { BufferPool } from './buffer-pool.js';
+import type { ReadSink } from './shared-reads.js';
 import type { ExportHandle, ExportProvider } from './exports.js';
 import { negotiate, type NegotiatedSession } from './handshake.js';
 import { TransmissionSession } from './transmission.js';
@@ -80,10 +81,14 @@ export class Connection {
     private readonly server: ConnectionServer,
     parentLog: Logger,
     /** Shared-read sockets deliver bytes through a sink instead of 'data' events. */
-    setSink?: (sink: (bytes: Buffer, transient: boolean) => void) => void,
+    setSink?: (sink: ReadSink) => void,
   ) {
     this.log = parentLog.child({ conn: id, peer });
-    if (setSink) setSink((chunk, transient) => this.onData(chunk, transient));
+    setSink?.({
+      bytes: (chunk, transient) => this.onData(chunk, transient),
+      directTarget: () => (this.inputClosed ? undefined : this.session?.directTarget()),
+      direct: (n) => this.pump(n),
+    });
     this.attach(socket, !setSink);
   }
 
@@ -284,9 +289,13 @@ export class Connection {
     }
   }
 
-  private pump(): void {
+  /** Parse what is buffered; `direct`: bytes just read straight into the session's directTarget(). */
+  private pump(direct = 0): void {
     try {
-      this.session!.pump();
+      if (direct > 0) {
+        this.lastInput = Date.now();
+        this.session!.directFilled(direct);
+      } else this.session!.pump();
     } catch (err) {
       this.fail(err, 'transmission');
     }

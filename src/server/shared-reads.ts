@@ -17,22 +17,40 @@
  * after each read(), on the main thread, before the next read of any socket; while the sink
  * runs nothing else writes into the buffer, and the sink leaves no view of it behind.
  *
+ * Direct reads: while a large WRITE payload is incomplete and nothing is buffered ahead of
+ * it, the sink names the payload's missing part as the target of the next read, so those
+ * bytes go from the kernel straight into the payload (no copy at all). Node asks for the
+ * next read's buffer right after each read callback (`onread.buffer` as a function), i.e.
+ * exactly when the sink has consumed everything; the target stays valid until the next
+ * read because only a read can add bytes or complete the payload (transmission.ts).
+ *
  * Node offers `onread` only for sockets it creates, so the accepted socket's handle is
  * re-wrapped (`pauseOnConnect` keeps the original socket from ever reading). If that
  * internal handle is not there (a future Node), the plain socket is used with 'data' events.
  */
 import net from 'node:net';
 
-/** One read at most; loopback delivers up to this much per read() under load. */
-export const SHARED_READ_SIZE = 1024 * 1024;
+/**
+ * One read at most. Small enough that a read carrying a WRITE header brings little of its
+ * payload along (that part is copied; the rest is read directly), large enough to hold
+ * thousands of request headers.
+ */
+export const SHARED_READ_SIZE = 64 * 1024;
+
+/** The consumer of a socket's input. */
+export interface ReadSink {
+  /** Bytes read. `transient`: a view of the shared buffer, valid only during the call. */
+  bytes(chunk: Buffer, transient: boolean): void;
+  /** Where the next read may land instead of the shared buffer (see above), if anywhere. */
+  directTarget(): Buffer | undefined;
+  /** `n` bytes were read into the start of the last directTarget(). */
+  direct(n: number): void;
+}
 
 export interface SharedReadSocket {
   readonly socket: net.Socket;
-  /**
-   * Set the consumer of incoming bytes; until set, bytes are queued (as copies).
-   * `transient`: the bytes are a view of the shared buffer, valid only during the call.
-   */
-  setSink(sink: (bytes: Buffer, transient: boolean) => void): void;
+  /** Set the consumer of incoming bytes; until set, bytes are queued (as copies). */
+  setSink(sink: ReadSink): void;
 }
 
 /**
@@ -41,15 +59,15 @@ export interface SharedReadSocket {
  * resume the original socket with its 'data' events routed to the sink.
  */
 export function sharedReadSocket(accepted: net.Socket, options: { allowHalfOpen: boolean; shared: Buffer | undefined }): SharedReadSocket {
-  let sink: ((bytes: Buffer, transient: boolean) => void) | undefined;
+  let sink: ReadSink | undefined;
   const early: Buffer[] = [];
   const deliver = (bytes: Buffer, transient: boolean): void => {
-    if (sink) sink(bytes, transient);
+    if (sink) sink.bytes(bytes, transient);
     else early.push(transient ? Buffer.from(bytes) : bytes);
   };
-  const setSink = (s: (bytes: Buffer, transient: boolean) => void): void => {
+  const setSink = (s: ReadSink): void => {
     sink = s;
-    for (const b of early.splice(0)) s(b, false);
+    for (const b of early.splice(0)) s.bytes(b, false);
   };
   const handle = (accepted as unknown as { _handle?: unknown })._handle;
   const shared = options.shared;
@@ -64,9 +82,11 @@ export function sharedReadSocket(accepted: net.Socket, options: { allowHalfOpen:
     readable: true,
     writable: true,
     onread: {
-      buffer: shared,
-      callback: (n: number): boolean => {
-        deliver(shared.subarray(0, n), true);
+      // Called once now and then right after every callback below: the next read's memory.
+      buffer: (): Buffer => sink?.directTarget() ?? shared,
+      callback: (n: number, buf: Uint8Array): boolean => {
+        if (buf.buffer === shared.buffer) deliver(shared.subarray(0, n), true);
+        else sink!.direct(n);
         return true; // keep reading (false would pause the socket)
       },
     },

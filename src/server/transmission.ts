@@ -31,6 +31,8 @@ import { runRequest } from './transmission-commands.js';
 export const MAX_IN_FLIGHT = 64;
 /** READ/WRITE data held by running requests before reading pauses. */
 export const MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
+/** A WRITE payload missing at least this much may be read straight into (shared-reads.ts). */
+export const DIRECT_READ_MIN = 64 * 1024;
 /** Oversized WRITE payloads up to this are drained and answered EINVAL; beyond it we close. */
 export const MAX_DRAIN = 256 * 1024 * 1024;
 export { MAX_REPLY_EXTENTS, SPARSE_READ_MIN } from './transmission-commands.js';
@@ -134,6 +136,25 @@ export class TransmissionSession {
       // A bad magic throws ProtocolError: the connection closes (caller catches).
       this.dispatch(decodeRequestHeader(reader.take(REQUEST_HEADER_SIZE)));
     }
+  }
+
+  /**
+   * Where the next socket read may land directly: the missing part of a large WRITE
+   * payload, when nothing is buffered ahead of it. It stays valid until the next read: with
+   * nothing buffered, nothing but a read can fill or replace the pending payload.
+   */
+  directTarget(): Buffer | undefined {
+    const p = this.pendingWrite;
+    if (!p || this.stopReading || this.io.reader.length !== 0) return undefined;
+    return p.buf.length - p.filled >= DIRECT_READ_MIN ? p.buf.subarray(p.filled) : undefined;
+  }
+
+  /** `n` bytes were read into the last directTarget(): account them, start what is complete. */
+  directFilled(n: number): void {
+    const p = this.pendingWrite;
+    if (!p || p.filled + n > p.buf.length) throw new Error(`direct read of ${n} bytes without a matching WRITE payload`);
+    p.filled += n;
+    this.pump();
   }
 
   /** The socket accepted all buffered output again. */
