@@ -357,6 +357,42 @@ static napi_value pread_nowait(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * seekDataSync(fd, offset) / seekHoleSync(fd, offset): lseek on the calling thread, same
+ * answers as seekData/seekHole (-1 on ENXIO), other errors thrown. For the image tools
+ * (map/check/info), which have no event loop to keep responsive: a `map` of a 1 TiB
+ * overlay with 10 000 scattered writes asks ~20 000 of them, and a threadpool round trip
+ * each left the process idle most of the time.
+ */
+static napi_value seek_sync(napi_env env, napi_callback_info info, int whence) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int64_t fd, offset;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      !get_integer(env, argv[0], 2147483647.0, &fd) || !get_integer(env, argv[1], 9007199254740991.0, &offset)) {
+    napi_throw(env, make_error(env, "EINVAL", EINVAL, "lseek", "lseek: bad arguments (fd, offset)"));
+    return NULL;
+  }
+  off_t r = lseek((int)fd, (off_t)offset, whence);
+  if (r < 0 && errno != ENXIO) {
+    int err = errno;
+    char message[96];
+    snprintf(message, sizeof message, "%s: lseek failed", errno_name(err));
+    napi_throw(env, make_error(env, errno_name(err), err, "lseek", message));
+    return NULL;
+  }
+  napi_value out;
+  napi_create_int64(env, r < 0 ? -1 : (int64_t)r, &out);
+  return out;
+}
+
+static napi_value seek_data_sync(napi_env env, napi_callback_info info) {
+  return seek_sync(env, info, SEEK_DATA);
+}
+static napi_value seek_hole_sync(napi_env env, napi_callback_info info) {
+  return seek_sync(env, info, SEEK_HOLE);
+}
+
+/*
  * pwriteBatch(fd, buffers: Uint8Array[], positions: number[]) → Promise<number[]>
  *
  * Runs every pwrite of the batch, in order, in ONE threadpool job: result[i] is the byte
@@ -505,6 +541,8 @@ NAPI_MODULE_INIT() {
       {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default_jsproperty, NULL},
       {"zeroRange", NULL, zero_range_js, NULL, NULL, NULL, napi_default_jsproperty, NULL},
       {"preadNoWait", NULL, pread_nowait, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+      {"seekDataSync", NULL, seek_data_sync, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+      {"seekHoleSync", NULL, seek_hole_sync, NULL, NULL, NULL, napi_default_jsproperty, NULL},
       {"pwriteBatch", NULL, pwrite_batch, NULL, NULL, NULL, napi_default_jsproperty, NULL},
       {"mallocTrim", NULL, malloc_trim_js, NULL, NULL, NULL, napi_default_jsproperty, NULL},
   };

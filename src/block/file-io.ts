@@ -89,12 +89,12 @@ export async function writeFully(fh: FileHandle, offset: number, data: Buffer): 
  * `depth` is the allocation depth to report for both (a raw file has no backing, so
  * even its holes belong to this layer, as in qemu).
  */
-export async function sparseExtents(native: NativeFs, fd: number, offset: number, length: number, depth: number): Promise<Extent[]> {
+export async function sparseExtents(native: NativeFs, fd: number, offset: number, length: number, depth: number, sync = false): Promise<Extent[]> {
   const end = offset + length;
   const extents: Extent[] = [];
   let pos = offset;
   while (pos < end && extents.length < MAX_EXTENTS_PER_CALL) {
-    const data = await native.seekData(fd, pos);
+    const data = sync ? native.seekDataSync!(fd, pos) : await native.seekData(fd, pos);
     if (data === -1 || data >= end) {
       extents.push({ length: end - pos, flags: EXTENT_HOLE | EXTENT_ZERO, depth });
       break;
@@ -103,7 +103,7 @@ export async function sparseExtents(native: NativeFs, fd: number, offset: number
       extents.push({ length: data - pos, flags: EXTENT_HOLE | EXTENT_ZERO, depth });
       pos = data;
     }
-    const hole = await native.seekHole(fd, pos);
+    const hole = sync ? native.seekHoleSync!(fd, pos) : await native.seekHole(fd, pos);
     const dataEnd = hole === -1 ? end : Math.min(hole, end);
     extents.push({ length: dataEnd - pos, flags: 0, depth });
     pos = dataEnd;
@@ -137,6 +137,7 @@ export class FileIo {
   readonly native: NativeFs | undefined;
   private readonly nowait: boolean;
   private readonly batching: boolean;
+  private readonly syncSeeks: boolean;
   private readonly nowaitUnsupported = new WeakSet<FileHandle>();
   /** One batcher per open file (keyed by the handle; collected with it). */
   private readonly batchers = new WeakMap<FileHandle, WriteBatcher>();
@@ -150,6 +151,12 @@ export class FileIo {
     this.native = policy.native;
     this.nowait = policy.nowaitReads && typeof policy.native?.preadNoWait === 'function';
     this.batching = policy.batchWrites && typeof policy.native?.pwriteBatch === 'function';
+    this.syncSeeks = policy.syncSeeks === true && typeof policy.native?.seekDataSync === 'function';
+  }
+
+  /** Data/hole extents of a file range (sparseExtents), with the policy's kind of seeks. Needs `native`. */
+  extents(fd: number, offset: number, length: number, depth: number): Promise<Extent[]> {
+    return sparseExtents(this.native!, fd, offset, length, depth, this.syncSeeks);
   }
 
   /**

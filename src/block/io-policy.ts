@@ -29,6 +29,11 @@ export interface IoPolicy {
   readonly syncWrites: boolean;
   /** Accepted sockets read into one shared buffer (server/shared-reads.ts). */
   readonly sharedReads: boolean;
+  /**
+   * SEEK_DATA/SEEK_HOLE on the calling thread instead of the threadpool: for the image
+   * tools, which have no event loop to keep responsive (never for `serve`).
+   */
+  readonly syncSeeks?: boolean;
 }
 
 /** Every fast path on (where the addon provides it). */

@@ -24,6 +24,9 @@ export interface NativeFs {
   seekData(fd: number, offset: number): Promise<number>;
   /** Next offset >= `offset` that starts a hole (EOF counts as a hole), or -1 past EOF. */
   seekHole(fd: number, offset: number): Promise<number>;
+  /** seekData/seekHole on the calling thread (IoPolicy.syncSeeks); absent in older builds. */
+  seekDataSync?(fd: number, offset: number): number;
+  seekHoleSync?(fd: number, offset: number): number;
   /** fallocate(PUNCH_HOLE|KEEP_SIZE): deallocate; the range reads as zeros. */
   punchHole(fd: number, offset: number, length: number): Promise<void>;
   /** fallocate(ZERO_RANGE|KEEP_SIZE): zeros that stay allocated. */

@@ -10,7 +10,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { openChecked } from './open-guard.js';
 import type { BlockDevice, DeviceCapabilities, Extent, IoOptions, LayerInfo, ZeroOptions } from './block-device.js';
-import { FileIo, ShortReadError, sparseExtents } from './file-io.js';
+import { FileIo, ShortReadError } from './file-io.js';
 import type { NativeFs } from './native-fs.js';
 
 export interface RawOpenOptions {
@@ -115,7 +115,7 @@ export class RawFileDevice implements BlockDevice {
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
-    return sparseExtents(this.native!, this.fh.fd, offset, length, 1);
+    return this.io.extents(this.fh.fd, offset, length, 1);
   }
 
   async cache(): Promise<void> {}

@@ -10,7 +10,7 @@
  * --json prints exactly one JSON document on stdout (schemas: src/tools/json-schemas.ts).
  */
 import { type Command, Option } from 'commander';
-import type { FileIo } from '../block/file-io.js';
+import { FileIo } from '../block/file-io.js';
 import { creatableFormats, FORMAT_NAMES } from '../formats/registry.js';
 import { addObjectStoreOptions } from '../objectstore/cli-options.js';
 import type { CheckFlags, CreateFlags, InfoFlags, MapFlags } from './image-actions.js';
@@ -20,7 +20,9 @@ import { forceShareOption, outputOption } from './qemu-img-habits.js';
 
 const actions = () => import('./image-actions.js');
 
-export function registerImageCommands(program: Command, io: FileIo): void {
+export function registerImageCommands(program: Command, serverIo: FileIo): void {
+  // Tools have no event loop to keep responsive: lseek on the calling thread (IoPolicy.syncSeeks).
+  const io = new FileIo({ ...serverIo.policy, syncSeeks: true }, serverIo.guard);
   registerCreate(program, io);
   registerFinalize(program);
   registerInfo(program, io);

@@ -20,11 +20,18 @@
  * A chunk with more than MAX_CACHED extents (a pathologically fragmented sparse file) is
  * not kept: such queries go to the device each time, bounding memory at
  * ~MAX_CACHED extents per chunk.
+ *
+ * Look-ahead: fetching a chunk asks the device about up to LOOKAHEAD chunks at once and
+ * keeps the following chunks too, as long as that costs no more than MAX_CACHED extents in
+ * all. `cownbd map` of a 1 TiB cow overlay over a sparse base walks every 64 MiB chunk;
+ * one device query per chunk (two SEEK_* threadpool round trips each) left the process
+ * idle ~1.7 of its 2.5 s; a sparse base now answers 4 GiB per query.
  */
 import type { BlockDevice, Extent } from '../block/block-device.js';
 
 const CHUNK = 64 * 1024 * 1024;
 const MAX_CACHED = 4096;
+const LOOKAHEAD = 64;
 
 interface ChunkExtents {
   /** Absolute device offsets; extents are contiguous and cover the whole chunk. */
@@ -76,32 +83,43 @@ export class BackingExtentCache {
     return p;
   }
 
-  /** The whole chunk's extents, or undefined when there are too many to keep. */
+  /**
+   * The whole chunk's extents, or undefined when there are too many to keep. Chunks after
+   * it that come with the same device answers are cached on the way (see Look-ahead).
+   */
   private async fetch(index: number): Promise<ChunkExtents | undefined> {
-    const start = index * CHUNK;
-    const end = Math.min(this.device.size, start + CHUNK);
-    const chunk: ChunkExtents = { starts: [], ends: [], flags: [], depths: [] };
-    let pos = start;
-    while (pos < end) {
-      const got = await this.device.blockStatus(pos, end - pos);
-      if (got.length === 0) throw new Error(`backing blockStatus(${pos}, ${end - pos}) returned no extents`);
+    const size = this.device.size;
+    const spanEnd = Math.min(size, (index + LOOKAHEAD) * CHUNK);
+    let current = emptyChunk();
+    let currentIndex = index;
+    let chunkEnd = Math.min(size, (index + 1) * CHUNK);
+    let first: ChunkExtents | undefined;
+    let seen = 0;
+    let pos = index * CHUNK;
+    while (pos < spanEnd) {
+      const got = await this.device.blockStatus(pos, spanEnd - pos);
+      if (got.length === 0) throw new Error(`backing blockStatus(${pos}, ${spanEnd - pos}) returned no extents`);
+      seen += got.length;
       for (const e of got) {
-        const n = chunk.starts.length;
-        const eEnd = Math.min(end, pos + e.length);
-        if (n > 0 && chunk.flags[n - 1] === e.flags && chunk.depths[n - 1] === e.depth) {
-          chunk.ends[n - 1] = eEnd; // merge neighbours of the same kind
-        } else {
-          chunk.starts.push(pos);
-          chunk.ends.push(eEnd);
-          chunk.flags.push(e.flags);
-          chunk.depths.push(e.depth);
+        const eEnd = Math.min(spanEnd, pos + e.length);
+        while (pos < eEnd) {
+          const segEnd = Math.min(eEnd, chunkEnd);
+          appendExtent(current, pos, segEnd, e);
+          pos = segEnd;
+          if (pos < chunkEnd) continue;
+          if (currentIndex === index) first = current;
+          else if (!this.chunks.has(currentIndex)) this.chunks.set(currentIndex, current);
+          currentIndex++;
+          current = emptyChunk();
+          chunkEnd = Math.min(size, (currentIndex + 1) * CHUNK);
         }
-        pos = eEnd;
-        if (pos >= end) break;
+        if (pos >= spanEnd) break;
       }
-      if (chunk.starts.length > MAX_CACHED) return undefined;
+      if (currentIndex === index && current.starts.length > MAX_CACHED) return undefined;
+      // The chunk asked for is complete: look further only while it stays cheap.
+      if (currentIndex > index && seen > MAX_CACHED) break;
     }
-    return chunk;
+    return first;
   }
 
   private async direct(pos: number, length: number, out: Extent[]): Promise<void> {
@@ -117,6 +135,23 @@ export class BackingExtentCache {
       }
     }
   }
+}
+
+function emptyChunk(): ChunkExtents {
+  return { starts: [], ends: [], flags: [], depths: [] };
+}
+
+/** Add [pos, end) of kind `e` to the chunk, merged with its last extent when alike. */
+function appendExtent(chunk: ChunkExtents, pos: number, end: number, e: Extent): void {
+  const n = chunk.starts.length;
+  if (n > 0 && chunk.flags[n - 1] === e.flags && chunk.depths[n - 1] === e.depth) {
+    chunk.ends[n - 1] = end;
+    return;
+  }
+  chunk.starts.push(pos);
+  chunk.ends.push(end);
+  chunk.flags.push(e.flags);
+  chunk.depths.push(e.depth);
 }
 
 /** Push the extents of `chunk` clipped to [pos, end) onto `out`. */

@@ -23,7 +23,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { EXTENT_HOLE, EXTENT_ZERO, type BlockDevice, type Extent } from '../block/block-device.js';
 import { mergeExtents } from '../block/checked-device.js';
-import { MAX_EXTENTS_PER_CALL, sparseExtents, type FileIo } from '../block/file-io.js';
+import { MAX_EXTENTS_PER_CALL, type FileIo } from '../block/file-io.js';
 import type { AllocationBitmap } from './allocation-bitmap.js';
 import { BackingExtentCache } from './backing-extent-cache.js';
 import { BitmapPersister } from './bitmap-persistence.js';
@@ -173,9 +173,8 @@ export class OverlayCore {
 
   /** Range held by this layer: depth 1; a hole in the data file reads as zeros (when detectable). */
   dataStatus(pos: number, len: number): Promise<Extent[]> {
-    const native = this.parts.io.native;
-    if (!native) return Promise.resolve([{ length: len, flags: 0, depth: 1 }]);
-    return sparseExtents(native, this.parts.dataFile.fd, this.parts.dataOffset + pos, len, 1);
+    if (!this.parts.io.native) return Promise.resolve([{ length: len, flags: 0, depth: 1 }]);
+    return this.parts.io.extents(this.parts.dataFile.fd, this.parts.dataOffset + pos, len, 1);
   }
 
   /** Range not held here: the backing's status one level deeper; zeros (depth 0) past its end. */

@@ -103,6 +103,23 @@ describe.runIf(sparse)('BackingExtentCache', () => {
     }
   });
 
+  it('caches the following chunks from the same answers (look-ahead): later chunks cost no query', async () => {
+    const spy = vi.spyOn(device, 'blockStatus');
+    try {
+      const cache = new BackingExtentCache(device);
+      await cache.extents(0, 4096);
+      const afterFirst = spy.mock.calls.length;
+      // 200 MiB with 5 data islands: the whole file fits one look-ahead.
+      for (const off of [70 * MiB, 130 * MiB, 199 * MiB]) {
+        const got = await cache.extents(off, MiB);
+        expect(flatten(got)).toBe(flatten(await direct(off, MiB)));
+      }
+      expect(spy.mock.calls.length - afterFirst).toBe(3); // only the direct() comparisons
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
   it('asks the device once per chunk, also for concurrent first queries', async () => {
     const spy = vi.spyOn(device, 'blockStatus');
     try {

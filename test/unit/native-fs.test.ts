@@ -81,6 +81,22 @@ describe.runIf(available)('native-fs addon', () => {
     }
   });
 
+  it('seekDataSync/seekHoleSync answer like the async calls, -1 on ENXIO, and throw other errors', async () => {
+    const fh = await sparseFile(dir, 'seeksync');
+    try {
+      const fd = fh.fd;
+      for (const at of [0, 100, 1 * MiB, 1 * MiB + 64 * KiB, 2 * MiB, 3 * MiB + 8 * KiB, 4 * MiB, 2 ** 40]) {
+        expect(fsx.seekDataSync!(fd, at), `seekData ${at}`).toBe(await fsx.seekData(fd, at));
+        expect(fsx.seekHoleSync!(fd, at), `seekHole ${at}`).toBe(await fsx.seekHole(fd, at));
+      }
+      expect(fsx.seekDataSync!(fd, 4 * MiB)).toBe(-1);
+    } finally {
+      await fh.close();
+    }
+    expect(() => fsx.seekDataSync!(987654, 0)).toThrow(expect.objectContaining({ code: 'EBADF', syscall: 'lseek' }));
+    expect(() => fsx.seekHoleSync!(-1 as number, 0)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+  });
+
   it('punchHole makes bytes read as zero, frees blocks and keeps the size', async () => {
     const fh = await open(path.join(dir, 'punch'), 'w+');
     try {
