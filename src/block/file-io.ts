@@ -111,15 +111,18 @@ export async function sparseExtents(native: NativeFs, fd: number, offset: number
   return extents;
 }
 
+/** Above this, a synchronous memcpy would hold the event loop too long: always async. */
+const NOWAIT_MAX = 4 * 1024 * 1024;
 /**
- * Reads above this always go to the threadpool. Copying there overlaps with the event
- * loop's socket sends, so the two cores share the two copies of a large read (page cache →
- * buffer → socket): measured seqread 1M QD8 ~2.0 → ~2.6 GiB/s and nbdcopy → null
- * ~1.3 → ~1.7 GiB/s with 4 MiB → 128 KiB here. (Running large reads inline only when no
- * other read is queued, to spare a lone synchronous request the hop, measured worse for
- * QD8 and no better for nbdcopy --synchronous.)
+ * Reads above this go to the threadpool while the server is busy (FileIo.setQuietProbe).
+ * Copying there overlaps with the event loop's socket sends, so the two cores share the two
+ * copies of a large read (page cache → buffer → socket): measured seqread 1M QD8 ~2.0 →
+ * ~2.6 GiB/s and nbdcopy → null ~1.3 → ~1.7 GiB/s. A lone request (a synchronous client,
+ * nbdcopy --synchronous) has nothing to overlap with and only pays the hop's latency, so it
+ * reads inline. (Deciding by "no other read in the threadpool" instead measured worse at
+ * QD8: completions arrive one by one, so that was often true.)
  */
-const NOWAIT_MAX = 128 * 1024;
+const INLINE_READ_MAX = 128 * 1024;
 /** Writes above this go alone (their memcpy dominates anyway). */
 const BATCH_MAX = 4 * 1024 * 1024;
 const SYNC_WRITE_MAX = 64 * 1024;
@@ -138,6 +141,8 @@ export class FileIo {
   private readonly nowait: boolean;
   private readonly batching: boolean;
   private readonly syncSeeks: boolean;
+  /** True while large reads may run inline (see INLINE_READ_MAX); tools: always. */
+  private quiet: () => boolean = () => true;
   private readonly nowaitUnsupported = new WeakSet<FileHandle>();
   /** One batcher per open file (keyed by the handle; collected with it). */
   private readonly batchers = new WeakMap<FileHandle, WriteBatcher>();
@@ -154,6 +159,14 @@ export class FileIo {
     this.syncSeeks = policy.syncSeeks === true && typeof policy.native?.seekDataSync === 'function';
   }
 
+  /**
+   * The NBD server says when it is quiet (one request in flight): only then do reads above
+   * INLINE_READ_MAX run inline. With several servers on one FileIo (tests), the last wins.
+   */
+  setQuietProbe(probe: () => boolean): void {
+    this.quiet = probe;
+  }
+
   /** Data/hole extents of a file range (sparseExtents), with the policy's kind of seeks. Needs `native`. */
   extents(fd: number, offset: number, length: number, depth: number): Promise<Extent[]> {
     return sparseExtents(this.native!, fd, offset, length, depth, this.syncSeeks);
@@ -167,7 +180,8 @@ export class FileIo {
    */
   read(fh: FileHandle, offset: number, target: Buffer, required = 0): Promise<void> {
     let done = 0;
-    if (this.nowait && target.length <= NOWAIT_MAX && !this.nowaitUnsupported.has(fh)) {
+    const inline = target.length <= INLINE_READ_MAX || (target.length <= NOWAIT_MAX && this.quiet());
+    if (this.nowait && inline && !this.nowaitUnsupported.has(fh)) {
       const fd = fh.fd;
       while (done < target.length) {
         const n = this.native!.preadNoWait!(fd, target.subarray(done), offset + done);

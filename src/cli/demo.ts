@@ -121,7 +121,7 @@ export async function runDemo(o: DemoOptions, io: FileIo): Promise<void> {
     log,
     () => Promise.resolve(overlay.device),
   );
-  const running = await runServer(provider, { port: o.port, bind: o.bind, printUri: o.printUri, sharedReads: io.policy.sharedReads }, '', log);
+  const running = await runServer(provider, { port: o.port, bind: o.bind, printUri: o.printUri, io }, '', log);
   await applyProcessOptions({ ...running, defaultExport: '' }, o, log, process.env);
   if (o.printUri) return;
   const uri = running.uris[0]!.replace(/\/$/, '');

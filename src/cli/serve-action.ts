@@ -98,7 +98,7 @@ async function serveExports(ctx: ServeContext, configs: StaticExportConfig[], li
   const all: ExportProvider[] = [exports, ...providers];
   const provider = new GuardedProvider(all.length === 1 ? all[0]! : new CompositeExportProvider(all));
   const defaultName = configs[0]?.name ?? (ctx.ephemeralBase ? o.name : 'vm1');
-  const running = await runServer(provider, { ...o, listenFds, sharedReads: ctx.io.policy.sharedReads, exportNames: configs.map((c) => c.name), security }, defaultName, log);
+  const running = await runServer(provider, { ...o, listenFds, io: ctx.io, exportNames: configs.map((c) => c.name), security }, defaultName, log);
   const cliExports = exportConfigs(o.ephemeral ? undefined : ctx.image, { ...o, export: ctx.cliOptions.export }, true);
   await startControlPlane({
     server: running.server,

@@ -23,6 +23,7 @@ import { NbdServer, type ListenAddress, type ListenEndpoint } from '../server/li
 import type { ExportProvider, StaticExportConfig } from '../server/exports.js';
 import { isObjectStoreUri } from '../objectstore/uri.js';
 import type { IoPolicy } from '../block/io-policy.js';
+import type { FileIo } from '../block/file-io.js';
 import { checkDirectoryPath, checkImagePath, checkSocketPath } from './image-path.js';
 import type { ServerSecurity } from '../server/security.js';
 import { MAX_EXPORT_NAME, UsageError, type ServeOptions } from './serve-options.js';
@@ -104,7 +105,8 @@ export interface RunServerOptions {
   printUri?: boolean;
   /** Names of the static exports: each gets its own URI line (default export first). */
   exportNames?: readonly string[];
-  sharedReads?: boolean;
+  /** The devices' FileIo: its policy (shared reads) and the server's quiet probe. */
+  io?: FileIo;
   /** Endpoints from a config file (instead of port/bind/socket). */
   listen?: readonly ListenEndpoint[];
   /** TLS, access rules and limits (absent: open server, as `demo` runs). */
@@ -116,7 +118,7 @@ export interface RunServerOptions {
  * line(s) and install signal handlers. Shared by `serve` and `demo`.
  */
 export async function runServer(provider: ExportProvider, o: RunServerOptions, defaultExport: string, log: Logger): Promise<RunningServer> {
-  const server = new NbdServer({ provider, log, sharedReads: o.sharedReads, security: o.security });
+  const server = new NbdServer({ provider, log, sharedReads: o.io?.policy.sharedReads, io: o.io, security: o.security });
   const tlsRequired = o.security?.tlsMode === 'require';
   const endpoints: ListenEndpoint[] = o.listenFds?.length
     ? o.listenFds.map((fd) => ({ fd }))

@@ -40,6 +40,8 @@ export interface ConnectionServer {
   isStopping(): boolean;
   /** Shared by every connection of the server: retained memory is bounded server-wide. */
   readonly pool?: BufferPool;
+  /** Requests running on all of the server's connections. */
+  readonly load?: { requests: number };
   /** Told about every finished request of every connection (metrics). */
   onRequest?(conn: Connection, cmd: number, length: number, startNs: bigint, errno: number): void;
 }
@@ -212,6 +214,7 @@ export class Connection {
       },
       negotiated,
       this.server.pool,
+      this.server.load,
     );
     session.onFatal = (err) => this.fail(err, 'transmission');
     const onRequest = this.server.onRequest;

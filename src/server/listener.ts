@@ -22,6 +22,7 @@ import { Connection, type ConnectionServer } from './connection.js';
 import { connectionBudget, rateLimited } from './fd-limit.js';
 import { idleReclaimer } from './idle-gc.js';
 import type { ExportProvider } from './exports.js';
+import type { FileIo } from '../block/file-io.js';
 import type { ServerSecurity } from './security.js';
 
 /** Observes every finished request: (connection, command, length, start ns, NBD errno). */
@@ -47,6 +48,8 @@ export interface NbdServerOptions {
   readonly stopGraceMs?: number;
   /** Read accepted sockets into one shared buffer (IoPolicy.sharedReads; default true). */
   readonly sharedReads?: boolean;
+  /** The devices' FileIo: told when the server is quiet (FileIo.setQuietProbe). */
+  readonly io?: FileIo;
   /** TLS, access rules and limits (security.ts); absent = open server, no limits. */
   readonly security?: ServerSecurity;
   /** Connections per listener (default: what the descriptor limit allows, see fd-limit.ts). */
@@ -83,7 +86,12 @@ export class NbdServer {
     for (const l of this.requestListeners) l(conn, cmd, length, startNs, errno);
   };
 
-  constructor(private readonly options: NbdServerOptions) {}
+  /** Requests running on all connections (TransmissionSession keeps it). */
+  private readonly load = { requests: 0 };
+
+  constructor(private readonly options: NbdServerOptions) {
+    options.io?.setQuietProbe(() => this.load.requests <= 1);
+  }
 
   get provider(): ExportProvider {
     return this.options.provider;
@@ -170,6 +178,7 @@ export class NbdServer {
       security: this.options.security,
       isStopping: () => this.isStopping(),
       pool: this.pool,
+      load: this.load,
       // No observer at all (not even a clock read per request) unless someone listens.
       onRequest: this.requestListeners.length > 0 ? this.onRequest : undefined,
     };

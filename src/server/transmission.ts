@@ -93,6 +93,8 @@ export class TransmissionSession {
     session: NegotiatedSession,
     /** Large READ replies and WRITE payloads reuse buffers (see buffer-pool.ts); normally the server's. */
     readonly pool: BufferPool = new BufferPool(64 * 1024 * 1024),
+    /** Requests running on all of the server's connections (the server's quiet probe). */
+    private readonly load: { requests: number } = { requests: 0 },
   ) {
     this.device = session.handle.device;
     this.structured = session.structured;
@@ -247,6 +249,7 @@ export class TransmissionSession {
 
   private start(h: RequestHeader, payload: Buffer | undefined, pooled?: Buffer): void {
     this.inFlight++;
+    this.load.requests++;
     const bytes = h.type === NbdCmd.READ || h.type === NbdCmd.WRITE ? h.length : 0;
     this.inFlightBytes += bytes;
     if (h.type === NbdCmd.READ) this.stats.bytesRead += bytes;
@@ -257,6 +260,7 @@ export class TransmissionSession {
   /** Called by runRequest when a request has replied (or failed). */
   complete(bytes: number): void {
     this.inFlight--;
+    this.load.requests--;
     this.inFlightBytes -= bytes;
     if (this.inFlight === 0 && this.idleWaiters.length > 0) {
       const waiters = this.idleWaiters;
