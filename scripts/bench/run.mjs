@@ -6,6 +6,7 @@
 //   node run.mjs  (configured by environment, see scripts/bench.sh --help)
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, copyFileSync, existsSync, readdirSync, openSync, readSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { cpuSeconds, freePort } from './proc.mjs';
 import { ROWS, runRow } from './rows.mjs';
 import { OURS, PEERS, isOurs, startTarget } from './targets.mjs';
@@ -41,11 +42,15 @@ const ctx = {
 };
 
 /**
- * Read the base once before every cell, so every target starts with it in the page cache:
- * this VM runs DAMON proactive reclaim (pageout of cold pages), which otherwise evicts parts
- * of the base between cells and turns random-read rows into disk benchmarks at random.
+ * Level ground before every cell. `sync` first: the previous cell may have left gigabytes of
+ * dirty overlay data whose writeback would throttle this cell's writes (seen: a round-2
+ * randrw cell at a sixth of its round-1 value, right after the nbdcopy → file cells). Then
+ * read the base once, so every target starts with it in the page cache: this VM runs DAMON
+ * proactive reclaim (pageout of cold pages), which otherwise evicts parts of the base
+ * between cells and turns random-read rows into disk benchmarks at random.
  */
 function warmBase() {
+  spawnSync('sync');
   const buf = Buffer.allocUnsafe(4 * 2 ** 20);
   for (const file of [base, join(runDir, 'raw.img')]) {
     if (!existsSync(file)) continue;

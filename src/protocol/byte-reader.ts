@@ -73,18 +73,9 @@ export class ByteReader {
 
   /** Copy up to `max` buffered bytes into target at `at`; returns how many were copied. */
   takeInto(target: Buffer, at: number, max: number): number {
-    let left = Math.min(max, this.total);
-    const done = left;
-    while (left > 0) {
-      const c = this.chunks[0]!;
-      const have = c.length - this.head;
-      const want = Math.min(have, left);
-      c.copy(target, at, this.head, this.head + want);
-      at += want;
-      this.advance(want, c, have);
-      left -= want;
-    }
-    return done;
+    return this.consume(max, (chunk, from, to) => {
+      at += chunk.copy(target, at, from, to);
+    });
   }
 
   /** The peer closed its side: a pending or later readExactly() fails. */
@@ -127,12 +118,18 @@ export class ByteReader {
 
   /** Discard up to n bytes; returns how many were discarded. */
   skip(n: number): number {
+    return this.consume(n);
+  }
+
+  /** Consume up to n bytes, showing each chunk's part to `visit`; returns how many. */
+  private consume(n: number, visit?: (chunk: Buffer, from: number, to: number) => void): number {
     let left = Math.min(n, this.total);
     const done = left;
     while (left > 0) {
       const c = this.chunks[0]!;
       const have = c.length - this.head;
       const want = Math.min(have, left);
+      visit?.(c, this.head, this.head + want);
       this.advance(want, c, have);
       left -= want;
     }
