@@ -118,7 +118,7 @@ export interface RunServerOptions {
  * line(s) and install signal handlers. Shared by `serve` and `demo`.
  */
 export async function runServer(provider: ExportProvider, o: RunServerOptions, defaultExport: string, log: Logger): Promise<RunningServer> {
-  const server = new NbdServer({ provider, log, sharedReads: o.io?.policy.sharedReads, io: o.io, security: o.security });
+  const server = new NbdServer({ provider, log, io: o.io, security: o.security });
   const tlsRequired = o.security?.tlsMode === 'require';
   const endpoints: ListenEndpoint[] = o.listenFds?.length
     ? o.listenFds.map((fd) => ({ fd }))

@@ -47,8 +47,7 @@ export class ByteReader {
     const w = this.waiter;
     if (w && this.total >= w.n) {
       this.waiter = undefined;
-      const msg = this.take(w.n);
-      w.resolve(this.transient ? Buffer.from(msg) : msg);
+      w.resolve(this.takeKept(w.n));
     }
   }
 
@@ -88,11 +87,8 @@ export class ByteReader {
     }
   }
 
-  /**
-   * Consume exactly n bytes (caller checked `length >= n`). `alloc` supplies the buffer
-   * when the bytes span chunks and must be copied (e.g. from a buffer pool).
-   */
-  take(n: number, alloc: (n: number) => Buffer = Buffer.allocUnsafe): Buffer {
+  /** Consume exactly n bytes (caller checked `length >= n`): a view, or a copy when they span chunks. */
+  take(n: number): Buffer {
     if (n > this.total) throw new RangeError(`take(${n}) with only ${this.total} bytes buffered`);
     if (n === 0) return Buffer.alloc(0);
     const first = this.chunks[0]!;
@@ -102,17 +98,8 @@ export class ByteReader {
       this.advance(n, first, avail);
       return view;
     }
-    // Spans chunks: one copy into a fresh (or pooled) buffer.
-    const out = alloc(n);
-    let filled = 0;
-    while (filled < n) {
-      const c = this.chunks[0]!;
-      const have = c.length - this.head;
-      const want = Math.min(have, n - filled);
-      c.copy(out, filled, this.head, this.head + want);
-      filled += want;
-      this.advance(want, c, have);
-    }
+    const out = Buffer.allocUnsafe(n);
+    this.takeInto(out, 0, n);
     return out;
   }
 
@@ -138,15 +125,18 @@ export class ByteReader {
 
   /** Await exactly n bytes. Rejects with ProtocolError on EOF. One reader at a time. */
   readExactly(n: number): Promise<Buffer> {
-    if (this.total >= n) {
-      const msg = this.take(n);
-      return Promise.resolve(this.transient ? Buffer.from(msg) : msg);
-    }
+    if (this.total >= n) return Promise.resolve(this.takeKept(n));
     if (this.ended) return Promise.reject(this.eofError(n));
     if (this.waiter) return Promise.reject(new Error('ByteReader: concurrent readExactly'));
     return new Promise((resolve, reject) => {
       this.waiter = { n, resolve, reject };
     });
+  }
+
+  /** take(n) for a consumer that runs later: a copy while transient chunks are buffered. */
+  private takeKept(n: number): Buffer {
+    const msg = this.take(n);
+    return this.transient ? Buffer.from(msg) : msg;
   }
 
   private advance(n: number, chunk: Buffer, avail: number): void {

@@ -68,8 +68,6 @@ export class Connection {
   /** Nothing more is read: incoming bytes are dropped. */
   private inputClosed = false;
   private lingerTimer: NodeJS.Timeout | undefined;
-  /** When bytes last arrived (for the server's idle sweep). */
-  lastInput = Date.now();
   /** When the connection was accepted. */
   readonly since = new Date();
   private resolveClosed!: () => void;
@@ -283,7 +281,6 @@ export class Connection {
   /** `transient`: a view of the server's shared read buffer (shared-reads.ts), valid only now. */
   private onData(chunk: Buffer, transient = false): void {
     if (this.inputClosed) return;
-    this.lastInput = Date.now();
     this.reader.push(chunk, transient);
     try {
       if (this.session) this.pump();
@@ -295,10 +292,8 @@ export class Connection {
   /** Parse what is buffered; `direct`: bytes just read straight into the session's directTarget(). */
   private pump(direct = 0): void {
     try {
-      if (direct > 0) {
-        this.lastInput = Date.now();
-        this.session!.directFilled(direct);
-      } else this.session!.pump();
+      if (direct > 0) this.session!.directFilled(direct);
+      else this.session!.pump();
     } catch (err) {
       this.fail(err, 'transmission');
     }

@@ -46,9 +46,11 @@ export interface NbdServerOptions {
   readonly log: Logger;
   /** How long stop() waits for connections to finish before destroying them (ms). */
   readonly stopGraceMs?: number;
-  /** Read accepted sockets into one shared buffer (IoPolicy.sharedReads; default true). */
-  readonly sharedReads?: boolean;
-  /** The devices' FileIo: told when the server is quiet (FileIo.setQuietProbe). */
+  /**
+   * The devices' FileIo: its policy says whether sockets read into one shared buffer
+   * (IoPolicy.sharedReads; without an io: yes), and it is told when the server is quiet
+   * (FileIo.setQuietProbe).
+   */
   readonly io?: FileIo;
   /** TLS, access rules and limits (security.ts); absent = open server, no limits. */
   readonly security?: ServerSecurity;
@@ -168,7 +170,7 @@ export class NbdServer {
       return;
     }
     const peer = address ? `${address}:${accepted.remotePort}` : 'unix';
-    if (this.options.sharedReads ?? true) this.sharedReadBuffer ??= Buffer.allocUnsafeSlow(SHARED_READ_SIZE);
+    if (this.options.io?.policy.sharedReads ?? true) this.sharedReadBuffer ??= Buffer.allocUnsafeSlow(SHARED_READ_SIZE);
     const { socket, setSink } = sharedReadSocket(accepted, { allowHalfOpen: true, shared: this.sharedReadBuffer });
     socket.setNoDelay(true);
     // Notice vanished clients (NBD issue #52: state lingering after an unclean death).

@@ -84,56 +84,30 @@ describe.runIf(requireTool('fio'))('fio --ioengine=nbd', () => {
     tmp?.cleanup();
   });
 
+  /** fio: 64 MiB of random writes, every block read back and checked with crc32c. */
+  const verifiedRandomWrites = (name: string, job: Record<string, string | number>) =>
+    fioNbd(target.uri, { name, rw: 'randwrite', ...job, size: '64M', verify: 'crc32c', do_verify: 1, verify_fatal: 1, runtime: 20 }, { timeoutMs: 60_000 });
+
+  /** No verification failure, and all 64 MiB written and read back. */
+  function expectAllVerified(r: Awaited<ReturnType<typeof fioNbd>>): void {
+    expect(r.code, describeResult(r)).toBe(0);
+    expect(r.stdout + r.stderr).not.toMatch(/verify: bad|crc32c: verify failed|bad magic/i);
+    expect(r.jobs[0]!.error).toBe(0);
+    expect(r.jobs[0]!.writeBytes).toBe(64 * MiB);
+    expect(r.jobs[0]!.readBytes).toBeGreaterThanOrEqual(64 * MiB);
+  }
+
   it('random writes of mixed sizes (4 KiB to 2 MiB) verify with crc32c', async () => {
     // Large payloads are read straight into their buffers, in pieces, between small
     // requests that share the read buffer (server/shared-reads.ts): every byte must land.
-    const r = await fioNbd(
-      target.uri,
-      {
-        name: 'verifymixed',
-        rw: 'randwrite',
-        bsrange: '4k-2m',
-        bs_unaligned: 0,
-        iodepth: 16,
-        size: '64M',
-        verify: 'crc32c',
-        do_verify: 1,
-        verify_fatal: 1,
-        runtime: 20,
-      },
-      { timeoutMs: 60_000 },
-    );
-    expect(r.code, describeResult(r)).toBe(0);
-    expect(r.stdout + r.stderr).not.toMatch(/verify: bad|crc32c: verify failed|bad magic/i);
-    expect(r.jobs[0]!.error).toBe(0);
-    expect(r.jobs[0]!.writeBytes).toBe(64 * MiB);
-    expect(r.jobs[0]!.readBytes).toBeGreaterThanOrEqual(64 * MiB);
+    expectAllVerified(await verifiedRandomWrites('verifymixed', { bsrange: '4k-2m', bs_unaligned: 0, iodepth: 16 }));
   });
 
   it('random 4 KiB writes at iodepth 32 verify with crc32c', async () => {
-    const r = await fioNbd(
-      target.uri,
-      {
-        name: 'verify4k',
-        rw: 'randwrite',
-        bs: '4k',
-        iodepth: 32,
-        size: '64M',
-        verify: 'crc32c',
-        do_verify: 1,
-        verify_fatal: 1,
-        verify_backlog: 1024,
-        runtime: 20,
-      },
-      { timeoutMs: 60_000 },
-    );
-    expect(r.code, describeResult(r)).toBe(0);
-    expect(r.stdout + r.stderr).not.toMatch(/verify: bad|crc32c: verify failed|bad magic/i);
+    const r = await verifiedRandomWrites('verify4k', { bs: '4k', iodepth: 32, verify_backlog: 1024 });
     expect(r.jobs).toHaveLength(1);
-    expect(r.jobs[0]!.error).toBe(0);
-    expect(r.jobs[0]!.writeBytes).toBe(64 * MiB);
     // Every written block is read back and checked (backlog verifies + the final pass).
-    expect(r.jobs[0]!.readBytes).toBeGreaterThanOrEqual(64 * MiB);
+    expectAllVerified(r);
   });
 
   it('mixed block sizes (512 B – 256 KiB), sequential and random, verify with crc32c', async () => {
