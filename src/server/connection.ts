@@ -13,7 +13,9 @@
  * ClientHello stays in the kernel for OpenSSL), then wrapped by tls.ts; from there on
  * every read, write and event goes through the TLS socket. The client's identity joins
  * the log context and selects the AccessView the handshake sees. The handshake timer
- * (ServerSecurity.handshakeTimeoutMs) covers everything before transmission, TLS included.
+ * (handshake-timer.ts: an idle gap between completed options, ServerSecurity.
+ * handshakeTimeoutMs, plus an absolute bound) covers everything before transmission, TLS
+ * included.
  *
  * Closing is "input first": once the client said goodbye (ABORT, DISC, EOF) or broke the
  * protocol, nothing more is read (bytes still arriving are dropped and the socket paused,
@@ -32,6 +34,7 @@ import type { BufferPool } from './buffer-pool.js';
 import type { ReadSink } from './shared-reads.js';
 import type { ExportHandle, ExportProvider } from './exports.js';
 import { negotiate, type NegotiatedSession } from './handshake.js';
+import { HANDSHAKE_TOTAL_FACTOR, HandshakeTimer } from './handshake-timer.js';
 import { TransmissionSession } from './transmission.js';
 
 export interface ConnectionServer {
@@ -57,7 +60,7 @@ export class Connection {
   identity: string | undefined;
   private tlsActive = false;
   private view: ExportProvider | undefined;
-  private handshakeTimer: NodeJS.Timeout | undefined;
+  private handshakeTimer: HandshakeTimer | undefined;
   private readonly reader = new ByteReader();
   private session: TransmissionSession | undefined;
   private handle: ExportHandle | undefined;
@@ -141,11 +144,11 @@ export class Connection {
   private startHandshakeTimer(): void {
     const ms = this.server.security?.handshakeTimeoutMs ?? 0;
     if (ms <= 0) return;
-    this.handshakeTimer = setTimeout(() => {
-      this.log.warn({ seconds: ms / 1000 }, 'closing connection: handshake not finished in time');
+    this.handshakeTimer = new HandshakeTimer(ms, (kind) => {
+      if (kind === 'idle') this.log.warn({ seconds: ms / 1000 }, 'closing connection: handshake idle too long (no option completed in time)');
+      else this.log.warn({ seconds: (ms * HANDSHAKE_TOTAL_FACTOR) / 1000 }, 'closing connection: handshake not finished in time');
       this.socket.destroy();
-    }, ms);
-    this.handshakeTimer.unref();
+    });
   }
 
   /** Run the connection (resolves when the handshake phase is over). */
@@ -169,6 +172,7 @@ export class Connection {
           return { connId: conn.id, peer: conn.peer, identity: conn.identity };
         },
         shuttingDown: () => this.server.isStopping(),
+        optionReceived: () => this.handshakeTimer?.optionReceived(),
         tls: {
           mode: this.server.security?.tlsMode ?? 'off',
           active: () => this.tlsActive,
@@ -179,7 +183,7 @@ export class Connection {
       this.fail(err, 'handshake');
       return;
     } finally {
-      clearTimeout(this.handshakeTimer);
+      this.handshakeTimer?.stop();
     }
     if (!negotiated) {
       this.log.debug('client aborted the handshake');
