@@ -27,7 +27,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../logging.js';
 import { AccessView } from './access-control.js';
 import type { ServerSecurity } from './security.js';
-import { upgradeToTls } from './tls.js';
+import { isRenegotiationAttempt, upgradeToTls } from './tls.js';
 import { ByteReader } from '../protocol/byte-reader.js';
 import { ProtocolError } from '../protocol/nbd-errors.js';
 import type { BufferPool } from './buffer-pool.js';
@@ -98,7 +98,11 @@ export class Connection {
   private attach(socket: Socket, dataEvents: boolean): void {
     if (dataEvents) socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => this.onEnd());
-    socket.on('error', (err) => this.log.debug({ err }, 'socket error'));
+    socket.on('error', (err) => {
+      // tls.ts has already destroyed the socket; this is an attack, not a network hiccup.
+      if (isRenegotiationAttempt(err)) this.log.warn({ code: (err as NodeJS.ErrnoException).code }, 'closing connection: client tried to renegotiate TLS (refused)');
+      else this.log.debug({ err }, 'socket error');
+    });
     socket.on('close', () => void this.onClose());
     socket.on('drain', () => this.session?.onDrain());
   }
