@@ -13,9 +13,8 @@
  * ClientHello stays in the kernel for OpenSSL), then wrapped by tls.ts; from there on
  * every read, write and event goes through the TLS socket. The client's identity joins
  * the log context and selects the AccessView the handshake sees. The handshake timer
- * (handshake-timer.ts: an idle gap between completed options, ServerSecurity.
- * handshakeTimeoutMs, plus an absolute bound) covers everything before transmission, TLS
- * included.
+ * (handshake-timer.ts: idle gaps between options, and a total) covers everything before
+ * transmission, TLS included.
  *
  * Closing is "input first": once the client said goodbye (ABORT, DISC, EOF) or broke the
  * protocol, nothing more is read (bytes still arriving are dropped and the socket paused,
@@ -34,7 +33,7 @@ import type { BufferPool } from './buffer-pool.js';
 import type { ReadSink } from './shared-reads.js';
 import type { ExportHandle, ExportProvider } from './exports.js';
 import { negotiate, type NegotiatedSession } from './handshake.js';
-import { HANDSHAKE_TOTAL_FACTOR, HandshakeTimer } from './handshake-timer.js';
+import { HandshakeTimer } from './handshake-timer.js';
 import { TransmissionSession } from './transmission.js';
 
 export interface ConnectionServer {
@@ -98,11 +97,8 @@ export class Connection {
   private attach(socket: Socket, dataEvents: boolean): void {
     if (dataEvents) socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => this.onEnd());
-    socket.on('error', (err) => {
-      // tls.ts has already destroyed the socket; this is an attack, not a network hiccup.
-      if (isRenegotiationAttempt(err)) this.log.warn({ code: (err as NodeJS.ErrnoException).code }, 'closing connection: client tried to renegotiate TLS (refused)');
-      else this.log.debug({ err }, 'socket error');
-    });
+    // A refused TLS renegotiation (tls.ts destroys the socket) is an attack, not a hiccup.
+    socket.on('error', (err) => (isRenegotiationAttempt(err) ? this.log.warn({ code: (err as NodeJS.ErrnoException).code }, 'closing connection: client tried to renegotiate TLS (refused)') : this.log.debug({ err }, 'socket error')));
     socket.on('close', () => void this.onClose());
     socket.on('drain', () => this.session?.onDrain());
   }
@@ -148,9 +144,8 @@ export class Connection {
   private startHandshakeTimer(): void {
     const ms = this.server.security?.handshakeTimeoutMs ?? 0;
     if (ms <= 0) return;
-    this.handshakeTimer = new HandshakeTimer(ms, (kind) => {
-      if (kind === 'idle') this.log.warn({ seconds: ms / 1000 }, 'closing connection: handshake idle too long (no option completed in time)');
-      else this.log.warn({ seconds: (ms * HANDSHAKE_TOTAL_FACTOR) / 1000 }, 'closing connection: handshake not finished in time');
+    this.handshakeTimer = new HandshakeTimer(ms, (expiry) => {
+      this.log.warn({ seconds: expiry.seconds }, expiry.message);
       this.socket.destroy();
     });
   }

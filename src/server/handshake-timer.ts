@@ -18,23 +18,35 @@
 /** The absolute bound is this many idle timeouts. */
 export const HANDSHAKE_TOTAL_FACTOR = 30;
 
-export type HandshakeExpiry = 'idle' | 'total';
+export interface HandshakeExpiry {
+  readonly kind: 'idle' | 'total';
+  /** The bound that was exceeded. */
+  readonly seconds: number;
+  /** The log line. */
+  readonly message: string;
+}
+
+const MESSAGES = {
+  idle: 'closing connection: handshake idle too long (no option completed in time)',
+  total: 'closing connection: handshake not finished in time',
+} as const;
 
 export class HandshakeTimer {
   private readonly idle: NodeJS.Timeout;
   private readonly total: NodeJS.Timeout;
 
   /** idleMs > 0; onExpire runs at most once, then both clocks are stopped. */
-  constructor(idleMs: number, onExpire: (kind: HandshakeExpiry) => void) {
+  constructor(idleMs: number, onExpire: (expiry: HandshakeExpiry) => void) {
     let fired = false;
-    const fire = (kind: HandshakeExpiry): void => {
+    const fire = (kind: HandshakeExpiry['kind'], ms: number): void => {
       if (fired) return;
       fired = true;
       this.stop();
-      onExpire(kind);
+      onExpire({ kind, seconds: ms / 1000, message: MESSAGES[kind] });
     };
-    this.idle = setTimeout(() => fire('idle'), idleMs).unref();
-    this.total = setTimeout(() => fire('total'), idleMs * HANDSHAKE_TOTAL_FACTOR).unref();
+    const totalMs = idleMs * HANDSHAKE_TOTAL_FACTOR;
+    this.idle = setTimeout(() => fire('idle', idleMs), idleMs).unref();
+    this.total = setTimeout(() => fire('total', totalMs), totalMs).unref();
   }
 
   /** An option was completely received: the idle clock starts again. */
