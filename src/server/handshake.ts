@@ -87,6 +87,8 @@ export interface HandshakeIo {
   readonly ctx: ExportContext;
   /** True once the server is stopping: options get ERR_SHUTDOWN. */
   shuttingDown(): boolean;
+  /** An option (header and data) was completely received (restarts the idle clock). */
+  optionReceived?(): void;
   /** STARTTLS support (absent = TLS off). */
   readonly tls?: HandshakeTls;
 }
@@ -141,6 +143,7 @@ export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | un
       throw new ProtocolError('NBD_ERR_TOO_LONG', `option ${nameOf(NbdOpt, option)} data is ${length} bytes (limit ${MAX_OPTION_LENGTH})`);
     }
     const data = await io.reader.readExactly(length);
+    io.optionReceived?.();
     io.log.debug({ option: nameOf(NbdOpt, option), length }, 'option');
     const result = await dispatchOption(s, option, data);
     if (result === 'abort') return undefined;

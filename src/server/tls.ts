@@ -13,6 +13,12 @@
  *
  * TLS 1.2 is the floor. PSK works with TLS 1.3 too: OpenSSL calls the same server callback
  * for TLS 1.3 external PSKs (SHA-256 suites), which is what gnutls clients offer.
+ *
+ * Renegotiation (TLS 1.2 only; 1.3 has none) is refused: every client-initiated handshake
+ * costs the server far more CPU than the client, and NBD clients never renegotiate. Node's
+ * own guard (tls.CLIENT_RENEG_LIMIT, process-wide) only emits an 'error' that nothing
+ * acts on, so a TLS 1.2 socket is set to disableRenegotiation() and the first attempt
+ * destroys it (isRenegotiationAttempt lets the connection log it at warn; docs/security.md).
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -157,6 +163,7 @@ export function upgradeToTls(socket: net.Socket, creds: TlsCredentials): Promise
     });
     server.once('secureConnection', (secure: tls.TLSSocket) => {
       socket.off('close', closed);
+      refuseRenegotiation(secure);
       let identity: string | undefined;
       if (creds.kind === 'psk') {
         identity = pskIdentity;
@@ -169,6 +176,26 @@ export function upgradeToTls(socket: net.Socket, creds: TlsCredentials): Promise
       resolve({ socket: secure, identity, protocol: secure.getProtocol() ?? undefined, cipher: secure.getCipher().name });
     });
     server.emit('connection', socket);
+  });
+}
+
+/** True for the error Node emits on a TLS socket when its peer starts a renegotiation. */
+export function isRenegotiationAttempt(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return code === 'ERR_TLS_RENEGOTIATION_DISABLED' || code === 'ERR_TLS_SESSION_ATTACK';
+}
+
+/**
+ * The first renegotiation attempt closes the connection. Node reports it from OpenSSL's
+ * handshake-start callback, i.e. on the client's new ClientHello, before any of the new
+ * handshake's work; destroying the socket there ends it.
+ */
+function refuseRenegotiation(secure: tls.TLSSocket): void {
+  // TLS 1.3 has no renegotiation; its post-handshake messages (KeyUpdate) are legitimate.
+  if (secure.getProtocol() === 'TLSv1.3') return;
+  secure.disableRenegotiation();
+  secure.on('error', (err) => {
+    if (isRenegotiationAttempt(err)) secure.destroy();
   });
 }
 
