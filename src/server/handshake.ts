@@ -111,6 +111,8 @@ interface State {
   refused: Set<string>;
   /** Options this connection may send (raised once by LIST, see OPTIONS_PER_LISTED_EXPORT). */
   allowance: number;
+  /** A plaintext client on a --tls require server has been logged (once per connection). */
+  tlsRefusalLogged: boolean;
 }
 
 /** undefined = keep haggling; 'abort' = close softly; a session = enter transmission. */
@@ -133,6 +135,7 @@ export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | un
     metaExport: undefined,
     metaIds: [],
     refused: new Set(),
+    tlsRefusalLogged: false,
     allowance: MAX_OPTIONS,
   };
   for (let count = 1; ; count++) {
@@ -261,6 +264,11 @@ function tlsRequired(s: State, option: number): boolean {
   if (t?.mode !== 'require' || t.active() || option === NbdOpt.STARTTLS || option === NbdOpt.ABORT) return false;
   if (option === NbdOpt.EXPORT_NAME) throw new ProtocolError('NBD_ERR_TLS_REQUIRED', 'EXPORT_NAME before STARTTLS on a --tls require server');
   reply(s, option, NbdRep.ERR_TLS_REQD, 'TLS is required: send NBD_OPT_STARTTLS first');
+  if (!s.tlsRefusalLogged) {
+    // Otherwise a client without TLS leaves no trace: it reads ERR_TLS_REQD and goes away.
+    s.tlsRefusalLogged = true;
+    s.io.log.warn({ option: nameOf(NbdOpt, option) }, 'client did not start TLS: this server requires it (--tls require); its options are refused');
+  }
   return true;
 }
 

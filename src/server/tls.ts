@@ -24,6 +24,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type net from 'node:net';
 import tls from 'node:tls';
+import { explainTlsFailure } from './tls-failure.js';
 
 export const TLS_MODES = ['off', 'on', 'require'] as const;
 export type TlsMode = (typeof TLS_MODES)[number];
@@ -152,14 +153,14 @@ export function upgradeToTls(socket: net.Socket, creds: TlsCredentials): Promise
       : {}),
   });
   return new Promise((resolve, reject) => {
-    const closed = (): void => reject(new Error('connection closed during the TLS handshake'));
+    const closed = (): void => reject(new Error(explainTlsFailure(Object.assign(new Error('closed'), { code: 'ECONNRESET' }), creds.kind, offered)));
     socket.once('close', closed);
     server.once('tlsClientError', (err: Error) => {
       socket.off('close', closed);
       // OpenSSL's message for an unknown PSK user is about signature algorithms: say what happened.
       if (creds.kind === 'psk' && pskIdentity === undefined && offered !== undefined) {
         reject(new Error(`unknown PSK identity "${offered.slice(0, 200)}"`));
-      } else reject(err);
+      } else reject(new Error(explainTlsFailure(err, creds.kind, offered)));
     });
     server.once('secureConnection', (secure: tls.TLSSocket) => {
       socket.off('close', closed);
