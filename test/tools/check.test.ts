@@ -11,6 +11,7 @@ import { CHECK_SCHEMA } from '../../src/tools/json-schemas.js';
 import { writeCraftedAddCow } from '../helpers/add-cow-craft.js';
 import { writeCraftedCow } from '../helpers/cow-craft.js';
 import { makeTempDir, type TempDir } from '../helpers/images.js';
+import { offlineSnapshot } from '../../src/control/snapshot.js';
 import { CLI_PATH } from '../helpers/server.js';
 import { requireTool } from '../helpers/tools.js';
 import { cli, cliJson, expectSchema, makeBacking, MTIME, pokeBytes, pokeSectors, runOk, v3Geometry } from './tool-helpers.js';
@@ -248,4 +249,23 @@ it('a 1 MB v1 cow with one flipped bit in its size field: check names the field 
     expect(doc.findings[0]!.message).toContain(`header's size field (${size} bytes`);
     expect(doc.findings.some((f) => f.class === 'backing' && f.message.includes(`Size mismatch (${size} vs ${SIZE})`))).toBe(true);
   }
+});
+
+it('the top of a live-snapshot chain is clean: its backing is a cow layer, compared by virtual size, not file length (issue 26, item 4)', async () => {
+  const top = tmp.file('vm.cow');
+  runOk(process.execPath, [CLI_PATH, 'create', '-f', 'cow', top, '--backing', base]);
+  pokeSectors(top, v3Geometry(MiB), { 5: 0x11 });
+  // The functions the admin API's snapshot uses for an overlay nobody has open (control/snapshot.ts).
+  const first = (await offlineSnapshot(top, MiB)).frozen;
+  pokeSectors(top, v3Geometry(MiB), { 6: 0x22 });
+  const second = (await offlineSnapshot(top, MiB)).frozen;
+  expect(statSync(second).size).toBeGreaterThan(MiB); // a cow file is longer than its disk
+  for (const f of [top, second, first]) expect(check(f, 0).result, f).toBe('clean');
+  expect(cli(['check', top]).stdout).toMatch(/No errors were found/);
+  // The size is still checked: a layer below of another virtual size is a mismatch.
+  const { mtimeMs } = statSync(second);
+  runOk(process.execPath, [CLI_PATH, 'create', '-f', 'cow', second, '--backing', makeBacking(tmp.file('b2m.img'), 2 * MiB), '--force']);
+  utimesSync(second, mtimeMs / 1000, mtimeMs / 1000);
+  const bad = check(top, 2).findings.find((f) => f.class === 'backing');
+  expect(bad?.message).toMatch(new RegExp(`Size mismatch \\(${MiB} vs ${2 * MiB}\\)`));
 });
