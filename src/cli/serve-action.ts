@@ -43,8 +43,11 @@ interface ServeContext {
   readonly ephemeralBase: string | undefined;
 }
 
-export async function serveAction(image: string | undefined, cliOptions: ServeOptions, cmd: Command, io: FileIo): Promise<void> {
+export async function serveAction(image: string | undefined, cliOptions: ServeOptions, cmd: Command, processIo: FileIo): Promise<void> {
   const { o, fileOptions } = await withFileOptions(cliOptions, cmd);
+  // Every overlay this server opens (exports, machines, snapshot tops) persists its bitmap
+  // on this interval (IoPolicy.bitmapSyncMs, formats/bitmap-persistence.ts).
+  const io = o.bitmapSyncInterval === undefined ? processIo : new FileIo({ ...processIo.policy, bitmapSyncMs: Math.round(o.bitmapSyncInterval * 1000) });
   if (o.admin && !('path' in o.admin) && !o.adminTokenFile) throw new UsageError('--admin HOST:PORT needs --admin-token-file (the bearer token clients must send)');
   const log = createLogger({ level: o.logLevel });
   logNativeAddon(log, io.policy);
