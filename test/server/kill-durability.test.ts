@@ -14,11 +14,12 @@
  * test/campaign/write-ordering.test.ts.
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createPatternedImage, makeTempDir } from '../helpers/images.js';
 import { CLI_PATH, findNbdPython, nbdPython, requireNbdPython, startServer } from '../helpers/server.js';
+import { requireTool } from '../helpers/tools.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 8 * MiB;
@@ -164,4 +165,33 @@ describe.runIf(usable)('a process kill loses at most the bitmap sync interval', 
     expect(badFile.status).not.toBe(0);
     expect(badFile.stderr).toMatch(/c\.toml:2: server\.bitmap-sync-interval: must be a number \(got "soon"\)/);
   });
+
+  it.runIf(requireTool('strace'))('ephemeral overlays (deleted on disconnect, and after a kill at the next start) get no periodic fdatasync', async () => {
+    const base = createPatternedImage(tmp.file('d-base.raw'), SIZE, 6);
+    const trace = tmp.file('d.trace');
+    const sock = tmp.file('d.sock');
+    const proc = spawn('strace', ['-f', '-qq', '-o', trace, '-e', 'trace=fdatasync,fsync', process.execPath, CLI_PATH, 'serve', '--ephemeral', base, '-U', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        let out = '';
+        const t = setTimeout(() => reject(new Error(`no listen line: ${out}`)), 30_000);
+        proc.stdout.on('data', (d: Buffer) => {
+          out += d;
+          if (out.includes('listening on')) {
+            clearTimeout(t);
+            resolve();
+          }
+        });
+      });
+      const stopWriter = await writeAndStayConnected([`nbd+unix:///?socket=${sock}`]);
+      await new Promise((resolve) => setTimeout(resolve, WAIT_MS));
+      stopWriter();
+    } finally {
+      proc.kill('SIGKILL'); // strace kills its tracee with it
+      await new Promise((resolve) => proc.once('exit', resolve));
+    }
+    // Creating the overlay syncs it (crash-safe creation); nothing may follow the writes.
+    const syncs = readFileSync(trace, 'utf8').split('\n').filter((l) => /fdatasync\(/.test(l));
+    expect(syncs, syncs.join('\n')).toEqual([]);
+  }, 120_000);
 });
