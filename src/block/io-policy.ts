@@ -38,7 +38,7 @@ export interface IoPolicy {
    * Milliseconds a writable overlay's allocation bits may stay in memory only: while some
    * are unpersisted, every this often the overlay persists them the FLUSH way (data
    * fdatasync, then the bitmap pages; formats/bitmap-persistence.ts). That bounds what a
-   * process kill loses (README "Reliability"). 0: only FLUSH/FUA and close persist them.
+   * process kill loses (docs/cow-format.md#c15). 0: only FLUSH/FUA and close persist them.
    * Undefined: DEFAULT_BITMAP_SYNC_MS. `serve --bitmap-sync-interval` sets it.
    */
   readonly bitmapSyncMs?: number;

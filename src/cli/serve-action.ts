@@ -159,7 +159,10 @@ async function overlayProviders(ctx: ServeContext, security: ServerSecurity): Pr
   const providers: ExportProvider[] = [];
   if (ctx.ephemeralBase) {
     const ephemeralBase = ctx.ephemeralBase;
-    const base = await namedFailure(`base image ${ephemeralBase}`, () => resolveBase(ephemeralBase, o, ctx.sio, ctx.objectStore));
+    // No periodic bitmap sync: an ephemeral overlay is deleted on disconnect and, after a
+    // kill, at the next start, so persisting its bits would only cost fdatasyncs.
+    const io = new FileIo({ ...ctx.sio.policy, bitmapSyncMs: 0 }, ctx.sio.guard);
+    const base = await namedFailure(`base image ${ephemeralBase}`, () => resolveBase(ephemeralBase, o, io, ctx.objectStore));
     providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log, security.overlayLimits)));
   }
   let overlays: OverlayDirProvider | undefined;

@@ -20,13 +20,16 @@
  * Periodic sync (startPeriodicSync): bits set without a FLUSH would otherwise live only in
  * this process's memory, and a process kill would lose the writes they make visible, with
  * no time limit (their data is in the page cache, which outlives the process, but nothing
- * on disk points at it). While pages are dirty, a timer runs this same flush() every
- * interval, so a kill loses at most the last interval's allocations, and the ordering
+ * on disk points at it). A timer looks every interval and, when pages are dirty, runs this
+ * same flush(), so a kill loses at most the last interval's allocations, and the ordering
  * above (hence power-loss safety) is the FLUSH path's. It shares the mutex and the queue,
  * so it never overtakes or splits a client's FLUSH; the timer is unref'd (it never keeps
  * a tool's process alive) and stop() ends it and waits for a persist under way, before
- * the caller closes the files. Only the bitmap arms it: rewriting allocated blocks sets
- * no bit, and its data already outlives a process kill in the page cache.
+ * the caller closes the files. Only dirty bitmap pages trigger it: rewriting allocated
+ * blocks sets no bit, and its data already outlives a process kill in the page cache. The
+ * timer runs for the device's whole writable life rather than being armed by the first
+ * dirty bit: a bit may be set long after its data write was noted (add-cow COW-fills read
+ * the backing in between), and an idle look costs one boolean test per interval.
  */
 import { Mutex } from 'async-mutex';
 import type { FileHandle } from 'node:fs/promises';

@@ -16,7 +16,7 @@
  *   flush        BitmapPersister: data fdatasync before the dirty bitmap pages.
  *   periodic     writable: the same flush every IoPolicy.bitmapSyncMs while bitmap pages
  *                are dirty, so a process kill loses at most that long of allocations
- *                (bitmap-persistence.ts; README "Reliability").
+ *                (bitmap-persistence.ts; docs/cow-format.md#c15).
  *   close        stops the periodic sync, persists dirty bitmap pages (same ordering) when
  *                writable, then closes the files and the backing: completed writes are
  *                never silently dropped.

@@ -131,6 +131,11 @@ describe.runIf(usable)('live snapshot', () => {
 
       // A restart serves the same chain (the frozen layer's mtime still matches) and data.
       expect(await srv.stop()).toBe(0);
+      // `check` calls the chain clean (issue 26, item 4: it compared the top with the layer's file length).
+      for (const f of [top, tmp.file('vm.snap-1.cow')]) {
+        const c = spawnSync(process.execPath, [CLI_PATH, 'check', f], { encoding: 'utf8' });
+        expect(c.status, `check ${f}: ${c.stdout}`).toBe(0);
+      }
       srv = await startServer(['--config', config]);
       await waitFor(() => srv.stdout().includes('admin API on'), 'the admin API');
       const sum = await nbdPython(`

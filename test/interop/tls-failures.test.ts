@@ -38,7 +38,7 @@ describe.runIf(usable)('failed TLS handshakes are logged in words', () => {
       for (const [uri, expected] of cases) {
         const before = warnings(serverLog(srv)).length;
         const r = await nbdinfo([uri]);
-        expect(r.status, uri).not.toBe(0);
+        expect(r.code, uri).not.toBe(0);
         await expect.poll(() => warnings(serverLog(srv)).length, { timeout: 10_000 }).toBe(before + 1);
         const line = warnings(serverLog(srv)).at(-1)!;
         const text = `${String(line.msg)} ${String(line.reason ?? '')}`;
@@ -58,7 +58,7 @@ describe.runIf(usable)('failed TLS handshakes are logged in words', () => {
     try {
       writeFileSync(tmp.file('wrong.psk'), 'alice:00112233445566778899aabbccddeeff\n');
       const r = await nbdinfo([`nbds://alice@127.0.0.1:${srv.port}/pub?tls-psk-file=${tmp.file('wrong.psk')}`]);
-      expect(r.status).not.toBe(0);
+      expect(r.code).not.toBe(0);
       await expect.poll(() => warnings(serverLog(srv)).length, { timeout: 10_000 }).toBe(1);
       const line = warnings(serverLog(srv))[0]!;
       expect(String(line.reason)).toMatch(/TLS handshake failed: wrong PSK key for identity "alice"/);

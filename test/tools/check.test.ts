@@ -3,13 +3,16 @@
  * the qemu-img exit codes (0 clean, 2 corruption, 3 leaks/cosmetic, 1 could not check),
  * and --repair fixing only what is safe (data sectors and backing files untouched).
  */
-import { readFileSync, statSync, truncateSync, utimesSync, writeFileSync, unlinkSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, statSync, truncateSync, utimesSync, writeFileSync, unlinkSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CHECK_SCHEMA } from '../../src/tools/json-schemas.js';
 import { writeCraftedAddCow } from '../helpers/add-cow-craft.js';
 import { writeCraftedCow } from '../helpers/cow-craft.js';
 import { makeTempDir, type TempDir } from '../helpers/images.js';
+import { offlineSnapshot } from '../../src/control/snapshot.js';
+import { CLI_PATH } from '../helpers/server.js';
 import { requireTool } from '../helpers/tools.js';
 import { cli, cliJson, expectSchema, makeBacking, MTIME, pokeBytes, pokeSectors, runOk, v3Geometry } from './tool-helpers.js';
 
@@ -210,4 +213,59 @@ it('a 0-byte NAME.cow is a broken overlay, not a clean raw image (issue 15, defe
   expect(r.findings[0]!.message).toMatch(/named like a cow image but is empty \(0 bytes\).*delete it/);
   writeFileSync(empty, Buffer.alloc(4096, 7));
   expect(check(empty, 2).findings[0]!.message).toMatch(/has no cow magic \(4096 bytes, starting 0707070707070707\)/);
+});
+
+/** Run the CLI under python3 for its peak RSS (ru_maxrss of the child) and wall time. */
+function measuredCli(args: string[]): { status: number | null; stdout: string; seconds: number; maxRssMiB: number } {
+  const py = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+  const script = [
+    'import json, resource, subprocess, sys, time',
+    't = time.time()',
+    'r = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)',
+    'print(json.dumps({"status": r.returncode, "stdout": r.stdout, "seconds": time.time() - t, "maxRssKiB": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))',
+  ].join('\n');
+  const r = spawnSync(py, ['-c', script, process.execPath, CLI_PATH, ...args], { encoding: 'utf8', timeout: 120_000 });
+  const doc = JSON.parse(r.stdout) as { status: number; stdout: string; seconds: number; maxRssKiB: number };
+  return { status: doc.status, stdout: doc.stdout, seconds: doc.seconds, maxRssMiB: doc.maxRssKiB / 1024 };
+}
+
+it('a 1 MB v1 cow with one flipped bit in its size field: check names the field and value at once, in bounded memory (issue 26, item 15)', () => {
+  const SIZE = 1_000_000; // not a multiple of 4096: the v1 rounding bug applies too (docs/cow-format.md#c11)
+  const b = makeBacking(tmp.file('b1m.img'), SIZE);
+  const v1 = tmp.file('flipped.cow');
+  for (const bit of [42, 44, 46, 52]) {
+    writeCraftedCow(v1, { layout: 'v1', backingPath: b, size: SIZE, mtime: MTIME, sectors: { 3: 0x5a } });
+    const bytes = readFileSync(v1);
+    bytes[268 + (bit >> 3)] ^= 1 << (bit & 7); // v1 size: u64 LE at 268
+    writeFileSync(v1, bytes);
+    const size = SIZE + 2 ** bit;
+    const r = measuredCli(['check', '--json', v1]);
+    expect(r.maxRssMiB, `bit ${bit}: peak RSS`).toBeLessThan(200);
+    expect(r.seconds, `bit ${bit}: seconds`).toBeLessThan(2);
+    expect(r.status, `bit ${bit}: ${r.stdout}`).toBe(2);
+    const doc = JSON.parse(r.stdout) as { result: string; findings: Array<{ class: string; severity: string; message: string }> };
+    expect(doc.result).toBe('corrupt');
+    expect(doc.findings[0]).toMatchObject({ class: 'file-length', severity: 'corruption' });
+    expect(doc.findings[0]!.message).toContain(`header's size field (${size} bytes`);
+    expect(doc.findings.some((f) => f.class === 'backing' && f.message.includes(`Size mismatch (${size} vs ${SIZE})`))).toBe(true);
+  }
+});
+
+it('the top of a live-snapshot chain is clean: its backing is a cow layer, compared by virtual size, not file length (issue 26, item 4)', async () => {
+  const top = tmp.file('vm.cow');
+  runOk(process.execPath, [CLI_PATH, 'create', '-f', 'cow', top, '--backing', base]);
+  pokeSectors(top, v3Geometry(MiB), { 5: 0x11 });
+  // The functions the admin API's snapshot uses for an overlay nobody has open (control/snapshot.ts).
+  const first = (await offlineSnapshot(top, MiB)).frozen;
+  pokeSectors(top, v3Geometry(MiB), { 6: 0x22 });
+  const second = (await offlineSnapshot(top, MiB)).frozen;
+  expect(statSync(second).size).toBeGreaterThan(MiB); // a cow file is longer than its disk
+  for (const f of [top, second, first]) expect(check(f, 0).result, f).toBe('clean');
+  expect(cli(['check', top]).stdout).toMatch(/No errors were found/);
+  // The size is still checked: a layer below of another virtual size is a mismatch.
+  const { mtimeMs } = statSync(second);
+  runOk(process.execPath, [CLI_PATH, 'create', '-f', 'cow', second, '--backing', makeBacking(tmp.file('b2m.img'), 2 * MiB), '--force']);
+  utimesSync(second, mtimeMs / 1000, mtimeMs / 1000);
+  const bad = check(top, 2).findings.find((f) => f.class === 'backing');
+  expect(bad?.message).toMatch(new RegExp(`Size mismatch \\(${MiB} vs ${2 * MiB}\\)`));
 });

@@ -25,6 +25,7 @@ import { AllocationBitmap } from '../allocation-bitmap.js';
 import { checkBacking, resolveBackingPath, statBacking } from './cow-backing.js';
 import { COW_MAX_HEADER_SIZE, cowPathField, decodeCowHeader, detectCowLayout, isCowLayoutName, type CowHeader, type CowLayoutName } from './cow-header.js';
 import { cowGeometry, type CowGeometry } from './cow-layout.js';
+import { cowVirtualSize, isSnapshotLayer } from './cow-layers.js';
 import { cowBitmapSource } from './cow-open.js';
 
 interface Subject {
@@ -34,7 +35,7 @@ interface Subject {
   readonly head: Buffer;
   readonly header: CowHeader;
   readonly g: CowGeometry;
-  /** Streamed page by page (a 1 TiB overlay's bitmap is 256 MiB): every bit, tail included. */
+  /** Streamed page by page (a 1 TiB overlay's bitmap is 256 MiB): every bit the file holds, tail included. */
   readonly bitmap: AllocationBitmap;
 }
 
@@ -45,7 +46,11 @@ export async function checkCow(file: string, fh: FileHandle, req: CheckRequest, 
   const header = await chooseHeader(file, head, fileLength, req, c);
   if (!header) return;
   const g = cowGeometry(header);
-  const bitmap = new AllocationBitmap(g.bitmapLength * 8, g.bitmapLength, 64 * 1024, await cowBitmapSource(fh.fd, g, nativeFs));
+  // Only the bitmap bytes the file holds are scanned: past its end every bit reads as 0
+  // anyway, and the header's size field alone must not set the work or the memory (a flipped
+  // bit in a 1 MB file's size asked for a 1 GiB bitmap, or 8 TiB of pages to stream).
+  const held = Math.max(0, Math.min(g.bitmapLength, fileLength - g.bitmapOffset));
+  const bitmap = new AllocationBitmap(held * 8, held, 64 * 1024, await cowBitmapSource(fh.fd, { ...g, bitmapLength: held }, nativeFs));
   const s: Subject = { file, fh, fileLength, head, header, g, bitmap };
   checkHeaderGarbage(s, c);
   checkFileLength(s, c);
@@ -121,7 +126,11 @@ function checkFileLength({ fileLength, header, g, bitmap }: Subject, c: Collecte
   const bitmapEnd = g.bitmapOffset + g.bitmapLength;
   const allocatedPastEof = countAllocatedFrom(bitmap, g, Math.max(0, Math.floor((fileLength - g.dataOffset) / 512)));
   if (fileLength < bitmapEnd) {
-    corruption(c, 'file-length', `file length ${fileLength} ends inside the bitmap (${g.bitmapOffset}..${bitmapEnd - 1}): the bits of the missing bytes are lost`);
+    corruption(
+      c,
+      'file-length',
+      `file length ${fileLength} ends inside the bitmap (${g.bitmapOffset}..${bitmapEnd - 1}) that the header's size field (${header.size} bytes, ${g.sectors} sectors) calls for: the size field is wrong, or the bits of the missing bytes are lost`,
+    );
   } else if (allocatedPastEof > 0) {
     corruption(c, 'file-length', `file length ${fileLength} is shorter than the data area: ${allocatedPastEof} allocated sector(s) lie past the end of the file (data offset ${g.dataOffset}) and read as zeros`);
   } else if (!qemu && fileLength < dataEnd) {
@@ -136,7 +145,7 @@ function checkFileLength({ fileLength, header, g, bitmap }: Subject, c: Collecte
 async function checkTailBits({ fh, g, bitmap }: Subject, c: Collected): Promise<void> {
   const tail = bitmap.countSet(g.representableSectors);
   if (tail === 0) return;
-  const first = g.representableSectors >> 3;
+  const first = Math.floor(g.representableSectors / 8); // not >> 3: past 2^31 sectors it wraps
   const fixed = Buffer.alloc(g.bitmapLength - first);
   await readFully(fh, g.bitmapOffset + first, fixed);
   clearBitsFrom(fixed, g.representableSectors - first * 8);
@@ -168,10 +177,14 @@ async function checkPadding({ fh, fileLength, header, g }: Subject, c: Collected
  */
 async function checkLostWrites(fh: FileHandle, g: CowGeometry, c: Collected): Promise<number> {
   const lostBytes = Math.ceil(g.sectors / 8) - g.bitmapLength;
-  const lostBuf = Buffer.alloc(lostBytes + g.bitmapLength);
-  await readFully(fh, g.bitmapOffset, lostBuf);
+  // Only the bytes holding those bits (one or two), never the whole bitmap: its length comes
+  // from the header and may be absurd.
+  // (Division, not >> 3: sector numbers pass 2^31 on disks over 1 TiB.)
+  const first = Math.floor(g.representableSectors / 8);
+  const lostBuf = Buffer.alloc(Math.ceil(g.sectors / 8) - first);
+  await readFully(fh, g.bitmapOffset + first, lostBuf);
   let lost = 0;
-  for (let s = g.representableSectors; s < g.sectors; s++) if (lostBuf[s >> 3]! & (1 << (s & 7))) lost++;
+  for (let s = g.representableSectors; s < g.sectors; s++) if (lostBuf[Math.floor(s / 8) - first]! & (1 << (s % 8))) lost++;
   if (lost > 0) {
     corruption(
       c,
@@ -182,7 +195,11 @@ async function checkLostWrites(fh: FileHandle, g: CowGeometry, c: Collected): Pr
   return lostBytes;
 }
 
-/** Backing file identity (size, then mtime, as UML does). */
+/**
+ * Backing file identity (size, then mtime, as UML does). The size compared is the backing
+ * DEVICE's, as openCow compares it: a file's length for a raw backing, the virtual size for
+ * a snapshot layer below a live-snapshot top (a cow: its file is longer than its disk).
+ */
 async function checkBackingIdentity({ file, header }: Subject, req: CheckRequest, c: Collected): Promise<void> {
   const backing = resolveBackingPath(header.layout, header.backingFile, file, req.backingFile);
   let st;
@@ -191,8 +208,18 @@ async function checkBackingIdentity({ file, header }: Subject, req: CheckRequest
   } catch (err) {
     return corruption(c, 'backing', `${(err as Error).message} (stored as "${header.backingFile}")`);
   }
+  let sizeOverride: number | undefined;
+  // The same rule openCow follows (cow-stack.ts, snapshotBackingOf): a v3 top over a
+  // *.snap-N.cow with no operator override opens that layer as cow.
+  if (req.backingFile === undefined && header.layout === 'v3' && isSnapshotLayer(header.backingFile)) {
+    try {
+      sizeOverride = await cowVirtualSize(backing);
+    } catch (err) {
+      return corruption(c, 'backing', `snapshot layer "${backing}" below cannot be read as cow: ${(err as Error).message}`);
+    }
+  }
   try {
-    checkBacking(header, st, backing, { ignoreMtime: req.commitPending });
+    checkBacking(header, st, backing, { ignoreMtime: req.commitPending, sizeOverride });
   } catch (err) {
     corruption(c, 'backing', (err as Error).message);
   }
