@@ -207,19 +207,26 @@ async function findExport<T>(s: State, option: number, name: string, find: () =>
     return undefined;
   }
   if (!found) {
-    logRefused(s, name);
+    logRefused(s, name, option);
     reply(s, option, NbdRep.ERR_UNKNOWN, `export "${name}" not present`);
   }
   return found;
 }
 
-/** One warning per refused name and connection (names are capped at 4096 bytes; logs at 200). */
-function logRefused(s: State, name: string): void {
+/**
+ * One line per refused name and connection (names are capped at 4096 bytes; logs at 200).
+ * A warning when a client asked to attach (GO); debug for INFO, which is a question: libnbd's
+ * `nbdinfo --list` asks about the default export "" on every listing, and an operator's log
+ * should not fill with warnings from listings.
+ */
+function logRefused(s: State, name: string, option: number): void {
   // A client guessing names gets 16 lines, not one per option (up to 1000 per connection).
-  if (s.refused.has(name) || s.refused.size >= 16) return;
-  s.refused.add(name);
+  const key = `${option}:${name}`;
+  if (s.refused.has(key) || s.refused.size >= 16) return;
+  s.refused.add(key);
   const reason = s.io.provider.refusalReason?.(name) ?? 'no such export';
-  s.io.log.warn({ export: name.slice(0, 200), reason }, 'refused export name');
+  const level = option === NbdOpt.INFO ? 'debug' : 'warn';
+  s.io.log[level]({ export: name.slice(0, 200), reason, option: nameOf(NbdOpt, option) }, 'refused export name');
 }
 
 async function handleOptExportName(s: State, data: Buffer): Promise<OptResult> {
