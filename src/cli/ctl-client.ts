@@ -49,7 +49,8 @@ async function call(o: CtlOptions, method: string, urlPath: string): Promise<unk
   const r = await request(o, method, urlPath);
   if (r.status >= 400) {
     const message = typeof r.body === 'object' && r.body && 'error' in r.body ? String((r.body as { error: unknown }).error) : r.text;
-    throw new Error(`${method} ${urlPath}: ${r.status}: ${message}`);
+    // The API speaks in query parameters; a ctl user types flags.
+    throw new Error(`${method} ${urlPath}: ${r.status}: ${message.replace(/add \?force=true/g, 'add --force')}`);
   }
   return r.body;
 }
@@ -104,17 +105,30 @@ function connectionsTable(body: { connections: ConnectionRow[] }): string {
   return formatTable(rows);
 }
 
+/** A one-object reply (snapshot, reset, delete, reload) as FIELD  VALUE lines. */
+export function resultTable(body: Record<string, unknown>): string {
+  const rows = [['FIELD', 'VALUE']];
+  for (const [k, v] of Object.entries(body)) rows.push([k, typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)]);
+  return formatTable(rows);
+}
+
 function print(o: CtlOptions, body: unknown, table?: (b: never) => string): void {
   if (o.json || !process.stdout.isTTY || !table) process.stdout.write(`${typeof body === 'string' ? body : JSON.stringify(body, null, 2)}\n`);
   else process.stdout.write(table(body as never));
 }
 
 /** What a reply is printed as on a terminal: a table, or the body as it came. */
-export type CtlView = 'exports' | 'connections' | 'text';
+export type CtlView = 'exports' | 'connections' | 'result' | 'text';
 
 /** One ctl command: call the API, print the reply (metrics: the exposition text as is). */
 export async function runCtl(o: CtlOptions, method: string, urlPath: string, view?: CtlView): Promise<void> {
   const body = await call(o, method, urlPath);
   if (view === 'text') process.stdout.write(String(body));
-  else print(o, body, view === 'exports' ? exportsTable : view === 'connections' ? connectionsTable : undefined);
+  else print(o, body, TABLES[view ?? 'result']);
 }
+
+const TABLES: Record<Exclude<CtlView, 'text'>, (b: never) => string> = {
+  exports: exportsTable,
+  connections: connectionsTable,
+  result: (b: unknown) => (typeof b === 'object' && b !== null && !Array.isArray(b) ? resultTable(b as Record<string, unknown>) : `${JSON.stringify(b, null, 2)}\n`),
+};

@@ -3,7 +3,7 @@
  * only; each action imports image-long-actions.ts (progress bar, SIGINT handling, the
  * tools) when it runs.
  */
-import { type Command, Option } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { FileIo } from '../block/file-io.js';
 import { FORMAT_NAMES } from '../formats/registry.js';
 import { addObjectStoreOptions } from '../objectstore/cli-options.js';
@@ -25,7 +25,7 @@ function registerCommit(program: Command, io: FileIo): void {
     .description('merge an overlay with its backing file: in place (--to, like uml_moo -d) or into a new file (-o, like uml_moo)')
     .argument('<file>', 'overlay file')
     .option('--to <backing>', 'merge IN PLACE into this backing file (it is written; other overlays on it become invalid)')
-    .option('-o, --output <file>', 'write the merged image to a new sparse raw file')
+    .addOption(new Option('-o, --output <file>', 'write the merged image to a new sparse raw file').argParser(commitOutputFile))
     .addOption(
       new Option('--output-size <mode>', 'cow: length of the result: backing (exactly the backing size), virtual (rounded up to 512), uml-moo (rounded down like uml_moo)').choices([
         'backing',
@@ -45,6 +45,18 @@ function registerCommit(program: Command, io: FileIo): void {
     .addOption(forceShareOption())
     .option('--json', 'print a JSON result (implies --quiet)')
     .action(async (file: string, flags: CommitFlags) => (await actions()).commitAction(file, flags, io));
+}
+
+/**
+ * commit's -o names a file, while every other command's --output is qemu-img's format switch:
+ * `commit vm.cow --output=json` once wrote a 64 MiB image named "json". A bare json/human is
+ * refused; `-o ./json` still writes a file of that name.
+ */
+export function commitOutputFile(value: string): string {
+  if (value === 'json' || value === 'human') {
+    throw new InvalidArgumentError(`commit's -o/--output names the file to write, and "${value}" looks like qemu-img's --output=${value}: use --json for a JSON result, or -o ./${value} for a file of that name`);
+  }
+  return value;
 }
 
 function registerConvert(program: Command, io: FileIo): void {

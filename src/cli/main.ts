@@ -9,6 +9,8 @@
  * (fastify, prom-client), the config file's TOML parser and zod schema, the object store
  * or the progress bar. test/cli/startup.test.ts checks this.
  */
+// First: refuse a Node older than `engines` before the rest loads (node-version.ts).
+import './node-version.js';
 import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { FileIo } from '../block/file-io.js';

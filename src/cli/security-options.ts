@@ -6,7 +6,7 @@
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { SECURITY_DEFAULTS, type SecurityOptions } from '../server/security.js';
 import { TLS_MODES, type TlsMode } from '../server/tls.js';
-import { parseSize } from '../util/size.js';
+import { formatSize, parseSize } from '../util/size.js';
 
 /** What commander collects for these options. */
 export interface SecurityCliOptions {
@@ -56,7 +56,12 @@ export function addSecurityOptions(cmd: Command): Command {
     .option('--max-connections-per-client <n>', 'refuse connections beyond this many from one address', positiveInt('--max-connections-per-client'), SECURITY_DEFAULTS.maxConnectionsPerClient)
     .option('--overlay-dir-match-identity', '--overlay-dir: a client may open only the export named like its TLS identity')
     .option('--max-overlays <n>', '--overlay-dir/--ephemeral: create no overlay beyond this many files', positiveInt('--max-overlays'), SECURITY_DEFAULTS.maxOverlays)
-    .option('--min-free <size>', '--overlay-dir/--ephemeral: create no overlay when less than SIZE is free there (e.g. 1G, 0)', sizeArg, SECURITY_DEFAULTS.minFree);
+    .addOption(
+      new Option('--min-free <size>', '--overlay-dir/--ephemeral: create no overlay when less than SIZE is free there (e.g. 1G, 0)')
+        .argParser(sizeArg)
+        // Shown as a size in --help, not as 1073741824.
+        .default(SECURITY_DEFAULTS.minFree, formatSize(SECURITY_DEFAULTS.minFree).replace(' ', '')),
+    );
 }
 
 /** The options object for buildServerSecurity() from the CLI values. */

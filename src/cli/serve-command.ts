@@ -64,7 +64,10 @@ export function exportConfigs(image: string | undefined, o: ServeOptions, allowN
     });
   }
   for (const e of o.export) list.push(o.readOnly ? { ...e, readOnly: true } : e);
-  if (list.length === 0 && !allowNone) throw new Error('nothing to serve: give an IMAGE or at least one --export NAME=PATH');
+  if (list.length === 0 && !allowNone) {
+    if (o.base) throw new UsageError(`--base ${o.base} is a golden base, not an export: add --overlay-dir DIR (a cow overlay DIR/NAME.cow per export name) or --ephemeral (a fresh overlay per connection)`);
+    throw new Error('nothing to serve: give an IMAGE or at least one --export NAME=PATH');
+  }
   for (const e of list) {
     if (Buffer.byteLength(e.name) > MAX_EXPORT_NAME) throw new UsageError(`export name "${e.name.slice(0, 40)}…" is ${Buffer.byteLength(e.name)} bytes: the NBD limit is ${MAX_EXPORT_NAME}`);
   }

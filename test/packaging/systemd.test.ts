@@ -70,6 +70,13 @@ describe('contrib/systemd units', () => {
     expect(socket).toContainEqual(['IPAddressAllow', 'localhost']);
   });
 
+  it('systemctl reload sends SIGHUP, and /run/cownbd exists under ProtectSystem=strict', () => {
+    const service = settings(read('cownbd.service'));
+    expect(service.find(([k]) => k === 'ExecReload')?.[1]).toMatch(/^\/bin\/kill -HUP \$MAINPID$/);
+    expect(service).toContainEqual(['ProtectSystem', 'strict']);
+    expect(service).toContainEqual(['RuntimeDirectory', 'cownbd']);
+  });
+
   it.runIf(hasAnalyze)('pass systemd-analyze verify without warnings', () => {
     const dir = tmp.file('units');
     spawnSync('mkdir', ['-p', dir]);

@@ -40,6 +40,7 @@ describe('cownbd CLI', () => {
   it.each([
     [['serve', '/nonexistent/disk.img', '-p', '0'], /Could not open '\/nonexistent\/disk.img': No such file or directory/],
     [['serve', '-p', '0'], /nothing to serve/],
+    [['serve', '--base', '/tmp/golden.img', '-p', '0'], /--base \/tmp\/golden\.img is a golden base, not an export: add --overlay-dir DIR .* or --ephemeral/],
     [['serve', 'x.img', '-p', '70000'], /port must be an integer 0-65535 \(got "70000"\)/],
     [['serve', '--export', 'nameonly', '-p', '0'], /--export must be NAME=PATH/],
     [['serve', '--export', 'a=b.img,bogus', '-p', '0'], /unknown option "bogus"/],
@@ -48,6 +49,13 @@ describe('cownbd CLI', () => {
     const r = cli(args);
     expect(r.status).not.toBe(0);
     expect(r.stderr).toMatch(message);
+  });
+
+  it('serve --help shows sizes as sizes (--min-free default 1GiB, not 1073741824)', () => {
+    const r = cli(['serve', '--help']);
+    expect(r.status).toBe(0);
+    expect(r.stdout).not.toMatch(/1073741824/);
+    expect(r.stdout.replace(/\s+/g, ' ')).toMatch(/--min-free <size> .*\(default: 1GiB\)/);
   });
 
   it('refuses two exports with the same name', () => {

@@ -32,6 +32,19 @@ describe('qemu-img habits', () => {
   const tmp = makeTempDir();
   afterAll(() => tmp.cleanup());
 
+  it('commit --output=json is refused (it named the output file "json"); -o ./json still writes that file', async () => {
+    const base = createRawImage(tmp.file('commit-o-base.raw'), 4 * MiB, [[0, 64 * 1024]]);
+    const cow = tmp.file('commit-o.cow');
+    await createCow(cow, { backingFile: base });
+    const r = await cli(['commit', cow, '--output=json'], tmp.path);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/names the file to write.*use --json/);
+    expect(() => statSync(tmp.file('json'))).toThrow();
+    const ok = await cli(['commit', cow, '-o', './json', '-q'], tmp.path);
+    expect(ok.status, ok.stderr).toBe(0);
+    expect(statSync(tmp.file('json')).size).toBe(4 * MiB);
+  });
+
   it('--output=json prints the same document as --json; --output=human the text', async () => {
     const base = createRawImage(tmp.file('o-base.raw'), 4 * MiB, [[0, 64 * 1024]]);
     const cow = tmp.file('o.cow');
@@ -102,7 +115,7 @@ describe('qemu-img habits', () => {
   });
 
   it('convert -B BACKING -F FORMAT (qemu-img spelling) builds the overlay; -b still works', async () => {
-    const base = createRawImage(tmp.file('c-base.raw'), 4 * MiB, [[0, 4 * MiB]], 3);
+    const base = createRawImage(tmp.file('commit-o-base.raw'), 4 * MiB, [[0, 4 * MiB]], 3);
     const src = createRawImage(tmp.file('c-src.raw'), 4 * MiB, [[0, 4 * MiB]], 3);
     // One differing sector: only it lands in the overlay.
     const fd = readFileSync(src);

@@ -10,11 +10,18 @@ describe('parseSize', () => {
     ['1MiB', 1048576],
     ['1.5G', 1.5 * 2 ** 30],
     ['2T', 2 * 2 ** 40],
+    ['10GiB', 10 * 2 ** 30],
+    ['512b', 512],
+    ['512B', 512],
   ])('parses %s', (text, bytes) => {
     expect(parseSize(text)).toBe(bytes);
   });
 
-  it.each(['', 'abc', '-1', '1X', '0.3'])('refuses %j naming the text', (text) => {
+  it.each(['10GB', '64kb', '1TB'])('refuses the ambiguous decimal-looking %j, as qemu-img does', (text) => {
+    expect(() => parseSize(text, 'size')).toThrow(/ambiguous.*iB/);
+  });
+
+  it.each(['', 'abc', '-1', '1X', '0.3', '1ib', '1Mb b'])('refuses %j naming the text', (text) => {
     expect(() => parseSize(text, 'cluster size')).toThrow(/cluster size/);
   });
 });
