@@ -9,7 +9,9 @@
  *
  * Memory: one BufferPool serves every connection and every socket reads into one shared
  * buffer (shared-reads.ts); a sweep every IDLE_SWEEP_MS gives the pool's buffers back once
- * nobody asked for one a while. Descriptors: see fd-limit.ts.
+ * nobody asked for one a while. Which read path is in use is logged at the first listen()
+ * and counted per connection (readPathCounts(): test/server/shared-reads.test.ts fails when
+ * the fast path is not active). Descriptors: see fd-limit.ts.
  *
  * No state at module level: several servers can live in one process (tests, library use).
  */
@@ -200,6 +202,7 @@ export class NbdServer {
     if (this.sharedReadsWanted()) this.sharedReadBuffer ??= Buffer.allocUnsafeSlow(SHARED_READ_SIZE);
     const { socket, setSink, shared } = sharedReadSocket(accepted, { allowHalfOpen: true, shared: this.sharedReadBuffer });
     this.readPaths[shared ? 'shared' : 'stream']++;
+    if (!shared && this.sharedReadBuffer && this.readPaths.stream === 1) this.options.log.warn({ readPath: 'stream' }, 'shared reads failed on an accepted socket: using stream reads');
     socket.setNoDelay(true);
     // Notice vanished clients (NBD issue #52: state lingering after an unclean death).
     socket.setKeepAlive(true, 60_000);
