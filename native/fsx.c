@@ -5,6 +5,10 @@
  *   seekHole(fd, offset)          lseek(SEEK_HOLE)  → offset, or -1 on ENXIO (offset past EOF)
  *   punchHole(fd, offset, length) fallocate(PUNCH_HOLE|KEEP_SIZE)
  *   zeroRange(fd, offset, length) fallocate(ZERO_RANGE|KEEP_SIZE), with fallbacks (below)
+ *   fsType(fd)                    fstatfs → f_type of the filesystem the OPEN FILE lives on
+ *                                 (src/block/open-guard.ts refuses procfs/sysfs by it: a
+ *                                 check of the descriptor cannot be raced by renaming the
+ *                                 path, unlike statfs(path) after open; docs/security.md)
  *
  * Design:
  * - Only Node-API (node_api.h, from the `node-api-headers` package), so one binary works on
@@ -57,14 +61,15 @@
 #include <malloc.h>
 #endif
 #include <sys/uio.h>
+#include <sys/vfs.h>
 
 #ifndef RWF_NOWAIT
 #define RWF_NOWAIT 0x00000008
 #endif
 
-typedef enum { OP_SEEK_DATA, OP_SEEK_HOLE, OP_PUNCH_HOLE, OP_ZERO_RANGE } op_kind;
+typedef enum { OP_SEEK_DATA, OP_SEEK_HOLE, OP_PUNCH_HOLE, OP_ZERO_RANGE, OP_FSTATFS } op_kind;
 
-static const char *const OP_NAMES[] = {"seekData", "seekHole", "punchHole", "zeroRange"};
+static const char *const OP_NAMES[] = {"seekData", "seekHole", "punchHole", "zeroRange", "fsType"};
 
 typedef struct {
   op_kind op;
@@ -179,6 +184,16 @@ static void execute(napi_env env, void *data) {
     case OP_ZERO_RANGE:
       zero_range(req);
       break;
+    case OP_FSTATFS: {
+      struct statfs st;
+      int r;
+      req->syscall = "fstatfs";
+      do r = fstatfs(req->fd, &st);
+      while (r < 0 && errno == EINTR);
+      if (r < 0) req->err = errno;
+      else req->result = (int64_t)(uint32_t)st.f_type; /* magic numbers are 32-bit; f_type may sign-extend */
+      break;
+    }
   }
 }
 
@@ -208,7 +223,7 @@ static void complete(napi_env env, napi_status status, void *data) {
   request *req = data;
   if (status == napi_ok && req->err == 0) {
     napi_value result;
-    if (req->op == OP_SEEK_DATA || req->op == OP_SEEK_HOLE)
+    if (req->op == OP_SEEK_DATA || req->op == OP_SEEK_HOLE || req->op == OP_FSTATFS)
       napi_create_int64(env, req->result, &result);
     else
       napi_get_undefined(env, &result);
@@ -242,7 +257,7 @@ static int get_integer(napi_env env, napi_value value, double max, int64_t *out)
 static napi_value start(napi_env env, napi_callback_info info, op_kind op) {
   static const char *const ARG_NAMES[] = {"fd", "offset", "length"};
   const double MAX_SAFE = 9007199254740991.0; /* Number.MAX_SAFE_INTEGER */
-  size_t want = (op == OP_SEEK_DATA || op == OP_SEEK_HOLE) ? 2 : 3;
+  size_t want = op == OP_FSTATFS ? 1 : (op == OP_SEEK_DATA || op == OP_SEEK_HOLE) ? 2 : 3;
   size_t argc = 3;
   napi_value args[3], promise, name;
   napi_deferred deferred;
@@ -312,6 +327,9 @@ static napi_value punch_hole(napi_env env, napi_callback_info info) {
 }
 static napi_value zero_range_js(napi_env env, napi_callback_info info) {
   return start(env, info, OP_ZERO_RANGE);
+}
+static napi_value fs_type(napi_env env, napi_callback_info info) {
+  return start(env, info, OP_FSTATFS);
 }
 
 /* (fd, Uint8Array, position) for the NOWAIT calls; returns 0 on bad arguments. */
@@ -545,6 +563,7 @@ NAPI_MODULE_INIT() {
       {"seekHoleSync", NULL, seek_hole_sync, NULL, NULL, NULL, napi_default_jsproperty, NULL},
       {"pwriteBatch", NULL, pwrite_batch, NULL, NULL, NULL, napi_default_jsproperty, NULL},
       {"mallocTrim", NULL, malloc_trim_js, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+      {"fsType", NULL, fs_type, NULL, NULL, NULL, napi_default_jsproperty, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok)
     return NULL;

@@ -95,7 +95,10 @@ export async function createServer(config: ServerConfig, options: CreateServerOp
   checkServerConfig(config);
   storeConfigFrom(config); // bad object-store settings fail now, not at the first s3:// image
   const log = options.log ?? silentLogger();
-  const io = options.io ?? new FileIo();
+  const given = options.io ?? new FileIo();
+  // Every overlay this server opens (exports, machines, snapshot tops) persists its bitmap
+  // on this interval (IoPolicy.bitmapSyncMs, formats/bitmap-persistence.ts).
+  const io = config.bitmapSyncInterval === undefined ? given : new FileIo({ ...given.policy, bitmapSyncMs: Math.round(config.bitmapSyncInterval * 1000) });
   const a: Assembly = { config, log, io, sio: new FileIo(io.policy, new OpenGuard(config.allowPath)), objectStore: lazyObjectStore(config, log, io) };
   const golden = config.ephemeral || config.overlayDir ? config.base : undefined;
   // Every export's files go through one registry (a file read-only in one layer is never

@@ -34,7 +34,18 @@ export interface IoPolicy {
    * tools, which have no event loop to keep responsive (never for `serve`).
    */
   readonly syncSeeks?: boolean;
+  /**
+   * Milliseconds a writable overlay's allocation bits may stay in memory only: while some
+   * are unpersisted, every this often the overlay persists them the FLUSH way (data
+   * fdatasync, then the bitmap pages; formats/bitmap-persistence.ts). That bounds what a
+   * process kill loses (README "Reliability"). 0: only FLUSH/FUA and close persist them.
+   * Undefined: DEFAULT_BITMAP_SYNC_MS. `serve --bitmap-sync-interval` sets it.
+   */
+  readonly bitmapSyncMs?: number;
 }
+
+/** The bitmap sync interval when the policy names none (IoPolicy.bitmapSyncMs). */
+export const DEFAULT_BITMAP_SYNC_MS = 1000;
 
 /** Every fast path on (where the addon provides it). */
 export function defaultIoPolicy(): IoPolicy {

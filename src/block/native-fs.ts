@@ -1,6 +1,6 @@
 /**
  * Sparse-file system calls Node does not expose: lseek(SEEK_DATA/SEEK_HOLE) and
- * fallocate(PUNCH_HOLE / ZERO_RANGE). They come from a tiny Node-API addon
+ * fallocate(PUNCH_HOLE / ZERO_RANGE), plus fstatfs (the filesystem of an open descriptor). They come from a tiny Node-API addon
  * (native/fsx.c, built at install time by scripts/build-native.sh against the
  * `node-api-headers` package, so it is ABI-stable across Node versions).
  *
@@ -43,6 +43,12 @@ export interface NativeFs {
   pwriteBatch?(fd: number, buffers: Uint8Array[], positions: number[]): Promise<number[]>;
   /** glibc malloc_trim(0): return free heap memory to the kernel; true if some was. */
   mallocTrim?(): boolean;
+  /**
+   * fstatfs(fd).f_type (unsigned): the filesystem the open descriptor lives on. Absent in
+   * older builds; open-guard.ts then asks statfs("/proc/self/fd/N"), which follows the
+   * descriptor too.
+   */
+  fsType?(fd: number): Promise<number>;
 }
 
 interface Loaded {

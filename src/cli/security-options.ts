@@ -52,7 +52,7 @@ export function addSecurityOptions(cmd: Command): Command {
     .option('--tls-verify-peer', 'X.509: require a client certificate signed by ca-cert.pem; its CN is the client identity')
     .option('--tls-psk <file>', 'TLS-PSK: psktool key file (username:hexkey lines); the username is the client identity')
     .option('--allow-from <cidr>', 'accept TCP clients only from this address or CIDR (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
-    .option('--handshake-timeout <seconds>', 'drop clients that have not started transmission by then (0 = never)', seconds, SECURITY_DEFAULTS.handshakeTimeout)
+    .option('--handshake-timeout <seconds>', 'drop a haggling client that completes no option for this long, or is still haggling after 30 times it (0 = never)', seconds, SECURITY_DEFAULTS.handshakeTimeout)
     .option('--max-connections <n>', 'refuse connections beyond this many', positiveInt('--max-connections'), SECURITY_DEFAULTS.maxConnections)
     .option('--max-connections-per-client <n>', 'refuse connections beyond this many from one address', positiveInt('--max-connections-per-client'), SECURITY_DEFAULTS.maxConnectionsPerClient)
     .option('--overlay-dir-match-identity', '--overlay-dir: a client may open only the export named like its TLS identity')

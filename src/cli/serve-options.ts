@@ -41,6 +41,8 @@ export interface ServeOptions extends ProcessOptions, SecurityCliOptions, Object
   listen?: ListenEndpoint[];
   admin?: AdminEndpoint;
   adminTokenFile?: string;
+  /** Seconds writable overlays may keep allocation bits in memory only (0: until FLUSH/close). */
+  bitmapSyncInterval?: number;
 }
 
 /** An operator error: main.ts prints its message as one line, without a stack trace. */
@@ -114,6 +116,18 @@ function unquote(value: string): string {
 
 /** NBD strings (export names) are at most 4096 bytes. */
 export const MAX_EXPORT_NAME = 4096;
+
+/** Longest --bitmap-sync-interval: beyond an hour "bounded" would mean little. */
+export const MAX_BITMAP_SYNC_INTERVAL = 3600;
+
+/** `--bitmap-sync-interval SECONDS`: a number 0..3600 (fractions allowed; 0 = off). */
+export function parseBitmapSyncInterval(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0 || n > MAX_BITMAP_SYNC_INTERVAL) {
+    throw new InvalidArgumentError(`--bitmap-sync-interval must be a number of seconds from 0 (off) to ${MAX_BITMAP_SYNC_INTERVAL} (got "${value}")`);
+  }
+  return n;
+}
 
 export function parseAdminEndpoint(value: string): AdminEndpoint {
   const e = parseEndpoint(value);

@@ -12,7 +12,8 @@ import { FALLBACK_FORMAT, FORMAT_NAMES } from '../formats/registry.js';
 import { addObjectStoreOptions } from '../objectstore/cli-options.js';
 import type { StaticExportConfig } from '../server/exports.js';
 import { addSecurityOptions } from './security-options.js';
-import { DEFAULT_BIND, DEFAULT_PORT, parseAdminEndpoint, parseExportSpec, parsePort, type ServeOptions } from './serve-options.js';
+import { DEFAULT_BITMAP_SYNC_MS } from '../block/io-policy.js';
+import { DEFAULT_BIND, DEFAULT_PORT, parseAdminEndpoint, parseBitmapSyncInterval, parseExportSpec, parsePort, type ServeOptions } from './serve-options.js';
 import { addProcessOptions } from './serve-process.js';
 
 export function registerServeCommand(program: Command, io: FileIo): void {
@@ -54,6 +55,12 @@ function addServeOptions(serve: Command): void {
       '--allow-path <dir>',
       'paths named inside image headers (backing files, add-cow image files) must lie under DIR (repeatable; default: anywhere)',
       (v: string, prev: string[] = []) => [...prev, v],
+    )
+    .option(
+      '--bitmap-sync-interval <seconds>',
+      'writable overlays persist new allocation bits (data first, as FLUSH does) this often while any are unpersisted: what a killed process can lose (0 = only on FLUSH/close)',
+      parseBitmapSyncInterval,
+      DEFAULT_BITMAP_SYNC_MS / 1000,
     )
     .option('--ignore-mtime', 'cow exports: accept a backing file whose mtime no longer matches the header (recovery after the base was touched but not changed)')
     .option('-c, --config <file>', 'TOML configuration file (README "Operating"); options given on the command line override it; SIGHUP reloads it')

@@ -22,6 +22,7 @@ export interface FileOptions extends ObjectStoreFlags {
   listen?: ListenEndpoint[];
   admin?: AdminEndpoint;
   adminTokenFile?: string;
+  bitmapSyncInterval?: number;
   logLevel?: string;
   readOnly?: boolean;
   ignoreMtime?: boolean;
@@ -103,6 +104,7 @@ export const configSchema = z
         'exit-with-parent': z.boolean().optional(),
         'allow-path': z.array(nonEmpty).optional(),
         'backing-path-map': z.array(pathMap).optional(),
+        'bitmap-sync-interval': z.number().min(0, 'must be at least 0 (0 = off)').max(3600, 'must be at most 3600 seconds').optional(),
       })
       .optional(),
     tls: z
@@ -194,6 +196,7 @@ export function toOptions(cfg: RawConfig, dir: string): FileOptions {
   set(out, 'exitWithParent', s['exit-with-parent']);
   set(out, 'allowPath', s['allow-path']?.map(abs));
   set(out, 'backingPathMap', s['backing-path-map']?.map((m) => parsePathMapping(m)));
+  set(out, 'bitmapSyncInterval', s['bitmap-sync-interval']);
   if (cfg.tls) {
     set(out, 'tls', cfg.tls.mode);
     set(out, 'tlsCertificates', cfg.tls.certificates && abs(cfg.tls.certificates));

@@ -137,7 +137,7 @@ function escapeRegExp(s: string): string {
 
 /** Option names a file value may fill in (the command line wins when given there). */
 const MERGED_KEYS = [
-  'logLevel', 'readOnly', 'ignoreMtime', 'pidfile', 'exitWithParent', 'allowPath', 'backingPathMap',
+  'logLevel', 'readOnly', 'ignoreMtime', 'pidfile', 'exitWithParent', 'allowPath', 'backingPathMap', 'bitmapSyncInterval',
   'base', 'baseFormat', 'overlayDir', 'overlayDirMatchIdentity', 'ephemeral', 'ephemeralDir', 'name', 'admin', 'adminTokenFile',
   'tls', 'tlsCertificates', 'tlsVerifyPeer', 'tlsPsk',
   'allowFrom', 'handshakeTimeout', 'maxConnections', 'maxConnectionsPerClient', 'maxOverlays', 'minFree',

@@ -9,6 +9,7 @@
  * The admin API's code (fastify, prom-client, the status page) is imported only when an
  * endpoint is configured: a plain `serve` never loads it.
  */
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { AdminApi } from './admin-api.js';
 import type { AdminEndpoint } from './endpoint.js';
@@ -51,15 +52,26 @@ export async function startControlPlane(o: ControlPlaneOptions): Promise<Control
   const token = o.adminTokenFile ? await readToken(o.adminTokenFile) : undefined;
   let api: AdminApi;
   try {
-    const [{ startAdminApi }, { createMetrics }, { statusPageRoute }] = await Promise.all([import('./admin-api.js'), import('./metrics.js'), import('./status-page.js')]);
+    const [{ startAdminApi }, { createMetrics }, { statusPageRoutes }] = await Promise.all([import('./admin-api.js'), import('./metrics.js'), import('./status-page.js')]);
     const metrics = createMetrics(o.server, ops, o.objectStoreStats);
-    api = await startAdminApi({ endpoint: o.admin, token, ops, reload: () => reloader.reload('api'), snapshot: (name) => ops.snapshot(name), plugins: [metrics.route, statusPageRoute], log: o.log });
+    const facts = { version: packageVersion(), startedAt: new Date(), listeners: () => o.server.listeningOn() };
+    const statusPage = statusPageRoutes(() => ({ version: facts.version, startedAt: facts.startedAt, listeners: facts.listeners() }));
+    api = await startAdminApi({ endpoint: o.admin, token, ops, reload: () => reloader.reload('api'), snapshot: (name) => ops.snapshot(name), plugins: [metrics.route, statusPage], log: o.log });
   } catch (err) {
     throw new ControlPlaneError(`cannot start the admin API on ${'path' in o.admin ? o.admin.path : `${o.admin.host}:${o.admin.port}`}: ${(err as Error).message}`);
   }
   o.server.onStop(() => api.close());
   o.log.info({ admin: api.address }, 'admin API listening');
   return { reloader, ops, api };
+}
+
+/** cownbd's version from its package.json (dist/control → ../../package.json). */
+function packageVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
 }
 
 async function readToken(file: string): Promise<string> {

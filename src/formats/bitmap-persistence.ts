@@ -16,6 +16,17 @@
  * share it (their writes completed before it takes its snapshot). The data sync is
  * skipped when nothing was written since the last one began and no page is dirty. On a
  * write error the pages are marked dirty again so a later flush retries them.
+ *
+ * Periodic sync (startPeriodicSync): bits set without a FLUSH would otherwise live only in
+ * this process's memory, and a process kill would lose the writes they make visible, with
+ * no time limit (their data is in the page cache, which outlives the process, but nothing
+ * on disk points at it). While pages are dirty, a timer runs this same flush() every
+ * interval, so a kill loses at most the last interval's allocations, and the ordering
+ * above (hence power-loss safety) is the FLUSH path's. It shares the mutex and the queue,
+ * so it never overtakes or splits a client's FLUSH; the timer is unref'd (it never keeps
+ * a tool's process alive) and stop() ends it and waits for a persist under way, before
+ * the caller closes the files. Only the bitmap arms it: rewriting allocated blocks sets
+ * no bit, and its data already outlives a process kill in the page cache.
  */
 import { Mutex } from 'async-mutex';
 import type { FileHandle } from 'node:fs/promises';
@@ -39,6 +50,9 @@ export class BitmapPersister {
   private queued: Promise<void> | undefined;
   /** Data written since the last data sync began. */
   private unsynced = false;
+  private timer: NodeJS.Timeout | undefined;
+  /** A periodic persist is under way (the next tick does not pile another on it). */
+  private ticking = false;
 
   constructor(
     private readonly bitmap: AllocationBitmap,
@@ -59,6 +73,36 @@ export class BitmapPersister {
     });
     this.queued = p;
     return p;
+  }
+
+  /**
+   * Every `ms` milliseconds, persist dirty bitmap pages (flush(), data first) if there are
+   * any; 0 or less: never (only FLUSH and close persist them).
+   */
+  startPeriodicSync(ms: number): void {
+    if (ms <= 0 || this.timer) return;
+    this.timer = setInterval(() => this.tick(), ms);
+    this.timer.unref();
+  }
+
+  /** End the periodic sync and wait until no persist runs or is queued. */
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    // FIFO mutex: this runs after every persist queued before it.
+    await this.lock.runExclusive(() => {});
+  }
+
+  private tick(): void {
+    if (this.ticking || !this.bitmap.hasDirty) return;
+    this.ticking = true;
+    // A failed persist re-marks its pages dirty: the next tick or the client's next FLUSH
+    // retries, and that FLUSH reports the error to the client (the tick has nobody to tell).
+    this.flush()
+      .catch(() => {})
+      .finally(() => {
+        this.ticking = false;
+      });
   }
 
   private async persist(): Promise<void> {

@@ -14,8 +14,12 @@
  *                never changes while open); past the backing's end: zeros, depth 0.
  *   zeroData     punch a hole / zero-range (native), else write zeros in ZERO_CHUNK pieces.
  *   flush        BitmapPersister: data fdatasync before the dirty bitmap pages.
- *   close        persists dirty bitmap pages (same ordering) when writable, then closes
- *                the files and the backing: completed writes are never silently dropped.
+ *   periodic     writable: the same flush every IoPolicy.bitmapSyncMs while bitmap pages
+ *                are dirty, so a process kill loses at most that long of allocations
+ *                (bitmap-persistence.ts; README "Reliability").
+ *   close        stops the periodic sync, persists dirty bitmap pages (same ordering) when
+ *                writable, then closes the files and the backing: completed writes are
+ *                never silently dropped.
  *
  * Invariant the drivers keep: a bit is set only after its data write completed, and
  * noteWrite() is called for every data write, so flush knows to sync the data file.
@@ -24,6 +28,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { EXTENT_HOLE, EXTENT_ZERO, type BlockDevice, type Extent } from '../block/block-device.js';
 import { mergeExtents } from '../block/checked-device.js';
 import { MAX_EXTENTS_PER_CALL, type FileIo } from '../block/file-io.js';
+import { DEFAULT_BITMAP_SYNC_MS } from '../block/io-policy.js';
 import type { AllocationBitmap } from './allocation-bitmap.js';
 import { BackingExtentCache } from './backing-extent-cache.js';
 import { BitmapPersister } from './bitmap-persistence.js';
@@ -67,6 +72,7 @@ export class OverlayCore {
       syncMetadata: () => parts.bitmapFile.datasync(),
       io: parts.io,
     });
+    if (!parts.readOnly) this.persister.startPeriodicSync(parts.io.policy.bitmapSyncMs ?? DEFAULT_BITMAP_SYNC_MS);
   }
 
   get backing(): BlockDevice | undefined {
@@ -203,6 +209,8 @@ export class OverlayCore {
    */
   async close(extraFiles: readonly FileHandle[] = []): Promise<void> {
     try {
+      // A periodic persist may be writing into these files: let it finish before they close.
+      await this.persister.stop();
       if (!this.parts.readOnly && this.bitmap.hasDirty) await this.persister.flush();
     } finally {
       await this.parts.dataFile.close().catch(() => {});

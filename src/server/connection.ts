@@ -13,7 +13,8 @@
  * ClientHello stays in the kernel for OpenSSL), then wrapped by tls.ts; from there on
  * every read, write and event goes through the TLS socket. The client's identity joins
  * the log context and selects the AccessView the handshake sees. The handshake timer
- * (ServerSecurity.handshakeTimeoutMs) covers everything before transmission, TLS included.
+ * (handshake-timer.ts: idle gaps between options, and a total) covers everything before
+ * transmission, TLS included.
  *
  * Closing is "input first": once the client said goodbye (ABORT, DISC, EOF) or broke the
  * protocol, nothing more is read (bytes still arriving are dropped and the socket paused,
@@ -25,13 +26,14 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../logging.js';
 import { AccessView } from './access-control.js';
 import type { ServerSecurity } from './security.js';
-import { upgradeToTls } from './tls.js';
+import { isRenegotiationAttempt, upgradeToTls } from './tls.js';
 import { ByteReader } from '../protocol/byte-reader.js';
 import { ProtocolError } from '../protocol/nbd-errors.js';
 import type { BufferPool } from './buffer-pool.js';
 import type { ReadSink } from './shared-reads.js';
 import type { ExportHandle, ExportProvider } from './exports.js';
 import { negotiate, type NegotiatedSession } from './handshake.js';
+import { HandshakeTimer } from './handshake-timer.js';
 import { TransmissionSession } from './transmission.js';
 
 export interface ConnectionServer {
@@ -57,7 +59,7 @@ export class Connection {
   identity: string | undefined;
   private tlsActive = false;
   private view: ExportProvider | undefined;
-  private handshakeTimer: NodeJS.Timeout | undefined;
+  private handshakeTimer: HandshakeTimer | undefined;
   private readonly reader = new ByteReader();
   private session: TransmissionSession | undefined;
   private handle: ExportHandle | undefined;
@@ -95,7 +97,8 @@ export class Connection {
   private attach(socket: Socket, dataEvents: boolean): void {
     if (dataEvents) socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => this.onEnd());
-    socket.on('error', (err) => this.log.debug({ err }, 'socket error'));
+    // A refused TLS renegotiation (tls.ts destroys the socket) is an attack, not a hiccup.
+    socket.on('error', (err) => (isRenegotiationAttempt(err) ? this.log.warn({ code: (err as NodeJS.ErrnoException).code }, 'closing connection: client tried to renegotiate TLS (refused)') : this.log.debug({ err }, 'socket error')));
     socket.on('close', () => void this.onClose());
     socket.on('drain', () => this.session?.onDrain());
   }
@@ -141,11 +144,10 @@ export class Connection {
   private startHandshakeTimer(): void {
     const ms = this.server.security?.handshakeTimeoutMs ?? 0;
     if (ms <= 0) return;
-    this.handshakeTimer = setTimeout(() => {
-      this.log.warn({ seconds: ms / 1000 }, 'closing connection: handshake not finished in time');
+    this.handshakeTimer = new HandshakeTimer(ms, (expiry) => {
+      this.log.warn({ seconds: expiry.seconds }, expiry.message);
       this.socket.destroy();
-    }, ms);
-    this.handshakeTimer.unref();
+    });
   }
 
   /** Run the connection (resolves when the handshake phase is over). */
@@ -169,6 +171,7 @@ export class Connection {
           return { connId: conn.id, peer: conn.peer, identity: conn.identity };
         },
         shuttingDown: () => this.server.isStopping(),
+        optionReceived: () => this.handshakeTimer?.optionReceived(),
         tls: {
           mode: this.server.security?.tlsMode ?? 'off',
           active: () => this.tlsActive,
@@ -179,7 +182,7 @@ export class Connection {
       this.fail(err, 'handshake');
       return;
     } finally {
-      clearTimeout(this.handshakeTimer);
+      this.handshakeTimer?.stop();
     }
     if (!negotiated) {
       this.log.debug('client aborted the handshake');

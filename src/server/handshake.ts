@@ -87,6 +87,8 @@ export interface HandshakeIo {
   readonly ctx: ExportContext;
   /** True once the server is stopping: options get ERR_SHUTDOWN. */
   shuttingDown(): boolean;
+  /** An option (header and data) was completely received (restarts the idle clock). */
+  optionReceived?(): void;
   /** STARTTLS support (absent = TLS off). */
   readonly tls?: HandshakeTls;
 }
@@ -109,6 +111,8 @@ interface State {
   refused: Set<string>;
   /** Options this connection may send (raised once by LIST, see OPTIONS_PER_LISTED_EXPORT). */
   allowance: number;
+  /** A plaintext client on a --tls require server has been logged (once per connection). */
+  tlsRefusalLogged: boolean;
 }
 
 /** undefined = keep haggling; 'abort' = close softly; a session = enter transmission. */
@@ -131,6 +135,7 @@ export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | un
     metaExport: undefined,
     metaIds: [],
     refused: new Set(),
+    tlsRefusalLogged: false,
     allowance: MAX_OPTIONS,
   };
   for (let count = 1; ; count++) {
@@ -141,6 +146,7 @@ export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | un
       throw new ProtocolError('NBD_ERR_TOO_LONG', `option ${nameOf(NbdOpt, option)} data is ${length} bytes (limit ${MAX_OPTION_LENGTH})`);
     }
     const data = await io.reader.readExactly(length);
+    io.optionReceived?.();
     io.log.debug({ option: nameOf(NbdOpt, option), length }, 'option');
     const result = await dispatchOption(s, option, data);
     if (result === 'abort') return undefined;
@@ -258,6 +264,11 @@ function tlsRequired(s: State, option: number): boolean {
   if (t?.mode !== 'require' || t.active() || option === NbdOpt.STARTTLS || option === NbdOpt.ABORT) return false;
   if (option === NbdOpt.EXPORT_NAME) throw new ProtocolError('NBD_ERR_TLS_REQUIRED', 'EXPORT_NAME before STARTTLS on a --tls require server');
   reply(s, option, NbdRep.ERR_TLS_REQD, 'TLS is required: send NBD_OPT_STARTTLS first');
+  if (!s.tlsRefusalLogged) {
+    // Otherwise a client without TLS leaves no trace: it reads ERR_TLS_REQD and goes away.
+    s.tlsRefusalLogged = true;
+    s.io.log.warn({ option: nameOf(NbdOpt, option) }, 'client did not start TLS: this server requires it (--tls require); its options are refused');
+  }
   return true;
 }
 

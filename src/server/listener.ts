@@ -156,6 +156,16 @@ export class NbdServer {
     return 'fd' in endpoint ? { fd: endpoint.fd } : {};
   }
 
+  /** Where this server listens, for people: "127.0.0.1:10809", "[::1]:10809", "unix:/path". */
+  listeningOn(): string[] {
+    return this.servers.flatMap((server) => {
+      const addr = server.address();
+      if (typeof addr === 'string') return [`unix:${addr}`];
+      if (!addr) return [];
+      return [addr.family === 'IPv6' ? `[${addr.address}]:${addr.port}` : `${addr.address}:${addr.port}`];
+    });
+  }
+
   /** Open connections (the admin API and metrics read them; never mutate). */
   listConnections(): readonly Connection[] {
     return [...this.connections];

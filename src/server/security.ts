@@ -19,7 +19,7 @@ export interface SecurityOptions {
   readonly tlsPsk?: string;
   /** CIDRs (or single addresses) allowed to connect over TCP; empty = everyone. */
   readonly allowFrom: readonly string[];
-  /** Seconds a client has to reach the transmission phase (0 = no limit). */
+  /** Seconds a haggling client may go without completing an option (0 = no limit; handshake-timer.ts). */
   readonly handshakeTimeout: number;
   readonly maxConnections: number;
   readonly maxConnectionsPerClient: number;

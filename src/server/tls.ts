@@ -13,11 +13,18 @@
  *
  * TLS 1.2 is the floor. PSK works with TLS 1.3 too: OpenSSL calls the same server callback
  * for TLS 1.3 external PSKs (SHA-256 suites), which is what gnutls clients offer.
+ *
+ * Renegotiation (TLS 1.2 only; 1.3 has none) is refused: every client-initiated handshake
+ * costs the server far more CPU than the client, and NBD clients never renegotiate. Node's
+ * own guard (tls.CLIENT_RENEG_LIMIT, process-wide) only emits an 'error' that nothing
+ * acts on, so a TLS 1.2 socket is set to disableRenegotiation() and the first attempt
+ * destroys it (isRenegotiationAttempt lets the connection log it at warn; docs/security.md).
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type net from 'node:net';
 import tls from 'node:tls';
+import { explainTlsFailure } from './tls-failure.js';
 
 export const TLS_MODES = ['off', 'on', 'require'] as const;
 export type TlsMode = (typeof TLS_MODES)[number];
@@ -146,17 +153,18 @@ export function upgradeToTls(socket: net.Socket, creds: TlsCredentials): Promise
       : {}),
   });
   return new Promise((resolve, reject) => {
-    const closed = (): void => reject(new Error('connection closed during the TLS handshake'));
+    const closed = (): void => reject(new Error(explainTlsFailure(Object.assign(new Error('closed'), { code: 'ECONNRESET' }), creds.kind, offered)));
     socket.once('close', closed);
     server.once('tlsClientError', (err: Error) => {
       socket.off('close', closed);
       // OpenSSL's message for an unknown PSK user is about signature algorithms: say what happened.
       if (creds.kind === 'psk' && pskIdentity === undefined && offered !== undefined) {
         reject(new Error(`unknown PSK identity "${offered.slice(0, 200)}"`));
-      } else reject(err);
+      } else reject(new Error(explainTlsFailure(err, creds.kind, offered)));
     });
     server.once('secureConnection', (secure: tls.TLSSocket) => {
       socket.off('close', closed);
+      refuseRenegotiation(secure);
       let identity: string | undefined;
       if (creds.kind === 'psk') {
         identity = pskIdentity;
@@ -169,6 +177,26 @@ export function upgradeToTls(socket: net.Socket, creds: TlsCredentials): Promise
       resolve({ socket: secure, identity, protocol: secure.getProtocol() ?? undefined, cipher: secure.getCipher().name });
     });
     server.emit('connection', socket);
+  });
+}
+
+/** True for the error Node emits on a TLS socket when its peer starts a renegotiation. */
+export function isRenegotiationAttempt(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return code === 'ERR_TLS_RENEGOTIATION_DISABLED' || code === 'ERR_TLS_SESSION_ATTACK';
+}
+
+/**
+ * The first renegotiation attempt closes the connection. Node reports it from OpenSSL's
+ * handshake-start callback, i.e. on the client's new ClientHello, before any of the new
+ * handshake's work; destroying the socket there ends it.
+ */
+function refuseRenegotiation(secure: tls.TLSSocket): void {
+  // TLS 1.3 has no renegotiation; its post-handshake messages (KeyUpdate) are legitimate.
+  if (secure.getProtocol() === 'TLSv1.3') return;
+  secure.disableRenegotiation();
+  secure.on('error', (err) => {
+    if (isRenegotiationAttempt(err)) secure.destroy();
   });
 }
 

@@ -3,14 +3,17 @@
  * GET / (the status page) in a real headless browser (Debian's chromium driven by
  * playwright-core): it loads without console errors over a TCP admin endpoint with the
  * token in the URL fragment, refreshes by itself, lists the connection, and its picture
- * shows the overlay a client just wrote to as allocated exactly where it wrote.
+ * shows the overlay a client just wrote to as allocated exactly where it wrote; the strip
+ * has a legend, the header names version, listener and uptime, each export keeps a rate
+ * history, chains wrap only between layers, and an 800 px window does not overflow.
  * COWNBD_SCREENSHOT=path saves a screenshot (how docs/status-page.png is made).
  */
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createPatternedImage, makeTempDir } from '../helpers/images.js';
-import { requireNbdPython, runNbdPython, startServer } from '../helpers/server.js';
+import { REPO_ROOT, requireNbdPython, runNbdPython, startServer } from '../helpers/server.js';
 import { requireTool } from '../helpers/tools.js';
 import { waitFor } from './control-helpers.js';
 
@@ -70,7 +73,24 @@ while not os.path.exists(STOP): h.pread(4096, 0); time.sleep(0.05)
       expect(await page.locator('#connections tbody tr td').nth(1).textContent()).toBe('vm1');
       const chain = await page.locator('#exports tr[data-export="vm1"] td.chain').textContent();
       expect(chain).toContain('cow vm1.cow = 1.0 MiB');
+      // Each layer is one unbreakable piece: the chain wraps between layers, never mid-number.
+      const layers = page.locator('#exports tr[data-export="vm1"] td.chain span.layer');
+      expect(await layers.count()).toBe(2);
+      expect(await layers.first().evaluate((el) => getComputedStyle(el).whiteSpace)).toBe('nowrap');
       await page.waitForFunction(() => Number(document.body.dataset.refreshes) >= 2, undefined, { timeout: 10_000 });
+      // The allocation strip has a legend; the header names the server (version, listener, uptime).
+      expect(await page.locator('#legend').textContent()).toMatch(/nothing written to the top overlay.*partly.*fully written/s);
+      const version = (JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+      await expect.poll(async () => page.locator('#server').textContent(), { timeout: 10_000 }).toMatch(
+        new RegExp(`^cownbd ${version.replace(/\./g, '\\.')} · listening on 127\\.0\\.0\\.1:${srv.port} · up \\d+ min \\d+ s$`),
+      );
+      // A throughput history per export fills as the page refreshes (vm1 keeps reading).
+      await page.waitForFunction(() => Number(document.querySelector('canvas.history[data-export="vm1"]')?.getAttribute('data-samples')) >= 2, undefined, { timeout: 10_000 });
+      // At 800 px the page does not overflow: wide tables scroll inside their own box.
+      await page.setViewportSize({ width: 800, height: 600 });
+      await page.waitForFunction(() => Number(document.body.dataset.refreshes) >= 4, undefined, { timeout: 10_000 });
+      expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(800);
+      await page.setViewportSize({ width: 1400, height: 420 });
       if (process.env.COWNBD_SCREENSHOT) await page.screenshot({ path: process.env.COWNBD_SCREENSHOT, fullPage: true });
       expect(problems, problems.join("\n")).toEqual([]);
       // Without the token the API refuses (the page alone carries no data).

@@ -5,10 +5,11 @@
  * error within seconds; nothing writes to a base.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { writeCraftedAddCow } from '../helpers/add-cow-craft.js';
+import { writeCraftedCow } from '../helpers/cow-craft.js';
 import { createPatternedImage, makeTempDir, sha256File } from '../helpers/images.js';
 import { CLI_PATH, nbdPython, requireNbdPython, startServer } from '../helpers/server.js';
 import { PRELUDE } from './py-prelude.js';
@@ -120,5 +121,33 @@ describe.runIf(hasNbd)('a crafted add-cow cannot write into another export\'s ba
     const serve = cownbd(['serve', ac, '-p', '0', '--allow-path', inside]);
     expect(serve.status, serve.out).toBe(1);
     expect(serve.out).toMatch(/outside the allowed directories/);
+  });
+
+  it('--allow-path resolves symlinks: a cow backing link.raw -> ../outside/secret.raw is refused, an inside link served (issue 26.8)', async () => {
+    const allowed = tmp.file('allowed2');
+    mkdirSync(allowed);
+    const secret = createPatternedImage(tmp.file('secret.raw'), MiB, 7);
+    const inside = createPatternedImage(path.join(allowed, 'inside.raw'), MiB, 8);
+    symlinkSync('../secret.raw', path.join(allowed, 'link.raw'));
+    symlinkSync('inside.raw', path.join(allowed, 'good.raw'));
+    const cowOver = (name: string, target: string): string => {
+      const file = path.join(allowed, name);
+      writeCraftedCow(file, { layout: 'v3', backingPath: path.join(allowed, path.basename(target)), size: MiB, mtime: Math.floor(statSync(target).mtimeMs / 1000) });
+      return file;
+    };
+    const evil = cowOver('evil.cow', path.join(allowed, 'link.raw'));
+    const r = cownbd(['serve', evil, '-p', '0', '--allow-path', allowed]);
+    expect(r.status, r.out).toBe(1);
+    expect(r.out).toContain(`"${path.join(allowed, 'link.raw')}" (resolves to "${secret}")`);
+    expect(r.out).toMatch(/outside the allowed directories/);
+    // A link that stays inside the allowed directory is served.
+    const good = cowOver('good.cow', path.join(allowed, 'good.raw'));
+    const srv = await startServer([good, '--allow-path', allowed]);
+    try {
+      const out = await nbdPython(PRELUDE + 'h = conn()\nimport hashlib\nprint(hashlib.sha256(h.pread(h.get_size(), 0)).hexdigest())\n', { URI: srv.uri() });
+      expect(out.trim()).toBe(sha256File(inside));
+    } finally {
+      await srv.stop();
+    }
   });
 });

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { createRawImage, makeTempDir, type TempDir } from '../helpers/images.js';
 import { nbdPython, requireNbdPython, startServer, type RunningServer } from '../helpers/server.js';
-import { CMD, RawClient, request } from '../helpers/nbd-fixtures.js';
+import { CMD, OPT, REP, RawClient, optionRequest, request } from '../helpers/nbd-fixtures.js';
 import { mustSucceed, nbdinfo, serverLog } from '../helpers/clients.js';
 import { requireTool } from '../helpers/tools.js';
 import { PRELUDE, lastJson } from './py-prelude.js';
@@ -52,12 +52,75 @@ describe('--handshake-timeout', () => {
     mustSucceed(await nbdinfo([srv.uri()])); // a real client meanwhile
     expect(await silent.closedByServer(5000)).toBe(true);
     expect(Date.now() - started).toBeGreaterThanOrEqual(500);
-    await expect.poll(() => logged('closing connection: handshake not finished in time')).toHaveLength(1);
+    await expect.poll(() => logged('closing connection: handshake idle too long (no option completed in time)')).toHaveLength(1);
     // Idle in transmission past the timeout: still served.
     await new Promise((r) => setTimeout(r, 1200));
     idle.write(request(CMD.READ, { offset: 0, length: 512 }));
     expect((await idle.readSimpleReply(512)).error).toBe(0);
     idle.socket.destroy();
+  });
+});
+
+describe('--handshake-timeout is an idle gap between options, plus an absolute bound (issue 26.17)', () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const IDLE = 'closing connection: handshake idle too long (no option completed in time)';
+
+  it.runIf(hasNbdinfo)('nbdinfo --list of 80 exports completes with the default timeout', async () => {
+    const exports = Array.from({ length: 80 }, (_, i) => ['--export', `e${i}=${disk},ro`]).flat();
+    srv = await startServer(exports);
+    const started = Date.now();
+    const r = mustSucceed(await nbdinfo(['--list', '--json', srv.uri()], { timeoutMs: 120_000 }));
+    const listed = (JSON.parse(r.stdout) as { exports: unknown[] }).exports;
+    expect(listed).toHaveLength(80);
+    // libnbd spends ~0.2 s per listed export: more than the old 10 s whole-handshake bound.
+    console.log(`nbdinfo --list of 80 exports: ${Date.now() - started} ms`);
+    expect(logged(IDLE)).toHaveLength(0);
+  });
+
+  it('a client completing options keeps its connection past the idle timeout; one that trickles bytes is cut', async () => {
+    srv = await startServer([disk, '--handshake-timeout', '1']);
+    const busy = await RawClient.connect({ port: srv.port! });
+    const trickler = await RawClient.connect({ port: srv.port! });
+    await busy.greet();
+    await trickler.greet();
+    const started = Date.now();
+    // 3 s of work, one complete (unsupported) option every 300 ms; the trickler sends one
+    // byte of an option header per 300 ms and never completes one (16 bytes would take 4.8 s).
+    const header = optionRequest(0x4242);
+    let sent = 0;
+    while (Date.now() - started < 3000) {
+      busy.write(optionRequest(0x4242));
+      expect((await busy.readOptionReply()).type).toBe(REP.ERR_UNSUP);
+      if (sent < header.length) trickler.write(header.subarray(sent, ++sent));
+      await sleep(300);
+    }
+    expect(await trickler.closedByServer(100)).toBe(true);
+    expect(sent).toBeLessThan(header.length);
+    // Still served after 3 × the timeout: a real option gets its answer.
+    busy.write(optionRequest(OPT.LIST));
+    expect((await busy.readOptionReplies()).at(-1)!.type).toBe(REP.ACK);
+    // Then silence: cut after the idle gap.
+    const quiet = Date.now();
+    expect(await busy.closedByServer(5000)).toBe(true);
+    expect(Date.now() - quiet).toBeGreaterThanOrEqual(800);
+    await expect.poll(() => logged(IDLE)).toHaveLength(2);
+  });
+
+  it('the absolute bound (30 × the timeout, here 15 s) cuts a client that completes options forever', async () => {
+    srv = await startServer([disk, '--handshake-timeout', '0.5']);
+    const c = await RawClient.connect({ port: srv.port! });
+    const closed = new Promise((r) => c.socket.once('close', r));
+    const started = Date.now();
+    c.write(Buffer.from([0, 0, 0, 3])); // client flags, then an option every 50 ms (idle gap: 500 ms)
+    const ticker = setInterval(() => c.write(optionRequest(0x4242)), 50);
+    await Promise.race([closed, sleep(40_000)]);
+    clearInterval(ticker);
+    const ms = Date.now() - started;
+    expect(c.socket.destroyed).toBe(true);
+    expect(ms).toBeGreaterThanOrEqual(14_000);
+    expect(ms).toBeLessThan(30_000);
+    await expect.poll(() => logged('closing connection: handshake not finished in time')).toHaveLength(1);
+    expect(logged(IDLE)).toHaveLength(0);
   });
 });
 

@@ -282,4 +282,33 @@ except nbd.Error as e:
       expect(refused[0]!.export).toBe(name);
     }
   });
+
+  it.runIf(hasNbd)('a listing is quiet: INFO about an absent export (libnbd probes "" when listing) logs no warning', async () => {
+    const base = createRawImage(tmp.file('quiet-base.raw'), MiB);
+    const vms = tmp.file('quiet-vms');
+    mkdirSync(vms);
+    const srv = await startServer(['--base', base, '--overlay-dir', vms]);
+    try {
+      const r = await runNbdPython(
+        `
+import nbd
+h = nbd.NBD(); h.set_export_name(""); h.set_opt_mode(True)
+h.connect_tcp("127.0.0.1", str(PORT))
+h.opt_list(lambda name, desc: 0)
+try:
+    h.opt_info()
+    print("FOUND")
+except nbd.Error:
+    print("ABSENT")
+h.opt_abort()
+`,
+        { PORT: srv.port },
+      );
+      expect(r.stdout.trim(), r.stderr).toBe('ABSENT');
+    } finally {
+      await srv.stop();
+    }
+    const warnings = logLines(srv.stderr()).filter((l) => Number(l.level) >= 40);
+    expect(warnings, srv.stderr()).toEqual([]);
+  });
 });

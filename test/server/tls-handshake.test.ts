@@ -3,7 +3,9 @@
  * send): nothing about exports before STARTTLS, EXPORT_NAME closes, plaintext smuggled
  * behind STARTTLS closes, STARTTLS with data is invalid.
  */
+import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRawImage, makeTempDir, type TempDir } from '../helpers/images.js';
@@ -11,6 +13,7 @@ import { startServer, type RunningServer } from '../helpers/server.js';
 import { OPT, RawClient, infoData, metaData, optionRequest } from '../helpers/nbd-fixtures.js';
 import { serverLog } from '../helpers/clients.js';
 import { makeTlsFixture, requireTlsTools } from '../helpers/tls-creds.js';
+import { requireTool } from '../helpers/tools.js';
 
 const ERR_TLS_REQD = 0x80000005;
 const ERR_INVALID = 0x80000003;
@@ -162,6 +165,91 @@ describe.runIf(hasTls)('TLS versions and PSK suites (Node client on the raw sock
     const s = await startTls({ minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'PSK-AES128-CBC-SHA:@SECLEVEL=0' });
     // The server answers with a protocol_version alert (70) and logs why.
     expect(String(s)).toMatch(/alert protocol version/);
-    await expect.poll(() => serverLog(srv).some((l) => /TLS handshake failed: .*unsupported protocol/.test(String(l.reason))), { timeout: 5000 }).toBe(true);
+    await expect.poll(() => serverLog(srv).some((l) => /TLS handshake failed: the client offered only TLS versions older than 1\.2/.test(String(l.reason))), { timeout: 5000 }).toBe(true);
+  });
+});
+
+describe.runIf(hasTls && requireTool('openssl'))('TLS 1.2 renegotiation is refused and logged at warn (issue 26.11)', () => {
+  let tmp: TempDir;
+  let srv: RunningServer;
+  let bridge: net.Server;
+  const RENEG = 'closing connection: client tried to renegotiate TLS (refused)';
+
+  beforeAll(async () => {
+    tmp = makeTempDir();
+    const fx = makeTlsFixture(tmp.file('tls'), []);
+    createRawImage(tmp.file('d.raw'), 1024 * 1024);
+    srv = await startServer([tmp.file('d.raw'), '--tls', 'require', '--tls-certificates', fx.serverDir]);
+    // openssl s_client knows no NBD STARTTLS: this bridge does the plaintext part (greeting,
+    // STARTTLS, ACK) and then relays bytes, so s_client's TLS runs end to end with the server.
+    bridge = net.createServer((front) => {
+      front.pause();
+      void (async () => {
+        const c = await RawClient.connect({ port: srv.port! });
+        await c.greet();
+        c.write(optionRequest(OPT.STARTTLS));
+        expect((await c.readOptionReply()).type).toBe(ACK);
+        c.socket.removeAllListeners('data');
+        front.pipe(c.socket).on('error', () => undefined);
+        c.socket.pipe(front).on('error', () => undefined);
+        front.on('close', () => c.socket.destroy());
+        c.socket.on('close', () => front.destroy());
+        front.resume();
+      })();
+    });
+    await new Promise<void>((resolve) => bridge.listen(0, '127.0.0.1', resolve));
+  });
+  afterAll(async () => {
+    bridge?.close();
+    await srv?.stop();
+    tmp?.cleanup();
+  });
+
+  /** s_client over TLS 1.2 typing `R` (renegotiate) `times` times; resolves with its output and exit time. */
+  async function sClientRenegotiating(times: number): Promise<{ out: string; closedAfter: number | undefined }> {
+    const port = (bridge.address() as net.AddressInfo).port;
+    const ossl = spawn('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, '-tls1_2'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    ossl.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    ossl.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    ossl.stdin.on('error', () => undefined);
+    const exited = new Promise<void>((resolve) => ossl.once('exit', () => resolve()));
+    await expect.poll(() => out.includes('Verify return code'), { timeout: 10_000 }).toBe(true); // TLS is up
+    let closedAfter: number | undefined;
+    for (let i = 1; i <= times; i++) {
+      ossl.stdin.write('R\n');
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 300))]);
+      if (ossl.exitCode !== null || ossl.signalCode !== null) {
+        closedAfter = i;
+        break;
+      }
+    }
+    ossl.stdin.end(); // s_client exits on EOF if the server did not close first
+    await exited;
+    return { out, closedAfter };
+  }
+
+  it('the first R closes the connection; the attempt is logged at warn', async () => {
+    const { out, closedAfter } = await sClientRenegotiating(20);
+    expect(out).toContain('RENEGOTIATING');
+    expect(closedAfter, out).toBe(1);
+    await expect.poll(() => serverLog(srv).filter((l) => l.msg === RENEG && l.level === 40)).toHaveLength(1);
+  });
+
+  it('a client that does not renegotiate is served normally over TLS 1.2', async () => {
+    const c = await RawClient.connect({ port: srv.port! });
+    await c.greet();
+    c.write(optionRequest(OPT.STARTTLS));
+    expect((await c.readOptionReply()).type).toBe(ACK);
+    c.socket.removeAllListeners('data');
+    const t = await new Promise<tls.TLSSocket>((resolve, reject) => {
+      const s = tls.connect({ socket: c.socket, maxVersion: 'TLSv1.2', rejectUnauthorized: false });
+      s.once('secureConnect', () => resolve(s));
+      s.once('error', reject);
+    });
+    const reply = new Promise<Buffer>((resolve) => t.once('data', resolve));
+    t.write(optionRequest(OPT.LIST));
+    expect((await reply).readUInt32BE(12)).toBe(2); // NBD_REP_SERVER
+    t.destroy();
   });
 });
