@@ -23,7 +23,7 @@ import { createCow } from '../formats/cow/index.js';
 import { openImage } from '../formats/open-image.js';
 import { createLogger, type Logger } from '../logging.js';
 import { StaticExportProvider } from '../server/exports.js';
-import { logNativeAddon, runServer } from './serve-command.js';
+import { listenEndpoints, logNativeAddon, nbdServerOf, runServer } from './serve-command.js';
 import { applyProcessOptions, type ProcessOptions } from './serve-process.js';
 
 export const DEMO_SIZE = 64 * 1024 * 1024;
@@ -121,7 +121,7 @@ export async function runDemo(o: DemoOptions, io: FileIo): Promise<void> {
     log,
     () => Promise.resolve(overlay.device),
   );
-  const running = await runServer(provider, { port: o.port, bind: o.bind, printUri: o.printUri, io }, '', log);
+  const running = await runServer(nbdServerOf(provider, listenEndpoints(o, []), io, '', log), o, log);
   await applyProcessOptions({ ...running, defaultExport: '' }, o, log, process.env);
   if (o.printUri) return;
   const uri = running.uris[0]!.replace(/\/$/, '');

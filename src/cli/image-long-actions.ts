@@ -25,7 +25,7 @@ export type RebaseFlags = CommonFlags & ObjectStoreFlags & { backing: string; un
 async function longRun<T>(flags: CommonFlags, state: () => string, fn: (ctx: ToolContext) => Promise<T>, print: (r: T) => void): Promise<void> {
   try {
     const r = await Interrupt.run(state, (interrupt) =>
-      fn({ interrupt, makeProgress: (label, total) => makeProgress(label, total, progressMode(flags)) }),
+      fn({ interrupt, makeProgress: (label, total) => makeProgress(label, total, progressMode(flags)), notify: (line) => process.stderr.write(`${line}\n`) }),
     );
     print(r);
   } catch (err) {

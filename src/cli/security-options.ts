@@ -1,10 +1,11 @@
 /**
  * The `serve` options for TLS, access control and limits (README "Security"), kept apart
- * from serve-register.ts: they are registered on the command here and turned into the
- * plain SecurityOptions object (src/server/security.ts) that a config file can also build.
+ * from serve-register.ts: they are registered on the command here; createServer() turns
+ * them (like a config file's [tls] and [limits]) into the plain SecurityOptions object
+ * (src/server/security.ts) with api/server-config.ts's securityOptionsOf().
  */
 import { InvalidArgumentError, Option, type Command } from 'commander';
-import { SECURITY_DEFAULTS, type SecurityOptions } from '../server/security.js';
+import { SECURITY_DEFAULTS } from '../server/security.js';
 import { TLS_MODES, type TlsMode } from '../server/tls.js';
 import { formatSize, parseSize } from '../util/size.js';
 
@@ -62,21 +63,4 @@ export function addSecurityOptions(cmd: Command): Command {
         // Shown as a size in --help, not as 1073741824.
         .default(SECURITY_DEFAULTS.minFree, formatSize(SECURITY_DEFAULTS.minFree).replace(' ', '')),
     );
-}
-
-/** The options object for buildServerSecurity() from the CLI values. */
-export function securityOptionsFrom(o: SecurityCliOptions): SecurityOptions {
-  return {
-    tls: o.tls,
-    tlsCertificates: o.tlsCertificates,
-    tlsVerifyPeer: o.tlsVerifyPeer,
-    tlsPsk: o.tlsPsk,
-    allowFrom: o.allowFrom,
-    handshakeTimeout: o.handshakeTimeout,
-    maxConnections: o.maxConnections,
-    maxConnectionsPerClient: o.maxConnectionsPerClient,
-    overlayDirMatchIdentity: o.overlayDirMatchIdentity,
-    maxOverlays: o.maxOverlays,
-    minFree: o.minFree,
-  };
 }

@@ -1,8 +1,10 @@
 /**
- * `cownbd serve` at run time: turn the export definitions into a list, start an NbdServer,
- * print one "cownbd: listening on <uri>" line per listener on stdout, and stop gracefully
- * on SIGINT/SIGTERM (a second signal exits at once, status 1). Loaded only when `serve` or
- * `demo` runs; the option parsers are in serve-options.ts.
+ * `cownbd serve` at run time: turn the export definitions into a list, start the server
+ * (api/create-server.ts, or demo's NbdServer), print one "cownbd: listening on <uri>"
+ * line per listener on stdout, and stop gracefully on SIGINT/SIGTERM (a second signal
+ * exits at once, status 1). The process-wide parts (signals, stdout, V8's --expose-gc)
+ * live here, never in the library. Loaded only when `serve` or `demo` runs; the option
+ * parsers are in serve-options.ts.
  *
  * Static exports are opened at start-up, not at the first client: a missing backing
  * file or a cow "mtime mismatch" is an operator error that should stop `serve` with one
@@ -16,16 +18,15 @@
  *   cownbd serve -U /run/nbd.sock -n vm1 vm1.cow  export "vm1" on a Unix socket
  *   cownbd serve --export a=a.cow --export b=b.raw,ro,description=Base disk
  */
-import { readFileSync, readlinkSync } from 'node:fs';
-import os from 'node:os';
+import { formatUri, listenOn } from '../api/endpoints.js';
 import type { Logger } from '../logging.js';
 import { NbdServer, type ListenAddress, type ListenEndpoint } from '../server/listener.js';
 import type { ExportProvider, StaticExportConfig } from '../server/exports.js';
+import { exposeGc } from '../server/idle-gc.js';
 import { isObjectStoreUri } from '../objectstore/uri.js';
 import type { IoPolicy } from '../block/io-policy.js';
 import type { FileIo } from '../block/file-io.js';
 import { checkDirectoryPath, checkImagePath, checkSocketPath } from './image-path.js';
-import type { ServerSecurity } from '../server/security.js';
 import { MAX_EXPORT_NAME, UsageError, type ServeOptions } from './serve-options.js';
 
 /** First fd passed by systemd (SD_LISTEN_FDS_START). */
@@ -78,18 +79,6 @@ export function exportConfigs(image: string | undefined, o: ServeOptions, allowN
   return list;
 }
 
-/** The export's URI; `nbds` (libnbd: TLS required) when the server requires TLS. */
-export function formatUri(addr: ListenAddress, exportName: string, hostname = os.hostname(), tlsRequired = false): string {
-  const name = encodeURIComponent(exportName);
-  const scheme = tlsRequired ? 'nbds' : 'nbd';
-  if (addr.path) return `${scheme}+unix:///${name}?socket=${addr.path}`;
-  if (addr.fd !== undefined) return `${scheme}+unix:///${name}?socket=(inherited-fd-${addr.fd})`;
-  // A wildcard address is not somewhere a client can connect to: print this host's name.
-  const raw = addr.host === '0.0.0.0' || addr.host === '::' ? hostname : addr.host;
-  const host = raw && raw.includes(':') ? `[${raw}]` : raw;
-  return `${scheme}://${host}:${addr.port}/${name}`;
-}
-
 export interface RunningServer {
   server: NbdServer;
   uris: string[];
@@ -99,87 +88,65 @@ export interface RunningServer {
   onStop(fn: () => void): void;
 }
 
-export interface RunServerOptions {
-  port: number;
-  bind: string;
-  socket?: string;
-  listenFds?: readonly number[];
-  /** --print-uri: bare URIs only (no "cownbd: listening on" prefix). */
-  printUri?: boolean;
-  /** Names of the static exports: each gets its own URI line (default export first). */
-  exportNames?: readonly string[];
-  /** The devices' FileIo: its policy (shared reads) and the server's quiet probe. */
-  io?: FileIo;
-  /** Endpoints from a config file (instead of port/bind/socket). */
-  listen?: readonly ListenEndpoint[];
-  /** TLS, access rules and limits (absent: open server, as `demo` runs). */
-  security?: ServerSecurity;
+/** The server as runServer() needs it: a createServer() server, or demo's NbdServer (nbdServerOf). */
+export interface Servable {
+  readonly nbd: NbdServer;
+  readonly defaultExport: string;
+  readonly exportNames: readonly string[];
+  readonly tlsRequired: boolean;
+  /** Listen on every endpoint (and start what runs once listening). */
+  listen(): Promise<readonly ListenAddress[]>;
+  /** Graceful stop, every device flushed and closed. */
+  close(): Promise<void>;
 }
 
 /**
- * Start a server for `provider` on the endpoint from the options, print the listening
- * line(s) and install signal handlers. Shared by `serve` and `demo`.
+ * Listen, print the listening line(s) and install signal handlers (before listening:
+ * whoever reads the listening line may signal us immediately). `ready` runs once
+ * listening, before the lines are printed. Shared by `serve` and `demo`.
  */
-export async function runServer(provider: ExportProvider, o: RunServerOptions, defaultExport: string, log: Logger): Promise<RunningServer> {
-  const server = new NbdServer({ provider, log, io: o.io, security: o.security });
-  const tlsRequired = o.security?.tlsMode === 'require';
-  const endpoints: ListenEndpoint[] = o.listenFds?.length
-    ? o.listenFds.map((fd) => ({ fd }))
-    : o.listen?.length
-      ? [...o.listen]
-      : [o.socket ? { path: o.socket } : { host: o.bind, port: o.port }];
-  // Handlers first: whoever reads the listening line may signal us immediately.
-  const { shutdown, onStop } = installSignalHandlers(server, log);
+export async function runServer(s: Servable, o: { printUri?: boolean }, log: Logger, ready?: () => void): Promise<RunningServer> {
+  const { shutdown, onStop } = installSignalHandlers(() => s.close(), log);
+  let addresses: ListenAddress[];
+  try {
+    addresses = [...(await s.listen())];
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  ready?.();
   const uris: string[] = [];
-  const addresses: ListenAddress[] = [];
-  for (const endpoint of endpoints) {
-    let addr: ListenAddress;
-    try {
-      addr = await server.listen(endpoint);
-      if (addr.fd !== undefined) addr = { ...addr, path: unixSocketPathOfFd(addr.fd) };
-    } catch (err) {
-      await provider.close().catch(() => {});
-      throw new UsageError(`cannot listen on ${describeEndpoint(endpoint)}: ${(err as Error).message}`);
-    }
-    const uri = formatUri(addr, defaultExport, undefined, tlsRequired);
-    log.info({ uri, ...('fd' in endpoint ? { fd: endpoint.fd } : {}) }, 'listening');
-    if ((addr.host === '0.0.0.0' || addr.host === '::') && !tlsRequired) log.warn({ address: addr.host }, 'listening on every interface: NBD has no authentication here; firewall the port');
-    const others = (o.exportNames ?? []).filter((n) => n !== defaultExport).map((n) => formatUri(addr, n, undefined, tlsRequired));
+  for (const addr of addresses) {
+    const uri = formatUri(addr, s.defaultExport, undefined, s.tlsRequired);
+    const others = s.exportNames.filter((n) => n !== s.defaultExport).map((n) => formatUri(addr, n, undefined, s.tlsRequired));
     if (o.printUri) process.stdout.write([uri, ...others].map((u) => `${u}\n`).join(''));
     else process.stdout.write([`cownbd: listening on ${uri}`, ...others.map((u) => `cownbd: export at ${u}`)].map((l) => `${l}\n`).join(''));
     uris.push(uri);
-    addresses.push(addr);
   }
-  return { server, uris, addresses, shutdown, onStop };
+  return { server: s.nbd, uris, addresses, shutdown, onStop };
 }
 
-/**
- * The path a listening Unix socket fd is bound to, found through its inode in
- * /proc/net/unix (Node only knows paths it bound itself); undefined when not found
- * (abstract or unnamed socket, no /proc).
- */
-export function unixSocketPathOfFd(fd: number): string | undefined {
-  try {
-    const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
-    if (!m) return undefined;
-    for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1)) {
-      // Num RefCount Protocol Flags Type St Inode Path
-      const f = line.trim().split(/\s+/);
-      if (f[6] === m[1] && f[7]?.startsWith('/')) return f.slice(7).join(' ');
-    }
-  } catch {
-    // Not Linux, or /proc not mounted: the URI will say "inherited fd".
-  }
-  return undefined;
+/** The listen endpoints from the command line: systemd's fds, a config file's list, or -U / -b -p. */
+export function listenEndpoints(o: { port: number; bind: string; socket?: string; listen?: readonly ListenEndpoint[] }, listenFds: readonly number[]): ListenEndpoint[] {
+  if (listenFds.length) return listenFds.map((fd) => ({ fd }));
+  if (o.listen?.length) return [...o.listen];
+  return [o.socket ? { path: o.socket } : { host: o.bind, port: o.port }];
 }
 
-/** Run `fn`; a failure becomes a UsageError prefixed with `what` (the file it concerns). */
-export async function namedFailure<T>(what: string, fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    throw new UsageError(`${what}: ${(err as Error).message}`);
-  }
+/** An NbdServer for `provider` (demo), with the CLI's full GC for idle memory (idle-gc.ts). */
+export function nbdServerOf(provider: ExportProvider, endpoints: readonly ListenEndpoint[], io: FileIo, defaultExport: string, log: Logger): Servable {
+  const nbd = new NbdServer({ provider, log, io, gc: exposeGc() });
+  return {
+    nbd,
+    defaultExport,
+    exportNames: [],
+    tlsRequired: false,
+    listen: async () => {
+      const out: ListenAddress[] = [];
+      for (const endpoint of endpoints) out.push(await listenOn(nbd, endpoint, { log, defaultExport, tlsRequired: false }));
+      return out;
+    },
+    close: () => nbd.stop(),
+  };
 }
 
 /**
@@ -212,17 +179,11 @@ export function logNativeAddon(log: Logger, policy: IoPolicy): void {
   log.warn({ reason: policy.nativeUnavailableReason }, 'native addon not loaded: sparse-file support (holes, TRIM, fast zero) is off');
 }
 
-function describeEndpoint(e: ListenEndpoint): string {
-  if ('fd' in e) return `inherited socket fd ${e.fd} (systemd socket activation)`;
-  if ('path' in e) return e.path;
-  return `${e.host}:${e.port}`;
-}
-
 /**
  * SIGINT/SIGTERM (and shutdown() for --run/--exit-with-parent): graceful stop, then exit.
  * A second request while stopping exits at once with status 1.
  */
-export function installSignalHandlers(server: NbdServer, log: Logger): Pick<RunningServer, 'shutdown' | 'onStop'> {
+export function installSignalHandlers(stop: () => Promise<void>, log: Logger): Pick<RunningServer, 'shutdown' | 'onStop'> {
   let stopping = false;
   const stopHooks: Array<() => void> = [];
   const shutdown = (reason: string, status: number) => {
@@ -233,7 +194,7 @@ export function installSignalHandlers(server: NbdServer, log: Logger): Pick<Runn
     stopping = true;
     log.info({ reason }, 'shutting down');
     for (const fn of stopHooks) fn();
-    server.stop().then(
+    stop().then(
       () => process.exit(status),
       (err: unknown) => {
         log.error({ err }, 'shutdown failed');

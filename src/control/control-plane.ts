@@ -1,8 +1,10 @@
 /**
- * The control plane of a running `serve`: configuration reload (SIGHUP) and, when an
- * endpoint is configured, the admin API (with metrics and the status page). Built once
- * after the NBD listeners are up; it reads the server's registries and calls the export
- * set's operations, so the data path never depends on it.
+ * The control plane of a running `serve`: configuration reload and, when an endpoint is
+ * configured, the admin API (with metrics and the status page). Built once after the NBD
+ * listeners are up; it reads the server's registries and calls the export set's
+ * operations, so the data path never depends on it. It changes nothing process-wide:
+ * the CLI installs the SIGHUP handler (Reloader.installSighup) and prints the admin
+ * address, so a library user's process keeps its own signals and stdout.
  *
  * The admin API's code (fastify, prom-client, the status page) is imported only when an
  * endpoint is configured: a plain `serve` never loads it.
@@ -36,7 +38,6 @@ export class ControlPlaneError extends Error {
 
 export async function startControlPlane(o: ControlPlaneOptions): Promise<ControlPlane> {
   const reloader = new Reloader({ ...o.reload, exports: o.exports, log: o.log });
-  reloader.installSighup();
   const ops = new Operations({
     server: o.server,
     guard: o.guard,
@@ -61,7 +62,6 @@ export async function startControlPlane(o: ControlPlaneOptions): Promise<Control
   }
   o.server.onStop(() => api.close());
   o.log.info({ admin: api.address }, 'admin API listening');
-  process.stdout.write(`cownbd: admin API on ${api.address}\n`);
   return { reloader, ops, api };
 }
 

@@ -120,8 +120,11 @@ export interface OverlayLayer {
   checkCommitFits(targetSize: number, file: string, target: string): void;
   /** commit --to: the size the journal expects of the target, and the header mtime. */
   journalFacts(targetSize: number): { expectedSize: number; headerMtime: number | null };
-  /** commit --to finished: keep the overlay valid over the changed target; true if it wrote. */
-  afterCommit(file: string, target: string, updateHeader: boolean): Promise<boolean>;
+  /**
+   * commit --to finished: keep the overlay valid over the changed target; true if it wrote.
+   * `notify` takes a line for the operator (a format never writes to stderr itself).
+   */
+  afterCommit(file: string, target: string, updateHeader: boolean, notify?: (line: string) => void): Promise<boolean>;
 }
 
 export interface RebaseRequest {

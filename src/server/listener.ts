@@ -9,12 +9,14 @@
  *
  * Memory: one BufferPool serves every connection and every socket reads into one shared
  * buffer (shared-reads.ts); a sweep every IDLE_SWEEP_MS gives the pool's buffers back once
- * nobody asked for one a while. Descriptors: see fd-limit.ts.
+ * nobody asked for one a while. Which read path is in use is logged at the first listen()
+ * and counted per connection (readPathCounts(): test/server/shared-reads.test.ts fails when
+ * the fast path is not active). Descriptors: see fd-limit.ts.
  *
  * No state at module level: several servers can live in one process (tests, library use).
  */
 import net from 'node:net';
-import { SHARED_READ_SIZE, sharedReadSocket } from './shared-reads.js';
+import { SHARED_READ_SIZE, sharedReadSocket, sharedReadsSupported } from './shared-reads.js';
 import { lstat, unlink } from 'node:fs/promises';
 import type { Logger } from '../logging.js';
 import { BufferPool } from './buffer-pool.js';
@@ -56,7 +58,16 @@ export interface NbdServerOptions {
   readonly security?: ServerSecurity;
   /** Connections per listener (default: what the descriptor limit allows, see fd-limit.ts). */
   readonly maxConnections?: number;
+  /**
+   * A full garbage collection, run after the idle sweep released memory (idle-gc.ts).
+   * The CLI passes exposeGc()'s function; without one the sweep only trims malloc (the
+   * server never sets process-wide V8 flags itself).
+   */
+  readonly gc?: () => void;
 }
+
+/** How accepted sockets read (shared-reads.ts): the fast path, or Node's default stream reads. */
+export type ReadPath = 'shared' | 'stream';
 
 /** The pool is trimmed once no buffer was asked for this long. */
 export const IDLE_SWEEP_MS = 2000;
@@ -74,7 +85,7 @@ export class NbdServer {
   /** What every accepted socket reads into (shared-reads.ts); allocated at the first accept. */
   private sharedReadBuffer: Buffer | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
-  private readonly reclaim = idleReclaimer();
+  private readonly reclaim: () => void;
   private readonly logDrop = rateLimited(10_000, (suppressed) =>
     this.options.log.warn(
       { connections: this.connections.size, suppressed },
@@ -91,8 +102,25 @@ export class NbdServer {
   /** Requests running on all connections (TransmissionSession keeps it). */
   private readonly load = { requests: 0 };
 
+  /** Accepted connections per read path (a test proves the fast path is the one in use). */
+  private readonly readPaths: Record<ReadPath, number> = { shared: 0, stream: 0 };
+  private readPathLogged = false;
+
   constructor(private readonly options: NbdServerOptions) {
     options.io?.setQuietProbe(() => this.load.requests <= 1);
+    this.reclaim = idleReclaimer(options.gc);
+  }
+
+  /** The read path new connections will use, and why (logged once at the first listen()). */
+  plannedReadPath(): { readPath: ReadPath; reason: string } {
+    if (!this.sharedReadsWanted()) return { readPath: 'stream', reason: 'shared reads turned off by the I/O policy (IoPolicy.sharedReads; COWNBD_NO_SHARED_READS=1)' };
+    if (!sharedReadsSupported()) return { readPath: 'stream', reason: `Node ${process.version} has no socket handle to re-wrap` };
+    return { readPath: 'shared', reason: `every socket reads into one ${SHARED_READ_SIZE / 1024} KiB buffer` };
+  }
+
+  /** How many accepted connections used each read path so far. */
+  readPathCounts(): Readonly<Record<ReadPath, number>> {
+    return { ...this.readPaths };
   }
 
   get provider(): ExportProvider {
@@ -107,6 +135,7 @@ export class NbdServer {
     if (cap !== undefined) server.maxConnections = cap;
     server.on('drop', () => this.logDrop());
     this.startSweep();
+    this.logReadPath();
     if ('path' in endpoint) await removeStaleSocket(endpoint.path);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -180,8 +209,10 @@ export class NbdServer {
       return;
     }
     const peer = address ? `${address}:${accepted.remotePort}` : 'unix';
-    if (this.options.io?.policy.sharedReads ?? true) this.sharedReadBuffer ??= Buffer.allocUnsafeSlow(SHARED_READ_SIZE);
-    const { socket, setSink } = sharedReadSocket(accepted, { allowHalfOpen: true, shared: this.sharedReadBuffer });
+    if (this.sharedReadsWanted()) this.sharedReadBuffer ??= Buffer.allocUnsafeSlow(SHARED_READ_SIZE);
+    const { socket, setSink, shared } = sharedReadSocket(accepted, { allowHalfOpen: true, shared: this.sharedReadBuffer });
+    this.readPaths[shared ? 'shared' : 'stream']++;
+    if (!shared && this.sharedReadBuffer && this.readPaths.stream === 1) this.options.log.warn({ readPath: 'stream' }, 'shared reads failed on an accepted socket: using stream reads');
     socket.setNoDelay(true);
     // Notice vanished clients (NBD issue #52: state lingering after an unclean death).
     socket.setKeepAlive(true, 60_000);
@@ -201,6 +232,19 @@ export class NbdServer {
       admission?.release(address);
     });
     void conn.start();
+  }
+
+  private sharedReadsWanted(): boolean {
+    return this.options.io?.policy.sharedReads ?? true;
+  }
+
+  /** Said once: which read path serves this server's sockets (a slow fallback is never silent). */
+  private logReadPath(): void {
+    if (this.readPathLogged) return;
+    this.readPathLogged = true;
+    const planned = this.plannedReadPath();
+    if (planned.readPath === 'shared' || !this.sharedReadsWanted()) this.options.log.info(planned, `read path: ${planned.readPath}`);
+    else this.options.log.warn(planned, 'read path: stream (the shared-reads fast path is not available)');
   }
 
   private startSweep(): void {

@@ -51,6 +51,21 @@ export interface SharedReadSocket {
   readonly socket: net.Socket;
   /** Set the consumer of incoming bytes; until set, bytes are queued (as copies). */
   setSink(sink: ReadSink): void;
+  /** True when the socket reads into the shared buffer, false on Node's stream path. */
+  readonly shared: boolean;
+}
+
+/**
+ * Whether this Node keeps a socket's handle where the re-wrap looks for it (`_handle`, an
+ * accessor on net.Socket in Node 24, a plain field in older releases). Checked on an
+ * unconnected socket, which owns no handle and no descriptor, so the server can say at
+ * start which read path it will use.
+ */
+export function sharedReadsSupported(): boolean {
+  const probe = new net.Socket();
+  const supported = '_handle' in probe;
+  probe.destroy();
+  return supported;
 }
 
 /**
@@ -74,7 +89,7 @@ export function sharedReadSocket(accepted: net.Socket, options: { allowHalfOpen:
   if (!handle || !shared) {
     accepted.on('data', (bytes: Buffer) => deliver(bytes, false));
     accepted.resume();
-    return { socket: accepted, setSink };
+    return { socket: accepted, setSink, shared: false };
   }
   const socket = new net.Socket({
     handle: handle as never,
@@ -96,5 +111,5 @@ export function sharedReadSocket(accepted: net.Socket, options: { allowHalfOpen:
   // that), so destroy it, handle-less, when the wrapper closes.
   (accepted as unknown as { _handle: unknown })._handle = null;
   socket.once('close', () => accepted.destroy());
-  return { socket, setSink };
+  return { socket, setSink, shared: true };
 }

@@ -60,6 +60,8 @@ export interface CommitJson {
 export interface ToolContext {
   interrupt: Pick<Interrupt, 'check'>;
   makeProgress(label: string, total: number): ProgressSink;
+  /** A line for the operator (a warning, a note); the CLI writes it to stderr. Default: dropped. */
+  notify?(line: string): void;
 }
 
 export async function runCommit(file: string, options: CommitOptions, ctx: ToolContext): Promise<CommitJson> {
@@ -123,7 +125,7 @@ async function commitInPlace(file: string, format: ImageFormat, to: string, opti
     await targetDev.flush();
     await targetDev.close();
     targetDev = undefined;
-    const headerUpdated = await top.afterCommit(file, target, options.updateHeader !== false);
+    const headerUpdated = await top.afterCommit(file, target, options.updateHeader !== false, (line) => ctx.notify?.(line));
     await removeJournal(file);
     return { command: 'commit', mode: 'in-place', overlay: file, format: top.format, target, bytesWritten, length: limit, resumed, headerUpdated };
   } catch (err) {

@@ -83,7 +83,7 @@ async function convertToOverlay(src: BlockDevice, dst: string, options: ConvertO
       objectStore: options.objectStore,
     });
     created.push(...made.files);
-    for (const note of made.notes) process.stderr.write(`${note}\n`);
+    for (const note of made.notes) ctx.notify?.(note);
     out = await openImage(dst, { format: options.outputFormat, backingFormat: options.outBackingFormat, readOnly: false, io: options.io, objectStore: options.objectStore });
     const unit = options.outBacking !== undefined ? topLayer(out).unit : 4096;
     const bytesWritten = await copyDifferences(src, out, options.outBacking !== undefined, unit, ctx, label);

@@ -50,18 +50,18 @@ export function cowLayer(device: BlockDevice): OverlayLayer | undefined {
     commitLimit: (limit: number, mode: OutputSize | undefined) => (mode === 'uml-moo' ? Math.min(limit, Math.floor(h.size / SECTOR) * SECTOR) : limit),
     checkCommitFits: () => {},
     journalFacts: () => ({ expectedSize: h.size, headerMtime: h.mtime }),
-    afterCommit: async (file: string, target: string, updateHeader: boolean) =>
-      updateHeader && (await sameFile(resolveBackingPath(cow.layout, h.backingFile, file), target)) ? refreshCowMtime(file, h, target) : false,
+    afterCommit: async (file: string, target: string, updateHeader: boolean, notify?: (line: string) => void) =>
+      updateHeader && (await sameFile(resolveBackingPath(cow.layout, h.backingFile, file), target)) ? refreshCowMtime(file, h, target, notify) : false,
   };
 }
 
 /** Rewrite only the header's 4-byte mtime (one aligned sector write) to the backing's new mtime. */
-async function refreshCowMtime(file: string, header: CowHeader, target: string): Promise<boolean> {
+async function refreshCowMtime(file: string, header: CowHeader, target: string, notify?: (line: string) => void): Promise<boolean> {
   const field = cowMtimeField(header.layout);
   if (!field) return false;
   const st = await statBacking(target);
   if (st.mtime < 0 || st.mtime >= 2 ** 32) {
-    process.stderr.write(`cownbd: warning: ${target} mtime ${st.mtime} does not fit the cow header; header not updated\n`);
+    notify?.(`cownbd: warning: ${target} mtime ${st.mtime} does not fit the cow header; header not updated`);
     return false;
   }
   if (st.mtime === header.mtime) return false;

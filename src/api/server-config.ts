@@ -1,0 +1,59 @@
+/**
+ * ServerConfig: what createServer() serves, in the shape the TOML configuration file
+ * (control/config-schema.ts, FileOptions) and the `serve` command line produce, minus the
+ * settings that belong to a process rather than a server (log level, pidfile,
+ * --exit-with-parent: the CLI applies those). Everything is optional; the defaults are
+ * the CLI's. checkServerConfig() refuses combinations that cannot work, with a message
+ * naming the setting, before anything is opened.
+ */
+import type { FileOptions } from '../control/config.js';
+import type { StaticExportConfig } from '../server/exports.js';
+import type { ListenEndpoint } from '../server/listener.js';
+import { SECURITY_DEFAULTS, type SecurityOptions } from '../server/security.js';
+
+/** Settings of the process, not of a server (see above). */
+type ProcessSettings = 'logLevel' | 'pidfile' | 'exitWithParent';
+
+export interface ServerConfig extends Omit<FileOptions, ProcessSettings | 'export' | 'listen'> {
+  /** Where to listen (default 127.0.0.1:10809); `{ port: 0 }` picks a free port. */
+  listen?: readonly ListenEndpoint[];
+  /** The named exports, opened by createServer() (a missing file fails it). */
+  export?: readonly StaticExportConfig[];
+  /** The TOML file a reload reads (README "Operating"); without it reload() fails. */
+  config?: string;
+}
+
+export const DEFAULT_ENDPOINT: ListenEndpoint = { host: '127.0.0.1', port: 10809 };
+/** The export name --overlay-dir answers when there are no static exports (the README's). */
+const OVERLAY_DIR_DEFAULT_EXPORT = 'vm1';
+
+/** Refuse a config that cannot work; the message names the setting (as the CLI spells it). */
+export function checkServerConfig(c: ServerConfig): void {
+  if (c.admin && !('path' in c.admin) && !c.adminTokenFile) throw new Error('--admin HOST:PORT needs --admin-token-file (the bearer token clients must send)');
+  if (c.overlayDir && !c.base) throw new Error('--overlay-dir needs --base (the golden image every overlay is made over)');
+  if (c.ephemeral && !c.base) throw new Error('--ephemeral needs a base image: cownbd serve --ephemeral golden.img');
+  if (c.ephemeral && c.readOnly) throw new Error('--ephemeral overlays are writable by design; drop --read-only');
+  if (!c.export?.length && !c.overlayDir && !c.ephemeral && !c.config) throw new Error('nothing to serve: give an IMAGE or at least one --export NAME=PATH');
+}
+
+/** The export a bare URI names: the first static export, else the ephemeral or overlay-dir one. */
+export function defaultExportName(c: ServerConfig): string {
+  return c.export?.[0]?.name ?? (c.ephemeral ? (c.name ?? '') : OVERLAY_DIR_DEFAULT_EXPORT);
+}
+
+/** The TLS, access and limit settings, with the CLI's defaults for what is not given. */
+export function securityOptionsOf(c: ServerConfig): SecurityOptions {
+  return {
+    tls: c.tls ?? SECURITY_DEFAULTS.tls,
+    tlsCertificates: c.tlsCertificates,
+    tlsVerifyPeer: c.tlsVerifyPeer,
+    tlsPsk: c.tlsPsk,
+    allowFrom: c.allowFrom ?? SECURITY_DEFAULTS.allowFrom,
+    handshakeTimeout: c.handshakeTimeout ?? SECURITY_DEFAULTS.handshakeTimeout,
+    maxConnections: c.maxConnections ?? SECURITY_DEFAULTS.maxConnections,
+    maxConnectionsPerClient: c.maxConnectionsPerClient ?? SECURITY_DEFAULTS.maxConnectionsPerClient,
+    overlayDirMatchIdentity: c.overlayDirMatchIdentity,
+    maxOverlays: c.maxOverlays ?? SECURITY_DEFAULTS.maxOverlays,
+    minFree: c.minFree ?? SECURITY_DEFAULTS.minFree,
+  };
+}
