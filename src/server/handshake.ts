@@ -214,10 +214,8 @@ async function findExport<T>(s: State, option: number, name: string, find: () =>
 }
 
 /**
- * One line per refused name and connection (names are capped at 4096 bytes; logs at 200).
- * A warning when a client asked to attach (GO); debug for INFO, which is a question: libnbd's
- * `nbdinfo --list` asks about the default export "" on every listing, and an operator's log
- * should not fill with warnings from listings.
+ * One line per refused name and connection (names capped at 4096 bytes; logs at 200): warn
+ * for GO, debug for INFO, a question libnbd's `nbdinfo --list` asks about "" on every listing.
  */
 function logRefused(s: State, name: string, option: number): void {
   // A client guessing names gets 16 lines, not one per option (up to 1000 per connection).

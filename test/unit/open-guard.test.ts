@@ -7,7 +7,7 @@
  * actually happened, so a flipper that never raced cannot make the test pass.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, openSync, closeSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, openSync, closeSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { filesystemOf, openChecked, OpenGuard } from '../../src/block/open-guard.js';
@@ -35,6 +35,20 @@ while True:
 function flip(link: string, a: string, b: string): ChildProcess {
   symlinkSync(a, link);
   return spawn('python3', ['-c', FLIPPER, link, a, b], { stdio: 'ignore' });
+}
+
+/** Resolves once the flipper has really flipped `link` to `b` (python starts slowly on a busy machine). */
+async function flipping(link: string, b: string): Promise<void> {
+  const end = Date.now() + 30_000;
+  for (;;) {
+    try {
+      if (readlinkSync(link) === b) return;
+    } catch {
+      // mid-replace: try again
+    }
+    if (Date.now() > end) throw new Error(`the flipper never pointed ${link} at ${b}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }
 
 interface Tally {
@@ -100,7 +114,7 @@ describe('--allow-path is checked on the real path of what was opened', () => {
     const link = path.join(allowed, 'flip.raw');
     const flipper = flip(link, 'inside.raw', '../outside/secret.raw');
     try {
-      await new Promise((r) => setTimeout(r, 200)); // let python start flipping
+      await flipping(link, '../outside/secret.raw');
       const t = await race(link, 1500, new OpenGuard([allowed]), (st) => st.dev === secret.dev && st.ino === secret.ino);
       expect(t.escaped).toBe(0);
       expect(t.opened).toBeGreaterThan(0);
@@ -136,7 +150,7 @@ describe('procfs is refused by the opened descriptor, not by the name', () => {
     const link = path.join(dir, 'flip.raw');
     const flipper = flip(link, 'plain.raw', '/proc/self/environ');
     try {
-      await new Promise((r) => setTimeout(r, 200));
+      await flipping(link, '/proc/self/environ');
       const t = await race(link, 1500, undefined, (st) => st.dev === proc.dev);
       expect(t.escaped).toBe(0);
       expect(t.opened).toBeGreaterThan(0);
