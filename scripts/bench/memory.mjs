@@ -123,7 +123,7 @@ async function manyOverlays(count) {
   writeFileSync(base, '');
   truncateSync(base, GiB);
   const port = await freePort();
-  const server = await serve(['--base', base, '--overlay-dir', join(sub, 'vms'), '-p', String(port)], `nbd://127.0.0.1:${port}/probe`, join(sub, 'log'));
+  const server = await serve(['--base', base, '--overlay-dir', join(sub, 'vms'), '--create-dirs', '-p', String(port)], `nbd://127.0.0.1:${port}/probe`, join(sub, 'log'));
   const py = [
     'import nbd, random, sys',
     'hs = []',

@@ -45,7 +45,7 @@ function preparePlain(target, ctx, dir, port, log) {
   const { base, cli, node, rawCopy } = ctx;
   const addr = ['-i', '127.0.0.1', '-p', String(port)];
   if (target === 'cownbd-cow') {
-    return { argv: [node, cli, 'serve', '--base', base, '--overlay-dir', dir, '-p', String(port), ...ctx.serveArgs], name: 'vm' };
+    return { argv: [node, cli, 'serve', '--base', base, '--overlay-dir', dir, '--create-dirs', '-p', String(port), ...ctx.serveArgs], name: 'vm' };
   }
   const addcow = /^cownbd-addcow(?:-(\w+))?$/.exec(target);
   if (addcow) {

@@ -14,7 +14,7 @@
  * in the CLI, where the operator can act on the message.
  */
 import { constants } from 'node:fs';
-import { access, stat } from 'node:fs/promises';
+import { access, mkdir, open, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { isObjectStoreUri } from '../objectstore/uri.js';
 
@@ -119,9 +119,33 @@ export async function checkNewFilePath(file: string): Promise<void> {
 }
 
 /** A directory cownbd will create files in (created if missing by the caller): not a file. */
-export async function checkDirectoryPath(dir: string, option: string): Promise<void> {
+export async function checkDirectoryPath(dir: string, option: string, create: boolean): Promise<void> {
   const st = await stat(dir).catch(() => undefined);
-  if (st && !st.isDirectory()) throw new PathError(`${option} '${dir}' is ${kindOf(st) ?? 'a file'}, not a directory: give a directory (it is created if missing)`);
+  if (st && !st.isDirectory()) throw new PathError(`${option} '${dir}' is ${kindOf(st) ?? 'a file'}, not a directory: give a directory`);
+  if (!st) {
+    // A mistyped directory, created silently, would give every machine a blank disk.
+    if (!create) throw new PathError(`${option} '${dir}' does not exist: create it (mkdir -p '${dir}') or pass --create-dirs`);
+    await mkdir(dir, { recursive: true }).catch((err: NodeJS.ErrnoException) => {
+      throw new PathError(`${option} '${dir}' cannot be created: ${err.code ?? err.message}`);
+    });
+  }
+  await probeWritable(dir, option);
+}
+
+/**
+ * Overlays are created in `dir` when machines connect: an unwritable directory must stop
+ * the start, not refuse every machine later. A real file is made and removed (access(2)
+ * says yes to root on a read-only mount, and no to nothing a write would fail on).
+ */
+async function probeWritable(dir: string, option: string): Promise<void> {
+  const probe = path.join(dir, `.cownbd-write-probe-${process.pid}`);
+  try {
+    await (await open(probe, 'wx', 0o600)).close();
+    await unlink(probe);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new PathError(`${option} '${dir}' is not writable (${e.code ?? e.message}${e.code === 'EROFS' ? ': read-only file system' : ''}): overlays are created there`);
+  }
 }
 
 /** For a listening Unix socket path: its directory must exist. */

@@ -27,7 +27,7 @@ import { isObjectStoreUri } from '../objectstore/uri.js';
 import type { IoPolicy } from '../block/io-policy.js';
 import type { FileIo } from '../block/file-io.js';
 import { checkDirectoryPath, checkImagePath, checkSocketPath } from './image-path.js';
-import { MAX_EXPORT_NAME, UsageError, type ServeOptions } from './serve-options.js';
+import { DEFAULT_EPHEMERAL_DIR, MAX_EXPORT_NAME, UsageError, type ServeOptions } from './serve-options.js';
 
 /** First fd passed by systemd (SD_LISTEN_FDS_START). */
 export const SD_LISTEN_FDS_START = 3;
@@ -168,8 +168,10 @@ export async function checkServePaths(configs: readonly StaticExportConfig[], o:
   if (ephemeralBase && local(ephemeralBase)) await named('base image', () => checkImagePath(ephemeralBase));
   if (o.overlayDir && o.base && local(o.base)) await named('--base', () => checkImagePath(o.base!));
   // These messages name their option themselves (PathError: printed as one line like UsageError).
-  if (o.ephemeral && o.ephemeralDir) await checkDirectoryPath(o.ephemeralDir, '--ephemeral-dir');
-  if (o.overlayDir) await checkDirectoryPath(o.overlayDir, '--overlay-dir');
+  // The default ephemeral directory is ours to create; a named one must exist (or --create-dirs).
+  const create = Boolean(o.createDirs);
+  if (o.ephemeral && o.ephemeralDir) await checkDirectoryPath(o.ephemeralDir, '--ephemeral-dir', create || o.ephemeralDir === DEFAULT_EPHEMERAL_DIR);
+  if (o.overlayDir) await checkDirectoryPath(o.overlayDir, '--overlay-dir', create);
   if (o.socket && !socketActivated) await checkSocketPath(o.socket);
 }
 

@@ -4,6 +4,8 @@
  * opens anything, so cli/main.ts can register every command without loading the server,
  * the formats' code or the control plane (serve-action.ts does, when serve runs).
  */
+import os from 'node:os';
+import path from 'node:path';
 import { InvalidArgumentError } from 'commander';
 import type { ImageFormat } from '../formats/open-image.js';
 import { FORMAT_NAMES } from '../formats/registry.js';
@@ -17,6 +19,8 @@ import type { SecurityCliOptions } from './security-options.js';
 
 export const DEFAULT_PORT = 10809;
 export const DEFAULT_BIND = '127.0.0.1';
+/** Where --ephemeral overlays live unless --ephemeral-dir says otherwise (created when missing). */
+export const DEFAULT_EPHEMERAL_DIR = path.join(os.tmpdir(), 'cownbd-ephemeral');
 
 export interface ServeOptions extends ProcessOptions, SecurityCliOptions, ObjectStoreFlags {
   port: number;
@@ -35,6 +39,8 @@ export interface ServeOptions extends ProcessOptions, SecurityCliOptions, Object
   overlayDir?: string;
   ephemeral?: boolean;
   ephemeralDir?: string;
+  /** Create a missing --overlay-dir / --ephemeral-dir (otherwise a missing one is an error). */
+  createDirs?: boolean;
   ignoreMtime?: boolean;
   config?: string;
   /** Listen addresses from a config file (used unless -p/-b/-U are given). */

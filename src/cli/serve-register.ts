@@ -3,8 +3,6 @@
  * server, the formats' code and the control plane) is imported when `serve` runs, so
  * `--help`, `--version` and the image tools start without them.
  */
-import os from 'node:os';
-import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { FileIo } from '../block/file-io.js';
 import { parsePathMapping, type PathMapping } from '../formats/path-map.js';
@@ -13,7 +11,7 @@ import { addObjectStoreOptions } from '../objectstore/cli-options.js';
 import type { StaticExportConfig } from '../server/exports.js';
 import { addSecurityOptions } from './security-options.js';
 import { DEFAULT_BITMAP_SYNC_MS } from '../block/io-policy.js';
-import { DEFAULT_BIND, DEFAULT_PORT, parseAdminEndpoint, parseBitmapSyncInterval, parseExportSpec, parsePort, type ServeOptions } from './serve-options.js';
+import { DEFAULT_BIND, DEFAULT_EPHEMERAL_DIR, DEFAULT_PORT, parseAdminEndpoint, parseBitmapSyncInterval, parseExportSpec, parsePort, type ServeOptions } from './serve-options.js';
 import { addProcessOptions } from './serve-process.js';
 
 export function registerServeCommand(program: Command, io: FileIo): void {
@@ -49,7 +47,8 @@ function addServeOptions(serve: Command): void {
     .addOption(new Option('--base-format <format>', 'format of the base image (never probed)').choices([...FORMAT_NAMES]).default(FALLBACK_FORMAT.name))
     .option('--overlay-dir <dir>', 'serve every export NAME as its own cow overlay DIR/NAME.cow over --base, created on first connect')
     .option('--ephemeral', 'IMAGE (or --base) is a base: every connection gets its own temporary overlay, deleted on disconnect (no CAN_MULTI_CONN)')
-    .option('--ephemeral-dir <dir>', 'where ephemeral overlays live', path.join(os.tmpdir(), 'cownbd-ephemeral'))
+    .option('--ephemeral-dir <dir>', 'where ephemeral overlays live', DEFAULT_EPHEMERAL_DIR)
+    .option('--create-dirs', 'create a missing --overlay-dir/--ephemeral-dir (without it a missing directory is an error: a mistyped one would boot blank disks)')
     .option('--backing-path-map <old=new>', 'serve overlays whose backing (or add-cow image) file moved: a recorded path under OLD is opened under NEW instead (repeatable; still validated)', parseMapping)
     .option(
       '--allow-path <dir>',

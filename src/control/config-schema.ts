@@ -37,6 +37,8 @@ export interface FileOptions extends ObjectStoreFlags {
   overlayDirMatchIdentity?: boolean;
   ephemeral?: boolean;
   ephemeralDir?: string;
+  /** [overlays]/[ephemeral] create-dir: create the directory when missing. */
+  createDirs?: boolean;
   /** Export name of the ephemeral base ([ephemeral] name). */
   name?: string;
   tls?: TlsMode;
@@ -126,9 +128,9 @@ export const configSchema = z
       })
       .optional(),
     export: z.array(exportSchema).optional(),
-    overlays: z.strictObject({ base: nonEmpty, 'base-format': format.optional(), dir: nonEmpty, 'match-identity': z.boolean().optional() }).optional(),
+    overlays: z.strictObject({ base: nonEmpty, 'base-format': format.optional(), dir: nonEmpty, 'create-dir': z.boolean().optional(), 'match-identity': z.boolean().optional() }).optional(),
     ephemeral: z
-      .strictObject({ base: nonEmpty, 'base-format': format.optional(), name: z.string().optional(), dir: nonEmpty.optional() })
+      .strictObject({ base: nonEmpty, 'base-format': format.optional(), name: z.string().optional(), dir: nonEmpty.optional(), 'create-dir': z.boolean().optional() })
       .optional(),
     'object-store': z
       .strictObject({
@@ -222,6 +224,7 @@ function setLimitsAndOverlays(out: FileOptions, cfg: RawConfig, abs: (p: string)
     set(out, 'baseFormat', cfg.overlays['base-format']);
     out.overlayDir = abs(cfg.overlays.dir);
     set(out, 'overlayDirMatchIdentity', cfg.overlays['match-identity']);
+    set(out, 'createDirs', cfg.overlays['create-dir']);
   }
   if (cfg.ephemeral) {
     out.ephemeral = true;
@@ -229,6 +232,7 @@ function setLimitsAndOverlays(out: FileOptions, cfg: RawConfig, abs: (p: string)
     set(out, 'baseFormat', cfg.ephemeral['base-format']);
     set(out, 'name', cfg.ephemeral.name);
     set(out, 'ephemeralDir', cfg.ephemeral.dir && abs(cfg.ephemeral.dir));
+    set(out, 'createDirs', cfg.ephemeral['create-dir']);
   }
 }
 

@@ -33,6 +33,8 @@ export interface StartServerOptions {
   listeners?: number;
   /** Run the server under this command line (e.g. unshare …), which must exec its arguments. */
   wrap?: string[];
+  /** Do not add --create-dirs for --overlay-dir/--ephemeral-dir/--config (the default adds it). */
+  strictDirs?: boolean;
 }
 
 export interface RunningServer {
@@ -74,7 +76,10 @@ export async function startServer(args: string[], opts: StartServerOptions = {})
   } else {
     listenArgs.push('-p', '0');
   }
-  const argv = [process.execPath, CLI_PATH, 'serve', ...args, ...listenArgs];
+  // Tests name fresh temporary directories for overlays: let serve create them (without
+  // --create-dirs a missing directory is refused; test/server/overlay-dirs.test.ts checks that).
+  const dirs = args.some((a) => ['--overlay-dir', '--ephemeral-dir', '--config', '-c'].includes(a)) && !args.includes('--create-dirs') && !opts.strictDirs;
+  const argv = [process.execPath, CLI_PATH, 'serve', ...args, ...(dirs ? ['--create-dirs'] : []), ...listenArgs];
   const [cmd, ...cmdArgs] = [...(opts.wrap ?? []), ...argv];
   const proc = spawn(cmd!, cmdArgs, {
     stdio: ['ignore', 'pipe', 'pipe'],
