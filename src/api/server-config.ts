@@ -36,9 +36,12 @@ export function checkServerConfig(c: ServerConfig): void {
   if (!c.export?.length && !c.overlayDir && !c.ephemeral && !c.config) throw new Error('nothing to serve: give an IMAGE or at least one --export NAME=PATH');
 }
 
-/** The export a bare URI names: the first static export, else the ephemeral or overlay-dir one. */
+/**
+ * The export a bare URI names: the first static export, else the ephemeral one, else the
+ * overlay-dir machine `name` (-n) — "vm1" when none is given ("" names no machine there).
+ */
 export function defaultExportName(c: ServerConfig): string {
-  return c.export?.[0]?.name ?? (c.ephemeral ? (c.name ?? '') : OVERLAY_DIR_DEFAULT_EXPORT);
+  return c.export?.[0]?.name ?? (c.ephemeral ? (c.name ?? '') : c.name || OVERLAY_DIR_DEFAULT_EXPORT);
 }
 
 /** The TLS, access and limit settings, with the CLI's defaults for what is not given. */

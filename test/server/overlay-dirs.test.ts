@@ -66,6 +66,16 @@ describe('overlay directories are checked at start', () => {
     }
   });
 
+  it('-n names the machine the printed URI and $uri point at (it was always /vm1)', () => {
+    const dir = tmp.file('named-vms');
+    mkdirSync(dir);
+    const r = spawnSync(process.execPath, [CLI_PATH, 'serve', '--base', base, '--overlay-dir', dir, '-n', 'vm7', '-p', '0', '--run', 'echo "run:$uri"'], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^run:nbd:\/\/127\.0\.0\.1:\d+\/vm7$/m);
+    const dflt = spawnSync(process.execPath, [CLI_PATH, 'serve', '--base', base, '--overlay-dir', dir, '-p', '0', '--run', 'echo "run:$uri"'], { encoding: 'utf8', timeout: 30_000 });
+    expect(dflt.stdout).toMatch(/^run:nbd:\/\/127\.0\.0\.1:\d+\/vm1$/m);
+  });
+
   it('a config file creates its directory only with create-dir = true', async () => {
     const dir = tmp.file('cfg-vms');
     const cfg = tmp.file('c.toml');
