@@ -16,7 +16,7 @@ import { ReloadableExports } from '../control/export-set.js';
 import { GuardedProvider } from '../control/guarded-provider.js';
 import { snapshottable } from '../control/swappable-device.js';
 import { openImage } from '../formats/open-image.js';
-import { DEFAULT_OVERLAY_FORMAT, FALLBACK_FORMAT } from '../formats/registry.js';
+import { DEFAULT_OVERLAY_FORMAT, FALLBACK_FORMAT, ForeignImageError, namedBackingFormat } from '../formats/registry.js';
 import { createLogger, type Logger } from '../logging.js';
 import { lazyObjectStore, storeConfigFrom, type LazyObjectStore } from '../objectstore/cli-options.js';
 import { isObjectStoreUri } from '../objectstore/uri.js';
@@ -141,7 +141,13 @@ async function serveExports(ctx: ServeContext, configs: StaticExportConfig[], li
 async function openStaticExports(ctx: ServeContext, configs: StaticExportConfig[]): Promise<ReloadableExports> {
   const { o } = ctx;
   const openStatic = (c: StaticExportConfig) =>
-    openImage(c.path, { readOnly: c.readOnly, format: c.format, backingFormat: c.backingFormat, ignoreMtime: o.ignoreMtime, io: ctx.sio, pathMap: o.backingPathMap, objectStore: ctx.objectStore });
+    openImage(c.path, { readOnly: c.readOnly, format: c.format, backingFormat: c.backingFormat, ignoreMtime: o.ignoreMtime, io: ctx.sio, pathMap: o.backingPathMap, objectStore: ctx.objectStore }).catch(
+      (err: unknown) => {
+        // A foreign image (qcow2, vmdk, ...): name the option that says "raw" where this export was defined.
+        const positional = !o.ephemeral && c.name === o.name && c.path === ctx.image;
+        throw err instanceof ForeignImageError && !positional ? err.saying(`format=raw in the definition of export "${c.name}"`) : err;
+      },
+    );
   // Writable exports of a format with live snapshots are swappable: a snapshot switches their top layer.
   const opener = async (c: StaticExportConfig) => snapshottable(await openStatic(c));
   try {
@@ -174,7 +180,8 @@ async function overlayProviders(ctx: ServeContext, security: ServerSecurity): Pr
  * an existing overlay sees (docs/object-store.md).
  */
 async function resolveBase(base: string, o: ServeOptions, io: FileIo, objectStore: LazyObjectStore): Promise<BaseImage> {
-  if (!isObjectStoreUri(base)) return { path: path.resolve(base), format: o.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: o.ignoreMtime, io };
+  // Without --base-format the base is raw, but a foreign image (qcow2, vmdk, ...) is refused (registry.ts).
+  if (!isObjectStoreUri(base)) return { path: path.resolve(base), format: await namedBackingFormat(base, o.baseFormat, '--base-format raw'), ignoreMtime: o.ignoreMtime, io };
   const dev = await openImage(base, { readOnly: true, objectStore });
   const pinned = dev.describe().path ?? base;
   await dev.close();

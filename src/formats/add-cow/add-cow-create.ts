@@ -213,8 +213,17 @@ export async function createAddCowImage(addCowPath: string, req: CreateRequest):
   }
   await createAddCow(
     addCowPath,
-    { imageFile: image, backingFile: req.backing, backingFormat: req.backingFormat, clusterSize: req.clusterSize, size: req.size, force: req.force },
+    { imageFile: image, backingFile: req.backing, backingFormat: await backingFormatOf(addCowPath, req), clusterSize: req.clusterSize, size: req.size, force: req.force },
     req.openBacking,
   );
   return { files, notes: [] };
+}
+
+/**
+ * The backing format to record: the operator's, else the default for the backing as the
+ * header will resolve it (relative to the .add-cow file): raw, or a foreign image refused.
+ */
+async function backingFormatOf(addCowPath: string, req: CreateRequest): Promise<string | undefined> {
+  if (req.backingFormat !== undefined || req.backing === undefined || !req.defaultBackingFormat) return req.backingFormat;
+  return req.defaultBackingFormat(resolveAddCowName(addCowPath, req.backing));
 }
