@@ -12,7 +12,7 @@
  *
  * Where the magics are (checked against what `qemu-img create -f NAME` writes, in
  * test/formats/foreign-images.test.ts; facts in docs/image-tool.md#foreign-images):
- *   qcow, qcow2   'QFI\xfb' at 0, big-endian version at 4 (1: qcow, 2 or 3: qcow2)
+ *   qcow, qcow2   'QFI\xfb' at 0, big-endian version at 4 (1: qcow; 2, 3 or anything else: qcow2)
  *   qed           'QED\0' at 0
  *   vmdk          'KDMV' (sparse), 'COWD' (ESX sparse) or the text '# Disk DescriptorFile' at 0
  *   vhdx          'vhdxfile' at 0
@@ -63,7 +63,8 @@ export const FOREIGN_FORMATS: readonly ForeignFormat[] = [
     name: 'qcow2',
     title: 'qcow2 (QEMU copy-on-write v2/v3)',
     support: 'refused',
-    matches: (head) => qcowVersion(head) === 2 || qcowVersion(head) === 3,
+    // Any version but 1, unknown ones included: the magic alone says this is no raw disk.
+    matches: (head) => at(head, 0, QFI) && qcowVersion(head) !== 1,
     virtualSize: (head) => u64be(head, 24),
   },
   {
