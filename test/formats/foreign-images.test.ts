@@ -6,7 +6,8 @@
  *     as qemu-img names it, with the size qemu-img reports;
  *   - refused, with one line naming the path, the format and the option that says raw,
  *     by `serve IMAGE`, `--export`, `--base`, `--ephemeral`, `create --backing`,
- *     `convert -B` and the image tool, and left byte-for-byte unchanged;
+ *     `convert -B`, `rebase -b`, `commit --to`, `publish` and the image tool, and left
+ *     byte-for-byte unchanged;
  *   - still served, every byte as it is in the file, when the operator says raw
  *     (`-f raw`, `format=raw`, `--base-format raw`), read back with python3-libnbd.
  * Partition tables are raw disks, and backings named inside headers stay unprobed.
@@ -79,6 +80,9 @@ beforeAll(() => {
   // Some data in the images, as a user's would have (qemu-io writes through the format).
   runOk('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 64k 128k', tmp.file('v3.qcow2')]);
   made.set('v3.qcow2', sha256File(tmp.file('v3.qcow2')));
+  // An overlay to rebase onto / commit into a foreign image.
+  runOk('qemu-img', ['create', '-q', '-f', 'raw', tmp.file('base.raw'), '3M']);
+  runOk(process.execPath, [CLI_PATH, 'create', '-f', 'cow', tmp.file('r.cow'), '--backing', tmp.file('base.raw')]);
 });
 afterAll(() => tmp.cleanup());
 
@@ -144,13 +148,17 @@ describe.runIf(hasQemu)('foreign images made by qemu-img', () => {
     expectUnchanged(v);
   });
 
-  it.each(VECTORS)('$file: serve IMAGE, --export and the image tool refuse it; the file is unchanged', async (v) => {
+  it.each(VECTORS)('$file: serve IMAGE, --export, the image tool and publish refuse it; the file is unchanged', async (v) => {
     expectRefusal(await cli(['serve', '-p', '0', v.file, '--run', 'true']), v, '-f raw');
     expectRefusal(await cli(['serve', '-p', '0', '-r', v.file, '--run', 'true']), v, '-f raw');
     expectRefusal(await cli(['serve', '-p', '0', '--export', `vm=${v.file},ro`, '--run', 'true']), v, 'format=raw in the definition of export "vm"');
     for (const tool of [['map', v.file], ['convert', '-O', 'raw', v.file, 'out.raw'], ['commit', v.file, '-o', 'out.raw']]) {
       expectRefusal(await cli(tool), v, '-f raw');
     }
+    expectRefusal(await cli(['publish', v.file, 's3://bucket/golden', '--s3-endpoint', 'http://127.0.0.1:1']), v, '-f raw');
+    // Named as the new backing of a rebase, or the target of an in-place commit (which writes it).
+    expectRefusal(await cli(['rebase', 'r.cow', '-b', v.file]), v, '-F raw (--backing-format raw)');
+    expectRefusal(await cli(['commit', 'r.cow', '--to', v.file]), v, '-F raw (--backing-format raw)');
     expect(existsSync(tmp.file('out.raw'))).toBe(false);
     expectUnchanged(v);
   });
