@@ -18,7 +18,7 @@ import type { BlockDevice } from '../block/block-device.js';
 import { addCowFormat } from './add-cow/format.js';
 import { cowFormat } from './cow/format.js';
 import type { FormatRecord } from './format-record.js';
-import { detectForeign, FOREIGN_HEAD_BYTES, FOREIGN_TAIL_BYTES, foreignMessage, type ForeignFormat } from './foreign-magic.js';
+import { detectForeign, FOREIGN_FORMATS, FOREIGN_HEAD_BYTES, FOREIGN_TAIL_BYTES, foreignMessage, type ForeignFormat } from './foreign-magic.js';
 import { rawFormat } from './raw/format.js';
 import { s3Format } from './s3/format.js';
 
@@ -109,13 +109,13 @@ async function fileEnds(spec: string): Promise<{ head: Buffer; tail: Buffer | un
 }
 
 /** What an image the operator named is: claimed, else probed by a record, else foreign, else raw. */
-export async function probeImage(spec: string, formats: readonly FormatRecord[] = FORMATS): Promise<Probed> {
+export async function probeImage(spec: string, formats: readonly FormatRecord[] = FORMATS, foreignFormats: readonly ForeignFormat[] = FOREIGN_FORMATS): Promise<Probed> {
   const claimed = formats.find((f) => f.claims?.(spec));
   if (claimed) return { record: claimed };
   const { head, tail, size } = await fileEnds(spec);
   const record = formats.find((f) => f.probe?.(head));
   if (record) return { record };
-  const foreign = detectForeign(head, tail);
+  const foreign = detectForeign(head, tail, foreignFormats);
   if (foreign) return { foreign, virtualSize: foreign.virtualSize?.(head, tail, size) };
   return { record: FALLBACK_FORMAT };
 }
@@ -125,10 +125,11 @@ export async function probeImage(spec: string, formats: readonly FormatRecord[] 
  * image is refused (ForeignImageError), unless the table marks it read-only: then the
  * record of that name serves it.
  */
-export async function detectFormat(spec: string, formats: readonly FormatRecord[] = FORMATS): Promise<FormatRecord> {
-  const p = await probeImage(spec, formats);
+export async function detectFormat(spec: string, formats: readonly FormatRecord[] = FORMATS, foreignFormats: readonly ForeignFormat[] = FOREIGN_FORMATS): Promise<FormatRecord> {
+  const p = await probeImage(spec, formats, foreignFormats);
   if (p.record) return p.record;
-  if (p.foreign.support === 'read-only') return formatByName(p.foreign.name);
+  const name = p.foreign.name;
+  if (p.foreign.support === 'read-only') return formats.find((f) => f.name === name) ?? formatByName(name);
   throw new ForeignImageError(spec, p.foreign);
 }
 
@@ -139,10 +140,10 @@ export async function detectFormat(spec: string, formats: readonly FormatRecord[
  * that says "raw" there. A file that cannot be read is left to the open that follows,
  * which reports it in its own words.
  */
-export async function namedBackingFormat(spec: string, explicit: string | undefined, rawOption: string): Promise<string> {
+export async function namedBackingFormat(spec: string, explicit: string | undefined, rawOption: string, foreignFormats: readonly ForeignFormat[] = FOREIGN_FORMATS): Promise<string> {
   if (explicit !== undefined || claimingRecord(spec)) return explicit ?? FALLBACK_FORMAT.name;
   const ends = await fileEnds(spec).catch(() => undefined);
-  const foreign = ends && detectForeign(ends.head, ends.tail);
+  const foreign = ends && detectForeign(ends.head, ends.tail, foreignFormats);
   if (!foreign) return FALLBACK_FORMAT.name;
   if (foreign.support === 'read-only') return foreign.name;
   throw new ForeignImageError(spec, foreign, rawOption);
