@@ -11,7 +11,7 @@
  *               by this name); flip an entry here once its record is registered
  *
  * Where the magics are (checked against what `qemu-img create -f NAME` writes, in
- * test/formats/foreign-images.test.ts; facts in docs/image-tool.md#foreign-images):
+ * test/cli/foreign-images.test.ts; facts in docs/image-tool.md#foreign-images):
  *   qcow, qcow2   'QFI\xfb' at 0, big-endian version at 4 (1: qcow; 2, 3 or anything else: qcow2)
  *   qed           'QED\0' at 0
  *   vmdk          'KDMV' (sparse), 'COWD' (ESX sparse) or the text '# Disk DescriptorFile' at 0
