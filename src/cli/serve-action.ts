@@ -93,7 +93,7 @@ async function serveExports(ctx: ServeContext, configs: StaticExportConfig[], li
     await exports.close().catch(() => {});
     throw new UsageError((err as Error).message);
   }
-  const { providers, overlays } = await overlayProviders(ctx, security);
+  const { providers, overlays, baseFormat } = await overlayProviders(ctx, security);
   // The control plane holds new clients off an export while it resets or snapshots it.
   const all: ExportProvider[] = [exports, ...providers];
   const provider = new GuardedProvider(all.length === 1 ? all[0]! : new CompositeExportProvider(all));
@@ -107,7 +107,7 @@ async function serveExports(ctx: ServeContext, configs: StaticExportConfig[], li
     overlays,
     ephemeralName: ctx.ephemeralBase ? o.name : undefined,
     inspect: (file) =>
-      openImage(file, { readOnly: true, format: DEFAULT_OVERLAY_FORMAT.name, backingFormat: o.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: o.ignoreMtime, io: ctx.io, objectStore: ctx.objectStore }),
+      openImage(file, { readOnly: true, format: DEFAULT_OVERLAY_FORMAT.name, backingFormat: baseFormat ?? o.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: o.ignoreMtime, io: ctx.io, objectStore: ctx.objectStore }),
     io: ctx.io,
     log,
     objectStoreStats: () => {
@@ -157,7 +157,8 @@ async function openStaticExports(ctx: ServeContext, configs: StaticExportConfig[
   }
 }
 
-async function overlayProviders(ctx: ServeContext, security: ServerSecurity): Promise<{ providers: ExportProvider[]; overlays: OverlayDirProvider | undefined }> {
+/** The providers, the --overlay-dir one, and the base's format as resolved (what overlays are opened over). */
+async function overlayProviders(ctx: ServeContext, security: ServerSecurity): Promise<{ providers: ExportProvider[]; overlays: OverlayDirProvider | undefined; baseFormat: string | undefined }> {
   const { o, log } = ctx;
   const providers: ExportProvider[] = [];
   if (ctx.ephemeralBase) {
@@ -166,12 +167,14 @@ async function overlayProviders(ctx: ServeContext, security: ServerSecurity): Pr
     providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, o.name, o.ephemeralDir!, log, security.overlayLimits)));
   }
   let overlays: OverlayDirProvider | undefined;
+  let baseFormat: string | undefined;
   if (o.overlayDir) {
     const base = await namedFailure(`--base ${o.base}`, () => resolveBase(o.base!, o, ctx.sio, ctx.objectStore));
     overlays = await namedFailure(`--base ${base.path} / --overlay-dir ${o.overlayDir}`, () => OverlayDirProvider.create(base, o.overlayDir!, log, security.overlayLimits));
     providers.push(overlays);
+    baseFormat = base.format;
   }
-  return { providers, overlays };
+  return { providers, overlays, baseFormat };
 }
 
 /**
