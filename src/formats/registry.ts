@@ -13,12 +13,12 @@
  * bytes as a raw disk. A backing the operator names without a format (--base, create
  * --backing) gets step 3 too (namedBackingFormat); backings named in headers never do.
  */
-import { openChecked } from '../block/open-guard.js';
 import type { BlockDevice } from '../block/block-device.js';
 import { addCowFormat } from './add-cow/format.js';
 import { cowFormat } from './cow/format.js';
 import type { FormatRecord } from './format-record.js';
-import { detectForeign, FOREIGN_FORMATS, FOREIGN_HEAD_BYTES, FOREIGN_TAIL_BYTES, foreignMessage, type ForeignFormat } from './foreign-magic.js';
+import { detectForeign, FOREIGN_FORMATS, foreignMessage, type ForeignFormat } from './foreign-magic.js';
+import { foreignFormatOf, readFileEnds } from './foreign-probe.js';
 import { rawFormat } from './raw/format.js';
 import { s3Format } from './s3/format.js';
 
@@ -88,31 +88,11 @@ export type Probed =
   | { readonly record: FormatRecord; readonly foreign?: undefined }
   | { readonly record?: undefined; readonly foreign: ForeignFormat; readonly virtualSize: number | undefined };
 
-/** The first and last bytes of a file, read through the checked open (FIFOs and kernel files refused). */
-async function fileEnds(spec: string): Promise<{ head: Buffer; tail: Buffer | undefined; size: number }> {
-  const fh = await openChecked(spec, { writable: false, what: 'image file', allowBlockDevice: true });
-  try {
-    const head = Buffer.alloc(FOREIGN_HEAD_BYTES);
-    const { bytesRead } = await fh.read(head, 0, head.length, 0);
-    // A block device's stat size is 0: it has no tail to look at (documented in docs/image-tool.md).
-    const size = (await fh.stat()).size;
-    let tail: Buffer | undefined;
-    if (size >= FOREIGN_HEAD_BYTES + FOREIGN_TAIL_BYTES) {
-      tail = Buffer.alloc(FOREIGN_TAIL_BYTES);
-      const t = await fh.read(tail, 0, tail.length, size - FOREIGN_TAIL_BYTES);
-      tail = tail.subarray(0, t.bytesRead);
-    }
-    return { head: head.subarray(0, bytesRead), tail, size };
-  } finally {
-    await fh.close();
-  }
-}
-
 /** What an image the operator named is: claimed, else probed by a record, else foreign, else raw. */
 export async function probeImage(spec: string, formats: readonly FormatRecord[] = FORMATS, foreignFormats: readonly ForeignFormat[] = FOREIGN_FORMATS): Promise<Probed> {
   const claimed = formats.find((f) => f.claims?.(spec));
   if (claimed) return { record: claimed };
-  const { head, tail, size } = await fileEnds(spec);
+  const { head, tail, size } = await readFileEnds(spec);
   const record = formats.find((f) => f.probe?.(head));
   if (record) return { record };
   const foreign = detectForeign(head, tail, foreignFormats);
@@ -142,8 +122,7 @@ export async function detectFormat(spec: string, formats: readonly FormatRecord[
  */
 export async function namedBackingFormat(spec: string, explicit: string | undefined, rawOption: string, foreignFormats: readonly ForeignFormat[] = FOREIGN_FORMATS): Promise<string> {
   if (explicit !== undefined || claimingRecord(spec)) return explicit ?? FALLBACK_FORMAT.name;
-  const ends = await fileEnds(spec).catch(() => undefined);
-  const foreign = ends && detectForeign(ends.head, ends.tail, foreignFormats);
+  const foreign = await foreignFormatOf(spec, foreignFormats);
   if (!foreign) return FALLBACK_FORMAT.name;
   if (foreign.support === 'read-only') return foreign.name;
   throw new ForeignImageError(spec, foreign, rawOption);

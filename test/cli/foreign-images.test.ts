@@ -6,8 +6,9 @@
  *     as qemu-img names it, with the size qemu-img reports;
  *   - refused, with one line naming the path, the format and the option that says raw,
  *     by `serve IMAGE`, `--export`, `--base`, `--ephemeral`, `create --backing`,
- *     `convert -B`, `rebase -b`, `commit --to`, `publish` and the image tool, and left
- *     byte-for-byte unchanged;
+ *     `convert -B`, `rebase -b`, `commit --to`, `publish` and the image tool (and, as an
+ *     add-cow --image that would be written, with no override), and left byte-for-byte
+ *     unchanged;
  *   - still served, every byte as it is in the file, when the operator says raw
  *     (`-f raw`, `format=raw`, `--base-format raw`), read back with python3-libnbd.
  * Partition tables are raw disks, and backings named inside headers stay unprobed.
@@ -163,7 +164,7 @@ describe.runIf(hasQemu)('foreign images made by qemu-img', () => {
     expectUnchanged(v);
   });
 
-  it.each(VECTORS)('$file: as a --base, an --ephemeral base or a create/convert backing without a format, refused', async (v) => {
+  it.each(VECTORS)('$file: as a --base, an --ephemeral base, a create/convert backing without a format or an add-cow --image, refused', async (v) => {
     const base = '--base-format raw';
     expectRefusal(await cli(['serve', '-p', '0', '--base', v.file, '--overlay-dir', 'machines', '--run', 'true']), v, base);
     expectRefusal(await cli(['serve', '-p', '0', '--ephemeral', v.file, '--run', 'true']), v, base);
@@ -174,7 +175,12 @@ describe.runIf(hasQemu)('foreign images made by qemu-img', () => {
     expectRefusal(await cli(['create', '-f', 'add-cow', 'top.add-cow', '--image', 'top.img', '--backing', v.file]), v, F, tmp.file(v.file));
     runOk('qemu-img', ['create', '-q', '-f', 'raw', tmp.file('src.raw'), '3M']);
     expectRefusal(await cli(['convert', '-O', 'cow', 'src.raw', 'top.cow', '-B', v.file]), v, F);
-    for (const f of ['top.cow', 'top.add-cow', 'top.img']) expect(existsSync(tmp.file(f)), f).toBe(false);
+    // Adopted as an add-cow image file it would be written: refused too (no raw override: convert it).
+    const adopt = await cli(['create', '-f', 'add-cow', 'adopt.add-cow', '--image', v.file, '--backing', 'base.raw']);
+    expect(adopt.status, adopt.stderr).toBe(1);
+    expect(adopt.stderr.trimEnd().split('\n')).toHaveLength(1);
+    expect(adopt.stderr).toContain(`'${tmp.file(v.file)}' is a ${FOREIGN_FORMATS.find((f) => f.name === v.format)!.title} image: an add-cow image file holds raw guest data`);
+    for (const f of ['top.cow', 'top.add-cow', 'top.img', 'adopt.add-cow']) expect(existsSync(tmp.file(f)), f).toBe(false);
     expectUnchanged(v);
   });
 
