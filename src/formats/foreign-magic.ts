@@ -3,12 +3,16 @@
  * an image the OPERATOR named is never served (or written) as raw by accident. Serving a
  * qcow2 container as a raw disk exports its header as sector 0, and the first guest write
  * destroys it (issue 20). The table below is the only place that knows these magics;
- * registry.ts reads a file's first and last bytes and asks detectForeign(). No I/O here.
+ * foreign-probe.ts reads a file's first and last bytes, and the registry asks
+ * detectForeign() about them. No I/O here.
  *
  * Each entry says what cownbd does with the format (`support`):
  *   refused     the operator must say `-f raw` (or convert the image) to use its bytes
- *   read-only   a format record of the same name serves it read-only (registry.ts picks it
- *               by this name); flip an entry here once its record is registered
+ *   read-only   the format record of the same name serves it: registry.ts selects it for
+ *               a named image, and as the format of a --base or create --backing given
+ *               without one. Once a record (e.g. src/formats/qcow2/) is in the registry's
+ *               FORMATS, turning its entry here from 'refused' to 'read-only' is the one
+ *               change that makes those paths use it.
  *
  * Where the magics are (checked against what `qemu-img create -f NAME` writes, in
  * test/cli/foreign-images.test.ts; facts in docs/image-tool.md#foreign-images):
