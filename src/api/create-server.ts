@@ -28,7 +28,7 @@ import { GuardedProvider } from '../control/guarded-provider.js';
 import type { ReloadResult } from '../control/reload.js';
 import { snapshottable } from '../control/swappable-device.js';
 import { openImage } from '../formats/open-image.js';
-import { DEFAULT_OVERLAY_FORMAT, FALLBACK_FORMAT } from '../formats/registry.js';
+import { DEFAULT_OVERLAY_FORMAT, FALLBACK_FORMAT, ForeignImageError, namedBackingFormat } from '../formats/registry.js';
 import { silentLogger, type Logger } from '../logging.js';
 import { lazyObjectStore, storeConfigFrom, type LazyObjectStore } from '../objectstore/cli-options.js';
 import { isObjectStoreUri } from '../objectstore/uri.js';
@@ -118,20 +118,29 @@ export async function createServer(config: ServerConfig, options: CreateServerOp
   const all: ExportProvider[] = [exports, ...overlays.providers];
   const guard = new GuardedProvider(all.length === 1 ? all[0]! : new CompositeExportProvider(all));
   const nbd = new NbdServer({ provider: guard, log, io, security, gc: options.gc });
-  return new Server(a, nbd, { exports, guard, overlays: overlays.overlays, security, reload: options.reload });
+  return new Server(a, nbd, { exports, guard, overlays: overlays.overlays, baseFormat: overlays.baseFormat, security, reload: options.reload });
 }
 
 async function openStaticExports(a: Assembly): Promise<ReloadableExports> {
   const { config: c } = a;
+  const first = c.export?.[0];
   const openStatic = (e: StaticExportConfig) =>
-    openImage(e.path, { readOnly: e.readOnly, format: e.format, backingFormat: e.backingFormat, ignoreMtime: c.ignoreMtime, io: a.sio, pathMap: c.backingPathMap, objectStore: a.objectStore });
+    openImage(e.path, { readOnly: e.readOnly, format: e.format, backingFormat: e.backingFormat, ignoreMtime: c.ignoreMtime, io: a.sio, pathMap: c.backingPathMap, objectStore: a.objectStore }).catch(
+      (err: unknown) => {
+        // A foreign image (qcow2, vmdk, ...): name the option that says "raw" where this export
+        // was defined; the command line's IMAGE (the first export, named -n) keeps "-f raw".
+        const positional = !c.ephemeral && e === first && e.name === (c.name ?? '');
+        throw err instanceof ForeignImageError && !positional ? err.saying(`format=raw in the definition of export "${e.name}"`) : err;
+      },
+    );
   // Writable exports of a format with live snapshots are swappable: a snapshot switches their top layer.
   const opener = async (e: StaticExportConfig) => snapshottable(await openStatic(e));
   const list = (c.export ?? []).map((e) => (c.readOnly ? { ...e, readOnly: true } : e));
   return ReloadableExports.open(list, opener, a.log);
 }
 
-async function overlayProviders(a: Assembly, security: ServerSecurity): Promise<{ providers: ExportProvider[]; overlays: OverlayDirProvider | undefined }> {
+/** The providers, the --overlay-dir one, and the base's format as resolved (what overlays are opened over). */
+async function overlayProviders(a: Assembly, security: ServerSecurity): Promise<{ providers: ExportProvider[]; overlays: OverlayDirProvider | undefined; baseFormat: string | undefined }> {
   const { config: c, log } = a;
   const providers: ExportProvider[] = [];
   if (c.ephemeral) {
@@ -143,12 +152,14 @@ async function overlayProviders(a: Assembly, security: ServerSecurity): Promise<
     providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, c.name ?? '', dir, log, security.overlayLimits)));
   }
   let overlays: OverlayDirProvider | undefined;
+  let baseFormat: string | undefined;
   if (c.overlayDir) {
     const base = await namedFailure(`--base ${c.base}`, () => resolveBase(a, c.base!));
     overlays = await namedFailure(`--base ${base.path} / --overlay-dir ${c.overlayDir}`, () => OverlayDirProvider.create(base, c.overlayDir!, log, security.overlayLimits));
     providers.push(overlays);
+    baseFormat = base.format;
   }
-  return { providers, overlays };
+  return { providers, overlays, baseFormat };
 }
 
 /**
@@ -158,7 +169,8 @@ async function overlayProviders(a: Assembly, security: ServerSecurity): Promise<
  */
 async function resolveBase(a: Assembly, base: string, io: FileIo = a.sio): Promise<BaseImage> {
   const { config: c } = a;
-  if (!isObjectStoreUri(base)) return { path: path.resolve(base), format: c.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: c.ignoreMtime, io };
+  // Without --base-format the base is raw, but a foreign image (qcow2, vmdk, ...) is refused (registry.ts).
+  if (!isObjectStoreUri(base)) return { path: path.resolve(base), format: await namedBackingFormat(base, c.baseFormat, '--base-format raw'), ignoreMtime: c.ignoreMtime, io };
   const dev = await openImage(base, { readOnly: true, objectStore: a.objectStore });
   const pinned = dev.describe().path ?? base;
   await dev.close();
@@ -179,6 +191,8 @@ interface Parts {
   readonly exports: ReloadableExports;
   readonly guard: GuardedProvider;
   readonly overlays: OverlayDirProvider | undefined;
+  /** The --overlay-dir base's format as resolved at start (what its overlays are opened over). */
+  readonly baseFormat: string | undefined;
   readonly security: ServerSecurity;
   readonly reload: CreateServerOptions['reload'];
 }
@@ -215,7 +229,7 @@ class Server implements CownbdServer {
 
   private startControlPlane(): Promise<ControlPlane> {
     const { config: c, log, io, objectStore } = this.a;
-    const { exports, guard, overlays, reload } = this.parts;
+    const { exports, guard, overlays, baseFormat, reload } = this.parts;
     return startControlPlane({
       server: this.nbd,
       guard,
@@ -223,7 +237,7 @@ class Server implements CownbdServer {
       overlays,
       ephemeralName: c.ephemeral ? (c.name ?? '') : undefined,
       inspect: (file) =>
-        openImage(file, { readOnly: true, format: DEFAULT_OVERLAY_FORMAT.name, backingFormat: c.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: c.ignoreMtime, io, objectStore }),
+        openImage(file, { readOnly: true, format: DEFAULT_OVERLAY_FORMAT.name, backingFormat: baseFormat ?? c.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: c.ignoreMtime, io, objectStore }),
       io,
       log,
       objectStoreStats: () => {

@@ -6,7 +6,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { FileIo } from '../block/file-io.js';
 import { parsePathMapping, type PathMapping } from '../formats/path-map.js';
-import { FALLBACK_FORMAT, FORMAT_NAMES } from '../formats/registry.js';
+import { FORMAT_NAMES } from '../formats/registry.js';
 import { addObjectStoreOptions } from '../objectstore/cli-options.js';
 import type { StaticExportConfig } from '../server/exports.js';
 import { addSecurityOptions } from './security-options.js';
@@ -44,7 +44,8 @@ function addServeOptions(serve: Command): void {
       [] as StaticExportConfig[],
     )
     .option('--base <path>', 'golden base image for --overlay-dir (never modified)')
-    .addOption(new Option('--base-format <format>', 'format of the base image (never probed)').choices([...FORMAT_NAMES]).default(FALLBACK_FORMAT.name))
+    // No commander default: an absent --base-format is what lets a foreign base (qcow2, vmdk, ...) be refused.
+    .addOption(new Option('--base-format <format>', 'format of the base image (default raw; a foreign image such as qcow2 is refused unless this says raw)').choices([...FORMAT_NAMES]))
     .option('--overlay-dir <dir>', 'serve every export NAME as its own cow overlay DIR/NAME.cow over --base, created on first connect')
     .option('--ephemeral', 'IMAGE (or --base) is a base: every connection gets its own temporary overlay, deleted on disconnect (no CAN_MULTI_CONN)')
     .option('--ephemeral-dir <dir>', 'where ephemeral overlays live', DEFAULT_EPHEMERAL_DIR)

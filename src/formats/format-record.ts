@@ -60,6 +60,12 @@ export interface OpenRequest extends StackContext {
 export interface CreateRequest {
   readonly backing?: string;
   readonly backingFormat?: string;
+  /**
+   * The format of a backing the operator named without --backing-format, given the path
+   * as this format resolves it: raw, or a refusal of a foreign image (registry.ts
+   * namedBackingFormat). Absent: raw.
+   */
+  readonly defaultBackingFormat?: (backing: string) => Promise<string>;
   /** Virtual size; formats whose size is the backing's refuse a different one. */
   readonly size?: number;
   /** add-cow: the image file holding guest data. */

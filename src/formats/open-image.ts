@@ -21,7 +21,7 @@ import { createAddCow as createAddCowWith, type CreateAddCowOptions } from './ad
 import type { ObjectStoreContext } from '../objectstore/open.js';
 import type { CreateRequest, CreateResult, FormatRecord, OpenBacking, StackContext } from './format-record.js';
 import type { PathMapping } from './path-map.js';
-import { claimingRecord, detectFormat, FALLBACK_FORMAT, FORMAT_NAMES, formatByName } from './registry.js';
+import { claimingRecord, detectFormat, FALLBACK_FORMAT, FORMAT_NAMES, formatByName, namedBackingFormat, probeImage } from './registry.js';
 
 /** A format name known to the registry (registry.ts FORMAT_NAMES). */
 export type ImageFormat = string;
@@ -116,9 +116,14 @@ async function extendChain(spec: string, chain: readonly string[]): Promise<stri
   return [...chain, key];
 }
 
-/** Magic-only detection for the image the operator named (not for backing files). */
-export async function probeFormat(spec: string): Promise<ImageFormat> {
-  return (await detectFormat(spec)).name;
+/**
+ * Magic-only detection for the image the operator named (not for backing files): a
+ * record's name, or the qemu-img name of a foreign format (qcow2, vmdk, ...) that
+ * openImage refuses without an explicit format.
+ */
+export async function probeFormat(spec: string): Promise<string> {
+  const p = await probeImage(spec);
+  return p.record ? p.record.name : p.foreign.name;
 }
 
 /** Create an image of `format` through its record; backings are measured by opening them. */
@@ -131,7 +136,9 @@ export async function createImage(
   if (!record.create) throw new Error(`cannot create ${format} images (can: ${FORMAT_NAMES.filter((n) => formatByName(n).create).join(', ')})`);
   const stack = stackOf(req);
   const openBacking = backingOpener(stack);
-  return record.create(path, { ...req, backing: await pinnedBacking(req.backing, req.backingFormat, openBacking), io: stack.io, openBacking });
+  // A backing named without -F is raw, unless it carries a foreign magic: then refused (registry.ts).
+  const defaultBackingFormat = (backing: string) => namedBackingFormat(backing, undefined, '-F raw (--backing-format raw)');
+  return record.create(path, { ...req, backing: await pinnedBacking(req.backing, req.backingFormat, openBacking), io: stack.io, openBacking, defaultBackingFormat });
 }
 
 /**

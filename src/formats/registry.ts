@@ -6,13 +6,19 @@
  * format their overlay records or the operator gives; a guest can write any magic):
  *   1. a record whose claims(spec) accepts the spec (e.g. a URI scheme), else
  *   2. a record whose probe(head) recognises the file's first bytes, else
- *   3. raw (FALLBACK_FORMAT).
+ *   3. a FOREIGN format's magic (foreign-magic.ts: qcow2, vmdk, vhdx, ...): refused with
+ *      ForeignImageError (or, for a foreign format marked read-only, its record), else
+ *   4. raw (FALLBACK_FORMAT).
+ * Step 3 is why an explicit `-f raw` exists: it is the only way to use a foreign file's
+ * bytes as a raw disk. A backing the operator names without a format (--base, create
+ * --backing) gets step 3 too (namedBackingFormat); backings named in headers never do.
  */
-import { openChecked } from '../block/open-guard.js';
 import type { BlockDevice } from '../block/block-device.js';
 import { addCowFormat } from './add-cow/format.js';
 import { cowFormat } from './cow/format.js';
 import type { FormatRecord } from './format-record.js';
+import { detectForeign, FOREIGN_FORMATS, foreignMessage, type ForeignFormat } from './foreign-magic.js';
+import { foreignFormatOf, readFileEnds } from './foreign-probe.js';
 import { rawFormat } from './raw/format.js';
 import { s3Format } from './s3/format.js';
 
@@ -30,11 +36,29 @@ export const FALLBACK_FORMAT: FormatRecord = rawFormat;
 /** The overlay format the export providers make on demand (one v3 cow per name). */
 export const DEFAULT_OVERLAY_FORMAT: FormatRecord = cowFormat;
 
-/** Bytes read for probe(); every record's magic fits in them. */
-const PROBE_BYTES = 8;
-
 export class UnknownFormatError extends Error {
   readonly code = 'EINVAL';
+}
+
+/**
+ * An image the operator named carries a foreign format's magic and no format was given:
+ * one line naming the path, the format and what to do. `rawOption` is how the command
+ * at hand says "raw" (callers that know better re-word it with saying()).
+ */
+export class ForeignImageError extends Error {
+  readonly code = 'EMEDIUMTYPE';
+  constructor(
+    readonly path: string,
+    readonly foreign: ForeignFormat,
+    readonly rawOption = '-f raw',
+  ) {
+    super(foreignMessage(path, foreign, rawOption));
+  }
+
+  /** The same refusal, naming the option of the command at hand (`format=raw`, `--base-format raw`). */
+  saying(rawOption: string): ForeignImageError {
+    return new ForeignImageError(this.path, this.foreign, rawOption);
+  }
 }
 
 export function formatByName(name: string): FormatRecord {
@@ -59,20 +83,49 @@ export function claimingRecord(spec: string, formats: readonly FormatRecord[] = 
   return formats.find((f) => f.claims?.(spec));
 }
 
-/** The record for an image the operator named: claimed, else probed, else raw. */
-export async function detectFormat(spec: string, formats: readonly FormatRecord[] = FORMATS): Promise<FormatRecord> {
+/** What probing an operator-named file found: a record, or a foreign format (never refused here). */
+export type Probed =
+  | { readonly record: FormatRecord; readonly foreign?: undefined }
+  | { readonly record?: undefined; readonly foreign: ForeignFormat; readonly virtualSize: number | undefined };
+
+/** What an image the operator named is: claimed, else probed by a record, else foreign, else raw. */
+export async function probeImage(spec: string, formats: readonly FormatRecord[] = FORMATS, foreignFormats: readonly ForeignFormat[] = FOREIGN_FORMATS): Promise<Probed> {
   const claimed = formats.find((f) => f.claims?.(spec));
-  if (claimed) return claimed;
-  // The checked open: a FIFO or a kernel interface is refused before anything can block on it.
-  const fh = await openChecked(spec, { writable: false, what: 'image file', allowBlockDevice: true });
-  try {
-    const head = Buffer.alloc(PROBE_BYTES);
-    const { bytesRead } = await fh.read(head, 0, PROBE_BYTES, 0);
-    const view = head.subarray(0, bytesRead);
-    return formats.find((f) => f.probe?.(view)) ?? FALLBACK_FORMAT;
-  } finally {
-    await fh.close();
-  }
+  if (claimed) return { record: claimed };
+  const { head, tail, size } = await readFileEnds(spec);
+  const record = formats.find((f) => f.probe?.(head));
+  if (record) return { record };
+  const foreign = detectForeign(head, tail, foreignFormats);
+  if (foreign) return { foreign, virtualSize: foreign.virtualSize?.(head, tail, size) };
+  return { record: FALLBACK_FORMAT };
+}
+
+/**
+ * The record for an image the operator named: claimed, else probed, else raw. A foreign
+ * image is refused (ForeignImageError), unless the table marks it read-only: then the
+ * record of that name serves it.
+ */
+export async function detectFormat(spec: string, formats: readonly FormatRecord[] = FORMATS, foreignFormats: readonly ForeignFormat[] = FOREIGN_FORMATS): Promise<FormatRecord> {
+  const p = await probeImage(spec, formats, foreignFormats);
+  if (p.record) return p.record;
+  const name = p.foreign.name;
+  if (p.foreign.support === 'read-only') return formats.find((f) => f.name === name) ?? formatByName(name);
+  throw new ForeignImageError(spec, p.foreign);
+}
+
+/**
+ * The format of a backing the OPERATOR named (--base, --ephemeral IMAGE, create --backing):
+ * `explicit` when given; otherwise raw as always (an overlay format's magic does not
+ * change that), except that a foreign image is refused, naming `rawOption`, the option
+ * that says "raw" there. A file that cannot be read is left to the open that follows,
+ * which reports it in its own words.
+ */
+export async function namedBackingFormat(spec: string, explicit: string | undefined, rawOption: string, foreignFormats: readonly ForeignFormat[] = FOREIGN_FORMATS): Promise<string> {
+  if (explicit !== undefined || claimingRecord(spec)) return explicit ?? FALLBACK_FORMAT.name;
+  const foreign = await foreignFormatOf(spec, foreignFormats);
+  if (!foreign) return FALLBACK_FORMAT.name;
+  if (foreign.support === 'read-only') return foreign.name;
+  throw new ForeignImageError(spec, foreign, rawOption);
 }
 
 /**

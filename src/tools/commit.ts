@@ -21,7 +21,7 @@ import path from 'node:path';
 import type { BlockDevice } from '../block/block-device.js';
 import type { OutputSize } from '../formats/format-record.js';
 import { openImage, recordFor, type ImageFormat } from '../formats/open-image.js';
-import { FALLBACK_FORMAT } from '../formats/registry.js';
+import { FALLBACK_FORMAT, namedBackingFormat } from '../formats/registry.js';
 import { openChain, type ChainOptions } from './chain.js';
 import { readJournal, removeJournal, writeJournal, type CommitJournal } from './commit-journal.js';
 import { ToolError } from './errors.js';
@@ -95,6 +95,9 @@ async function commitInPlace(file: string, format: ImageFormat, to: string, opti
     throw new ToolError(`${file}: an interrupted commit into "${journal.target}" must be finished first (commit --to ${journal.target}); got --to ${to}`);
   }
   const resumed = journal !== undefined;
+  // The target is written: a foreign image (qcow2, vmdk, ...) named without -F is refused
+  // (registry.ts). A resumed commit already wrote into it, with the operator's consent.
+  if (!resumed && options.backingFormat === undefined) await namedBackingFormat(to, undefined, '-F raw (--backing-format raw)');
   // Validate like uml_moo -b: the named file must be the one the overlay was made on.
   // On resume the mtime has legitimately moved (we wrote the file): size must still match.
   const dev = await openChain(file, { ...options, format, backingFile: target, ignoreMtime: resumed || options.ignoreMtime });

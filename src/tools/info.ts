@@ -5,20 +5,30 @@
  *
  * JSON: one InfoJson object, or with --backing-chain an array (top layer first), the
  * shape documented by INFO_SCHEMA in json-schemas.ts.
+ *
+ * A foreign image (qcow2, vmdk, ... : formats/foreign-magic.ts) named without -f is not
+ * refused here: info says what it is (its qemu-img name, the size its header states where
+ * the probed bytes hold it, else null) and why cownbd will not serve it as raw.
  */
-import { formatByName } from '../formats/registry.js';
+import { ForeignImageError, formatByName, probeImage } from '../formats/registry.js';
+import { fileSizes } from '../formats/inspection.js';
 import { isObjectStoreUri } from '../objectstore/uri.js';
 import { inspectLayer, type BackingReport, type InspectedLayer, type InspectOptions } from './inspect.js';
 import { formatSize } from '../util/size.js';
 
 export interface InfoJson {
   filename: string;
+  /** A format record's name, or a foreign format's qemu-img name (then `foreign` is set). */
   format: string;
-  virtualSize: number;
+  /** null: a foreign image whose header is not read this far (vhdx, dmg, a vmdk descriptor). */
+  virtualSize: number | null;
   apparentSize: number;
   actualSize: number;
-  allocatedBytes: number;
+  /** null for a foreign image (its allocation is not read). */
+  allocatedBytes: number | null;
   backing: BackingReport | null;
+  /** A format cownbd does not serve: what it is and the refusal serve would print. */
+  foreign?: { title: string; message: string };
   cow?: {
     layout: string;
     version: number;
@@ -73,8 +83,30 @@ export function toInfoReport(l: InspectedLayer): InfoReport {
   return { json, overlay: formatByName(l.format).overlay, sectionText: l.section?.text ?? [] };
 }
 
+/** The report for a foreign image named without -f, or undefined when it is not one. */
+async function foreignReport(file: string, options: InspectOptions): Promise<InfoReport | undefined> {
+  if (options.format !== undefined) return undefined;
+  const p = await probeImage(file).catch(() => undefined); // unreadable: inspectLayer reports it
+  if (!p?.foreign) return undefined;
+  const sizes = await fileSizes(file);
+  const json: InfoJson = {
+    filename: file,
+    format: p.foreign.name,
+    virtualSize: p.virtualSize ?? null,
+    apparentSize: sizes.apparentSize,
+    actualSize: sizes.actualSize,
+    allocatedBytes: null,
+    backing: null,
+    foreign: { title: p.foreign.title, message: new ForeignImageError(file, p.foreign).message },
+    commitInProgress: null,
+  };
+  return { json, overlay: false, sectionText: [] };
+}
+
 /** The layer and, with `chain`, every backing layer below it (top first). */
 export async function runInfo(file: string, options: InspectOptions & { chain?: boolean }): Promise<InfoReport[]> {
+  const foreign = await foreignReport(file, options);
+  if (foreign) return [foreign];
   let layer = await inspectLayer(file, options);
   const out = [toInfoReport(layer)];
   const seen = new Set([layer.path]);
@@ -96,9 +128,10 @@ export function formatInfoText(report: InfoReport): string {
   const kv = (k: string, v: string | number): void => void lines.push(`${k}: ${v}`);
   kv('image', info.filename);
   kv('file format', info.format);
-  kv('virtual size', `${formatSize(info.virtualSize)} (${info.virtualSize} bytes)`);
+  kv('virtual size', info.virtualSize === null ? 'unknown (not read from this format)' : `${formatSize(info.virtualSize)} (${info.virtualSize} bytes)`);
   kv('disk size', `${formatSize(info.actualSize)} (apparent ${info.apparentSize} bytes)`);
-  if (report.overlay) kv('allocated in this layer', `${formatSize(info.allocatedBytes)} (${info.allocatedBytes} bytes)`);
+  if (report.overlay && info.allocatedBytes !== null) kv('allocated in this layer', `${formatSize(info.allocatedBytes)} (${info.allocatedBytes} bytes)`);
+  if (info.foreign) kv('not served', info.foreign.message);
   for (const [k, v] of report.sectionText) kv(k, v);
   const b = info.backing;
   if (b) {

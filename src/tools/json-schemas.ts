@@ -4,12 +4,15 @@
  * Integers are byte counts or offsets unless named otherwise; paths are strings as given
  * or resolved (see each description).
  */
+import { FOREIGN_FORMATS } from '../formats/foreign-magic.js';
 import { FORMAT_NAMES as REGISTERED, FORMATS } from '../formats/registry.js';
 
 
 /** Format names come from the registry (a new format appears in the schemas by itself). */
 const FORMAT_NAMES = [...REGISTERED];
 const OVERLAY_FORMAT_NAMES = FORMATS.filter((f) => f.overlay).map((f) => f.name);
+/** What `info` may call an image it will not serve (formats/foreign-magic.ts). */
+const FOREIGN_NAMES = FOREIGN_FORMATS.map((f) => f.name).filter((n) => !FORMAT_NAMES.includes(n));
 
 const uint = { type: 'integer', minimum: 0 } as const;
 const nullableUint = { type: ['integer', 'null'], minimum: 0 } as const;
@@ -44,12 +47,19 @@ export const INFO_SCHEMA = {
   required: ['filename', 'format', 'virtualSize', 'apparentSize', 'actualSize', 'allocatedBytes', 'backing', 'commitInProgress'],
   properties: {
     filename: { type: 'string' },
-    format: { enum: FORMAT_NAMES },
-    virtualSize: uint,
+    format: { enum: [...FORMAT_NAMES, ...FOREIGN_NAMES], description: 'a foreign format (qemu-img\'s name) only with `foreign`' },
+    virtualSize: { ...nullableUint, description: 'null only for a foreign image whose header states no size in the bytes probed' },
     apparentSize: { ...uint, description: 'st_size of the file' },
     actualSize: { ...uint, description: 'st_blocks * 512 (space used on disk)' },
-    allocatedBytes: { ...uint, description: 'bytes of the virtual disk held by this layer itself' },
+    allocatedBytes: { ...nullableUint, description: 'bytes of the virtual disk held by this layer itself (null: a foreign image)' },
     backing: { oneOf: [{ type: 'null' }, BACKING_SCHEMA] },
+    foreign: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['title', 'message'],
+      description: 'a format cownbd does not serve (without -f raw): what it is, and the refusal serve prints',
+      properties: { title: { type: 'string' }, message: { type: 'string' } },
+    },
     cow: {
       type: 'object',
       additionalProperties: false,

@@ -19,6 +19,7 @@ import path from 'node:path';
 import type { BlockDevice } from '../block/block-device.js';
 import { FileIo } from '../block/file-io.js';
 import { backingOpener, openImage, recordFor, type ImageFormat } from '../formats/open-image.js';
+import { namedBackingFormat } from '../formats/registry.js';
 import { openChain, type ChainOptions } from './chain.js';
 import type { ToolContext } from './commit.js';
 import { ToolError } from './errors.js';
@@ -53,6 +54,8 @@ export async function runRebase(file: string, options: RebaseOptions, ctx: ToolC
   const format = record.name;
   const newPath = path.resolve(options.newBacking);
   if (!(await stat(newPath).catch(() => undefined))) throw new ToolError(`new backing file "${options.newBacking}" does not exist`);
+  // A new backing named without -F is raw, unless it is a foreign image (qcow2, vmdk, ...): refused (registry.ts).
+  if (options.newBackingFormat === undefined) await namedBackingFormat(options.newBacking, undefined, '-F raw (--backing-format raw)');
   const r = await record.rebase(file, {
     newBacking: options.newBacking,
     newPath,

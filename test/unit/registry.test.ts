@@ -6,7 +6,8 @@
 import { writeFileSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { FormatRecord } from '../../src/formats/format-record.js';
-import { backingRecord, detectFormat, FORMAT_NAMES, FORMATS, formatByName } from '../../src/formats/registry.js';
+import { FOREIGN_FORMATS, type ForeignFormat } from '../../src/formats/foreign-magic.js';
+import { backingRecord, detectFormat, ForeignImageError, FORMAT_NAMES, FORMATS, formatByName, namedBackingFormat, probeImage } from '../../src/formats/registry.js';
 import { makeTempDir, type TempDir } from '../helpers/images.js';
 
 let tmp: TempDir;
@@ -58,5 +59,40 @@ describe('format registry', () => {
   it('the object-store record claims s3:// specs: no file is read, a backing\'s default name does not apply', async () => {
     expect((await detectFormat('s3://golden/debian-12@20261202T141500Z-1a2b3c4d')).name).toBe('s3');
     expect(backingRecord('s3://golden/debian-12', 'raw').name).toBe('s3');
+  });
+
+  it('a foreign magic is refused for named images and for backings the operator names without a format; an explicit one is kept', async () => {
+    const qcow2 = Buffer.alloc(4096);
+    qcow2.write('QFI\xfb', 0, 'latin1');
+    qcow2.writeUInt32BE(3, 4);
+    writeFileSync(tmp.file('vm.qcow2'), qcow2);
+    const refused = await detectFormat(tmp.file('vm.qcow2')).catch((err: unknown) => err);
+    expect(refused).toBeInstanceOf(ForeignImageError);
+    expect((refused as ForeignImageError).foreign.name).toBe('qcow2');
+    expect((refused as Error).message).toMatch(/'.*vm\.qcow2' is a qcow2 .*give -f raw if/);
+    expect((await probeImage(tmp.file('vm.qcow2'))).foreign?.name).toBe('qcow2');
+    await expect(namedBackingFormat(tmp.file('vm.qcow2'), undefined, '--base-format raw')).rejects.toThrow(/give --base-format raw if/);
+    expect(await namedBackingFormat(tmp.file('vm.qcow2'), 'raw', '--base-format raw')).toBe('raw');
+    // A backing cownbd cannot read yet is left to the open that follows (its own message).
+    expect(await namedBackingFormat(tmp.file('missing.img'), undefined, '-F raw')).toBe('raw');
+    // A cow magic does not make an operator-named backing cow: raw unless told (as before).
+    writeFileSync(tmp.file('v3.cow'), Buffer.from('4f4f4f4d00000003', 'hex'));
+    expect(await namedBackingFormat(tmp.file('v3.cow'), undefined, '-F raw')).toBe('raw');
+  });
+
+  it('a foreign format marked read-only is served by the record of its name (how qcow2 joins: one line in foreign-magic.ts)', async () => {
+    const qcow2Record: FormatRecord = { ...claiming, name: 'qcow2', claims: undefined };
+    const table: ForeignFormat[] = FOREIGN_FORMATS.map((f) => (f.name === 'qcow2' ? { ...f, support: 'read-only' } : f));
+    const qcow2 = Buffer.alloc(4096);
+    qcow2.write('QFI\xfb', 0, 'latin1');
+    qcow2.writeUInt32BE(2, 4);
+    writeFileSync(tmp.file('golden.qcow2'), qcow2);
+    expect(await detectFormat(tmp.file('golden.qcow2'), [...FORMATS, qcow2Record], table)).toBe(qcow2Record);
+    expect(await namedBackingFormat(tmp.file('golden.qcow2'), undefined, '--base-format raw', table)).toBe('qcow2');
+    // The others stay refused.
+    const vdi = Buffer.alloc(4096);
+    vdi.writeUInt32LE(0xbeda107f, 0x40);
+    writeFileSync(tmp.file('disk.vdi'), vdi);
+    await expect(detectFormat(tmp.file('disk.vdi'), [...FORMATS, qcow2Record], table)).rejects.toThrow(/VDI \(VirtualBox\)/);
   });
 });

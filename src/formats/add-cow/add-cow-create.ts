@@ -21,6 +21,7 @@ import { isObjectStoreUri } from '../../objectstore/uri.js';
 import { DeviceError } from '../../block/block-device.js';
 import { writeFully } from '../../block/file-io.js';
 import { withBacking, type CreateRequest, type CreateResult, type OpenBacking } from '../format-record.js';
+import { foreignFormatOf } from '../foreign-probe.js';
 import {
   ADD_COW_COMPAT_ALL_ALLOCATED,
   ADD_COW_DEFAULT_CLUSTER_BITS,
@@ -210,11 +211,36 @@ export async function createAddCowImage(addCowPath: string, req: CreateRequest):
     }
     if (req.size !== undefined && req.size % ADD_COW_SECTOR !== 0) throw new Error(`-O add-cow: source size ${req.size} is not a multiple of ${ADD_COW_SECTOR}`);
     files.push(imagePath);
+  } else {
+    await refuseForeignImageFile(resolveAddCowName(addCowPath, image));
   }
   await createAddCow(
     addCowPath,
-    { imageFile: image, backingFile: req.backing, backingFormat: req.backingFormat, clusterSize: req.clusterSize, size: req.size, force: req.force },
+    { imageFile: image, backingFile: req.backing, backingFormat: await backingFormatOf(addCowPath, req), clusterSize: req.clusterSize, size: req.size, force: req.force },
     req.openBacking,
   );
   return { files, notes: [] };
+}
+
+/**
+ * The backing format to record: the operator's, else the default for the backing as the
+ * header will resolve it (relative to the .add-cow file): raw, or a foreign image refused.
+ */
+async function backingFormatOf(addCowPath: string, req: CreateRequest): Promise<string | undefined> {
+  if (req.backingFormat !== undefined || req.backing === undefined || !req.defaultBackingFormat) return req.backingFormat;
+  return req.defaultBackingFormat(resolveAddCowName(addCowPath, req.backing));
+}
+
+/**
+ * An existing --image is adopted and WRITTEN as raw guest data: a foreign image there
+ * (qcow2, vmdk, ...: formats/foreign-magic.ts) would be destroyed, so it is refused.
+ */
+async function refuseForeignImageFile(imagePath: string): Promise<void> {
+  const foreign = await foreignFormatOf(imagePath);
+  if (!foreign) return;
+  throw new DeviceError(
+    'EINVAL',
+    `'${imagePath}' is a ${foreign.title} image: an add-cow image file holds raw guest data and would be written. ` +
+      `Convert it first (qemu-img convert -f ${foreign.name} -O raw '${imagePath}' IMAGE.raw) and give that as --image`,
+  );
 }

@@ -70,7 +70,8 @@ export async function createCowImage(path: string, req: CreateRequest): Promise<
   const cmd = req.forConvert ? '-O cow' : 'create -f cow';
   if (!req.backing) throw new Error(`${cmd} needs --backing${req.forConvert ? ' BASE' : ''} (a cow overlay always has a backing file)`);
   if (req.image !== undefined || req.clusterSize !== undefined) throw new Error(`--image and --cluster-size apply to ${req.forConvert ? '-O' : '-f'} add-cow only`);
-  const backingFormat = req.backingFormat ?? 'raw';
+  // No -F: raw, but a foreign image (qcow2, vmdk, ...) is refused rather than recorded as raw.
+  const backingFormat = req.backingFormat ?? (await req.defaultBackingFormat?.(req.backing)) ?? 'raw';
   const notes: string[] = [];
   if (backingFormat !== 'raw') {
     // The cow header has no format field: record nothing, but the operator must repeat it when serving.
