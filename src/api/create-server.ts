@@ -129,7 +129,7 @@ async function openStaticExports(a: Assembly): Promise<ReloadableExports> {
       (err: unknown) => {
         // A foreign image (qcow2, vmdk, ...): name the option that says "raw" where this export
         // was defined; the command line's IMAGE (the first export, named -n) keeps "-f raw".
-        const positional = !c.ephemeral && e === first && e.name === (c.name ?? '');
+        const positional = !c.ephemeral && e.name === first?.name && e.path === first.path && e.name === (c.name ?? '');
         throw err instanceof ForeignImageError && !positional ? err.saying(`format=raw in the definition of export "${e.name}"`) : err;
       },
     );

@@ -166,7 +166,7 @@ describe.runIf(hasQemu)('foreign images made by qemu-img', () => {
 
   it.each(VECTORS)('$file: as a --base, an --ephemeral base, a create/convert backing without a format or an add-cow --image, refused', async (v) => {
     const base = '--base-format raw';
-    expectRefusal(await cli(['serve', '-p', '0', '--base', v.file, '--overlay-dir', 'machines', '--run', 'true']), v, base);
+    expectRefusal(await cli(['serve', '-p', '0', '--base', v.file, '--overlay-dir', 'machines', '--create-dirs', '--run', 'true']), v, base);
     expectRefusal(await cli(['serve', '-p', '0', '--ephemeral', v.file, '--run', 'true']), v, base);
     expectRefusal(await cli(['serve', '-p', '0', '--ephemeral', '--base', v.file, '--run', 'true']), v, base);
     const F = '-F raw (--backing-format raw)';
