@@ -13,10 +13,11 @@ import type { BlockDevice } from '../block/block-device.js';
 import { addCowFormat } from './add-cow/format.js';
 import { cowFormat } from './cow/format.js';
 import type { FormatRecord } from './format-record.js';
+import { qcow2Format } from './qcow2/format.js';
 import { rawFormat } from './raw/format.js';
 import { s3Format } from './s3/format.js';
 
-export const FORMATS: readonly FormatRecord[] = [rawFormat, cowFormat, addCowFormat, s3Format];
+export const FORMATS: readonly FormatRecord[] = [rawFormat, cowFormat, addCowFormat, qcow2Format, s3Format];
 
 /**
  * The names an operator (or an overlay header) selects a format by. Records that claim
