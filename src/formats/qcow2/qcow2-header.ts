@@ -109,57 +109,75 @@ export function parseQcow2Header(buf: Buffer, fileLength: number): Qcow2Header {
   if (magic !== QCOW2_MAGIC) throw new Qcow2HeaderError(`magic 0x${magic.toString(16)} is not qcow2 (0x514649fb, "QFI\\xfb")`);
   const version = buf.readUInt32BE(4);
   if (version !== 2 && version !== 3) throw new Qcow2HeaderError(`version ${version} is not supported (2 or 3)`);
-  const backingOffset = buf.readBigUInt64BE(8);
-  const backingLength = buf.readUInt32BE(16);
   const clusterBits = buf.readUInt32BE(20);
-  const size = buf.readBigUInt64BE(24);
-  const cryptMethod = buf.readUInt32BE(32);
-  const l1Size = buf.readUInt32BE(36);
-  const l1TableOffset = buf.readBigUInt64BE(40);
-  const refcountTableOffset = buf.readBigUInt64BE(48);
-  const refcountTableClusters = buf.readUInt32BE(56);
-  const nbSnapshots = buf.readUInt32BE(60);
-  const snapshotsOffset = buf.readBigUInt64BE(64);
-
   if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
     throw new Qcow2HeaderError(`cluster_bits ${clusterBits} is out of range (${MIN_CLUSTER_BITS}..${MAX_CLUSTER_BITS}: 512 B to 2 MiB clusters)`);
   }
   const clusterSize = 1 << clusterBits;
+  const cryptMethod = buf.readUInt32BE(32);
   if (cryptMethod !== 0) {
     const how = cryptMethod === 1 ? 'AES' : cryptMethod === 2 ? 'LUKS' : 'unknown';
     throw new Qcow2HeaderError(`crypt_method ${cryptMethod} (${how}): encrypted qcow2 images are not supported (decrypt with qemu-img convert first)`);
   }
+  const v3 = version === 3 ? parseV3Fields(buf, clusterSize) : V2_FIELDS;
+  const backingOffset = buf.readBigUInt64BE(8);
+  const ext = parseExtensions(buf, v3.headerLength, clusterSize, backingOffset);
+  const extendedL2 = checkFeatures(v3.incompatible, ext, clusterBits);
+  const l2EntrySize = extendedL2 ? 16 : 8;
+  const tables = checkTables(buf, clusterSize, clusterSize / l2EntrySize, fileLength);
+  const backingName = backingNameOf(buf, backingOffset, clusterSize);
+  return {
+    version,
+    clusterBits,
+    clusterSize,
+    ...tables,
+    refcountTableClusters: buf.readUInt32BE(56),
+    ...v3,
+    dirty: (v3.incompatible & INCOMPAT_DIRTY) !== 0n,
+    extendedL2,
+    backingName,
+    backingFormat: backingName !== undefined ? ext.backingFormat : undefined,
+    l2EntrySize,
+    l2Entries: clusterSize / l2EntrySize,
+  };
+}
 
-  let incompatible = 0n;
-  let compatible = 0n;
-  let autoclear = 0n;
-  let refcountOrder = 4;
-  let headerLength = 72;
+interface V3Fields {
+  readonly incompatible: bigint;
+  readonly compatible: bigint;
+  readonly autoclear: bigint;
+  readonly refcountOrder: number;
+  readonly headerLength: number;
+  readonly compression: CompressionType;
+}
+
+/** What a version 2 header means by the fields it lacks. */
+const V2_FIELDS: V3Fields = { incompatible: 0n, compatible: 0n, autoclear: 0n, refcountOrder: 4, headerLength: 72, compression: 'zlib' };
+
+/** Bytes 72..104 and the optional compression_type of a version 3 header. */
+function parseV3Fields(buf: Buffer, clusterSize: number): V3Fields {
+  if (buf.length < 104) throw new Qcow2HeaderError(`file too short for a version 3 header: ${buf.length} bytes`);
+  const incompatible = buf.readBigUInt64BE(72);
+  const refcountOrder = buf.readUInt32BE(96);
+  const headerLength = buf.readUInt32BE(100);
+  if (headerLength < 104 || headerLength % 8 !== 0) throw new Qcow2HeaderError(`header_length ${headerLength} is invalid (at least 104, a multiple of 8)`);
+  if (headerLength > clusterSize || headerLength > buf.length) throw new Qcow2HeaderError(`header_length ${headerLength} does not fit in the first cluster (${clusterSize} bytes)`);
+  if (refcountOrder > 6) throw new Qcow2HeaderError(`refcount_order ${refcountOrder} is out of range (0..6)`);
   let compression: CompressionType = 'zlib';
-  if (version === 3) {
-    if (buf.length < 104) throw new Qcow2HeaderError(`file too short for a version 3 header: ${buf.length} bytes`);
-    incompatible = buf.readBigUInt64BE(72);
-    compatible = buf.readBigUInt64BE(80);
-    autoclear = buf.readBigUInt64BE(88);
-    refcountOrder = buf.readUInt32BE(96);
-    headerLength = buf.readUInt32BE(100);
-    if (headerLength < 104 || headerLength % 8 !== 0) throw new Qcow2HeaderError(`header_length ${headerLength} is invalid (at least 104, a multiple of 8)`);
-    if (headerLength > clusterSize || headerLength > buf.length) throw new Qcow2HeaderError(`header_length ${headerLength} does not fit in the first cluster (${clusterSize} bytes)`);
-    if (refcountOrder > 6) throw new Qcow2HeaderError(`refcount_order ${refcountOrder} is out of range (0..6)`);
-    if (headerLength > 104) {
-      const type = buf[104]!;
-      if (type === 1) compression = 'zstd';
-      else if (type !== 0) throw new Qcow2HeaderError(`compression_type ${type} is not supported (0 zlib, 1 zstd)`);
-    }
-    if ((incompatible & INCOMPAT_COMPRESSION) !== 0n && compression === 'zlib') {
-      throw new Qcow2HeaderError('incompatible feature bit 3 (compression type) is set but compression_type is 0 (zlib)');
-    }
-    if ((incompatible & INCOMPAT_COMPRESSION) === 0n && compression !== 'zlib') {
-      throw new Qcow2HeaderError(`compression_type ${compression} is set without incompatible feature bit 3`);
-    }
+  // compression_type is present only when header_length covers byte 104.
+  if (headerLength > 104) {
+    const type = buf[104]!;
+    if (type === 1) compression = 'zstd';
+    else if (type !== 0) throw new Qcow2HeaderError(`compression_type ${type} is not supported (0 zlib, 1 zstd)`);
   }
+  const bit3 = (incompatible & INCOMPAT_COMPRESSION) !== 0n;
+  if (bit3 && compression === 'zlib') throw new Qcow2HeaderError('incompatible feature bit 3 (compression type) is set but compression_type is 0 (zlib)');
+  if (!bit3 && compression !== 'zlib') throw new Qcow2HeaderError(`compression_type ${compression} is set without incompatible feature bit 3`);
+  return { incompatible, compatible: buf.readBigUInt64BE(80), autoclear: buf.readBigUInt64BE(88), refcountOrder, headerLength, compression };
+}
 
-  const ext = parseExtensions(buf, headerLength, clusterSize, backingOffset);
+/** Refuse the incompatible features a reader cannot honour; true when L2 entries are extended. */
+function checkFeatures(incompatible: bigint, ext: Extensions, clusterBits: number): boolean {
   if ((incompatible & INCOMPAT_CORRUPT) !== 0n) {
     throw new Qcow2HeaderError('incompatible feature bit 1 (corrupt) is set: the image may be damaged; repair it with qemu-img check -r all first');
   }
@@ -177,61 +195,44 @@ export function parseQcow2Header(buf: Buffer, fileLength: number): Qcow2Header {
   if (extendedL2 && clusterBits < MIN_EXTL2_CLUSTER_BITS) {
     throw new Qcow2HeaderError(`cluster_bits ${clusterBits} is too small for extended L2 entries (at least ${MIN_EXTL2_CLUSTER_BITS}: 16 KiB clusters)`);
   }
+  return extendedL2;
+}
 
-  const sizeN = safe('size', size);
-  const l2EntrySize = extendedL2 ? 16 : 8;
-  const l2Entries = clusterSize / l2EntrySize;
+/** The virtual size and the table offsets, each checked against the cluster size and the file. */
+function checkTables(buf: Buffer, clusterSize: number, l2Entries: number, fileLength: number) {
+  const size = safe('size', buf.readBigUInt64BE(24));
+  const l1Size = buf.readUInt32BE(36);
   // Every guest cluster must have an L1 entry; QEMU refuses a shorter table too.
-  const needL1 = Math.ceil(Math.ceil(sizeN / clusterSize) / l2Entries);
-  if (l1Size < needL1) throw new Qcow2HeaderError(`l1_size ${l1Size} is too small for size ${sizeN} (needs ${needL1} entries)`);
+  const needL1 = Math.ceil(Math.ceil(size / clusterSize) / l2Entries);
+  if (l1Size < needL1) throw new Qcow2HeaderError(`l1_size ${l1Size} is too small for size ${size} (needs ${needL1} entries)`);
   if (l1Size * 8 > MAX_L1_BYTES) throw new Qcow2HeaderError(`l1_size ${l1Size} is too large (at most ${MAX_L1_BYTES / 8} entries)`);
-  const l1Offset = safe('l1_table_offset', l1TableOffset);
+  const l1TableOffset = safe('l1_table_offset', buf.readBigUInt64BE(40));
   if (l1Size > 0) {
-    if (l1Offset % clusterSize !== 0) throw new Qcow2HeaderError(`l1_table_offset ${l1Offset} is not aligned to the cluster size ${clusterSize}`);
-    if (l1Offset === 0) throw new Qcow2HeaderError('l1_table_offset 0 overlaps the header');
-    if (l1Offset + l1Size * 8 > fileLength) throw new Qcow2HeaderError(`l1_table_offset ${l1Offset} + ${l1Size} entries lies past the end of the file (${fileLength} bytes)`);
+    if (l1TableOffset % clusterSize !== 0) throw new Qcow2HeaderError(`l1_table_offset ${l1TableOffset} is not aligned to the cluster size ${clusterSize}`);
+    if (l1TableOffset === 0) throw new Qcow2HeaderError('l1_table_offset 0 overlaps the header');
+    if (l1TableOffset + l1Size * 8 > fileLength) throw new Qcow2HeaderError(`l1_table_offset ${l1TableOffset} + ${l1Size} entries lies past the end of the file (${fileLength} bytes)`);
   }
-  const rtOffset = safe('refcount_table_offset', refcountTableOffset);
-  if (rtOffset % clusterSize !== 0) throw new Qcow2HeaderError(`refcount_table_offset ${rtOffset} is not aligned to the cluster size ${clusterSize}`);
-  const snapOffset = safe('snapshots_offset', snapshotsOffset);
-  if (nbSnapshots > 0 && snapOffset % clusterSize !== 0) throw new Qcow2HeaderError(`snapshots_offset ${snapOffset} is not aligned to the cluster size ${clusterSize}`);
+  const refcountTableOffset = safe('refcount_table_offset', buf.readBigUInt64BE(48));
+  if (refcountTableOffset % clusterSize !== 0) throw new Qcow2HeaderError(`refcount_table_offset ${refcountTableOffset} is not aligned to the cluster size ${clusterSize}`);
+  const nbSnapshots = buf.readUInt32BE(60);
+  const snapshotsOffset = safe('snapshots_offset', buf.readBigUInt64BE(64));
+  if (nbSnapshots > 0 && snapshotsOffset % clusterSize !== 0) throw new Qcow2HeaderError(`snapshots_offset ${snapshotsOffset} is not aligned to the cluster size ${clusterSize}`);
+  return { size, l1Size, l1TableOffset, refcountTableOffset, nbSnapshots, snapshotsOffset };
+}
 
-  let backingName: string | undefined;
-  if (backingOffset !== 0n) {
-    const at = safe('backing_file_offset', backingOffset);
-    if (backingLength === 0) throw new Qcow2HeaderError(`backing_file_size 0 with backing_file_offset ${at}`);
-    if (backingLength > MAX_BACKING_NAME) throw new Qcow2HeaderError(`backing_file_size ${backingLength} is too long (at most ${MAX_BACKING_NAME})`);
-    if (at + backingLength > clusterSize || at + backingLength > buf.length) {
-      throw new Qcow2HeaderError(`backing_file_offset ${at} + backing_file_size ${backingLength} lies outside the first cluster (${clusterSize} bytes)`);
-    }
-    backingName = buf.toString('utf8', at, at + backingLength);
-    if (backingName.includes('\0')) throw new Qcow2HeaderError(`backing file name ${JSON.stringify(backingName)} contains a NUL byte`);
+/** The backing file name (bytes 8..19 locate it inside the first cluster), if any. */
+function backingNameOf(buf: Buffer, backingOffset: bigint, clusterSize: number): string | undefined {
+  if (backingOffset === 0n) return undefined;
+  const at = safe('backing_file_offset', backingOffset);
+  const length = buf.readUInt32BE(16);
+  if (length === 0) throw new Qcow2HeaderError(`backing_file_size 0 with backing_file_offset ${at}`);
+  if (length > MAX_BACKING_NAME) throw new Qcow2HeaderError(`backing_file_size ${length} is too long (at most ${MAX_BACKING_NAME})`);
+  if (at + length > clusterSize || at + length > buf.length) {
+    throw new Qcow2HeaderError(`backing_file_offset ${at} + backing_file_size ${length} lies outside the first cluster (${clusterSize} bytes)`);
   }
-
-  return {
-    version,
-    clusterBits,
-    clusterSize,
-    size: sizeN,
-    l1Size,
-    l1TableOffset: l1Offset,
-    refcountTableOffset: rtOffset,
-    refcountTableClusters,
-    refcountOrder,
-    nbSnapshots,
-    snapshotsOffset: snapOffset,
-    headerLength,
-    incompatible,
-    compatible,
-    autoclear,
-    dirty: (incompatible & INCOMPAT_DIRTY) !== 0n,
-    extendedL2,
-    compression,
-    backingName,
-    backingFormat: backingName !== undefined ? ext.backingFormat : undefined,
-    l2EntrySize,
-    l2Entries,
-  };
+  const name = buf.toString('utf8', at, at + length);
+  if (name.includes('\0')) throw new Qcow2HeaderError(`backing file name ${JSON.stringify(name)} contains a NUL byte`);
+  return name;
 }
 
 interface Extensions {
