@@ -13,7 +13,10 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BlockDevice, Extent } from '../../src/block/block-device.js';
 import { openImage } from '../../src/formats/open-image.js';
+import { FileIo, readFully } from '../../src/block/file-io.js';
+import { Qcow2Device } from '../../src/formats/qcow2/qcow2-device.js';
 import { BoundedLru } from '../../src/formats/qcow2/qcow2-lru.js';
+import { readQcow2File } from '../../src/formats/qcow2/qcow2-open.js';
 import { mustSucceed, qemuImg } from '../helpers/clients.js';
 import { makeTempDir, sha256File, type TempDir } from '../helpers/images.js';
 import {
@@ -353,6 +356,46 @@ describe('qcow2 caches stay within their byte budget', () => {
     await lru.get(2, load(2));
     expect(loads).toBe(5);
     expect(lru.size).toBeLessThanOrEqual(3 * 4096);
+  });
+});
+
+describe.runIf(hasQemu)('qcow2 reader: a 1 TiB image with a small L2 budget', () => {
+  let tmp: TempDir;
+  beforeAll(() => {
+    tmp = makeTempDir('qcow2-big-');
+  });
+  afterAll(() => tmp?.cleanup());
+
+  it('reads 24 clusters spread over 24 L2 tables while holding at most the budget', async () => {
+    const TiB = 1024 * 1024 * MiB;
+    const img = await makeQcow2(tmp.file('big.qcow2'), { size: TiB });
+    // One 4 KiB write every 40 GiB: each lands in its own L2 table (one covers 512 MiB).
+    const spots = Array.from({ length: 24 }, (_, i) => i * 40 * 1024 * MiB + (i % 7) * 65536);
+    await qemuIoWrites(img, spots.map((at, i) => `write -P ${i + 1} ${at} 4k`));
+    const file = await readQcow2File(img);
+    const l1 = Buffer.alloc(file.header.l1Size * 8);
+    await readFully(file.fh, file.header.l1TableOffset, l1, l1.length);
+    const budget = 8 * 4096;
+    const dev = new Qcow2Device({ path: img, fh: file.fh, fileLength: file.fileLength, header: file.header, l1, backing: undefined, backingPath: undefined, backingFormat: undefined, io: new FileIo(), l2CacheBytes: budget });
+    try {
+      for (let round = 0; round < 2; round++) {
+        await Promise.all(
+          spots.map(async (at, i) => {
+            const b = Buffer.alloc(8192);
+            await dev.read(at, b);
+            expect(b.subarray(0, 4096)).toEqual(Buffer.alloc(4096, i + 1));
+            expect(b.subarray(4096)).toEqual(Buffer.alloc(4096));
+            expect(dev.cachedL2Bytes).toBeLessThanOrEqual(budget);
+          }),
+        );
+      }
+      // Block status over the whole TiB answers without reading unallocated L2 tables.
+      const ext = await dev.blockStatus(spots[1]! - MiB, 2 * MiB);
+      expect(runsFromExtents(0, ext).map((r) => r.what)).toEqual(['hole', 'data', 'hole']);
+      expect(dev.cachedL2Bytes).toBeLessThanOrEqual(budget);
+    } finally {
+      await dev.close();
+    }
   });
 });
 

@@ -32,8 +32,12 @@ import { Qcow2Map, type Piece } from './qcow2-map.js';
 export const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
 /** Default budget of decompressed clusters (sequential reads of a 2 MiB cluster hit it). */
 export const DEFAULT_CLUSTER_CACHE_BYTES = 16 * 1024 * 1024;
-/** Block status looks at most this far per call (the caller asks again). */
+/**
+ * Block status looks at most this far per call (the caller asks again): 1 GiB, or 2^17
+ * clusters when clusters are small (512 B clusters: 2 M L2 entries per GiB).
+ */
 const STATUS_WINDOW = 1024 * 1024 * 1024;
+const STATUS_WINDOW_CLUSTERS = 131072;
 
 export interface Qcow2DeviceParts {
   readonly path: string;
@@ -145,7 +149,8 @@ export class Qcow2Device implements BlockDevice {
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
-    const pieces = await this.map.mapRange(offset, Math.min(length, STATUS_WINDOW));
+    const window = Math.min(STATUS_WINDOW, this.parts.header.clusterSize * STATUS_WINDOW_CLUSTERS);
+    const pieces = await this.map.mapRange(offset, Math.min(length, window));
     const out: Extent[] = [];
     let pos = offset;
     for (const p of pieces) {
