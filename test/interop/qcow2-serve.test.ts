@@ -162,4 +162,26 @@ describe.runIf(hasTools)('a qcow2 golden base under per-machine cow overlays', (
     expect(existsSync(path.join(dir, 'vm1.cow'))).toBe(true);
     expect(sha256File(golden)).toBe(before);
   });
+
+  for (const args of [
+    ['--ephemeral', '--base', 'GOLDEN', '--base-format', 'qcow2'],
+    ['--ephemeral', '--base-format', 'qcow2', 'GOLDEN'],
+    // -f names IMAGE's format, and with --ephemeral IMAGE is the base: it was read as raw.
+    ['--ephemeral', '-f', 'qcow2', 'GOLDEN'],
+  ]) {
+    it(`serve ${args.join(' ')}: each connection sees the qcow2's disk, writes vanish`, async () => {
+      const before = sha256File(golden);
+      const eph = await startServer([...args.map((a) => (a === 'GOLDEN' ? golden : a)), '--ephemeral-dir', tmp.file('eph')]);
+      try {
+        const w = await qemuIo(eph.uri(), ['write -P 0x77 0 4k', 'read -P 0x77 0 4k', 'read -P 0x21 4k 60k', 'read -P 0x22 6M 64k']);
+        mustSucceed(w);
+        expect(w.patternFailures).toBe(0);
+        const fresh = await copyOut(eph.uri(), tmp.file('eph.raw'));
+        expect(fresh.equals(await referenceBytes(golden))).toBe(true);
+      } finally {
+        await eph.stop();
+      }
+      expect(sha256File(golden)).toBe(before);
+    });
+  }
 });
