@@ -8,7 +8,7 @@
  * Then: headers the reader must refuse (one line naming the field and value), writes
  * refused, and a fast-check property over random write patterns and cluster sizes.
  */
-import { openSync, readSync, writeSync, closeSync } from 'node:fs';
+import { closeSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BlockDevice, Extent } from '../../src/block/block-device.js';
@@ -313,6 +313,15 @@ describe.runIf(hasQemu)('qcow2 reader: images it must refuse, with one line nami
     } finally {
       await dev.close();
     }
+  });
+
+  it('a missing backing file: the error names the image and the backing as recorded', async () => {
+    const gone = await fresh();
+    const top = await makeQcow2(tmp.file('orphan.qcow2'), { size: 4 * MiB, backing: gone });
+    rmSync(gone);
+    const msg = await refusal(top);
+    expect(msg).toContain(`cannot open backing file "${gone}"`);
+    expect(msg).toMatch(/as qcow2: .*no such file/i);
   });
 
   it('a qcow2 backing without a recorded format needs --backing-format (never probed)', async () => {

@@ -83,7 +83,11 @@ export async function openQcow2(file: string, req: OpenRequest): Promise<BlockDe
     let backingFormat: string | undefined;
     if (backingPath !== undefined) {
       backingFormat = qcow2BackingFormat(file, header, req.backingFormat, req.knownFormats);
-      backing = await req.openBacking(backingPath, backingFormat);
+      backing = await req.openBacking(backingPath, backingFormat).catch((err: NodeJS.ErrnoException) => {
+        // Name the image whose header named the backing: the error alone names only the backing.
+        const code = err instanceof DeviceError ? err.code : 'EIO';
+        throw new DeviceError(code, `${file}: cannot open backing file ${quotedPath(header.backingName ?? backingPath)} (${quotedPath(backingPath)}) as ${backingFormat}: ${err.message}`);
+      });
     }
     return new Qcow2Device({ path: file, fh, fileLength, header, l1, backing, backingPath, backingFormat, io: req.io });
   } catch (err) {
