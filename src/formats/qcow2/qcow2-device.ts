@@ -115,7 +115,10 @@ export class Qcow2Device implements BlockDevice {
       case 'backing':
         return this.readBacking(guest, part);
       case 'compressed': {
-        const cluster = await this.clusterCache.get(p.cluster, () => this.loadCompressed(p));
+        // A read of the whole cluster (sequential copies) is not cached: keeping it would
+        // only push other clusters out and promote garbage to the old generation.
+        const whole = p.within === 0 && p.length === this.parts.header.clusterSize;
+        const cluster = whole ? await this.loadCompressed(p) : await this.clusterCache.get(p.cluster, () => this.loadCompressed(p));
         cluster.copy(part, 0, p.within, p.within + p.length);
         return;
       }
