@@ -28,10 +28,18 @@ import type { Qcow2Header } from './qcow2-header.js';
 import { BoundedLru } from './qcow2-lru.js';
 import { Qcow2Map, type Piece } from './qcow2-map.js';
 
-/** Default budget of cached L2 slices: covers 256 GiB of a 64 KiB-cluster image. */
-export const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
-/** Default budget of decompressed clusters (sequential reads of a 2 MiB cluster hit it). */
-export const DEFAULT_CLUSTER_CACHE_BYTES = 16 * 1024 * 1024;
+/**
+ * Default budget of cached L2 slices: 16 MiB maps 128 GiB of a 64 KiB-cluster image. It is
+ * per device, and every overlay of an --overlay-dir fleet opens its own base device, so a
+ * fleet's worst case is machines × budget; slices are only cached once touched, and a
+ * machine touches the metadata of what it reads (1 GiB read ≈ 128 KiB of entries).
+ */
+export const DEFAULT_L2_CACHE_BYTES = 16 * 1024 * 1024;
+/**
+ * Default budget of decompressed clusters, kept only for partial reads (whole-cluster
+ * reads bypass it): 64 clusters of 64 KiB, or 2 of 2 MiB.
+ */
+export const DEFAULT_CLUSTER_CACHE_BYTES = 4 * 1024 * 1024;
 /**
  * Block status looks at most this far per call (the caller asks again): 1 GiB, or 2^17
  * clusters when clusters are small (512 B clusters: 2 M L2 entries per GiB).
