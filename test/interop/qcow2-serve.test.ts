@@ -163,6 +163,31 @@ describe.runIf(hasTools)('a qcow2 golden base under per-machine cow overlays', (
     expect(sha256File(golden)).toBe(before);
   });
 
+  it('add-cow (format recorded in its header) and cow (format given at open) overlays over the qcow2', async () => {
+    const before = sha256File(golden);
+    const want = await referenceBytes(golden);
+    const cli = (args: string[]) => runTool(process.execPath, [CLI_PATH, ...args]);
+    mustSucceed(await cli(['create', '-f', 'add-cow', '--image', tmp.file('ac.img'), '-b', golden, '-F', 'qcow2', tmp.file('ac.add-cow')]));
+    mustSucceed(await cli(['create', '-f', 'cow', '-b', golden, '-F', 'qcow2', tmp.file('c.cow')]));
+    for (const args of [[tmp.file('ac.add-cow')], [tmp.file('c.cow'), '--backing-format', 'qcow2']]) {
+      const s = await startServer(args);
+      try {
+        expect((await copyOut(s.uri(), tmp.file('ov.raw'))).equals(want), args[0]).toBe(true);
+        mustSucceed(await qemuIo(s.uri(), ['write -P 0x3c 100k 8k']));
+        const v = await qemuIo(s.uri(), ['read -P 0x3c 100k 8k', 'read -P 0x21 0 100k'], { readOnly: true });
+        expect(v.patternFailures, args[0]).toBe(0);
+      } finally {
+        await s.stop();
+      }
+    }
+    // A cow over a qcow2 opened without the format would read the container: its recorded
+    // size (the qcow2's virtual size) does not match, so it is refused (docs/qcow2-format.md).
+    const wrong = await runTool(process.execPath, [CLI_PATH, 'serve', tmp.file('c.cow'), '-p', '0'], { timeoutMs: 20_000 });
+    expect(wrong.code).not.toBe(0);
+    expect(wrong.stderr).toContain(`Size mismatch (${8 * MiB} vs `);
+    expect(sha256File(golden)).toBe(before);
+  });
+
   for (const args of [
     ['--ephemeral', '--base', 'GOLDEN', '--base-format', 'qcow2'],
     ['--ephemeral', '--base-format', 'qcow2', 'GOLDEN'],
