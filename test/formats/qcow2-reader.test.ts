@@ -17,7 +17,7 @@ import { FileIo, readFully } from '../../src/block/file-io.js';
 import { Qcow2Device } from '../../src/formats/qcow2/qcow2-device.js';
 import { BoundedLru } from '../../src/formats/qcow2/qcow2-lru.js';
 import { readQcow2File } from '../../src/formats/qcow2/qcow2-open.js';
-import { mustSucceed, qemuImg } from '../helpers/clients.js';
+import { mustSucceed, qemuImg, runTool } from '../helpers/clients.js';
 import { makeTempDir, sha256File, type TempDir } from '../helpers/images.js';
 import {
   makeQcow2,
@@ -185,6 +185,23 @@ describe.runIf(hasQemu)('qcow2 reader: vectors made by qemu-img / qemu-io', () =
     await qemuIoWrites(top, ['write -P 0x55 1M 100k']);
     const ours = await readAll(top);
     expect(ours.bytes.equals(await referenceBytes(top))).toBe(true);
+  });
+
+  it('a dirty image (lazy refcounts, writer killed) is read like qemu reads it, and not repaired', async () => {
+    const img = await makeQcow2(tmp.file('dirty.qcow2'), { size: 4 * MiB, options: 'lazy_refcounts=on' });
+    // qemu-io kills itself after the writes: the dirty bit stays set.
+    await runTool('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x44 0 1M', '-c', 'write -z 2M 64k', '-c', 'sigraise 9', img]);
+    const head = Buffer.alloc(8);
+    const fd = openSync(img, 'r');
+    readSync(fd, head, 0, 8, 72);
+    closeSync(fd);
+    expect(head.readBigUInt64BE() & 1n).toBe(1n);
+    const before = sha256File(img);
+    await expectLikeQemu(img);
+    const dev = await openImage(img, { readOnly: true, format: 'qcow2' });
+    expect(dev.describe().detail).toMatchObject({ dirty: true });
+    await dev.close();
+    expect(sha256File(img)).toBe(before);
   });
 
   it('opens read-only and never changes the file', async () => {
