@@ -10,7 +10,7 @@
  *
  * Where it runs: clusters up to SYNC_MAX decode synchronously — measured on Node 24, one
  * async zlib call costs ~4x the decode of a 64 KiB cluster itself (it builds a stream per
- * call), and a 64 KiB decode takes ~0.1 ms, less than the event loop spends on one NBD
+ * call), and a 64 KiB decode takes ~0.1–0.3 ms, about what the event loop spends on one NBD
  * read. Larger clusters (up to 2 MiB, milliseconds each) go to the libuv threadpool (the
  * async API) so they never stall other connections. The output buffer is sized to the
  * cluster (chunkSize), which halves the cost of both paths (measured, Node's default is 16 KiB).

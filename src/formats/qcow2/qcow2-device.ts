@@ -4,7 +4,8 @@
  *   read(off, buf) ─► Qcow2Map.mapRange ─► data:       pread of the image file (merged runs)
  *                                         zero:       fill
  *                                         backing:    the backing device (zeros past its end)
- *                                         compressed: decompressed-cluster cache ─► copy
+ *                                         compressed: decode (via the decompressed-cluster
+ *                                                     cache unless the whole cluster is read) ─► copy
  *
  * Every piece of a request is fetched concurrently and there is no lock: the image never
  * changes while open (cownbd never writes qcow2), so reads share the caches freely.
