@@ -3,6 +3,10 @@
 #
 #   scripts/bench.sh            throughput table (npm run bench)
 #   scripts/bench.sh memory     RSS table (scripts/bench/memory.mjs)
+#   scripts/bench.sh qcow2      reading a qcow2 base (uncompressed, deflate, zstd): cownbd serve -r
+#                               -f qcow2 vs qemu-nbd -r -f qcow2 (and nbdkit --filter=qcow2dec
+#                               where nbdkit has it), read rows only (scripts/bench/qcow2.mjs;
+#                               BENCH_QCOW2=plain,zlib,zstd picks the variants)
 #   scripts/bench.sh objectstore  s3:// base (cold/warm) vs the same local base, and publish
 #                               MiB/s, against s3rver (scripts/bench/objectstore.mjs;
 #                               BENCH_S3_CHUNKS=1M,2M,4M compares chunk sizes)
@@ -39,9 +43,9 @@ ROOT=$PWD
 
 MODE="${1:-throughput}"
 case "$MODE" in
-  throughput | memory | objectstore) ;;
+  throughput | memory | objectstore | qcow2) ;;
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "bench.sh: unknown mode '$MODE' (expected nothing, memory or objectstore)" >&2; exit 2 ;;
+  *) echo "bench.sh: unknown mode '$MODE' (expected nothing, memory, qcow2 or objectstore)" >&2; exit 2 ;;
 esac
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -82,6 +86,7 @@ if [[ ! -f "$BASE" || $(stat -c %s "$BASE") -ne $((SIZE_MIB * 1024 * 1024)) ]]; 
 fi
 export BENCH_BASE="$BASE"
 if [[ $MODE == objectstore ]]; then exec "$NODE24" "$ROOT/scripts/bench/objectstore.mjs"; fi
+if [[ $MODE == qcow2 ]]; then exec "$NODE24" "$ROOT/scripts/bench/qcow2.mjs"; fi
 # Nothing may write to the base (we may run as root, so permissions prove nothing: check
 # size + mtime after the run instead).
 BASE_SUM_BEFORE="$(stat -c '%s %Y' "$BASE")"

@@ -5,7 +5,7 @@
  */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { FileIo } from '../block/file-io.js';
-import { FORMAT_NAMES } from '../formats/registry.js';
+import { creatableFormats, FORMAT_NAMES } from '../formats/registry.js';
 import { addObjectStoreOptions } from '../objectstore/cli-options.js';
 import type { CommitFlags, ConvertFlags, RebaseFlags } from './image-long-actions.js';
 import { backingFormatOption, formatOption, layoutOption } from './image-options.js';
@@ -64,7 +64,7 @@ function registerConvert(program: Command, io: FileIo): void {
     .command('convert')
     .description('copy the full view of an image chain into a new raw image, cow overlay or add-cow overlay')
     .argument('<src>', 'source image (any chain)')
-    .addOption(new Option('-O, --output-format <format>', 'format of the new image').choices([...FORMAT_NAMES]).makeOptionMandatory())
+    .addOption(new Option('-O, --output-format <format>', 'format of the new image').choices(creatableFormats()).makeOptionMandatory())
     .argument('<dst>', 'new image')
     .addOption(formatOption())
     .addOption(new Option('--source-backing-format <format>', 'format of the source backing file').choices([...FORMAT_NAMES]))

@@ -22,7 +22,9 @@ import { UsageError, type ServeOptions } from './serve-options.js';
 import { applyProcessOptions } from './serve-process.js';
 
 export async function serveAction(image: string | undefined, cliOptions: ServeOptions, cmd: Command, io: FileIo): Promise<void> {
-  const { o, fileOptions } = await withFileOptions(cliOptions, cmd);
+  const merged = await withFileOptions(cliOptions, cmd);
+  const fileOptions = merged.fileOptions;
+  const o = ephemeralImageFormat(merged.o, image, cmd);
   if (o.admin && !('path' in o.admin) && !o.adminTokenFile) throw new UsageError('--admin HOST:PORT needs --admin-token-file (the bearer token clients must send)');
   const log = createLogger({ level: o.logLevel });
   logNativeAddon(log, io.policy);
@@ -53,6 +55,19 @@ export async function serveAction(image: string | undefined, cliOptions: ServeOp
   const api = server.controlPlane!.api;
   if (api) process.stdout.write(`cownbd: admin API on ${api.address}\n`);
   await applyProcessOptions({ ...running, defaultExport: server.defaultExport }, o, log, process.env);
+}
+
+/**
+ * `-f` names IMAGE's format, and with `--ephemeral IMAGE` that image is the base: `-f` is
+ * then the base format (--base-format defaults to raw, which read a qcow2 base's container
+ * bytes as the disk). Both given and different is refused.
+ */
+function ephemeralImageFormat(o: ServeOptions, image: string | undefined, cmd: Command): ServeOptions {
+  if (!o.ephemeral || o.base || image === undefined || o.format === undefined) return o;
+  if (cmd.getOptionValueSource('baseFormat') === 'cli' && o.baseFormat !== o.format) {
+    throw new UsageError(`--ephemeral ${image}: -f ${o.format} and --base-format ${o.baseFormat} disagree about its format (give one)`);
+  }
+  return { ...o, baseFormat: o.format };
 }
 
 /** --config: the file's options, and the command line merged over them (given wins). */

@@ -66,7 +66,7 @@ export const FOREIGN_FORMATS: readonly ForeignFormat[] = [
   {
     name: 'qcow2',
     title: 'qcow2 (QEMU copy-on-write v2/v3)',
-    support: 'refused',
+    support: 'read-only',
     // Any version but 1, unknown ones included: the magic alone says this is no raw disk.
     matches: (head) => at(head, 0, QFI) && qcowVersion(head) !== 1,
     virtualSize: (head) => u64be(head, 24),

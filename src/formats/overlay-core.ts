@@ -190,7 +190,8 @@ export class OverlayCore {
     const out: Extent[] = [];
     if (inBacking > 0) {
       // Cached: the backing never changes while we are open (backing-extent-cache.ts).
-      for (const e of await this.backingCache!.extents(pos, inBacking)) out.push({ length: e.length, flags: e.flags, depth: e.depth + 1 });
+      // Depth 0 (no layer below holds it: an unallocated qcow2 cluster) stays 0.
+      for (const e of await this.backingCache!.extents(pos, inBacking)) out.push({ length: e.length, flags: e.flags, depth: e.depth === 0 ? 0 : e.depth + 1 });
     }
     if (inBacking < len) out.push({ length: len - inBacking, flags: EXTENT_HOLE | EXTENT_ZERO, depth: 0 });
     return out;

@@ -19,10 +19,11 @@ import { cowFormat } from './cow/format.js';
 import type { FormatRecord } from './format-record.js';
 import { detectForeign, FOREIGN_FORMATS, foreignMessage, type ForeignFormat } from './foreign-magic.js';
 import { foreignFormatOf, readFileEnds } from './foreign-probe.js';
+import { qcow2Format } from './qcow2/format.js';
 import { rawFormat } from './raw/format.js';
 import { s3Format } from './s3/format.js';
 
-export const FORMATS: readonly FormatRecord[] = [rawFormat, cowFormat, addCowFormat, s3Format];
+export const FORMATS: readonly FormatRecord[] = [rawFormat, cowFormat, addCowFormat, qcow2Format, s3Format];
 
 /**
  * The names an operator (or an overlay header) selects a format by. Records that claim

@@ -19,7 +19,7 @@ import { unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { BlockDevice } from '../block/block-device.js';
 import { createImage, openImage, type ImageFormat } from '../formats/open-image.js';
-import { formatByName } from '../formats/registry.js';
+import { creatableFormats, formatByName } from '../formats/registry.js';
 import { openChain, type ChainOptions } from './chain.js';
 import type { ToolContext } from './commit.js';
 import { ToolError } from './errors.js';
@@ -53,6 +53,8 @@ export async function runConvert(src: string, dst: string, options: ConvertOptio
   try {
     let bytesWritten: number;
     const label = `convert ${path.basename(src)}`;
+    // A read-only format (qcow2) is no output: "not an overlay" must not mean "write raw".
+    if (!formatByName(options.outputFormat).create) throw new ToolError(`-O ${options.outputFormat}: cownbd cannot write ${options.outputFormat} images (it reads them); use -O ${creatableFormats().join(', -O ')}`);
     if (!formatByName(options.outputFormat).overlay) {
       if (options.outBacking) throw new ToolError(`-O ${options.outputFormat} has no backing file (drop --backing)`);
       bytesWritten = (await flattenToRaw(dev, dst, dev.size, { force: options.force, progress: ctx.makeProgress(label, dev.size), interrupt: ctx.interrupt })).bytesWritten;

@@ -13,6 +13,8 @@ const FORMAT_NAMES = [...REGISTERED];
 const OVERLAY_FORMAT_NAMES = FORMATS.filter((f) => f.overlay).map((f) => f.name);
 /** What `info` may call an image it will not serve (formats/foreign-magic.ts). */
 const FOREIGN_NAMES = FOREIGN_FORMATS.map((f) => f.name).filter((n) => !FORMAT_NAMES.includes(n));
+/** What convert can write (qcow2 is read-only). */
+const CREATABLE_FORMAT_NAMES = FORMATS.filter((f) => f.create).map((f) => f.name);
 
 const uint = { type: 'integer', minimum: 0 } as const;
 const nullableUint = { type: ['integer', 'null'], minimum: 0 } as const;
@@ -101,6 +103,21 @@ export const INFO_SCHEMA = {
           required: ['stored', 'resolved', 'format', 'apparentSize', 'actualSize'],
           properties: { stored: { type: 'string' }, resolved: { type: 'string' }, format: { type: 'string' }, apparentSize: uint, actualSize: uint },
         },
+      },
+    },
+    qcow2: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['compat', 'clusterSize', 'extendedL2', 'compressionType', 'refcountBits', 'snapshots', 'dirty', 'l1Size'],
+      properties: {
+        compat: { enum: ['0.10', '1.1'], description: 'qemu-img compat= name of the version: 0.10 = version 2, 1.1 = version 3' },
+        clusterSize: { type: 'integer', minimum: 512, maximum: 2097152 },
+        extendedL2: { type: 'boolean', description: 'extended L2 entries (32 subclusters per cluster)' },
+        compressionType: { enum: ['zlib', 'zstd'] },
+        refcountBits: uint,
+        snapshots: { ...uint, description: 'internal snapshots (the active layer is what cownbd reads)' },
+        dirty: { type: 'boolean', description: 'incompatible bit 0: refcounts may be stale (reading is unaffected; docs/qcow2-format.md)' },
+        l1Size: { ...uint, description: 'entries of the active L1 table' },
       },
     },
     commitInProgress: {
@@ -215,7 +232,7 @@ export const CONVERT_SCHEMA = {
     command: { const: 'convert' },
     source: { type: 'string' },
     target: { type: 'string' },
-    outputFormat: { enum: FORMAT_NAMES },
+    outputFormat: { enum: CREATABLE_FORMAT_NAMES },
     virtualSize: uint,
     bytesWritten: uint,
     elapsedMs: uint,

@@ -43,10 +43,10 @@ describe('serve --config: validation', () => {
     assertBuilt();
     createRawImage(tmp.file('a.img'), 1 << 20);
     const file = tmp.file('bad.toml');
-    writeFileSync(file, `[server]\nlog-level = "info"\n\n[[export]]\nname = "a"\npath = "a.img"\n\n[[export]]\nname = "b"\npath = "b.img"\nformat = "qcow2"\nread-olny = true\n`);
+    writeFileSync(file, `[server]\nlog-level = "info"\n\n[[export]]\nname = "a"\npath = "a.img"\n\n[[export]]\nname = "b"\npath = "b.img"\nformat = "vmdk"\nread-olny = true\n`);
     const r = spawnSync(process.execPath, [CLI_PATH, 'serve', '--config', file, '-p', '0'], { encoding: 'utf8', timeout: 20_000 });
     expect(r.status).toBe(1);
-    expect(r.stderr).toContain(`${file}:11: export[1] ("b").format: must be one of raw, cow, add-cow (got "qcow2")`);
+    expect(r.stderr).toContain(`${file}:11: export[1] ("b").format: must be one of raw, cow, add-cow, qcow2 (got "vmdk")`);
     expect(r.stderr).toContain(`${file}:12: export[1] ("b").read-olny: unknown key "read-olny"`);
 
     writeFileSync(file, `[server]\nlisten = ["127.0.0.1:99999"]\n`);

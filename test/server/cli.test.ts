@@ -44,7 +44,7 @@ describe('cownbd CLI', () => {
     [['serve', 'x.img', '-p', '70000'], /port must be an integer 0-65535 \(got "70000"\)/],
     [['serve', '--export', 'nameonly', '-p', '0'], /--export must be NAME=PATH/],
     [['serve', '--export', 'a=b.img,bogus', '-p', '0'], /unknown option "bogus"/],
-    [['serve', '--export', 'a=b.img,format=qcow2', '-p', '0'], /format must be one of raw, cow, add-cow \(got "qcow2"\)/],
+    [['serve', '--export', 'a=b.img,format=vmdk', '-p', '0'], /format must be one of raw, cow, add-cow, qcow2 \(got "vmdk"\)/],
   ])('rejects bad arguments: %j', (args, message) => {
     const r = cli(args);
     expect(r.status).not.toBe(0);

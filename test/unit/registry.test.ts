@@ -26,11 +26,11 @@ const claiming: FormatRecord = {
 };
 
 describe('format registry', () => {
-  it('lists raw, cow, add-cow and s3, each name once; s3 is chosen by its scheme, not by name, and names them in errors', () => {
-    expect(FORMAT_NAMES).toEqual(['raw', 'cow', 'add-cow']);
-    expect(FORMATS.map((f) => f.name)).toEqual(['raw', 'cow', 'add-cow', 's3']);
+  it('lists raw, cow, add-cow, qcow2 and s3, each name once; s3 is chosen by its scheme, not by name, and names them in errors', () => {
+    expect(FORMAT_NAMES).toEqual(['raw', 'cow', 'add-cow', 'qcow2']);
+    expect(FORMATS.map((f) => f.name)).toEqual(['raw', 'cow', 'add-cow', 'qcow2', 's3']);
     expect(new Set(FORMATS.map((f) => f.name)).size).toBe(FORMATS.length);
-    expect(() => formatByName('qcow2')).toThrow(/format "qcow2" is not supported \(supported: raw, cow, add-cow\)/);
+    expect(() => formatByName('vmdk')).toThrow(/format "vmdk" is not supported \(supported: raw, cow, add-cow, qcow2\)/);
   });
 
   it('detects cow (both byte orders) and add-cow by magic; anything else, short files included, is raw', async () => {
