@@ -45,6 +45,12 @@ export interface ForeignFormat {
   /** For people: what the format is. */
   readonly title: string;
   readonly support: ForeignSupport;
+  /**
+   * A format cownbd reads when it is named (src/formats/<name>/): probing still refuses it,
+   * because "served as what the magic says" would let a guest that writes this magic into
+   * a raw disk change how the disk is read; the refusal says how to name it.
+   */
+  readonly readableWhenNamed?: boolean;
   /** The magic is in these bytes (head: the file's first bytes; tail: its last, if it has them). */
   matches(head: Buffer, tail: Buffer | undefined): boolean;
   /** The disk size the header states, when these bytes and the file size give it. */
@@ -66,7 +72,8 @@ export const FOREIGN_FORMATS: readonly ForeignFormat[] = [
   {
     name: 'qcow2',
     title: 'qcow2 (QEMU copy-on-write v2/v3)',
-    support: 'read-only',
+    support: 'refused',
+    readableWhenNamed: true,
     // Any version but 1, unknown ones included: the magic alone says this is no raw disk.
     matches: (head) => at(head, 0, QFI) && qcowVersion(head) !== 1,
     virtualSize: (head) => u64be(head, 24),
@@ -152,6 +159,8 @@ export function detectForeign(head: Buffer, tail?: Buffer, formats: readonly For
 export function foreignMessage(path: string, format: ForeignFormat, rawOption: string): string {
   return (
     `'${path}' is a ${format.title} image, a format cownbd does not serve: served as a raw disk its metadata would be disk data, and the first write would destroy the image. ` +
-    `Convert it (qemu-img convert -f ${format.name} -O raw '${path}' IMAGE.raw), or give ${rawOption} if the file really is a raw disk`
+    (format.readableWhenNamed
+      ? `cownbd reads it read-only when named: -r -f ${format.name} (an export: format=${format.name},ro; a base or backing: --base-format/--backing-format ${format.name}). Or give ${rawOption} if the file really is a raw disk`
+      : `Convert it (qemu-img convert -f ${format.name} -O raw '${path}' IMAGE.raw), or give ${rawOption} if the file really is a raw disk`)
   );
 }
