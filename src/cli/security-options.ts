@@ -7,6 +7,7 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import { SECURITY_DEFAULTS, type SecurityOptions } from '../server/security.js';
 import { TLS_MODES, type TlsMode } from '../server/tls.js';
 import { parseSize } from '../util/size.js';
+import { DEFAULT_MAX_SNAPSHOTS, MAX_SNAPSHOTS_LIMIT } from '../control/snapshot-limit.js';
 
 /** What commander collects for these options. */
 export interface SecurityCliOptions {
@@ -21,6 +22,7 @@ export interface SecurityCliOptions {
   overlayDirMatchIdentity?: boolean;
   maxOverlays: number;
   minFree: number;
+  maxSnapshots: number;
 }
 
 function positiveInt(what: string) {
@@ -28,6 +30,12 @@ function positiveInt(what: string) {
     if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError(`${what} must be a positive integer (got "${v}")`);
     return Number(v);
   };
+}
+
+function snapshotLimit(v: string): number {
+  const n = positiveInt('--max-snapshots')(v);
+  if (n > MAX_SNAPSHOTS_LIMIT) throw new InvalidArgumentError(`--max-snapshots must be at most ${MAX_SNAPSHOTS_LIMIT}: a chain has at most 64 layers (got "${v}")`);
+  return n;
 }
 
 function sizeArg(v: string): number {
@@ -56,7 +64,8 @@ export function addSecurityOptions(cmd: Command): Command {
     .option('--max-connections-per-client <n>', 'refuse connections beyond this many from one address', positiveInt('--max-connections-per-client'), SECURITY_DEFAULTS.maxConnectionsPerClient)
     .option('--overlay-dir-match-identity', '--overlay-dir: a client may open only the export named like its TLS identity')
     .option('--max-overlays <n>', '--overlay-dir/--ephemeral: create no overlay beyond this many files', positiveInt('--max-overlays'), SECURITY_DEFAULTS.maxOverlays)
-    .option('--min-free <size>', '--overlay-dir/--ephemeral: create no overlay when less than SIZE is free there (e.g. 1G, 0)', sizeArg, SECURITY_DEFAULTS.minFree);
+    .option('--min-free <size>', '--overlay-dir/--ephemeral: create no overlay when less than SIZE is free there (e.g. 1G, 0)', sizeArg, SECURITY_DEFAULTS.minFree)
+    .option('--max-snapshots <n>', 'admin API: refuse a snapshot that would give an export more than this many snapshot layers', snapshotLimit, DEFAULT_MAX_SNAPSHOTS);
 }
 
 /** The options object for buildServerSecurity() from the CLI values. */

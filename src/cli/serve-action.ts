@@ -109,6 +109,7 @@ async function serveExports(ctx: ServeContext, configs: StaticExportConfig[], li
     inspect: (file) =>
       openImage(file, { readOnly: true, format: DEFAULT_OVERLAY_FORMAT.name, backingFormat: o.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: o.ignoreMtime, io: ctx.io, objectStore: ctx.objectStore }),
     io: ctx.io,
+    maxSnapshots: o.maxSnapshots,
     log,
     objectStoreStats: () => {
       const os = ctx.objectStore.peek();
