@@ -25,6 +25,7 @@ import { AllocationBitmap } from '../allocation-bitmap.js';
 import { checkBacking, resolveBackingPath, statBacking } from './cow-backing.js';
 import { COW_MAX_HEADER_SIZE, cowPathField, decodeCowHeader, detectCowLayout, isCowLayoutName, type CowHeader, type CowLayoutName } from './cow-header.js';
 import { cowGeometry, type CowGeometry } from './cow-layout.js';
+import { cowVirtualSize, isSnapshotLayer } from './cow-layers.js';
 import { cowBitmapSource } from './cow-open.js';
 
 interface Subject {
@@ -182,7 +183,11 @@ async function checkLostWrites(fh: FileHandle, g: CowGeometry, c: Collected): Pr
   return lostBytes;
 }
 
-/** Backing file identity (size, then mtime, as UML does). */
+/**
+ * Backing file identity (size, then mtime, as UML does). The size compared is the backing
+ * DEVICE's, as openCow compares it: a file's length for a raw backing, the virtual size for
+ * a snapshot layer below a live-snapshot top (a cow: its file is longer than its disk).
+ */
 async function checkBackingIdentity({ file, header }: Subject, req: CheckRequest, c: Collected): Promise<void> {
   const backing = resolveBackingPath(header.layout, header.backingFile, file, req.backingFile);
   let st;
@@ -191,8 +196,18 @@ async function checkBackingIdentity({ file, header }: Subject, req: CheckRequest
   } catch (err) {
     return corruption(c, 'backing', `${(err as Error).message} (stored as "${header.backingFile}")`);
   }
+  let sizeOverride: number | undefined;
+  // The same rule openCow follows (cow-stack.ts, snapshotBackingOf): a v3 top over a
+  // *.snap-N.cow with no operator override opens that layer as cow.
+  if (req.backingFile === undefined && header.layout === 'v3' && isSnapshotLayer(header.backingFile)) {
+    try {
+      sizeOverride = await cowVirtualSize(backing);
+    } catch (err) {
+      return corruption(c, 'backing', `snapshot layer "${backing}" below cannot be read as cow: ${(err as Error).message}`);
+    }
+  }
   try {
-    checkBacking(header, st, backing, { ignoreMtime: req.commitPending });
+    checkBacking(header, st, backing, { ignoreMtime: req.commitPending, sizeOverride });
   } catch (err) {
     corruption(c, 'backing', (err as Error).message);
   }

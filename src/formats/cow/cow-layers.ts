@@ -61,6 +61,13 @@ export async function readCowBacking(file: string): Promise<{ path: string; size
   return { path: state.backingResolved, size: state.header.size };
 }
 
+/** The virtual size of the cow `file` (what its device reports, and a top over it records). */
+export async function cowVirtualSize(file: string): Promise<number> {
+  const state = await readCowFile(file, { readOnly: true, validateBacking: false });
+  await state.fh.close();
+  return state.geometry.virtualSize;
+}
+
 /**
  * The stored backing path of `file` when it is a snapshot layer (so it must be opened as
  * cow). Reads only the header: tops over snapshot layers are always v3 (made by createCow).
