@@ -232,4 +232,60 @@ print(json.dumps([h.pread(BLOCK, b * BLOCK).hex() for b in BLOCKS]))
       await srv.stop();
     }
   }, 180_000);
+
+  it('admin DELETE and reset give back their --max-overlays count', async () => {
+    const base = createPatternedImage(tmp.file('golden3.img'), 4 << 20, 7);
+    const sock = tmp.file('admin3.sock');
+    const dir = tmp.file('vms3');
+    const srv = await startServer(['--base', base, '--overlay-dir', dir, '--admin', `unix:${sock}`, '--max-overlays', '3']);
+    const A = { socketPath: sock };
+    /** Connect to NAME (creating its overlay), write and read back: true if it was served. */
+    const served = async (name: string): Promise<boolean> =>
+      (
+        await nbdPython(
+          `
+import nbd
+try:
+    h = nbd.NBD(); h.connect_uri(URI)
+    h.pwrite(b"q" * 512, 0); h.flush()
+    print("yes" if h.pread(512, 0) == b"q" * 512 else "wrong data")
+except nbd.Error:
+    print("no")
+`,
+          { URI: srv.uri(name) },
+        )
+      ).trim() === 'yes';
+    try {
+      await waitFor(() => srv.stdout().includes('admin API on'), 'the admin API');
+      for (const name of ['vm1', 'vm2', 'vm3']) expect(await served(name), name).toBe(true);
+      expect(await served('vm4'), 'a 4th overlay with --max-overlays 3').toBe(false);
+      expect((await api(A, 'DELETE', '/exports/vm1')).status).toBe(200);
+      expect((await api(A, 'DELETE', '/exports/vm2')).status).toBe(200);
+      expect(await served('vm4'), 'vm4 after two deletes').toBe(true);
+      expect(await served('vm5'), 'vm5 after two deletes').toBe(true);
+      expect(await served('vm6'), 'vm6: vm3, vm4, vm5 exist').toBe(false);
+      // A reset overlay without snapshot layers is deleted (made afresh at the next
+      // connect): the machine reconnects even with the limit reached.
+      expect((await api(A, 'POST', '/exports/vm3/reset')).status).toBe(200);
+      expect(await served('vm3'), 'vm3 after its reset').toBe(true);
+      expect(await served('vm6'), 'vm6: still vm3, vm4, vm5').toBe(false);
+      // Snapshot layers are not machines: they count neither now nor after a restart.
+      expect((await api(A, 'POST', '/exports/vm4/snapshot')).status).toBe(201);
+      expect((await api(A, 'DELETE', '/exports/vm5')).status).toBe(200);
+      expect(await served('vm6'), 'vm6 after deleting vm5').toBe(true);
+      expect(readdirSync(dir).sort()).toEqual(['vm3.cow', 'vm4.cow', 'vm4.snap-1.cow', 'vm6.cow']);
+    } finally {
+      await srv.stop();
+    }
+    const again = await startServer(['--base', base, '--overlay-dir', dir, '--max-overlays', '4']);
+    try {
+      const out = await nbdPython(`
+import nbd
+h = nbd.NBD(); h.connect_uri(URI); h.pwrite(b"z" * 512, 0); h.flush(); print("yes")
+`, { URI: again.uri('vm7') });
+      expect(out.trim(), '3 machines (and a snapshot layer) leave room for a 4th').toBe('yes');
+    } finally {
+      await again.stop();
+    }
+  }, 120_000);
 });
