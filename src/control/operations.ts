@@ -21,6 +21,7 @@
  * At most `maxSnapshots` layers per export (the chain limit is MAX_CHAIN_DEPTH, 64).
  */
 import { unlink } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { BlockDevice, LayerInfo } from '../block/block-device.js';
 import type { Logger } from '../logging.js';
 import type { Connection } from '../server/connection.js';
@@ -34,7 +35,7 @@ import { alignUp } from '../block/block-split.js';
 import type { FileIo } from '../block/file-io.js';
 import { liveSnapshot, offlineSnapshot, type SnapshotResult } from './snapshot.js';
 import { SwappableDevice } from './swappable-device.js';
-import { DEFAULT_MAX_SNAPSHOTS } from './snapshot-limit.js';
+import { DEFAULT_MAX_SNAPSHOTS, snapshotsFull } from './snapshot-limit.js';
 
 /** An error with the HTTP status the API answers. */
 export class ApiError extends Error {
@@ -275,20 +276,19 @@ export class Operations {
 
   /**
    * Live while a client has the overlay open (pinned, so it stays open until the swap is
-   * done), offline when nobody has: decided under a hold once no client is half-way in
-   * (opening) or out (its release still flushing and closing the files).
+   * done), offline when nobody has: decided under a hold, taken only when no client is
+   * half-way in (opening) or out (its release still flushing and closing the files); else
+   * retried once that client is through (the hold is that short so it refuses nobody).
    */
   private async overlaySnapshot(name: string, top: string): Promise<SnapshotResult> {
-    for (let round = 0; round < 100; round++) {
+    for (const end = Date.now() + RELEASE_TIMEOUT_MS; Date.now() < end; await sleep(10)) {
       const live = await this.o.guard.withPinned(name, async (device) => {
         await this.checkSnapshotRoom(name, top);
         return liveSnapshot(device, top, this.o.io);
       });
       if (live) return live.result;
       const offline = await this.o.guard.hold(name, async () => {
-        // No new client can come; those opening or closing finish (polled: rare and short).
-        while (this.o.guard.usersOf(name).length > 0 && !this.o.guard.swappableFor(name)) await sleep(10);
-        if (this.o.guard.usersOf(name).length > 0) return undefined; // in use now: live
+        if (this.o.guard.usersOf(name).length > 0) return undefined;
         const backing = await readCowBacking(top).catch((err: NodeJS.ErrnoException) => {
           throw err.code === 'ENOENT' ? new ApiError(404, `no overlay for "${name}" yet (created at its first connection)`) : err;
         });
@@ -302,11 +302,8 @@ export class Operations {
 
   /** Refuse (409) a snapshot that would give the export more than maxSnapshots layers. */
   private async checkSnapshotRoom(name: string, top: string): Promise<void> {
-    const max = this.o.maxSnapshots ?? DEFAULT_MAX_SNAPSHOTS;
-    const layers = (await snapshotLayerFiles(top)).length;
-    if (layers >= max) {
-      throw new ApiError(409, `export "${name}" already has ${layers} snapshot layers (--max-snapshots ${max}): reset or delete it, or merge its layers offline, before taking another`);
-    }
+    const full = await snapshotsFull(top, this.o.maxSnapshots ?? DEFAULT_MAX_SNAPSHOTS);
+    if (full) throw new ApiError(409, `export "${name}" ${full}`);
   }
 
   kindOf(name: string): ExportKind | undefined {
@@ -378,10 +375,6 @@ function layersOf(top: LayerInfo, alloc: Allocation): LayerView[] {
     out.push({ depth, format: layer.format, path: layer.path, allocatedBytes: alloc.bytesByDepth[depth] ?? 0 });
   }
   return out;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 function ignoreMissing(err: NodeJS.ErrnoException): void {
