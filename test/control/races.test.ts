@@ -11,92 +11,16 @@
  *    no "mtime mismatch" from writes into a frozen layer).
  *  - admin DELETE and reset give back their --max-overlays count.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createPatternedImage, makeTempDir } from '../helpers/images.js';
-import { CLI_PATH, findNbdPython, nbdPython, requireNbdPython, startServer } from '../helpers/server.js';
+import { CLI_PATH, nbdPython, requireNbdPython, startServer } from '../helpers/server.js';
+import { startSessionDriver } from '../helpers/session-driver.js';
 import { api, waitFor } from './control-helpers.js';
 
 const usable = requireNbdPython();
 const BLOCK = 4096;
-
-/**
- * A session driver on stdin/stdout. "go FIRST N": N sessions at once (threads), each
- * connects, writes its own block FIRST+i with FUA, flushes and disconnects; answers one
- * JSON line of [block, connect began, flush acknowledged (null: failed), disconnect done]
- * (the server closes the socket before it releases the export). "read [BLOCKS]": the
- * blocks as hex, read over a new connection.
- */
-const DRIVER = `
-import nbd, sys, json, struct, time, threading
-def session(block, res):
-    data = struct.pack("<QQ", block, 0x5eed) * (BLOCK // 16)
-    t0 = time.time()
-    acked = None
-    try:
-        h = nbd.NBD(); h.connect_uri(URI)
-        h.pwrite(data, block * BLOCK, flags=nbd.CMD_FLAG_FUA)
-        h.flush()
-        acked = time.time()
-        h.shutdown()
-    except nbd.Error:
-        pass
-    res.append([block, t0, acked, time.time()])
-for line in sys.stdin:
-    cmd, arg = line.split(" ", 1)
-    if cmd == "go":
-        first, n = map(int, arg.split())
-        res = []
-        ts = [threading.Thread(target=session, args=(first + i, res)) for i in range(n)]
-        for t in ts: t.start()
-        for t in ts: t.join()
-        print(json.dumps(res), flush=True)
-    else:
-        h = nbd.NBD(); h.connect_uri(URI)
-        print(json.dumps({b: h.pread(BLOCK, b * BLOCK).hex() for b in json.loads(arg)}), flush=True)
-        h.shutdown()
-`;
-
-/** The driver as a child process: ask() sends one command line and resolves with the JSON answer. */
-function startDriver(uri: string): { ask: (line: string) => Promise<unknown>; stop: () => void } {
-  const py = findNbdPython();
-  if (!py) throw new Error('no python3 with the nbd module');
-  const prelude = `URI = ${JSON.stringify(uri)}\nBLOCK = ${BLOCK}\n`;
-  const proc = spawn(py, ['-c', prelude + DRIVER], { stdio: ['pipe', 'pipe', 'pipe'] });
-  let buf = '';
-  let stderr = '';
-  const waiting: Array<{ resolve: (v: unknown) => void; reject: (e: Error) => void }> = [];
-  proc.once('exit', (code) => {
-    for (const w of waiting.splice(0)) w.reject(new Error(`driver exited (${code}): ${stderr}`));
-  });
-  proc.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  proc.stdout.setEncoding('utf8').on('data', (d: string) => {
-    buf += d;
-    for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      waiting.shift()?.resolve(JSON.parse(line));
-    }
-  });
-  return {
-    ask: (line) =>
-      new Promise((resolve, reject) => {
-        waiting.push({ resolve, reject });
-        proc.stdin.write(`${line}\n`);
-      }),
-    stop: () => proc.kill(),
-  };
-}
-
-function sessionBlock(block: number): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  for (let o = 0; o < BLOCK; o += 16) {
-    b.writeBigUInt64LE(BigInt(block), o);
-    b.writeBigUInt64LE(0x5eedn, o + 8);
-  }
-  return b;
-}
 
 /**
  * Live snapshot against the last client's disconnect, ROUNDS times: a client of export
@@ -129,6 +53,16 @@ for r in range(ROUNDS):
 print(json.dumps(answers))
 `;
 
+/** What SNAP_RACE writes into block r. */
+function roundBlock(r: number): Buffer {
+  const b = Buffer.alloc(BLOCK);
+  for (let o = 0; o < BLOCK; o += 16) {
+    b.writeBigUInt64LE(BigInt(r), o);
+    b.writeBigUInt64LE(0x5eedn, o + 8);
+  }
+  return b;
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe.runIf(usable)('control-plane races', () => {
@@ -140,7 +74,7 @@ describe.runIf(usable)('control-plane races', () => {
     const sock = tmp.file('admin1.sock');
     const srv = await startServer(['--base', base, '--overlay-dir', tmp.file('vms1'), '--admin', `unix:${sock}`]);
     const A = { socketPath: sock };
-    const driver = startDriver(srv.uri('vm1'));
+    const driver = startSessionDriver(srv.uri(''));
     try {
       await waitFor(() => srv.stdout().includes('admin API on'), 'the admin API');
       // Rounds: a burst of sessions, one reset or DELETE (no force) at a random moment
@@ -152,20 +86,22 @@ describe.runIf(usable)('control-plane races', () => {
       const tally = { sessions: 0, acked: 0, ok: 0, refused: 0, checked: 0 };
       const lost: string[] = [];
       for (let round = 0; round < ROUNDS; round++) {
-        const first = round * PER_ROUND;
-        const sessions = driver.ask(`go ${first} ${PER_ROUND}`) as Promise<Array<[number, number, number | null, number]>>;
+        const ids = Array.from({ length: PER_ROUND }, (_, i) => round * PER_ROUND + i);
+        const sessions = driver.go('vm1', ids);
         await sleep(rand() * 40);
         const op = round % 2 === 0 ? 'reset' : 'delete';
         const reply = op === 'reset' ? await api(A, 'POST', '/exports/vm1/reset') : await api(A, 'DELETE', '/exports/vm1');
         const answered = Date.now() / 1000;
         expect([200, 404, 409], `${op}: ${reply.text}`).toContain(reply.status);
         const done = await sessions;
-        const acked = done.filter(([, , a]) => a !== null);
+        const acked = done.filter((s) => s.acked !== null);
         // A successful operation may have erased only sessions that were over before it
         // answered; one that overlapped a session must have answered 409.
-        const mustSurvive = acked.filter(([, , , end]) => reply.status !== 200 || end > answered).map(([b]) => b);
-        const got = (await driver.ask(`read ${JSON.stringify(mustSurvive)}`)) as Record<string, string>;
-        for (const b of mustSurvive) if (got[b] !== sessionBlock(b).toString('hex')) lost.push(`block ${b} (round ${round}, ${op} ${reply.status})`);
+        const mustSurvive = acked.filter((s) => reply.status !== 200 || s.ended > answered).map((s) => s.id);
+        const intact = await driver.read('vm1', mustSurvive);
+        mustSurvive.forEach((id, i) => {
+          if (!intact[i]) lost.push(`session ${id} (round ${round}, ${op} ${reply.status})`);
+        });
         tally.sessions += done.length;
         tally.acked += acked.length;
         tally.checked += mustSurvive.length;
@@ -226,7 +162,7 @@ print(json.dumps([h.pread(BLOCK, b * BLOCK).hex() for b in BLOCKS]))
             { URI: srv.uri(`vm${e}`), BLOCK, BLOCKS: blocks },
           ),
         ) as string[];
-        blocks.forEach((b, i) => expect(got[i], `vm${e} block ${b}`).toBe(sessionBlock(b).toString('hex')));
+        blocks.forEach((b, i) => expect(got[i], `vm${e} block ${b}`).toBe(roundBlock(b).toString('hex')));
       }
     } finally {
       await srv.stop();
