@@ -106,7 +106,6 @@ export interface OperationsOptions {
   readonly log: Logger;
 }
 
-
 /** How long a forced reset or delete waits for the disconnected clients to let go. */
 const RELEASE_TIMEOUT_MS = 60_000;
 
