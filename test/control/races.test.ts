@@ -2,10 +2,10 @@
  * Control-plane operations racing clients, black-box: the real server, python3-libnbd
  * clients, the admin API over its Unix socket (issue 26).
  *
- *  - reset / DELETE without force against clients that keep connecting, writing with FUA
- *    and FLUSH, and disconnecting: an operation either answers 409 or completes strictly
- *    before or after a client's session, so every write acknowledged in a session that no
- *    successful operation followed is still there at the end.
+ *  - reset / DELETE without force against bursts of clients that connect, write with FUA,
+ *    FLUSH and disconnect: an operation either answers 409 or completes strictly before
+ *    or after a client's session, so an acknowledged write is gone only when the
+ *    server's log shows the operation after that session's "connection closed" line.
  *  - a live snapshot racing the last client's disconnect: the server stays up, every
  *    layer checks clean, every flushed block reads back after a restart (the chains open:
  *    no "mtime mismatch" from writes into a frozen layer).
