@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm run torture -- [--kills N] [--points N] [--protocol-cases N] [--image-cases N] [--seed N]`:
+// `npm run torture -- [--kills N] [--points N] [--protocol-cases N] [--image-cases N] [--control-rounds N] [--seed N]`:
 // the reliability campaign (test/campaign/) with long-run sizes. `--points N` asks for N
 // crash points (each kill verifies three exports, so kills = ceil(N / 3)). Prints the
 // "campaign:" figure lines the README quotes. Needs `npm run build` first.
@@ -11,6 +11,7 @@ const names = {
   '--kills': 'COWNBD_TORTURE_KILLS',
   '--protocol-cases': 'COWNBD_TORTURE_PROTOCOL_CASES',
   '--image-cases': 'COWNBD_TORTURE_IMAGE_CASES',
+  '--control-rounds': 'COWNBD_TORTURE_CONTROL_ROUNDS',
   '--seed': 'COWNBD_TORTURE_SEED',
 };
 for (let i = 0; i < args.length; i += 2) {

@@ -239,6 +239,7 @@ class Server implements CownbdServer {
       inspect: (file) =>
         openImage(file, { readOnly: true, format: DEFAULT_OVERLAY_FORMAT.name, backingFormat: baseFormat ?? c.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: c.ignoreMtime, io, objectStore }),
       io,
+      maxSnapshots: c.maxSnapshots,
       log,
       objectStoreStats: () => {
         const os = objectStore.peek();

@@ -8,6 +8,7 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import { SECURITY_DEFAULTS } from '../server/security.js';
 import { TLS_MODES, type TlsMode } from '../server/tls.js';
 import { formatSize, parseSize } from '../util/size.js';
+import { DEFAULT_MAX_SNAPSHOTS, MAX_SNAPSHOTS_LIMIT } from '../control/snapshot-limit.js';
 
 /** What commander collects for these options. */
 export interface SecurityCliOptions {
@@ -22,6 +23,7 @@ export interface SecurityCliOptions {
   overlayDirMatchIdentity?: boolean;
   maxOverlays: number;
   minFree: number;
+  maxSnapshots: number;
 }
 
 function positiveInt(what: string) {
@@ -29,6 +31,12 @@ function positiveInt(what: string) {
     if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError(`${what} must be a positive integer (got "${v}")`);
     return Number(v);
   };
+}
+
+function snapshotLimit(v: string): number {
+  const n = positiveInt('--max-snapshots')(v);
+  if (n > MAX_SNAPSHOTS_LIMIT) throw new InvalidArgumentError(`--max-snapshots must be at most ${MAX_SNAPSHOTS_LIMIT}: a chain has at most 64 layers (got "${v}")`);
+  return n;
 }
 
 function sizeArg(v: string): number {
@@ -62,5 +70,6 @@ export function addSecurityOptions(cmd: Command): Command {
         .argParser(sizeArg)
         // Shown as a size in --help, not as 1073741824.
         .default(SECURITY_DEFAULTS.minFree, formatSize(SECURITY_DEFAULTS.minFree).replace(' ', '')),
-    );
+    )
+    .option('--max-snapshots <n>', 'admin API: refuse a snapshot that would give an export more than this many snapshot layers', snapshotLimit, DEFAULT_MAX_SNAPSHOTS);
 }

@@ -15,6 +15,7 @@ import { parseSize } from '../util/size.js';
 import { isObjectStoreUri } from '../objectstore/uri.js';
 import type { ObjectStoreFlags } from '../objectstore/cli-options.js';
 import { parseEndpoint, type AdminEndpoint } from './endpoint.js';
+import { MAX_SNAPSHOTS_LIMIT } from './snapshot-limit.js';
 
 /** What a config file says, in the shape of the serve options (absent = not said). */
 /** What a config file can say: serve's options, the object-store ones (ObjectStoreFlags) included. */
@@ -51,6 +52,7 @@ export interface FileOptions extends ObjectStoreFlags {
   maxConnectionsPerClient?: number;
   maxOverlays?: number;
   minFree?: number;
+  maxSnapshots?: number;
 }
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
@@ -125,6 +127,7 @@ export const configSchema = z
         'max-connections-per-client': positive.optional(),
         'max-overlays': positive.optional(),
         'min-free': size.optional(),
+        'max-snapshots': positive.max(MAX_SNAPSHOTS_LIMIT, `must be at most ${MAX_SNAPSHOTS_LIMIT}`).optional(),
       })
       .optional(),
     export: z.array(exportSchema).optional(),
@@ -218,6 +221,7 @@ function setLimitsAndOverlays(out: FileOptions, cfg: RawConfig, abs: (p: string)
   set(out, 'maxConnections', l['max-connections']);
   set(out, 'maxConnectionsPerClient', l['max-connections-per-client']);
   set(out, 'maxOverlays', l['max-overlays']);
+  set(out, 'maxSnapshots', l['max-snapshots']);
   set(out, 'minFree', l['min-free'] === undefined ? undefined : typeof l['min-free'] === 'number' ? l['min-free'] : parseSize(l['min-free']));
   if (cfg.overlays) {
     out.base = abs(cfg.overlays.base);

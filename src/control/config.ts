@@ -140,7 +140,7 @@ const MERGED_KEYS = [
   'logLevel', 'readOnly', 'ignoreMtime', 'pidfile', 'exitWithParent', 'allowPath', 'backingPathMap', 'bitmapSyncInterval',
   'base', 'baseFormat', 'overlayDir', 'overlayDirMatchIdentity', 'ephemeral', 'ephemeralDir', 'createDirs', 'name', 'admin', 'adminTokenFile',
   'tls', 'tlsCertificates', 'tlsVerifyPeer', 'tlsPsk',
-  'allowFrom', 'handshakeTimeout', 'maxConnections', 'maxConnectionsPerClient', 'maxOverlays', 'minFree',
+  'allowFrom', 'handshakeTimeout', 'maxConnections', 'maxConnectionsPerClient', 'maxOverlays', 'minFree', 'maxSnapshots',
   's3Endpoint', 's3Region', 's3Addressing', 's3MaxGets', 's3Timeout', 's3Retries', 'cacheDir', 'cacheSize',
 ] as const satisfies ReadonlyArray<keyof FileOptions>;
 

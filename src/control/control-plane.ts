@@ -46,6 +46,7 @@ export async function startControlPlane(o: ControlPlaneOptions): Promise<Control
     ephemeralName: o.ephemeralName,
     inspect: o.inspect,
     io: o.io,
+    maxSnapshots: o.maxSnapshots,
     log: o.log,
   });
   if (!o.admin) return { reloader, ops };

@@ -10,6 +10,16 @@
  *   ends, a device that was swapped has its new top flushed and closed here (the inner
  *   provider only knows the original); new clients of that name wait for this to finish
  *   and then get the chain reopened from the files.
+ * - Users: every client of a name counts from the moment it passes the hold check in
+ *   open() until its release() has finished (the device is flushed and closed when it
+ *   was the last). So a reset or delete under a hold sees clients that are still opening
+ *   the export, not only those in transmission, and whenUnused() tells it when the files
+ *   are no longer open. An open that finishes while a hold is on gives its handle back
+ *   and is refused: nothing opened before a reset or delete is used after it.
+ * - Pins: a live snapshot keeps the shared device in use (pin()) exactly like a client
+ *   would, so the last client leaving mid-snapshot cannot close the device under it; the
+ *   pin's end closes it instead (after the swap, so the frozen layer gets no writes).
+ *   The inner handles of a shared device are released together, after the last user.
  */
 import type { BlockDevice } from '../block/block-device.js';
 import type { ExportContext, ExportHandle, ExportInfo, ExportProvider, ExportSummary } from '../server/exports.js';
@@ -18,7 +28,16 @@ import { SwappableDevice } from './swappable-device.js';
 
 interface Shared {
   readonly swappable: SwappableDevice;
+  readonly original: BlockDevice;
+  /** Clients and pins using the device. */
   refs: number;
+  /** Inner handles of the users so far, released when refs reaches 0. */
+  readonly handles: ExportHandle[];
+}
+
+/** A client of a name, from the hold check in open() until its release has finished. */
+interface User {
+  readonly connId: number;
 }
 
 export class GuardedProvider implements ExportProvider {
@@ -26,6 +45,8 @@ export class GuardedProvider implements ExportProvider {
   private readonly shared = new Map<BlockDevice, Shared>();
   private readonly byName = new Map<string, Shared>();
   private readonly settling = new Map<string, Promise<void>>();
+  private readonly users = new Map<string, Set<User>>();
+  private readonly unusedWaiters = new Map<string, Array<() => void>>();
 
   constructor(readonly inner: ExportProvider) {}
 
@@ -45,6 +66,21 @@ export class GuardedProvider implements ExportProvider {
     return this.held.has(name);
   }
 
+  /** Connection ids of the clients opening `name` or having it open (releases not finished included). */
+  usersOf(name: string): number[] {
+    return [...(this.users.get(name) ?? [])].map((u) => u.connId);
+  }
+
+  /** Resolves once no client opens or has `name` open (under a hold: stays so). */
+  whenUnused(name: string): Promise<void> {
+    if (!this.users.get(name)?.size) return Promise.resolve();
+    return new Promise((resolve) => {
+      const list = this.unusedWaiters.get(name) ?? [];
+      list.push(resolve);
+      this.unusedWaiters.set(name, list);
+    });
+  }
+
   async list(): Promise<ExportSummary[]> {
     return (await this.inner.list()).filter((e) => !this.held.has(e.name));
   }
@@ -58,6 +94,21 @@ export class GuardedProvider implements ExportProvider {
     return this.byName.get(name)?.swappable;
   }
 
+  /**
+   * Keep the shared device of `name` open while `fn` runs, as one more user (live
+   * snapshots). Undefined, without running fn, when nobody has it open.
+   */
+  async withPinned<T>(name: string, fn: (device: SwappableDevice) => Promise<T>): Promise<{ result: T } | undefined> {
+    const entry = this.byName.get(name);
+    if (!entry) return undefined;
+    entry.refs++;
+    try {
+      return { result: await fn(entry.swappable) };
+    } finally {
+      await this.releaseShared(name, entry);
+    }
+  }
+
   /** Passed through so the handshake's "refused export name" line keeps the real reason. */
   refusalReason(name: string): string | undefined {
     return this.held.has(name) ? 'held by the control plane' : this.inner.refusalReason?.(name);
@@ -65,17 +116,37 @@ export class GuardedProvider implements ExportProvider {
 
   async open(name: string, ctx: ExportContext): Promise<ExportHandle | undefined> {
     if (this.held.has(name)) return undefined;
-    await this.settling.get(name);
-    const handle = await this.inner.open(name, ctx);
-    if (!handle || !wrappable(handle)) return handle;
+    // Counted from here: a reset or delete that starts while we open sees us.
+    const user: User = { connId: ctx.connId };
+    this.enter(name, user);
+    let handle: ExportHandle | undefined;
+    try {
+      // A failed close was logged by whoever released; this client opens the files afresh.
+      await this.settling.get(name)?.catch(() => {});
+      handle = await this.inner.open(name, ctx);
+    } catch (err) {
+      this.leave(name, user);
+      throw err;
+    }
+    if (!handle) {
+      this.leave(name, user);
+      return undefined;
+    }
+    if (this.held.has(name)) {
+      // A forced reset or delete began while we opened and waits for us: give it back.
+      await handle.release().finally(() => this.leave(name, user));
+      return undefined;
+    }
+    if (!wrappable(handle)) return this.counted(name, user, handle);
     const original = handle.device;
     let s = this.shared.get(original);
     if (!s) {
-      s = { swappable: new SwappableDevice(original, { ownsInitial: false }), refs: 0 };
+      s = { swappable: new SwappableDevice(original, { ownsInitial: false }), original, refs: 0, handles: [] };
       this.shared.set(original, s);
       this.byName.set(name, s);
     }
     s.refs++;
+    s.handles.push(handle);
     const entry = s;
     let released = false;
     return {
@@ -84,21 +155,10 @@ export class GuardedProvider implements ExportProvider {
       release: async () => {
         if (released) return;
         released = true;
-        if (--entry.refs > 0 || entry.swappable.current === original) {
-          if (entry.refs === 0) this.forget(name, original, entry);
-          return handle.release();
-        }
-        this.forget(name, original, entry);
-        const settle = (async () => {
-          await entry.swappable.flush();
-          await entry.swappable.close(); // the layers stacked by snapshots, not the original
-          await handle.release();
-        })();
-        this.settling.set(name, settle);
         try {
-          await settle;
+          await this.releaseShared(name, entry);
         } finally {
-          if (this.settling.get(name) === settle) this.settling.delete(name);
+          this.leave(name, user);
         }
       },
     };
@@ -107,8 +167,8 @@ export class GuardedProvider implements ExportProvider {
   async close(): Promise<void> {
     // Swapped devices first: the inner provider only closes the originals.
     await Promise.all(
-      [...this.shared.entries()].map(async ([original, s]) => {
-        if (s.swappable.current === original) return;
+      [...this.shared.values()].map(async (s) => {
+        if (s.swappable.current === s.original) return;
         await s.swappable.flush().catch(() => {});
         await s.swappable.close().catch(() => {});
       }),
@@ -117,9 +177,60 @@ export class GuardedProvider implements ExportProvider {
     return this.inner.close();
   }
 
-  private forget(name: string, original: BlockDevice, entry: Shared): void {
-    this.shared.delete(original);
+  /** One user of a shared device is done; the last one closes what the snapshots stacked, then the inner handles. */
+  private async releaseShared(name: string, entry: Shared): Promise<void> {
+    if (--entry.refs > 0) return;
+    this.shared.delete(entry.original);
     if (this.byName.get(name) === entry) this.byName.delete(name);
+    const handles = entry.handles.splice(0);
+    const settle = (async () => {
+      try {
+        if (entry.swappable.current !== entry.original) {
+          await entry.swappable.flush();
+          await entry.swappable.close(); // the layers stacked by snapshots, not the original
+        }
+      } finally {
+        for (const h of handles) await h.release();
+      }
+    })();
+    this.settling.set(name, settle);
+    try {
+      await settle;
+    } finally {
+      if (this.settling.get(name) === settle) this.settling.delete(name);
+    }
+  }
+
+  /** A handle that is not shared: the user leaves once its release has finished. */
+  private counted(name: string, user: User, handle: ExportHandle): ExportHandle {
+    let released = false;
+    return {
+      ...handle,
+      release: async () => {
+        if (released) return;
+        released = true;
+        try {
+          await handle.release();
+        } finally {
+          this.leave(name, user);
+        }
+      },
+    };
+  }
+
+  private enter(name: string, user: User): void {
+    let set = this.users.get(name);
+    if (!set) this.users.set(name, (set = new Set()));
+    set.add(user);
+  }
+
+  private leave(name: string, user: User): void {
+    const set = this.users.get(name);
+    if (!set?.delete(user) || set.size > 0) return;
+    this.users.delete(name);
+    const waiters = this.unusedWaiters.get(name) ?? [];
+    this.unusedWaiters.delete(name);
+    for (const w of waiters) w();
   }
 }
 

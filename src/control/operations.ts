@@ -10,9 +10,18 @@
  *
  * reset/remove refuse (409) while clients are connected unless `force`, which
  * disconnects them first (their running requests finish, then the sockets close). New
- * clients are held off (GuardedProvider) for the whole operation.
+ * clients are held off (GuardedProvider) for the whole operation. "Connected" counts
+ * every client from the moment it starts opening the export until its release has
+ * closed the files (GuardedProvider users), not only clients in transmission: a client
+ * still opening would otherwise keep writing into a file deleted under it.
+ *
+ * snapshot keeps the device of a per-machine overlay in use while it swaps (a pin), so
+ * the last client leaving cannot close it mid-snapshot; with nobody connected it stacks
+ * the layer offline under a hold, once no client is opening or closing the overlay.
+ * At most `maxSnapshots` layers per export (the chain limit is MAX_CHAIN_DEPTH, 64).
  */
 import { unlink } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { BlockDevice, LayerInfo } from '../block/block-device.js';
 import type { Logger } from '../logging.js';
 import type { Connection } from '../server/connection.js';
@@ -26,6 +35,7 @@ import { alignUp } from '../block/block-split.js';
 import type { FileIo } from '../block/file-io.js';
 import { liveSnapshot, offlineSnapshot, type SnapshotResult } from './snapshot.js';
 import { SwappableDevice } from './swappable-device.js';
+import { DEFAULT_MAX_SNAPSHOTS, snapshotsFull } from './snapshot-limit.js';
 
 /** An error with the HTTP status the API answers. */
 export class ApiError extends Error {
@@ -77,6 +87,8 @@ export interface ConnectionView {
 
 export interface OverlayDirInfo {
   overlayPath(name: string): string;
+  /** NAME.cow was deleted: release its --max-overlays count. */
+  overlayRemoved(): void;
 }
 
 export interface OperationsOptions {
@@ -89,8 +101,13 @@ export interface OperationsOptions {
   readonly inspect: (file: string) => Promise<BlockDevice>;
   /** I/O policy for layers stacked by snapshots. */
   readonly io?: FileIo;
+  /** Snapshot layers an export may have (`--max-snapshots`, default DEFAULT_MAX_SNAPSHOTS). */
+  readonly maxSnapshots?: number;
   readonly log: Logger;
 }
+
+/** How long a forced reset or delete waits for the disconnected clients to let go. */
+const RELEASE_TIMEOUT_MS = 60_000;
 
 export class Operations {
   private readonly measured = new WeakMap<BlockDevice, { at: number; layers: LayerView[] }>();
@@ -213,7 +230,7 @@ export class Operations {
         // Over the newest snapshot when there is one; otherwise the provider makes a
         // fresh overlay over the base at the next connect.
         if (layers.length) await recreateCowOver(file, await readCowBacking(file));
-        else await unlink(file).catch(ignoreMissing);
+        else if (await unlinkExisting(file)) this.o.overlays!.overlayRemoved();
       }
       this.o.log.info({ export: name, disconnected }, 'export reset to its backing');
       return { disconnected };
@@ -229,8 +246,11 @@ export class Operations {
     return this.o.guard.hold(name, async () => {
       const disconnected = await this.disconnect(name, force);
       const file = this.o.overlays!.overlayPath(name);
-      const deleted = [file, ...(await snapshotLayerFiles(file))];
-      for (const f of deleted) await unlink(f).catch(ignoreMissing);
+      const layers = await snapshotLayerFiles(file);
+      const deleted = [file, ...layers];
+      // The machine stops counting against --max-overlays with its top file.
+      if (await unlinkExisting(file)) this.o.overlays!.overlayRemoved();
+      for (const f of layers) await unlink(f).catch(ignoreMissing);
       this.o.log.info({ export: name, disconnected, deleted }, 'overlay deleted');
       return { disconnected, deleted };
     });
@@ -244,21 +264,45 @@ export class Operations {
       if (config.readOnly) throw new ApiError(400, `export "${name}" is read-only: nothing to snapshot`);
       const device = this.o.exports.device(name);
       if (!(device instanceof SwappableDevice)) throw new ApiError(400, `export "${name}" is not a writable cow overlay: nothing to snapshot`);
+      await this.checkSnapshotRoom(name, config.path);
       result = await liveSnapshot(device, config.path, this.o.io);
     } else {
-      const top = this.o.overlays!.overlayPath(name);
-      const device = this.o.guard.swappableFor(name);
-      if (device) {
-        result = await liveSnapshot(device, top, this.o.io);
-      } else {
-        const backing = await readCowBacking(top).catch((err: NodeJS.ErrnoException) => {
-          throw err.code === 'ENOENT' ? new ApiError(404, `no overlay for "${name}" yet (created at its first connection)`) : err;
-        });
-        result = await this.o.guard.hold(name, () => offlineSnapshot(top, alignUp(backing.size, 512)));
-      }
+      result = await this.overlaySnapshot(name, this.o.overlays!.overlayPath(name));
     }
     this.o.log.info({ export: name, ...result }, 'snapshot taken');
     return { export: name, ...result };
+  }
+
+  /**
+   * Live while a client has the overlay open (pinned, so it stays open until the swap is
+   * done), offline when nobody has: decided under a hold, taken only when no client is
+   * half-way in (opening) or out (its release still flushing and closing the files); else
+   * retried once that client is through (the hold is that short so it refuses nobody).
+   */
+  private async overlaySnapshot(name: string, top: string): Promise<SnapshotResult> {
+    for (const end = Date.now() + RELEASE_TIMEOUT_MS; Date.now() < end; await sleep(10)) {
+      const live = await this.o.guard.withPinned(name, async (device) => {
+        await this.checkSnapshotRoom(name, top);
+        return liveSnapshot(device, top, this.o.io);
+      });
+      if (live) return live.result;
+      const offline = await this.o.guard.hold(name, async () => {
+        if (this.o.guard.usersOf(name).length > 0) return undefined;
+        const backing = await readCowBacking(top).catch((err: NodeJS.ErrnoException) => {
+          throw err.code === 'ENOENT' ? new ApiError(404, `no overlay for "${name}" yet (created at its first connection)`) : err;
+        });
+        await this.checkSnapshotRoom(name, top);
+        return offlineSnapshot(top, alignUp(backing.size, 512));
+      });
+      if (offline) return offline;
+    }
+    throw new ApiError(409, `export "${name}" keeps getting connected and disconnected; try again`);
+  }
+
+  /** Refuse (409) a snapshot that would give the export more than maxSnapshots layers. */
+  private async checkSnapshotRoom(name: string, top: string): Promise<void> {
+    const full = await snapshotsFull(top, this.o.maxSnapshots ?? DEFAULT_MAX_SNAPSHOTS);
+    if (full) throw new ApiError(409, `export "${name}" ${full}`);
   }
 
   kindOf(name: string): ExportKind | undefined {
@@ -279,20 +323,27 @@ export class Operations {
     return kind;
   }
 
-  /** Refuse (409) unless `force`; with force, close the export's connections and wait. */
+  /**
+   * Under the operation's hold: refuse (409) unless `force` while any client opens or has
+   * the export open; with force, close those connections and wait until every one has
+   * released the export (its device flushed and closed when it was the last).
+   */
   private async disconnect(name: string, force: boolean): Promise<number> {
-    let total = 0;
-    // Loop: a client that was opening the export when the hold began may appear late.
-    for (let round = 0; round < 20; round++) {
-      const conns = this.connectionsTo(name);
-      if (conns.length === 0) return total;
-      if (!force) throw new ApiError(409, `export "${name}" has ${conns.length} connected client(s); add ?force=true to disconnect them`);
-      for (const c of conns) c.destroy();
-      await Promise.all(conns.map((c) => c.closed));
-      total += conns.length;
-      await new Promise((r) => setTimeout(r, 20));
+    const ids = this.o.guard.usersOf(name);
+    if (ids.length === 0) return 0;
+    if (!force) throw new ApiError(409, `export "${name}" has ${ids.length} connected client(s); add ?force=true to disconnect them`);
+    const wanted = new Set(ids);
+    for (const c of this.o.server.listConnections()) if (wanted.has(c.id)) c.destroy();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new ApiError(409, `export "${name}": ${this.o.guard.usersOf(name).length} client(s) did not let go within ${RELEASE_TIMEOUT_MS / 1000} s`)), RELEASE_TIMEOUT_MS);
+    });
+    try {
+      await Promise.race([this.o.guard.whenUnused(name), timeout]);
+    } finally {
+      clearTimeout(timer);
     }
-    throw new ApiError(409, `export "${name}" keeps getting new connections`);
+    return ids.length;
   }
 
   /** Run `fn` on the export's open device, or on the overlay file opened read-only. */
@@ -327,5 +378,16 @@ function layersOf(top: LayerInfo, alloc: Allocation): LayerView[] {
 
 function ignoreMissing(err: NodeJS.ErrnoException): void {
   if (err.code !== 'ENOENT') throw err;
+}
+
+/** Unlink `file`; false when it did not exist. */
+async function unlinkExisting(file: string): Promise<boolean> {
+  try {
+    await unlink(file);
+    return true;
+  } catch (err) {
+    ignoreMissing(err as NodeJS.ErrnoException);
+    return false;
+  }
 }
 

@@ -12,8 +12,10 @@
  * A FLUSH on the new top waits for that background work (SwappableDevice's barrier), so
  * "every write completed before the FLUSH is durable" holds across the switch. The old
  * device receives no writes after the pause; it is closed after the new top (static
- * exports), or by its provider when its last connection ends (per-machine overlays, the
- * first layer); a restart or reconnect opens the same chain from the files.
+ * exports), or by its provider when its last user ends (per-machine overlays, the first
+ * layer: the snapshot itself counts as a user until it returns, GuardedProvider.withPinned,
+ * so a client leaving mid-snapshot never closes the device under it); a restart or
+ * reconnect opens the same chain from the files.
  */
 import type { BlockDevice } from '../block/block-device.js';
 import { CheckedDevice } from '../block/checked-device.js';

@@ -83,6 +83,9 @@ export class SwappableDevice implements BlockDevice {
       settled = next.settled ?? Promise.resolve();
       const previous = this.barrier;
       this.barrier = Promise.all([previous, settled]).then(() => {});
+      // A failure reaches the next FLUSH (and the snapshot's caller through `settled`);
+      // with no FLUSH coming it must not become an unhandled rejection that ends the process.
+      this.barrier.catch(() => {});
     } finally {
       this.gate = undefined;
       open();

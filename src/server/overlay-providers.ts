@@ -117,13 +117,23 @@ export class OverlayDirProvider implements ExportProvider {
   static async create(base: BaseImage, dir: string, log: Logger, limits: OverlayLimits = OVERLAY_LIMIT_DEFAULTS): Promise<OverlayDirProvider> {
     await mkdir(dir, { recursive: true });
     await removeCreationTemps(dir, log);
-    const existing = (await readdir(dir)).filter((f) => f.endsWith('.cow')).length;
+    // Machines, not files: snapshot layers (NAME.snap-N.cow) belong to their machine's overlay.
+    const existing = (await readdir(dir)).filter((f) => f.endsWith('.cow') && overlayNameProblem(f.slice(0, -4)) === undefined).length;
     const quota = new OverlayQuota(limits, path.resolve(dir), existing, log);
     return new OverlayDirProvider(base, path.resolve(dir), await overlayGeometry(base, true), log, quota);
   }
 
   overlayPath(name: string): string {
     return path.join(this.dir, `${name}.cow`);
+  }
+
+  /**
+   * The control plane deleted NAME.cow (admin DELETE, or reset of an overlay without
+   * snapshot layers): it no longer counts against --max-overlays. Called only for a file
+   * that existed, under the control plane's hold (nobody has NAME open or is opening it).
+   */
+  overlayRemoved(): void {
+    this.quota.release();
   }
 
   async list(): Promise<ExportSummary[]> {

@@ -14,6 +14,8 @@ export const CAMPAIGN = {
   crashKills: knob('COWNBD_TORTURE_KILLS', 34),
   protocolCases: knob('COWNBD_TORTURE_PROTOCOL_CASES', 20_000),
   imageCases: knob('COWNBD_TORTURE_IMAGE_CASES', 2_000),
+  /** Rounds of the control-plane race campaign (one admin operation into a burst of clients each). */
+  controlRounds: knob('COWNBD_TORTURE_CONTROL_ROUNDS', 60),
   /**
    * `npm test` (and so CI) runs one fixed seed — the long run's, known clean — so a landing
    * never hangs on a case nobody has seen; `npm run torture` and COWNBD_TORTURE_SEED explore others.
