@@ -1,0 +1,259 @@
+/**
+ * Journey 3 with the real Linux kernel client: Debian's cloud kernel under QEMU/TCG runs
+ * Debian's nbd-client 3.24 and attaches cownbd's exports as /dev/nbdX, through
+ * virtio-serial ports (no IP networking; see test/e2e/support/kernel-guest.ts and
+ * docs/kernel-client.md). Guests are slow under TCG, so several cases share one guest run:
+ *
+ *   guest 1  /dev/nbd0 raw writes (O_DIRECT and buffered+fsync) read back, DISC on -d;
+ *            /dev/nbd1 (a second per-machine export, attached at the same time) gets
+ *            mkfs.ext4 + mount + fstrim; /dev/nbd2 attaches with -C 4 (four connections).
+ *   guest 2  root on NBD: the initramfs attaches export vm1 and switch_roots into it, the
+ *            golden image's init writes a token;
+ *   guest 3  the same machine boots again and reads the token back.
+ *
+ * After each guest, on the host: the served view equals base + the guest's writes (read
+ * back through the server with nbdcopy), `cownbd check` is clean on every overlay, the
+ * base's hash is unchanged and the server logged no warning or error. The relay's wire tap
+ * shows what the kernel sent (FLUSH, TRIM, DISC per connection).
+ */
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLI_PATH, startServer, type RunningServer } from '../helpers/server.js';
+import { requireTool } from '../helpers/tools.js';
+import { copyGolden, E2E_SCRIPTS, makeWorkDir, prepareAssets, removeDir, run, sha256File, Timings } from './support/harness.js';
+import { bootKitGuest, dumpExport, prepareKit, type ConnectionRecord, type GuestResult, type KitAssets } from './support/kernel-guest.js';
+
+const canRun =
+  requireTool('qemu-system-x86_64') &&
+  requireTool('nbd-client') &&
+  requireTool('mke2fs') &&
+  requireTool('e2fsck') &&
+  requireTool('debugfs') &&
+  requireTool('busybox') &&
+  requireTool('cc') &&
+  requireTool('nbdcopy');
+
+const MiB = 1024 * 1024;
+
+function expectGuestOk(r: GuestResult, what: string, serverLog: string): void {
+  if (r.code !== 0) throw new Error(`${what}: guest exit ${r.code} after ${r.ms} ms\n${r.console}\n--- server log ---\n${serverLog.slice(-4000)}`);
+}
+
+/** The value printed after `KEY ` by the guest (first match). */
+function guestValue(r: GuestResult, key: string): string {
+  const line = r.output.find((l) => l.startsWith(`${key} `));
+  if (line === undefined) throw new Error(`guest printed no ${key} line\n${r.console}`);
+  return line.slice(key.length + 1).trim();
+}
+
+function sha256(buf: Buffer): Promise<string> {
+  return import('node:crypto').then((c) => c.createHash('sha256').update(buf).digest('hex'));
+}
+
+describe.runIf(canRun)('journey 3: the Linux kernel NBD client (/dev/nbdX in a QEMU guest)', () => {
+  const timings = new Timings();
+  let kit: KitAssets;
+  let dir: string;
+  let golden: string;
+  let goldenSha: string;
+  let goldenBytes: Buffer;
+  let srv: RunningServer | undefined;
+  const overlayDir = (): string => path.join(dir, 'overlays');
+
+  beforeAll(async () => {
+    const t0 = Date.now();
+    const assets = await prepareAssets({ qemu: false });
+    kit = await prepareKit(E2E_SCRIPTS);
+    timings.add('prepare kit (cached after 1st run)', Date.now() - t0);
+    dir = await makeWorkDir('kernel');
+    golden = await copyGolden(assets, dir);
+    goldenBytes = await readFile(golden);
+    goldenSha = await sha256File(golden);
+    srv = await startServer(['--base', golden, '--overlay-dir', overlayDir()], { unix: true });
+  }, 600_000);
+
+  afterAll(async () => {
+    await srv?.stop().catch(() => {});
+    timings.print('journey 3 (kernel client)');
+    await removeDir(dir);
+  });
+
+  /** Host-side invariants after every guest: base untouched, overlays clean, quiet log. */
+  async function expectHostInvariants(exports: string[]): Promise<void> {
+    expect(await sha256File(golden)).toBe(goldenSha);
+    for (const name of exports) {
+      const check = await run(process.execPath, [CLI_PATH, 'check', path.join(overlayDir(), `${name}.cow`)], { timeoutMs: 60_000 });
+      expect(check.code, `cownbd check ${name}.cow\n${check.stdout}${check.stderr}`).toBe(0);
+    }
+    const bad = srv!
+      .stderr()
+      .split('\n')
+      .filter((l) => /"level":(40|50|60)\b/.test(l));
+    expect(bad, 'server warnings/errors').toEqual([]);
+  }
+
+  const target = () => ({ path: srv!.socketPath! });
+  const byPort = (conns: ConnectionRecord[], prefix: string): ConnectionRecord[] => conns.filter((c) => c.port.startsWith(prefix));
+
+  it('attach, O_DIRECT and buffered writes, ext4 + fstrim, two devices at once, -C 4; DISC on every -d', async () => {
+    const r = await bootKitGuest({
+      assets: kit,
+      dir,
+      ports: ['p0', 'p1', 'm0', 'm1', 'm2', 'm3'],
+      target,
+      smp: 2,
+      nbdParams: 'nbds_max=4',
+      steps: `
+bridge /run/p0.sock p0
+bridge /run/p1.sock p1
+bridge /run/m.sock m0 m1 m2 m3
+# Two per-machine exports attached at the same time.
+nbd-client -u /run/p0.sock /dev/nbd0 -N raw1 -t 60
+nbd-client -u /run/p1.sock /dev/nbd1 -N fs1 -t 60
+echo "SIZE0 $(blockdev --getsize64 /dev/nbd0)"
+dd if=/dev/urandom of=/tmp/pat bs=64k count=16 2>/dev/null
+echo "PAT $(sha256sum </tmp/pat | cut -d' ' -f1)"
+# 1 MiB with O_DIRECT at 5 MiB, the same buffered (page cache, then fsync) at 12.5 MiB.
+dd if=/tmp/pat of=/dev/nbd0 bs=64k seek=80 oflag=direct 2>/dev/null
+dd if=/tmp/pat of=/dev/nbd0 bs=64k seek=200 conv=fsync 2>/dev/null
+echo 3 >/proc/sys/vm/drop_caches
+echo "RD1 $(dd if=/dev/nbd0 bs=64k skip=80 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+echo "RD2 $(dd if=/dev/nbd0 bs=64k skip=200 count=16 2>/dev/null | sha256sum | cut -d' ' -f1)"
+nbd-client -d /dev/nbd0
+# A filesystem: mkfs (discards the device), files, fstrim after a delete.
+mkfs.ext4 -q -F -L kclient /dev/nbd1
+mount -t ext4 /dev/nbd1 /mnt
+echo kernel-token >/mnt/token.txt
+dd if=/dev/urandom of=/mnt/big bs=64k count=64 2>/dev/null
+sync
+rm /mnt/big
+sync
+echo "TRIM $(fstrim -v /mnt)"
+umount /mnt
+nbd-client -d /dev/nbd1
+# Four connections to one export (cownbd --overlay-dir advertises CAN_MULTI_CONN).
+nbd-client -u /run/m.sock /dev/nbd2 -N mc1 -C 4 -t 60
+echo "QUEUES $(ls /sys/block/nbd2/mq | wc -l)"
+# One writer per CPU: blk-mq maps each CPU's queue to its own connection.
+taskset 1 dd if=/tmp/pat of=/dev/nbd2 bs=64k seek=16 oflag=direct 2>/dev/null &
+w1=$!
+taskset 2 dd if=/tmp/pat of=/dev/nbd2 bs=64k seek=48 oflag=direct 2>/dev/null &
+w2=$!
+wait $w1 $w2 # not a bare wait: the bridges run in the background too
+dd if=/dev/zero of=/dev/nbd2 bs=4k count=1 conv=fsync 2>/dev/null
+echo "MC1 $(dd if=/dev/nbd2 bs=64k skip=16 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+echo "MC2 $(dd if=/dev/nbd2 bs=64k skip=48 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+nbd-client -d /dev/nbd2
+echo DONE
+`,
+    });
+    timings.add('guest 1 (raw, ext4+fstrim, -C 4)', r.ms);
+    expectGuestOk(r, 'kernel client guest', srv!.stderr());
+    expect(r.output).toContain('DONE');
+    const pat = guestValue(r, 'PAT');
+    expect(guestValue(r, 'SIZE0')).toBe(String(goldenBytes.length));
+    expect(guestValue(r, 'RD1')).toBe(pat);
+    expect(guestValue(r, 'RD2')).toBe(pat);
+    expect(guestValue(r, 'MC1')).toBe(pat);
+    expect(guestValue(r, 'MC2')).toBe(pat);
+
+    // What the kernel sent: one GO per connection, flags 3, no structured-reply dialect.
+    const raw = byPort(r.connections, 'p0');
+    const fs = byPort(r.connections, 'p1');
+    const mc = byPort(r.connections, 'm');
+    expect(raw).toHaveLength(1);
+    expect(fs).toHaveLength(1);
+    expect(mc).toHaveLength(4);
+    for (const c of r.connections) {
+      expect(c.wire.error, c.port).toBeUndefined();
+      expect(c.wire.clientFlags, c.port).toBe(3);
+      expect(c.wire.options, c.port).toEqual([7]);
+      expect(c.wire.counts.DISC, `${c.port}: one NBD_CMD_DISC at nbd-client -d`).toBe(1);
+      for (const never of ['CACHE', 'WRITE_ZEROES', 'BLOCK_STATUS']) expect(c.wire.counts[never], `${c.port} ${never}`).toBeUndefined();
+      expect(c.wire.maxIoLength).toBeLessThanOrEqual(128 * 1024);
+    }
+    expect(raw[0]!.wire.counts.FLUSH, 'fsync reaches the server as FLUSH').toBeGreaterThan(0);
+    expect(fs[0]!.wire.counts.TRIM, 'mkfs and fstrim reach the server as TRIM').toBeGreaterThan(0);
+    expect(fs[0]!.wire.counts.FLUSH).toBeGreaterThan(0);
+    expect(mc.reduce((n, c) => n + (c.wire.counts.WRITE ?? 0), 0)).toBeGreaterThan(0);
+    expect(mc.reduce((n, c) => n + (c.wire.counts.FLUSH ?? 0), 0), 'the fsync on the -C 4 device').toBeGreaterThan(0);
+    const trimLine = guestValue(r, 'TRIM');
+    expect(trimLine).toMatch(/\/mnt: \d+ bytes trimmed/);
+
+    // The served view is base + exactly the guest's writes.
+    const rawView = path.join(dir, 'raw1.img');
+    await dumpExport(srv!.uri('raw1'), rawView);
+    const view = await readFile(rawView);
+    const expected = Buffer.from(goldenBytes);
+    view.copy(expected, 5 * MiB, 5 * MiB, 6 * MiB);
+    view.copy(expected, 12.5 * MiB, 12.5 * MiB, 13.5 * MiB);
+    expect(await sha256(view.subarray(5 * MiB, 6 * MiB))).toBe(pat);
+    expect(await sha256(view.subarray(12.5 * MiB, 13.5 * MiB))).toBe(pat);
+    expect(view.equals(expected), 'raw1 outside the two written MiB equals the base').toBe(true);
+
+    const mcView = await (async () => {
+      const f = path.join(dir, 'mc1.img');
+      await dumpExport(srv!.uri('mc1'), f);
+      return readFile(f);
+    })();
+    expect(await sha256(mcView.subarray(1 * MiB, 2 * MiB))).toBe(pat);
+    expect(await sha256(mcView.subarray(3 * MiB, 4 * MiB))).toBe(pat);
+    expect(mcView.subarray(0, 4096).equals(Buffer.alloc(4096))).toBe(true);
+
+    // The filesystem the guest made is clean by the host's e2fsck and holds its file.
+    const fsView = path.join(dir, 'fs1.img');
+    await dumpExport(srv!.uri('fs1'), fsView);
+    const fsck = await run('e2fsck', ['-fn', fsView], { timeoutMs: 60_000 });
+    expect(fsck.code, fsck.stdout + fsck.stderr).toBe(0);
+    const cat = await run('debugfs', ['-R', 'cat /token.txt', fsView], { timeoutMs: 30_000 });
+    expect(cat.stdout.trim()).toBe('kernel-token');
+
+    await expectHostInvariants(['raw1', 'fs1', 'mc1']);
+  }, 600_000);
+
+  it('root on NBD with a per-machine overlay: the second boot sees the first boot\'s writes', async () => {
+    const token = randomBytes(8).toString('hex');
+    // PID 1 of the kit attaches /dev/nbd0 and switch_roots into the golden image, whose
+    // init runs e2e_script (scripts/e2e/golden-image.sh) between the E2E markers.
+    const bootScript = `
+bridge /run/p0.sock p0
+nbd-client -u /run/p0.sock /dev/nbd0 -N vm1 -t 60 || fail "nbd-client"
+mount -t ext4 -o rw /dev/nbd0 /newroot || fail "mount /dev/nbd0"
+mount --move /dev /newroot/dev
+umount /sys /proc
+exec switch_root /newroot /sbin/init
+`;
+    const boot = (script: string): Promise<GuestResult> =>
+      bootKitGuest({
+        assets: kit,
+        dir,
+        ports: ['p0'],
+        target,
+        bootScript,
+        append: [`e2e_script=${Buffer.from(script).toString('base64')}`],
+      });
+    const first = await boot(`echo "${token}" >/root/kernel-root.txt\nsync\necho "RELEASE $(cat /etc/golden-release)"\n`);
+    timings.add('guest 2 (root on /dev/nbd0, write)', first.ms);
+    expectGuestOk(first, 'first root-on-NBD boot', srv!.stderr());
+    expect(first.output).toContain('RELEASE cownbd-e2e golden v1');
+    expect(first.connections).toHaveLength(1);
+    expect(first.connections[0]!.wire.counts.WRITE).toBeGreaterThan(0);
+    await expectHostInvariants(['vm1']);
+
+    const second = await boot('echo "TOKEN $(cat /root/kernel-root.txt)"\n');
+    timings.add('guest 3 (root on /dev/nbd0, read back)', second.ms);
+    expectGuestOk(second, 'second root-on-NBD boot', srv!.stderr());
+    expect(second.output).toContain(`TOKEN ${token}`);
+
+    // The machine's overlay holds the token; the host's e2fsck finds the fs clean.
+    const view = path.join(dir, 'vm1.img');
+    await dumpExport(srv!.uri('vm1'), view);
+    const fsck = await run('e2fsck', ['-fn', view], { timeoutMs: 60_000 });
+    expect(fsck.code, fsck.stdout + fsck.stderr).toBe(0);
+    const cat = await run('debugfs', ['-R', 'cat /root/kernel-root.txt', view], { timeoutMs: 30_000 });
+    expect(cat.stdout.trim()).toBe(token);
+    await expectHostInvariants(['vm1']);
+  }, 600_000);
+});
