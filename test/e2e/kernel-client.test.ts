@@ -17,7 +17,7 @@
  * shows what the kernel sent (FLUSH, TRIM, DISC per connection).
  */
 import { randomBytes } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI_PATH, startServer, type RunningServer } from '../helpers/server.js';
@@ -60,6 +60,8 @@ describe.runIf(canRun)('journey 3: the Linux kernel NBD client (/dev/nbdX in a Q
   let goldenSha: string;
   let goldenBytes: Buffer;
   let srv: RunningServer | undefined;
+  /** `--ephemeral`: one throwaway overlay per connection, so no CAN_MULTI_CONN. */
+  let eph: RunningServer | undefined;
   const overlayDir = (): string => path.join(dir, 'overlays');
 
   beforeAll(async () => {
@@ -72,10 +74,12 @@ describe.runIf(canRun)('journey 3: the Linux kernel NBD client (/dev/nbdX in a Q
     goldenBytes = await readFile(golden);
     goldenSha = await sha256File(golden);
     srv = await startServer(['--base', golden, '--overlay-dir', overlayDir()], { unix: true });
+    eph = await startServer(['--ephemeral', golden, '--ephemeral-dir', path.join(dir, 'ephemeral')], { unix: true });
   }, 600_000);
 
   afterAll(async () => {
     await srv?.stop().catch(() => {});
+    await eph?.stop().catch(() => {});
     timings.print('journey 3 (kernel client)');
     await removeDir(dir);
   });
@@ -94,14 +98,14 @@ describe.runIf(canRun)('journey 3: the Linux kernel NBD client (/dev/nbdX in a Q
     expect(bad, 'server warnings/errors').toEqual([]);
   }
 
-  const target = () => ({ path: srv!.socketPath! });
+  const target = (port: string) => ({ path: (port.startsWith('e') ? eph : srv)!.socketPath! });
   const byPort = (conns: ConnectionRecord[], prefix: string): ConnectionRecord[] => conns.filter((c) => c.port.startsWith(prefix));
 
   it('attach, O_DIRECT and buffered writes, ext4 + fstrim, two devices at once, -C 4; DISC on every -d', async () => {
     const r = await bootKitGuest({
       assets: kit,
       dir,
-      ports: ['p0', 'p1', 'm0', 'm1', 'm2', 'm3'],
+      ports: ['p0', 'p1', 'm0', 'm1', 'm2', 'm3', 'e0', 'e1'],
       target,
       smp: 2,
       nbdParams: 'nbds_max=4',
@@ -109,8 +113,10 @@ describe.runIf(canRun)('journey 3: the Linux kernel NBD client (/dev/nbdX in a Q
 bridge /run/p0.sock p0
 bridge /run/p1.sock p1
 bridge /run/m.sock m0 m1 m2 m3
-# Two per-machine exports attached at the same time.
-nbd-client -u /run/p0.sock /dev/nbd0 -N raw1 -t 60
+bridge /run/e.sock e0 e1
+# Two per-machine exports attached at the same time; nbd0 with 4 KiB logical blocks.
+nbd-client -u /run/p0.sock /dev/nbd0 -N raw1 -t 60 -b 4096
+echo "SECTOR0 $(blockdev --getss /dev/nbd0)"
 nbd-client -u /run/p1.sock /dev/nbd1 -N fs1 -t 60
 echo "SIZE0 $(blockdev --getsize64 /dev/nbd0)"
 dd if=/dev/urandom of=/tmp/pat bs=64k count=16 2>/dev/null
@@ -146,6 +152,10 @@ dd if=/dev/zero of=/dev/nbd2 bs=4k count=1 conv=fsync 2>/dev/null
 echo "MC1 $(dd if=/dev/nbd2 bs=64k skip=16 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
 echo "MC2 $(dd if=/dev/nbd2 bs=64k skip=48 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
 nbd-client -d /dev/nbd2
+# --ephemeral gives every connection its own overlay and does not advertise CAN_MULTI_CONN:
+# a -C 2 attach must be refused, not made into a device whose halves disagree.
+if nbd-client -u /run/e.sock /dev/nbd3 -C 2 -t 60; then echo "EPH attached"; nbd-client -d /dev/nbd3; else echo "EPH refused rc=$?"; fi
+echo "EPHMSG $(dmesg | grep -c 'does not support multiple connections')"
 echo DONE
 `,
     });
@@ -154,6 +164,8 @@ echo DONE
     expect(r.output).toContain('DONE');
     const pat = guestValue(r, 'PAT');
     expect(guestValue(r, 'SIZE0')).toBe(String(goldenBytes.length));
+    expect(guestValue(r, 'SECTOR0'), 'nbd-client -b 4096').toBe('4096');
+    expect(r.output.join('\n')).toMatch(/EPH refused rc=\d+/);
     expect(guestValue(r, 'RD1')).toBe(pat);
     expect(guestValue(r, 'RD2')).toBe(pat);
     expect(guestValue(r, 'MC1')).toBe(pat);
@@ -166,7 +178,13 @@ echo DONE
     expect(raw).toHaveLength(1);
     expect(fs).toHaveLength(1);
     expect(mc).toHaveLength(4);
-    for (const c of r.connections) {
+    const ephConns = byPort(r.connections, 'e');
+    // The kernel itself refuses -C 2 without CAN_MULTI_CONN, after both handshakes: no
+    // request reaches the ephemeral server, and its per-connection overlays are gone.
+    expect(ephConns).toHaveLength(2);
+    for (const c of ephConns) expect(c.wire.counts, c.port).toEqual({});
+    expect(guestValue(r, 'EPHMSG'), 'kernel: "server does not support multiple connections per device"').not.toBe('0');
+    for (const c of [...raw, ...fs, ...mc]) {
       expect(c.wire.error, c.port).toBeUndefined();
       expect(c.wire.clientFlags, c.port).toBe(3);
       expect(c.wire.options, c.port).toEqual([7]);
@@ -177,7 +195,9 @@ echo DONE
     expect(raw[0]!.wire.counts.FLUSH, 'fsync reaches the server as FLUSH').toBeGreaterThan(0);
     expect(fs[0]!.wire.counts.TRIM, 'mkfs and fstrim reach the server as TRIM').toBeGreaterThan(0);
     expect(fs[0]!.wire.counts.FLUSH).toBeGreaterThan(0);
-    expect(mc.reduce((n, c) => n + (c.wire.counts.WRITE ?? 0), 0)).toBeGreaterThan(0);
+    // Two CPUs, two hardware queues: the two pinned writers use two connections.
+    expect(guestValue(r, 'QUEUES')).toBe('2');
+    expect(mc.filter((c) => (c.wire.counts.WRITE ?? 0) > 0).length, 'connections that carried writes').toBeGreaterThanOrEqual(2);
     expect(mc.reduce((n, c) => n + (c.wire.counts.FLUSH ?? 0), 0), 'the fsync on the -C 4 device').toBeGreaterThan(0);
     const trimLine = guestValue(r, 'TRIM');
     expect(trimLine).toMatch(/\/mnt: \d+ bytes trimmed/);
@@ -211,6 +231,8 @@ echo DONE
     expect(cat.stdout.trim()).toBe('kernel-token');
 
     await expectHostInvariants(['raw1', 'fs1', 'mc1']);
+    expect(await readdir(path.join(dir, 'ephemeral')).catch(() => []), 'ephemeral overlays deleted').toEqual([]);
+    expect(eph!.stderr().split('\n').filter((l) => /"level":(40|50|60)\b/.test(l)), 'ephemeral server warnings/errors').toEqual([]);
   }, 600_000);
 
   it('root on NBD with a per-machine overlay: the second boot sees the first boot\'s writes', async () => {

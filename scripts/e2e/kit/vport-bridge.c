@@ -26,10 +26,7 @@
 
 #define MAX_PORTS 16
 
-static int copy_some(int from, int to) {
-  char buf[65536];
-  ssize_t n = read(from, buf, sizeof buf);
-  if (n <= 0) return -1;
+static int write_all(int to, const char *buf, ssize_t n) {
   for (ssize_t off = 0; off < n;) {
     ssize_t w = write(to, buf + off, (size_t)(n - off));
     if (w < 0) {
@@ -41,6 +38,14 @@ static int copy_some(int from, int to) {
   return 0;
 }
 
+/* nbd side → port; the nbd side's end of file ends the session. */
+static int copy_some(int from, int to) {
+  char buf[65536];
+  ssize_t n = read(from, buf, sizeof buf);
+  if (n <= 0) return -1;
+  return write_all(to, buf, n);
+}
+
 static void relay(int sock, const char *port) {
   int dev = open(port, O_RDWR);
   if (dev < 0) {
@@ -48,25 +53,16 @@ static void relay(int sock, const char *port) {
     _exit(1);
   }
   /*
-   * Until the host side attaches to the port, the guest driver reports end of file on it
-   * (virtio_console: no host connection reads as 0), and our open is what makes the host
-   * attach. The server speaks first in NBD, so the first byte from the port is the sign
-   * the host is there: retry the empty reads until then (bounded: 60 s).
+   * A port has no end of file of its own: while the host side is not attached, the guest
+   * driver reports readable and read() returns 0 (virtio_console), and that happens both
+   * before the host attaches (our open is what makes it attach) and in a short race after
+   * it did, when the first data overtakes the "host connected" control message. So an
+   * empty read only ends the session after it persisted: 60 s before the first byte (the
+   * server speaks first in NBD), 2 s after it (the host really went away). The nbd side
+   * closing ends it at once (nbd-client -d, or the kernel giving up).
    */
-  for (int tries = 0;; tries++) {
-    char buf[65536];
-    ssize_t n = read(dev, buf, sizeof buf);
-    if (n > 0) {
-      if (write(sock, buf, (size_t)n) != n) _exit(1);
-      break;
-    }
-    if (n < 0 && errno != EINTR) _exit(1);
-    if (tries > 6000) {
-      fprintf(stderr, "vport-bridge: no host on %s after 60 s\n", port);
-      _exit(1);
-    }
-    usleep(10000);
-  }
+  char buf[65536];
+  int seen = 0, empty = 0;
   struct pollfd p[2] = {{.fd = sock, .events = POLLIN}, {.fd = dev, .events = POLLIN}};
   for (;;) {
     if (poll(p, 2, -1) < 0) {
@@ -74,7 +70,22 @@ static void relay(int sock, const char *port) {
       break;
     }
     if (p[0].revents && copy_some(sock, dev) < 0) break;
-    if (p[1].revents && copy_some(dev, sock) < 0) break;
+    if (p[1].revents) {
+      ssize_t n = read(dev, buf, sizeof buf);
+      if (n > 0) {
+        seen = 1;
+        empty = 0;
+        if (write_all(sock, buf, n) < 0) break;
+      } else if (n == 0) {
+        if (++empty > (seen ? 200 : 6000)) {
+          fprintf(stderr, "vport-bridge: no host on %s\n", port);
+          break;
+        }
+        usleep(10000);
+      } else if (errno != EINTR) {
+        break;
+      }
+    }
   }
   close(dev);
   close(sock);
