@@ -193,6 +193,9 @@ echo DONE
       expect(c.wire.maxIoLength).toBeLessThanOrEqual(128 * 1024);
     }
     expect(raw[0]!.wire.counts.FLUSH, 'fsync reaches the server as FLUSH').toBeGreaterThan(0);
+    // FUA comes from ext4 journal commits only, not from O_DIRECT or fsync on a raw device.
+    expect(raw[0]!.wire.fua).toBe(0);
+    expect(fs[0]!.wire.fua).toBeGreaterThan(0);
     expect(fs[0]!.wire.counts.TRIM, 'mkfs and fstrim reach the server as TRIM').toBeGreaterThan(0);
     expect(fs[0]!.wire.counts.FLUSH).toBeGreaterThan(0);
     // Two CPUs, two hardware queues: the two pinned writers use two connections.
