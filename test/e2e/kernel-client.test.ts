@@ -4,9 +4,12 @@
  * virtio-serial ports (no IP networking; see test/e2e/support/kernel-guest.ts and
  * docs/kernel-client.md). Guests are slow under TCG, so several cases share one guest run:
  *
- *   guest 1  /dev/nbd0 raw writes (O_DIRECT and buffered+fsync) read back, DISC on -d;
- *            /dev/nbd1 (a second per-machine export, attached at the same time) gets
- *            mkfs.ext4 + mount + fstrim; /dev/nbd2 attaches with -C 4 (four connections).
+ *   guest 1  /dev/nbd0 (-b 4096) raw writes (O_DIRECT and buffered+fsync) read back, DISC
+ *            on -d; /dev/nbd1 (a second per-machine export, attached at the same time) gets
+ *            mkfs.ext4 + mount + fstrim; /dev/nbd2 attaches with -C 4 (four connections);
+ *            -C 2 against `--ephemeral` is refused by the kernel (no CAN_MULTI_CONN); over
+ *            TLS with vm1's client certificate (`--overlay-dir-match-identity`) export vm2
+ *            is refused and vm1 works.
  *   guest 2  root on NBD: the initramfs attaches export vm1 and switch_roots into it, the
  *            golden image's init writes a token;
  *   guest 3  the same machine boots again and reads the token back.
@@ -17,10 +20,12 @@
  * shows what the kernel sent (FLUSH, TRIM, DISC per connection).
  */
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI_PATH, startServer, type RunningServer } from '../helpers/server.js';
+import { makeTlsFixture, requireTlsTools, type TlsFixture } from '../helpers/tls-creds.js';
 import { requireTool } from '../helpers/tools.js';
 import { copyGolden, E2E_SCRIPTS, makeWorkDir, prepareAssets, removeDir, run, sha256File, Timings } from './support/harness.js';
 import { bootKitGuest, dumpExport, prepareKit, type ConnectionRecord, type GuestResult, type KitAssets } from './support/kernel-guest.js';
@@ -33,12 +38,13 @@ const canRun =
   requireTool('debugfs') &&
   requireTool('busybox') &&
   requireTool('cc') &&
-  requireTool('nbdcopy');
+  requireTool('nbdcopy') &&
+  requireTlsTools();
 
 const MiB = 1024 * 1024;
 
 function expectGuestOk(r: GuestResult, what: string, serverLog: string): void {
-  if (r.code !== 0) throw new Error(`${what}: guest exit ${r.code} after ${r.ms} ms\n${r.console}\n--- server log ---\n${serverLog.slice(-4000)}`);
+  if (r.code !== 0) throw new Error(`${what}: guest exit ${r.code} after ${r.ms} ms\n${r.console}\n--- server log ---\n${serverLog.slice(-6000)}`);
 }
 
 /** The value printed after `KEY ` by the guest (first match). */
@@ -62,6 +68,10 @@ describe.runIf(canRun)('journey 3: the Linux kernel NBD client (/dev/nbdX in a Q
   let srv: RunningServer | undefined;
   /** `--ephemeral`: one throwaway overlay per connection, so no CAN_MULTI_CONN. */
   let eph: RunningServer | undefined;
+  /** `--tls require` with client certificates, each machine limited to its own overlay. */
+  let tls: RunningServer | undefined;
+  let tlsFixture: TlsFixture;
+  const tlsOverlayDir = (): string => path.join(dir, 'tls-overlays');
   const overlayDir = (): string => path.join(dir, 'overlays');
 
   beforeAll(async () => {
@@ -75,11 +85,18 @@ describe.runIf(canRun)('journey 3: the Linux kernel NBD client (/dev/nbdX in a Q
     goldenSha = await sha256File(golden);
     srv = await startServer(['--base', golden, '--overlay-dir', overlayDir()], { unix: true });
     eph = await startServer(['--ephemeral', golden, '--ephemeral-dir', path.join(dir, 'ephemeral')], { unix: true });
+    tlsFixture = makeTlsFixture(path.join(dir, 'pki'), ['vm1']);
+    tls = await startServer(
+      ['--base', golden, '--overlay-dir', tlsOverlayDir(), '--tls', 'require', '--tls-certificates', tlsFixture.serverDir,
+        '--tls-verify-peer', '--overlay-dir-match-identity'],
+      { unix: true },
+    );
   }, 600_000);
 
   afterAll(async () => {
     await srv?.stop().catch(() => {});
     await eph?.stop().catch(() => {});
+    await tls?.stop().catch(() => {});
     timings.print('journey 3 (kernel client)');
     await removeDir(dir);
   });
@@ -98,14 +115,17 @@ describe.runIf(canRun)('journey 3: the Linux kernel NBD client (/dev/nbdX in a Q
     expect(bad, 'server warnings/errors').toEqual([]);
   }
 
-  const target = (port: string) => ({ path: (port.startsWith('e') ? eph : srv)!.socketPath! });
+  const target = (port: string) => ({ path: ({ e: eph, t: tls }[port[0]!] ?? srv)!.socketPath! });
   const byPort = (conns: ConnectionRecord[], prefix: string): ConnectionRecord[] => conns.filter((c) => c.port.startsWith(prefix));
 
-  it('attach, O_DIRECT and buffered writes, ext4 + fstrim, two devices at once, -C 4; DISC on every -d', async () => {
+  it('attach, O_DIRECT and buffered writes, ext4 + fstrim, two devices at once, -C 4, -b 4096, --ephemeral refusing -C 2, TLS identities; DISC on every -d', async () => {
     const r = await bootKitGuest({
       assets: kit,
       dir,
-      ports: ['p0', 'p1', 'm0', 'm1', 'm2', 'm3', 'e0', 'e1'],
+      ports: ['p0', 'p1', 'm0', 'm1', 'm2', 'm3', 'e0', 'e1', 't0'],
+      files: Object.fromEntries(
+        ['client-cert.pem', 'client-key.pem', 'ca-cert.pem'].map((f) => [f, readFileSync(path.join(tlsFixture.clientDir('vm1'), f))]),
+      ),
       target,
       smp: 2,
       nbdParams: 'nbds_max=4',
@@ -114,6 +134,7 @@ bridge /run/p0.sock p0
 bridge /run/p1.sock p1
 bridge /run/m.sock m0 m1 m2 m3
 bridge /run/e.sock e0 e1
+bridge /run/t.sock t0
 # Two per-machine exports attached at the same time; nbd0 with 4 KiB logical blocks.
 nbd-client -u /run/p0.sock /dev/nbd0 -N raw1 -t 60 -b 4096
 echo "SECTOR0 $(blockdev --getss /dev/nbd0)"
@@ -156,11 +177,18 @@ nbd-client -d /dev/nbd2
 # a -C 2 attach must be refused, not made into a device whose halves disagree.
 if nbd-client -u /run/e.sock /dev/nbd3 -C 2 -t 60; then echo "EPH attached"; nbd-client -d /dev/nbd3; else echo "EPH refused rc=$?"; fi
 echo "EPHMSG $(dmesg | grep -c 'does not support multiple connections')"
+# TLS with vm1's client certificate: its own export attaches, another machine's does not.
+tlsopts="-certfile /e2e/client-cert.pem -keyfile /e2e/client-key.pem -cacertfile /e2e/ca-cert.pem -tlshostname localhost"
+if nbd-client $tlsopts -u /run/t.sock /dev/nbd3 -N vm2 -t 60; then echo "TLSVM2 attached"; nbd-client -d /dev/nbd3; else echo "TLSVM2 refused"; fi
+nbd-client $tlsopts -u /run/t.sock /dev/nbd3 -N vm1 -t 60
+dd if=/tmp/pat of=/dev/nbd3 bs=64k seek=32 oflag=direct conv=fsync 2>/dev/null
+echo "TLSRD $(dd if=/dev/nbd3 bs=64k skip=32 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+nbd-client -d /dev/nbd3
 echo DONE
 `,
     });
     timings.add('guest 1 (raw, ext4+fstrim, -C 4)', r.ms);
-    expectGuestOk(r, 'kernel client guest', srv!.stderr());
+    expectGuestOk(r, "kernel client guest", `${srv!.stderr()}\n--- tls server ---\n${tls!.stderr()}`);
     expect(r.output).toContain('DONE');
     const pat = guestValue(r, 'PAT');
     expect(guestValue(r, 'SIZE0')).toBe(String(goldenBytes.length));
@@ -234,6 +262,17 @@ echo DONE
     expect(cat.stdout.trim()).toBe('kernel-token');
 
     await expectHostInvariants(['raw1', 'fs1', 'mc1']);
+
+    // TLS: vm1's certificate opened vm1 only; its write is in tls-overlays/vm1.cow.
+    expect(r.output).toContain('TLSVM2 refused');
+    expect(tls!.stderr()).toContain('identity \\"vm1\\" not allowed');
+    expect(guestValue(r, 'TLSRD')).toBe(pat);
+    const tlsConns = byPort(r.connections, 't');
+    expect(tlsConns.length).toBe(2);
+    for (const c of tlsConns) expect(c.wire.tls, 'STARTTLS before anything else').toBe(true);
+    expect(await readdir(tlsOverlayDir())).toEqual(['vm1.cow']);
+    const tlsCheck = await run(process.execPath, [CLI_PATH, 'check', path.join(tlsOverlayDir(), 'vm1.cow')], { timeoutMs: 60_000 });
+    expect(tlsCheck.code, tlsCheck.stdout + tlsCheck.stderr).toBe(0);
     expect(await readdir(path.join(dir, 'ephemeral')).catch(() => []), 'ephemeral overlays deleted').toEqual([]);
     expect(eph!.stderr().split('\n').filter((l) => /"level":(40|50|60)\b/.test(l)), 'ephemeral server warnings/errors').toEqual([]);
   }, 600_000);

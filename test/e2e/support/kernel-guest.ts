@@ -41,6 +41,8 @@ export interface GuestOptions {
   steps?: string;
   /** ...or sourced by PID 1 (root on NBD: attach and switch_root). */
   bootScript?: string;
+  /** More files for the guest's /e2e/ (e.g. TLS credentials). */
+  files?: Record<string, string | Buffer>;
   /** Extra kernel command line words (e.g. e2e_script= for the golden image's init). */
   append?: string[];
   /** nbd module parameters, comma separated (e.g. nbds_max=4). */
@@ -80,7 +82,7 @@ export async function prepareKit(e2eScripts: string): Promise<KitAssets> {
 }
 
 /** A newc cpio archive (uncompressed entries) holding /e2e/NAME files, gzipped. */
-function stepsArchive(files: Record<string, string>): Buffer {
+function stepsArchive(files: Record<string, string | Buffer>): Buffer {
   const parts: Buffer[] = [];
   let ino = 1;
   const entry = (name: string, mode: number, data: Buffer): void => {
@@ -92,7 +94,7 @@ function stepsArchive(files: Record<string, string>): Buffer {
     parts.push(header, nameBuf, pad(header.length + nameBuf.length), data, pad(data.length));
   };
   entry('e2e', 0o040755, Buffer.alloc(0));
-  for (const [name, text] of Object.entries(files)) entry(`e2e/${name}`, 0o100755, Buffer.from(text));
+  for (const [name, data] of Object.entries(files)) entry(`e2e/${name}`, 0o100755, Buffer.from(data));
   entry('TRAILER!!!', 0, Buffer.alloc(0));
   return gzipSync(Buffer.concat(parts));
 }
@@ -121,7 +123,7 @@ export async function bootKitGuest(opts: GuestOptions): Promise<GuestResult> {
   const consoleLog = path.join(work, 'console.log');
   const qmpSock = path.join(work, 'qmp.sock');
   const initrd = path.join(work, 'initrd');
-  const files: Record<string, string> = {};
+  const files: Record<string, string | Buffer> = { ...opts.files };
   if (opts.steps !== undefined) files['steps.sh'] = opts.steps;
   if (opts.bootScript !== undefined) files['boot.sh'] = opts.bootScript;
   await writeFile(initrd, Buffer.concat([await readFile(opts.assets.kitInitrd), stepsArchive(files)]));
@@ -144,42 +146,67 @@ export async function bootKitGuest(opts: GuestOptions): Promise<GuestResult> {
   }
 
   const connections: ConnectionRecord[] = [];
-  const live = new Map<string, { record: ConnectionRecord; guest: net.Socket; server: net.Socket }>();
+  interface Session {
+    record: ConnectionRecord;
+    guest: net.Socket;
+    server: net.Socket;
+    /** The guest closed the port: server bytes have no reader any more. */
+    closing: boolean;
+  }
+  const live = new Map<string, Session>();
+  /** Sessions whose guest side closed, still draining the guest's last bytes, by port. */
+  const draining = new Map<string, Session>();
+  const finish = (s: Session): void => {
+    s.guest.destroy();
+    s.server.end();
+  };
   const closeSession = (port: string): void => {
     const s = live.get(port);
     if (!s) return;
     live.delete(port);
+    s.closing = true;
     s.record.closedAt = Date.now() - started;
     // The guest's last bytes (a DISC) may still be on their way through QEMU's chardev:
-    // let them drain before ending both sides, as a TCP FIN would follow the data.
+    // let them drain to the server before ending it, as a TCP FIN would follow the data.
+    // Nothing the server sends now may reach the port: the guest's next open of it is a
+    // new connection and must start with a fresh greeting.
+    draining.set(port, s);
     setTimeout(() => {
-      s.guest.end();
-      s.server.end();
+      if (draining.get(port) === s) draining.delete(port);
+      finish(s);
     }, 200);
   };
   const openSession = (port: string): void => {
     closeSession(port);
-    const record: ConnectionRecord = { port, openedAt: Date.now() - started, wire: new NbdWireTap().summary };
+    // QEMU's chardev serves one client at a time: the drain of the previous session on
+    // this port must end now, or the new connection would wait behind it.
+    const old = draining.get(port);
+    if (old) {
+      draining.delete(port);
+      finish(old);
+    }
     const tap = new NbdWireTap();
-    record.wire = tap.summary;
+    const record: ConnectionRecord = { port, openedAt: Date.now() - started, wire: tap.summary };
     const guest = net.connect(path.join(work, `${port}.sock`));
     const server = net.connect(opts.target(port));
+    const session: Session = { record, guest, server, closing: false };
     guest.on('data', (d: Buffer) => {
       tap.feed(d);
       server.write(d);
     });
     server.on('data', (d: Buffer) => {
+      if (session.closing) return;
       if (record.firstReply === undefined) record.firstReply = d.subarray(0, 16).toString('hex');
       guest.write(d);
     });
     const onEnd = (): void => {
-      if (live.get(port)?.guest === guest) closeSession(port);
+      if (live.get(port) === session) closeSession(port);
     };
     for (const s of [guest, server]) {
       s.on('error', onEnd);
       s.on('close', onEnd);
     }
-    live.set(port, { record, guest, server });
+    live.set(port, session);
     connections.push(record);
   };
 
