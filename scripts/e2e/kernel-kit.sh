@@ -93,6 +93,17 @@ bridge() {
   vport-bridge "$sock" $devs &
   while [ ! -S "$sock" ]; do sleep 0.05; done
 }
+# host CMD: ask the test on the host to do CMD (stop the server, ...) and wait until it is
+# done, over the control port "ctl": the host greets with "hello" once it is attached (reads
+# are empty until then, see vport-bridge.c), then answers "done CMD".
+host() {
+  local l=
+  exec 3<>/dev/virtio-ports/ctl
+  until [ "$l" = hello ]; do read -r l <&3 || sleep 0.05; done
+  echo "$1" >&3
+  until [ "$l" = "done $1" ]; do read -r l <&3 || sleep 0.05; done
+  exec 3>&-
+}
 EOF
 
   cat >"$root/init" <<'EOF'

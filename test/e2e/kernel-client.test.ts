@@ -320,4 +320,92 @@ exec switch_root /newroot /sbin/init
     expect(cat.stdout.trim()).toBe(token);
     await expectHostInvariants(['vm1']);
   }, 600_000);
+  it('-t 5 with the server paused, then a server restart: fsynced writes survive, the device must be re-attached', async () => {
+    // Its own server (same base, own overlay dir), so its deliberately broken connections
+    // do not mix with the other cases' logs.
+    const rsDir = path.join(dir, 'restart-overlays');
+    const rsArgs = ['--base', golden, '--overlay-dir', rsDir];
+    let rs = await startServer(rsArgs, { unix: true });
+    const events: string[] = [];
+    try {
+      const r = await bootKitGuest({
+        assets: kit,
+        dir,
+        ports: ['r0', 'r1', 'ctl'],
+        target: () => ({ path: rs.socketPath! }),
+        onControl: async (cmd) => {
+          events.push(cmd);
+          if (cmd === 'pause') rs.proc.kill('SIGSTOP');
+          else if (cmd === 'resume') rs.proc.kill('SIGCONT');
+          else if (cmd === 'restart') {
+            await rs.stop('SIGKILL');
+            rs = await startServer(rsArgs, { unix: true });
+          } else throw new Error(`unknown host command ${cmd}`);
+        },
+        steps: `
+bridge /run/r.sock r0 r1
+attach() { timeout 60 nbd-client -u /run/r.sock /dev/nbd0 -N rs1 -t 5 "$@" || { echo "ATTACH-FAILED"; ps; exit 1; }; }
+dd if=/dev/urandom of=/tmp/pat bs=64k count=16 2>/dev/null
+echo "PAT $(sha256sum </tmp/pat | cut -d' ' -f1)"
+attach
+dd if=/tmp/pat of=/dev/nbd0 bs=64k seek=16 oflag=direct conv=fsync 2>/dev/null
+# The server stops answering: the request times out after -t 5 seconds, with an error.
+host pause
+t0=$(date +%s)
+if dd if=/dev/nbd0 of=/dev/null bs=64k skip=200 count=1 iflag=direct 2>/dev/null; then echo "PAUSED-READ ok"; else echo "PAUSED-READ failed"; fi
+echo "PAUSED-SECONDS $(( $(date +%s) - t0 ))"
+host resume
+nbd-client -d /dev/nbd0 || true
+sleep 1
+attach -p
+echo "AFTER-TIMEOUT $(dd if=/dev/nbd0 bs=64k skip=16 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+dd if=/tmp/pat of=/dev/nbd0 bs=64k seek=48 oflag=direct conv=fsync 2>/dev/null
+# kill -9 and a new server: does the device resume (-p)? Debian 12: it does not.
+host restart
+if dd if=/dev/nbd0 of=/dev/null bs=64k skip=300 count=1 iflag=direct 2>/dev/null; then echo "RESUMED yes"; else echo "RESUMED no"; fi
+nbd-client -d /dev/nbd0 || true
+sleep 1
+attach
+echo "AFTER-RESTART-1 $(dd if=/dev/nbd0 bs=64k skip=16 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+echo "AFTER-RESTART-2 $(dd if=/dev/nbd0 bs=64k skip=48 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+nbd-client -d /dev/nbd0
+echo DONE
+`,
+      });
+      timings.add('guest 4 (-t 5 paused, restart)', r.ms);
+      expectGuestOk(r, 'timeout/restart guest', rs.stderr());
+      console.log(`[e2e] kernel client after a server restart: ${r.output.filter((l) => /^(RESUMED|PAUSED)/.test(l)).join(', ')}`);
+      expect(events).toEqual(['pause', 'resume', 'restart']);
+      const pat = guestValue(r, 'PAT');
+      expect(r.output).toContain('PAUSED-READ failed');
+      // -t 5: the timeout fires after about 5 s (TCG and load add a few).
+      const paused = Number(guestValue(r, 'PAUSED-SECONDS'));
+      expect(paused).toBeGreaterThanOrEqual(4);
+      expect(paused).toBeLessThan(40);
+      expect(guestValue(r, 'AFTER-TIMEOUT')).toBe(pat);
+      expect(guestValue(r, 'AFTER-RESTART-1')).toBe(pat);
+      expect(guestValue(r, 'AFTER-RESTART-2')).toBe(pat);
+      expect(r.output).toContain('DONE');
+
+      const view = await readFile(await (async () => {
+        const f = path.join(dir, 'rs1.img');
+        await dumpExport(rs.uri('rs1'), f);
+        return f;
+      })());
+      const expected = Buffer.from(goldenBytes);
+      view.copy(expected, 1 * MiB, 1 * MiB, 2 * MiB);
+      view.copy(expected, 3 * MiB, 3 * MiB, 4 * MiB);
+      expect(await sha256(view.subarray(1 * MiB, 2 * MiB))).toBe(pat);
+      expect(await sha256(view.subarray(3 * MiB, 4 * MiB))).toBe(pat);
+      expect(view.equals(expected), 'rs1 outside the two written MiB equals the base').toBe(true);
+      expect(await sha256File(golden)).toBe(goldenSha);
+      await rs.stop();
+      const check = await run(process.execPath, [CLI_PATH, 'check', path.join(rsDir, 'rs1.cow')], { timeoutMs: 60_000 });
+      expect(check.code, check.stdout + check.stderr).toBe(0);
+      expect(rs.stderr().split('\n').filter((l) => /"level":(50|60)\b/.test(l)), 'server errors').toEqual([]);
+    } finally {
+      rs.proc.kill('SIGCONT');
+      await rs.stop().catch(() => {});
+    }
+  }, 600_000);
 });

@@ -41,6 +41,11 @@ export interface GuestOptions {
   steps?: string;
   /** ...or sourced by PID 1 (root on NBD: attach and switch_root). */
   bootScript?: string;
+  /**
+   * Host actions the guest asks for with `host CMD` (kit.sh) over the port named "ctl"
+   * (add it to `ports`); the guest waits until the promise settles.
+   */
+  onControl?: (cmd: string) => Promise<void>;
   /** More files for the guest's /e2e/ (e.g. TLS credentials). */
   files?: Record<string, string | Buffer>;
   /** Extra kernel command line words (e.g. e2e_script= for the golden image's init). */
@@ -176,7 +181,35 @@ export async function bootKitGuest(opts: GuestOptions): Promise<GuestResult> {
       finish(s);
     }, 200);
   };
+  const openControl = (port: string): void => {
+    const ctl = net.connect(path.join(work, `${port}.sock`));
+    ctl.on('error', () => {});
+    ctl.write('hello\n');
+    let buf = '';
+    let chain = Promise.resolve();
+    ctl.setEncoding('utf8').on('data', (d: string) => {
+      buf += d;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const cmd = buf.slice(0, nl).trim();
+        buf = buf.slice(nl + 1);
+        chain = chain
+          .then(() => opts.onControl?.(cmd))
+          .then(
+            () => void ctl.write(`done ${cmd}\n`),
+            (err: unknown) => void ctl.write(`failed ${cmd}: ${String(err)}\n`),
+          );
+      }
+    });
+    controls.set(port, ctl);
+  };
+  const controls = new Map<string, net.Socket>();
   const openSession = (port: string): void => {
+    if (port === 'ctl') {
+      controls.get(port)?.destroy();
+      openControl(port);
+      return;
+    }
     closeSession(port);
     // QEMU's chardev serves one client at a time: the drain of the previous session on
     // this port must end now, or the new connection would wait behind it.
@@ -241,6 +274,7 @@ export async function bootKitGuest(opts: GuestOptions): Promise<GuestResult> {
         if (msg.QMP) qmp!.write('{"execute":"qmp_capabilities"}\n');
         if (msg.event === 'VSERPORT_CHANGE' && msg.data) {
           if (msg.data.open) openSession(msg.data.id);
+          else if (msg.data.id === 'ctl') controls.get('ctl')?.destroy();
           else closeSession(msg.data.id);
         }
       }
@@ -251,6 +285,7 @@ export async function bootKitGuest(opts: GuestOptions): Promise<GuestResult> {
     clearTimeout(timer);
     qmp?.destroy();
     for (const port of [...live.keys()]) closeSession(port);
+    for (const c of controls.values()) c.destroy();
     await new Promise((r) => setTimeout(r, 300));
   }
   const consoleText = existsSync(consoleLog) ? (await readFile(consoleLog, 'utf8')).replace(/\r/g, '') : '';
