@@ -9,10 +9,14 @@
  *            mkfs.ext4 + mount + fstrim; /dev/nbd2 attaches with -C 4 (four connections);
  *            -C 2 against `--ephemeral` is refused by the kernel (no CAN_MULTI_CONN); over
  *            TLS with vm1's client certificate (`--overlay-dir-match-identity`) export vm2
- *            is refused and vm1 works.
+ *            is refused and vm1 works; a partition table inside an export (max_part=8),
+ *            ext4 on /dev/nbd3p1.
  *   guest 2  root on NBD: the initramfs attaches export vm1 and switch_roots into it, the
  *            golden image's init writes a token;
  *   guest 3  the same machine boots again and reads the token back.
+ *   guest 4  -t 5 with the server paused (the read fails after ~5 s), then kill -9 and a new
+ *            server under an attached `-p` device (I/O does not resume with Debian 12's
+ *            nbd-client); after re-attaching, every fsynced write is there.
  *
  * After each guest, on the host: the served view equals base + the guest's writes (read
  * back through the server with nbdcopy), `cownbd check` is clean on every overlay, the
@@ -21,7 +25,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI_PATH, startServer, type RunningServer } from '../helpers/server.js';
@@ -118,7 +122,7 @@ describe.runIf(canRun)('journey 3: the Linux kernel NBD client (/dev/nbdX in a Q
   const target = (port: string) => ({ path: ({ e: eph, t: tls }[port[0]!] ?? srv)!.socketPath! });
   const byPort = (conns: ConnectionRecord[], prefix: string): ConnectionRecord[] => conns.filter((c) => c.port.startsWith(prefix));
 
-  it('attach, O_DIRECT and buffered writes, ext4 + fstrim, two devices at once, -C 4, -b 4096, --ephemeral refusing -C 2, TLS identities; DISC on every -d', async () => {
+  it('attach, O_DIRECT and buffered writes, ext4 + fstrim, two devices at once, -C 4, -b 4096, --ephemeral refusing -C 2, TLS identities, a partition; DISC on every -d', async () => {
     const r = await bootKitGuest({
       assets: kit,
       dir,
@@ -128,7 +132,7 @@ describe.runIf(canRun)('journey 3: the Linux kernel NBD client (/dev/nbdX in a Q
       ),
       target,
       smp: 2,
-      nbdParams: 'nbds_max=4',
+      nbdParams: 'nbds_max=4,max_part=8',
       steps: `
 bridge /run/p0.sock p0
 bridge /run/p1.sock p1
@@ -177,6 +181,15 @@ nbd-client -d /dev/nbd2
 # a -C 2 attach must be refused, not made into a device whose halves disagree.
 if nbd-client -u /run/e.sock /dev/nbd3 -C 2 -t 60; then echo "EPH attached"; nbd-client -d /dev/nbd3; else echo "EPH refused rc=$?"; fi
 echo "EPHMSG $(dmesg | grep -c 'does not support multiple connections')"
+# A partition table inside an export (max_part=8): /dev/nbd3p1 gets a filesystem.
+nbd-client -u /run/p0.sock /dev/nbd3 -N part1 -t 60
+printf 'o\nn\np\n1\n2048\n\nw\n' | fdisk /dev/nbd3 >/dev/null 2>&1 || true
+i=0; while [ ! -b /dev/nbd3p1 ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+mkfs.ext4 -q -F /dev/nbd3p1
+mount -t ext4 /dev/nbd3p1 /mnt
+echo part-token >/mnt/part.txt
+umount /mnt
+nbd-client -d /dev/nbd3
 # TLS with vm1's client certificate: its own export attaches, another machine's does not.
 tlsopts="-certfile /e2e/client-cert.pem -keyfile /e2e/client-key.pem -cacertfile /e2e/ca-cert.pem -tlshostname localhost"
 if nbd-client $tlsopts -u /run/t.sock /dev/nbd3 -N vm2 -t 60; then echo "TLSVM2 attached"; nbd-client -d /dev/nbd3; else echo "TLSVM2 refused"; fi
@@ -200,8 +213,10 @@ echo DONE
     expect(guestValue(r, 'MC2')).toBe(pat);
 
     // What the kernel sent: one GO per connection, flags 3, no structured-reply dialect.
-    const raw = byPort(r.connections, 'p0');
+    const raw = byPort(r.connections, 'p0').slice(0, 1);
     const fs = byPort(r.connections, 'p1');
+    const part = byPort(r.connections, 'p0').slice(1);
+    expect(part).toHaveLength(1);
     const mc = byPort(r.connections, 'm');
     expect(raw).toHaveLength(1);
     expect(fs).toHaveLength(1);
@@ -212,7 +227,7 @@ echo DONE
     expect(ephConns).toHaveLength(2);
     for (const c of ephConns) expect(c.wire.counts, c.port).toEqual({});
     expect(guestValue(r, 'EPHMSG'), 'kernel: "server does not support multiple connections per device"').not.toBe('0');
-    for (const c of [...raw, ...fs, ...mc]) {
+    for (const c of [...raw, ...fs, ...mc, ...part]) {
       expect(c.wire.error, c.port).toBeUndefined();
       expect(c.wire.clientFlags, c.port).toBe(3);
       expect(c.wire.options, c.port).toEqual([7]);
@@ -262,6 +277,23 @@ echo DONE
     expect(cat.stdout.trim()).toBe('kernel-token');
 
     await expectHostInvariants(['raw1', 'fs1', 'mc1']);
+
+    // The partition the guest made: MBR entry 1 at sector 2048, a clean ext4 holding its file.
+    const partView = await (async () => {
+      const f = path.join(dir, 'part1.img');
+      await dumpExport(srv!.uri('part1'), f);
+      return readFile(f);
+    })();
+    expect(partView.readUInt16LE(510), 'MBR signature').toBe(0xaa55);
+    const start = partView.readUInt32LE(446 + 8) * 512;
+    const sectors = partView.readUInt32LE(446 + 12);
+    expect(start).toBe(2048 * 512);
+    const partFile = path.join(dir, 'part1p1.img');
+    await writeFile(partFile, partView.subarray(start, start + sectors * 512));
+    const partFsck = await run('e2fsck', ['-fn', partFile], { timeoutMs: 60_000 });
+    expect(partFsck.code, partFsck.stdout + partFsck.stderr).toBe(0);
+    expect((await run('debugfs', ['-R', 'cat /part.txt', partFile], { timeoutMs: 30_000 })).stdout.trim()).toBe('part-token');
+    await expectHostInvariants(['part1']);
 
     // TLS: vm1's certificate opened vm1 only; its write is in tls-overlays/vm1.cow.
     expect(r.output).toContain('TLSVM2 refused');
