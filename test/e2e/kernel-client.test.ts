@@ -16,7 +16,8 @@
  *   guest 3  the same machine boots again and reads the token back.
  *   guest 4  -t 5 with the server paused (the read fails after ~5 s), then kill -9 and a new
  *            server under an attached `-p` device (I/O does not resume with Debian 12's
- *            nbd-client); after re-attaching, every fsynced write is there.
+ *            nbd-client); after re-attaching, every fsynced write is there; a 16 GiB export
+ *            (sparse base) gets blkdiscard + mkfs.ext4 (TRIMs of GiBs), the base untouched.
  *
  * After each guest, on the host: the served view equals base + the guest's writes (read
  * back through the server with nbdcopy), `cownbd check` is clean on every overlay, the
@@ -25,7 +26,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI_PATH, startServer, type RunningServer } from '../helpers/server.js';
@@ -46,6 +47,7 @@ const canRun =
   requireTlsTools();
 
 const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
 
 function expectGuestOk(r: GuestResult, what: string, serverLog: string): void {
   if (r.code !== 0) throw new Error(`${what}: guest exit ${r.code} after ${r.ms} ms\n${r.console}\n--- server log ---\n${serverLog.slice(-6000)}`);
@@ -352,19 +354,26 @@ exec switch_root /newroot /sbin/init
     expect(cat.stdout.trim()).toBe(token);
     await expectHostInvariants(['vm1']);
   }, 600_000);
-  it('-t 5 with the server paused, then a server restart: fsynced writes survive, the device must be re-attached', async () => {
+  it('-t 5 with the server paused, a server restart (fsynced writes survive, the device must be re-attached), a 16 GiB disk', async () => {
     // Its own server (same base, own overlay dir), so its deliberately broken connections
     // do not mix with the other cases' logs.
     const rsDir = path.join(dir, 'restart-overlays');
     const rsArgs = ['--base', golden, '--overlay-dir', rsDir];
     let rs = await startServer(rsArgs, { unix: true });
+    // A 16 GiB disk (sparse base): whole-device discard and mkfs's multi-GiB TRIMs.
+    const bigBase = path.join(dir, 'big-base.raw');
+    await writeFile(bigBase, '');
+    await truncate(bigBase, 16 * GiB);
+    const bigBefore = await stat(bigBase);
+    const bigDir = path.join(dir, 'big-overlays');
+    const big = await startServer(['--base', bigBase, '--overlay-dir', bigDir], { unix: true });
     const events: string[] = [];
     try {
       const r = await bootKitGuest({
         assets: kit,
         dir,
-        ports: ['r0', 'r1', 'ctl'],
-        target: () => ({ path: rs.socketPath! }),
+        ports: ['r0', 'r1', 'ctl', 'b0'],
+        target: (port) => ({ path: (port === 'b0' ? big : rs).socketPath! }),
         onControl: async (cmd) => {
           events.push(cmd);
           if (cmd === 'pause') rs.proc.kill('SIGSTOP');
@@ -401,6 +410,19 @@ attach
 echo "AFTER-RESTART-1 $(dd if=/dev/nbd0 bs=64k skip=16 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
 echo "AFTER-RESTART-2 $(dd if=/dev/nbd0 bs=64k skip=48 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
 nbd-client -d /dev/nbd0
+# 16 GiB: discard everything, make a filesystem (lazy init: TCG is slow), use it.
+bridge /run/b.sock b0
+nbd-client -u /run/b.sock /dev/nbd1 -N big1 -t 120
+echo "BIGSIZE $(blockdev --getsize64 /dev/nbd1)"
+blkdiscard /dev/nbd1
+mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 /dev/nbd1
+mount -t ext4 /dev/nbd1 /mnt
+echo big-token >/mnt/big.txt
+umount /mnt
+mount -t ext4 -o ro /dev/nbd1 /mnt
+echo "BIGTOKEN $(cat /mnt/big.txt)"
+umount /mnt
+nbd-client -d /dev/nbd1
 echo DONE
 `,
       });
@@ -418,6 +440,27 @@ echo DONE
       expect(guestValue(r, 'AFTER-RESTART-1')).toBe(pat);
       expect(guestValue(r, 'AFTER-RESTART-2')).toBe(pat);
       expect(r.output).toContain('DONE');
+
+      expect(guestValue(r, 'BIGSIZE')).toBe(String(16 * GiB));
+      expect(guestValue(r, 'BIGTOKEN')).toBe('big-token');
+      const bigConn = byPort(r.connections, 'b0');
+      expect(bigConn).toHaveLength(1);
+      expect(bigConn[0]!.wire.counts.DISC).toBe(1);
+      // blkdiscard and mkfs each discard the whole device, in TRIMs of GiBs.
+      expect(bigConn[0]!.wire.trimmedBytes).toBeGreaterThanOrEqual(2 * 16 * GiB);
+      expect(bigConn[0]!.wire.maxTrimLength).toBeGreaterThanOrEqual(2 * GiB);
+      await big.stop();
+      const bigAfter = await stat(bigBase);
+      expect({ size: bigAfter.size, blocks: bigAfter.blocks, mtimeMs: bigAfter.mtimeMs }, 'the 16 GiB base is untouched').toEqual({
+        size: bigBefore.size,
+        blocks: bigBefore.blocks,
+        mtimeMs: bigBefore.mtimeMs,
+      });
+      const bigCow = path.join(bigDir, 'big1.cow');
+      expect((await stat(bigCow)).blocks * 512, 'discards allocate nothing').toBeLessThan(1 * GiB);
+      const bigCheck = await run(process.execPath, [CLI_PATH, 'check', bigCow], { timeoutMs: 120_000 });
+      expect(bigCheck.code, bigCheck.stdout + bigCheck.stderr).toBe(0);
+      expect(big.stderr().split('\n').filter((l) => /"level":(40|50|60)\b/.test(l)), '16 GiB server warnings/errors').toEqual([]);
 
       const view = await readFile(await (async () => {
         const f = path.join(dir, 'rs1.img');
@@ -438,6 +481,7 @@ echo DONE
     } finally {
       rs.proc.kill('SIGCONT');
       await rs.stop().catch(() => {});
+      await big.stop().catch(() => {});
     }
   }, 600_000);
 });

@@ -28,13 +28,15 @@ export interface WireSummary {
   maxIoLength: number;
   /** Total TRIM length (bytes). */
   trimmedBytes: number;
+  /** Largest single TRIM (bytes). */
+  maxTrimLength: number;
   tls: boolean;
   /** Set when the stream stopped making sense (bad magic): decoding stopped there. */
   error?: string;
 }
 
 export class NbdWireTap {
-  readonly summary: WireSummary = { options: [], counts: {}, fua: 0, maxIoLength: 0, trimmedBytes: 0, tls: false };
+  readonly summary: WireSummary = { options: [], counts: {}, fua: 0, maxIoLength: 0, trimmedBytes: 0, maxTrimLength: 0, tls: false };
   private buf: Buffer = Buffer.alloc(0);
   private phase: 'flags' | 'options' | 'requests' | 'opaque' = 'flags';
   /** WRITE payload bytes still to skip. */
@@ -94,7 +96,10 @@ export class NbdWireTap {
         this.summary.counts[name] = (this.summary.counts[name] ?? 0) + 1;
         if (flags & CMD_FLAG_FUA) this.summary.fua++;
         if (type <= 1) this.summary.maxIoLength = Math.max(this.summary.maxIoLength, length);
-        if (type === 4) this.summary.trimmedBytes += length;
+        if (type === 4) {
+          this.summary.trimmedBytes += length;
+          this.summary.maxTrimLength = Math.max(this.summary.maxTrimLength, length);
+        }
         this.buf = b.subarray(28);
         if (type === 1) this.skip = length;
         return true;
