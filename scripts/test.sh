@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(qemu-utils qemu-block-extra libnbd-bin python3-libnbd nbdkit fio nbd-client time gnutls-bin chromium
+PACKAGES=(qemu-utils gcc libc6-dev qemu-block-extra libnbd-bin python3-libnbd nbdkit fio nbd-client time gnutls-bin chromium
           uml-utilities user-mode-linux patchelf e2fsprogs qemu-system-x86 busybox-static systemd strace jq)
 missing=()
 for p in "${PACKAGES[@]}"; do
