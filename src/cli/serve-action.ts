@@ -26,7 +26,7 @@ export async function serveAction(image: string | undefined, cliOptions: ServeOp
   const fileOptions = merged.fileOptions;
   const o = ephemeralImageFormat(merged.o, image, cmd);
   if (o.admin && !('path' in o.admin) && !o.adminTokenFile) throw new UsageError('--admin HOST:PORT needs --admin-token-file (the bearer token clients must send)');
-  const log = createLogger({ level: o.logLevel });
+  const log = createLogger({ level: captiveLogLevel(o, cmd, fileOptions) });
   logNativeAddon(log, io.policy);
   storeConfigFrom(o); // bad object-store flags fail now, not at the first s3:// image
   // Read (and unset) the activation variables first, before anything can spawn a child.
@@ -53,7 +53,7 @@ export async function serveAction(image: string | undefined, cliOptions: ServeOp
   // SIGHUP reloads (failures are logged, never fatal) from before the listening lines on.
   const running = await runServer(server, o, log, () => server.controlPlane!.reloader.installSighup());
   const api = server.controlPlane!.api;
-  if (api) process.stdout.write(`cownbd: admin API on ${api.address}\n`);
+  if (api && o.run === undefined) process.stdout.write(`cownbd: admin API on ${api.address}\n`);
   await applyProcessOptions({ ...running, defaultExport: server.defaultExport }, o, log, process.env);
 }
 
@@ -68,6 +68,16 @@ function ephemeralImageFormat(o: ServeOptions, image: string | undefined, cmd: C
     throw new UsageError(`--ephemeral ${image}: -f ${o.format} and --base-format ${o.baseFormat} disagree about its format (give one)`);
   }
   return { ...o, baseFormat: o.format };
+}
+
+/**
+ * Under --run the server is a helper of CMD: only warnings and errors reach stderr unless a
+ * level was asked for (--log-level, COWNBD_LOG_LEVEL or the config file), as nbdkit --run
+ * stays quiet.
+ */
+function captiveLogLevel(o: ServeOptions, cmd: Command, fileOptions: FileOptions | undefined): string {
+  if (o.run === undefined || cmd.getOptionValueSource('logLevel') !== 'default' || fileOptions?.logLevel !== undefined) return o.logLevel;
+  return 'warn';
 }
 
 /** --config: the file's options, and the command line merged over them (given wins). */

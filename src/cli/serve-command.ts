@@ -105,7 +105,7 @@ export interface Servable {
  * whoever reads the listening line may signal us immediately). `ready` runs once
  * listening, before the lines are printed. Shared by `serve` and `demo`.
  */
-export async function runServer(s: Servable, o: { printUri?: boolean }, log: Logger, ready?: () => void): Promise<RunningServer> {
+export async function runServer(s: Servable, o: { printUri?: boolean; run?: string }, log: Logger, ready?: () => void): Promise<RunningServer> {
   const { shutdown, onStop } = installSignalHandlers(() => s.close(), log);
   let addresses: ListenAddress[];
   try {
@@ -118,9 +118,12 @@ export async function runServer(s: Servable, o: { printUri?: boolean }, log: Log
   for (const addr of addresses) {
     const uri = formatUri(addr, s.defaultExport, undefined, s.tlsRequired);
     const others = s.exportNames.filter((n) => n !== s.defaultExport).map((n) => formatUri(addr, n, undefined, s.tlsRequired));
+    uris.push(uri);
+    // Captive mode (--run) prints nothing of its own unless --print-uri asks: stdout belongs to
+    // CMD, as with nbdkit (`size=$(cownbd serve --run 'nbdinfo --size "$uri"' disk.raw)`).
+    if (o.run !== undefined && !o.printUri) continue;
     if (o.printUri) process.stdout.write([uri, ...others].map((u) => `${u}\n`).join(''));
     else process.stdout.write([`cownbd: listening on ${uri}`, ...others.map((u) => `cownbd: export at ${u}`)].map((l) => `${l}\n`).join(''));
-    uris.push(uri);
   }
   return { server: s.nbd, uris, addresses, shutdown, onStop };
 }

@@ -104,7 +104,8 @@ export async function startServer(args: string[], opts: StartServerOptions = {})
     }, opts.timeoutMs ?? 20_000);
     proc.stdout!.setEncoding('utf8').on('data', (d: string) => {
       out += d;
-      for (const m of out.matchAll(/^cownbd: listening on (\S+)$/gm)) {
+      // "cownbd: listening on URI", or a bare URI line with --print-uri.
+      for (const m of out.matchAll(/^(?:cownbd: listening on )?(nbds?(?:\+unix)?:\/\/\S*)$/gm)) {
         if (!uris.includes(m[1]!)) uris.push(m[1]!);
       }
       if (uris.length >= want) {

@@ -118,11 +118,12 @@ describe('container defaults and HEALTHCHECK', () => {
 
   it('COWNBD_BIND sets the listen address (the image sets 0.0.0.0); -b wins', async () => {
     const img = createRawImage(tmp.file('b.raw'), MiB);
-    const env = await cli(['serve', '-p', '0', img, '--run', 'true'], { COWNBD_BIND: '0.0.0.0' });
+    // Under --run cownbd prints its URIs only when --print-uri asks.
+    const env = await cli(['serve', '-p', '0', img, '--print-uri', '--run', 'true'], { COWNBD_BIND: '0.0.0.0' });
     expect(env.status, env.stderr).toBe(0);
-    expect(env.stdout).toMatch(new RegExp(`listening on nbd://${os.hostname()}:\\d+/`));
-    const flag = await cli(['serve', '-p', '0', '-b', '127.0.0.1', img, '--run', 'true'], { COWNBD_BIND: '0.0.0.0' });
-    expect(flag.stdout).toMatch(/listening on nbd:\/\/127\.0\.0\.1:\d+\//);
+    expect(env.stdout).toMatch(new RegExp(`^nbd://${os.hostname()}:\\d+/`, 'm'));
+    const flag = await cli(['serve', '-p', '0', '-b', '127.0.0.1', img, '--print-uri', '--run', 'true'], { COWNBD_BIND: '0.0.0.0' });
+    expect(flag.stdout).toMatch(/^nbd:\/\/127\.0\.0\.1:\d+\//m);
   });
 
   it('healthy against a real server (TCP and Unix socket); the server sees a clean abort', async () => {

@@ -64,7 +64,8 @@ describe('sd_notify (systemd Type=notify)', () => {
     await listener.ready;
     const envOut = tmp.file('child-env');
     try {
-      const srv = await startServer([img, '--run', `printf '%s' "\${NOTIFY_SOCKET-unset}" > ${envOut}; sleep 30`], { env: { NOTIFY_SOCKET: sock } });
+      // --print-uri: under --run cownbd prints only what it is asked to (the helper waits for a URI line).
+      const srv = await startServer([img, '--print-uri', '--run', `printf '%s' "\${NOTIFY_SOCKET-unset}" > ${envOut}; sleep 30`], { env: { NOTIFY_SOCKET: sock } });
       await waitFor(() => listener.messages().some((m) => m.includes('READY=1')));
       const ready = listener.messages().find((m) => m.includes('READY=1'))!;
       expect(ready).toMatch(/STATUS=serving 1 listener/);

@@ -81,7 +81,7 @@ describe('serve: captive mode, pidfile, parent watch', () => {
       'echo "port=$port sock=[$unixsocket] name=$exportname"',
       'exit 7',
     ].join(' && ');
-    const r = await runCli(['serve', '-p', '0', '-n', 'disk', img, '--run', cmd]);
+    const r = await runCli(['serve', '-p', '0', '-n', 'disk', img, '--log-level', 'info', '--run', cmd]);
     expect(r.status, r.stderr).toBe(7);
     expect(r.stdout).toContain(`${2 * MiB}\n`);
     expect(r.stdout).toMatch(/^port=\d+ sock=\[\] name=disk$/m);
@@ -159,6 +159,23 @@ describe('serve: captive mode, pidfile, parent watch', () => {
   });
 });
 
+describe('serve --run: captive mode prints nothing of its own', () => {
+  const tmp = makeTempDir();
+  afterAll(() => tmp.cleanup());
+
+  it.runIf(requireTool('nbdinfo'))('$(cownbd serve --run ...) captures only what CMD prints; stderr stays empty unless asked', () => {
+    const img = createRawImage(tmp.file('captive.raw'), 3 * MiB);
+    const r = spawnSync(process.execPath, [CLI_PATH, 'serve', '-p', '0', '--run', 'nbdinfo --size "$uri"', img], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toBe(`${3 * MiB}\n`);
+    expect(r.stderr).toBe('');
+    // A level asked for is honoured (and still nothing on stdout but CMD's).
+    const verbose = spawnSync(process.execPath, [CLI_PATH, 'serve', '-p', '0', '--log-level', 'info', '--run', 'nbdinfo --size "$uri"', img], { encoding: 'utf8', timeout: 30_000 });
+    expect(verbose.stdout).toBe(`${3 * MiB}\n`);
+    expect(verbose.stderr).toMatch(/"msg":"captive mode: running command"/);
+  });
+});
+
 describe('serve: what it prints', () => {
   const tmp = makeTempDir();
   afterAll(() => tmp.cleanup());
@@ -179,9 +196,10 @@ describe('serve: what it prints', () => {
 
   it('a wildcard bind prints a URI with this host name (and warns), not 0.0.0.0', async () => {
     const img = createRawImage(tmp.file('wild.raw'), MiB);
-    const r = await runCli(['serve', '-b', '0.0.0.0', '-p', '0', img, '--run', 'true']);
+    // Under --run cownbd prints its URIs only when --print-uri asks.
+    const r = await runCli(['serve', '-b', '0.0.0.0', '-p', '0', img, '--log-level', 'info', '--print-uri', '--run', 'true']);
     expect(r.status, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(new RegExp(`^cownbd: listening on nbd://${os.hostname()}:\\d+/$`, 'm'));
+    expect(r.stdout).toMatch(new RegExp(`^nbd://${os.hostname()}:\\d+/$`, 'm'));
     expect(r.stdout).not.toContain('0.0.0.0');
     expect(logLines(r.stderr).some((l) => l.msg === 'listening on every interface: NBD has no authentication here; firewall the port')).toBe(true);
   });
