@@ -20,8 +20,14 @@ import { exposeGc } from '../server/idle-gc.js';
 import { checkServePaths, exportConfigs, listenEndpoints, logNativeAddon, runServer, takeSystemdListenFds } from './serve-command.js';
 import { UsageError, type ServeOptions } from './serve-options.js';
 import { applyProcessOptions } from './serve-process.js';
+import { isBackgroundChild, reportReady, startInBackground } from './background.js';
 
 export async function serveAction(image: string | undefined, cliOptions: ServeOptions, cmd: Command, io: FileIo): Promise<void> {
+  if (cliOptions.background && !isBackgroundChild(process.env)) {
+    if (cliOptions.run !== undefined) throw new UsageError('--background and --run exclude each other (--run already waits for the server)');
+    if (cliOptions.exitWithParent) throw new UsageError('--background and --exit-with-parent exclude each other (the parent exits once the server is ready)');
+    process.exit(await startInBackground(process.argv, process.execArgv, process.env));
+  }
   const merged = await withFileOptions(cliOptions, cmd);
   const fileOptions = merged.fileOptions;
   const o = ephemeralImageFormat(merged.o, image, cmd);
@@ -55,6 +61,7 @@ export async function serveAction(image: string | undefined, cliOptions: ServeOp
   const api = server.controlPlane!.api;
   if (api && o.run === undefined) process.stdout.write(`cownbd: admin API on ${api.address}\n`);
   await applyProcessOptions({ ...running, defaultExport: server.defaultExport }, o, log, process.env);
+  if (isBackgroundChild(process.env)) reportReady();
 }
 
 /**

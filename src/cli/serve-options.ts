@@ -39,6 +39,8 @@ export interface ServeOptions extends ProcessOptions, SecurityCliOptions, Object
   overlayDir?: string;
   ephemeral?: boolean;
   ephemeralDir?: string;
+  /** Return once listening, the server running on as a detached child (cli/background.ts). */
+  background?: boolean;
   /** Create a missing --overlay-dir / --ephemeral-dir (otherwise a missing one is an error). */
   createDirs?: boolean;
   ignoreMtime?: boolean;

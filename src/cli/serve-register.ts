@@ -49,6 +49,7 @@ function addServeOptions(serve: Command): void {
     .option('--overlay-dir <dir>', 'serve every export NAME as its own cow overlay DIR/NAME.cow over --base, created on first connect')
     .option('--ephemeral', 'IMAGE (or --base) is a base: every connection gets its own temporary overlay, deleted on disconnect (no CAN_MULTI_CONN)')
     .option('--ephemeral-dir <dir>', 'where ephemeral overlays live', DEFAULT_EPHEMERAL_DIR)
+    .option('--background', 'return once listening (every export open, --pidfile written); the server runs on detached (qemu-nbd --fork); stop it with its pid')
     .option('--create-dirs', 'create a missing --overlay-dir/--ephemeral-dir (without it a missing directory is an error: a mistyped one would boot blank disks)')
     .option('--backing-path-map <old=new>', 'serve overlays whose backing (or add-cow image) file moved: a recorded path under OLD is opened under NEW instead (repeatable; still validated)', parseMapping)
     .option(
