@@ -3,7 +3,7 @@
  * in one place so the commands themselves stay about exports:
  *
  *   --log-level L / COWNBD_LOG_LEVEL   validated; the variable is read here, by the CLI
- *   --foreground, -f (nbdkit)          accepted; cownbd never forks into the background
+ *   --foreground (nbdkit)              accepted; the default (serve --background forks: background.ts)
  *   --pidfile FILE                     written once listening, removed at exit
  *   --exit-with-parent                 stop gracefully when the parent process dies
  *   --print-uri                        print the bare URI(s), one per line, on stdout
@@ -54,7 +54,7 @@ export function logLevelOption(): Option {
 export function addProcessOptions(cmd: Command, withRun: boolean): Command {
   cmd
     .addOption(logLevelOption())
-    .option('--foreground', 'stay in the foreground (always the case; accepted for nbdkit users)')
+    .option('--foreground', 'stay in the foreground (the default; accepted for nbdkit users)')
     .option('--pidfile <file>', 'write the process id to FILE once listening (removed at exit)')
     .option('--exit-with-parent', 'stop (gracefully) when the parent process exits')
     .option('--print-uri', 'print only the URI of each export, one per line, on stdout');
