@@ -18,8 +18,10 @@ export function registerServeCommand(program: Command, io: FileIo): void {
   const serve = program.command('serve').description('serve disk images (raw, cow, add-cow) over NBD').argument('[image]', 'image to export (as export NAME, default "")');
   addServeOptions(serve);
   addProcessOptions(serve, true);
-  addSecurityOptions(serve);
-  addObjectStoreOptions(serve);
+  addSecurityOptions(serve.optionsGroup('Security and limits:'));
+  addObjectStoreOptions(serve.optionsGroup('Object storage (s3:// images):'));
+  serve.optionsGroup('');
+  serve.addHelpText('after', SERVE_EXAMPLES);
   serve.action(async (image: string | undefined, cliOptions: ServeOptions, cmd: Command) => {
     const { serveAction } = await import('./serve-action.js');
     await serveAction(image, cliOptions, cmd, io);
@@ -28,10 +30,13 @@ export function registerServeCommand(program: Command, io: FileIo): void {
 
 function addServeOptions(serve: Command): void {
   serve
+    .optionsGroup('Listening:')
     .option('-p, --port <port>', 'TCP port (0 = pick a free port)', parsePort, DEFAULT_PORT)
     // COWNBD_BIND: the container image sets 0.0.0.0 (its loopback is unreachable from outside).
     .addOption(new Option('-b, --bind <addr>', 'address to listen on').env('COWNBD_BIND').default(DEFAULT_BIND))
     .option('-U, --socket <path>', 'listen on a Unix socket instead of TCP')
+    .option('--background', 'return once listening (every export open, --pidfile written); the server runs on detached (qemu-nbd --fork); stop it with its pid')
+    .optionsGroup('Exports:')
     .option('-n, --name <name>', 'export name of IMAGE', '')
     .option('--description <text>', 'export description of IMAGE')
     .option('-r, --read-only', 'export read-only (applies to every export)')
@@ -43,31 +48,44 @@ function addServeOptions(serve: Command): void {
       (v: string, prev: StaticExportConfig[]) => [...prev, parseExportSpec(v)],
       [] as StaticExportConfig[],
     )
+    .optionsGroup('Overlays (per machine, per connection):')
     .option('--base <path>', 'golden base image for --overlay-dir (never modified)')
     // No commander default: an absent --base-format is what lets a foreign base (qcow2, vmdk, ...) be refused.
     .addOption(new Option('--base-format <format>', 'format of the base image (default raw; a foreign image such as qcow2 is refused unless this says raw)').choices([...FORMAT_NAMES]))
     .option('--overlay-dir <dir>', 'serve every export NAME as its own cow overlay DIR/NAME.cow over --base, created on first connect')
     .option('--ephemeral', 'IMAGE (or --base) is a base: every connection gets its own temporary overlay, deleted on disconnect (no CAN_MULTI_CONN)')
     .option('--ephemeral-dir <dir>', 'where ephemeral overlays live', DEFAULT_EPHEMERAL_DIR)
-    .option('--background', 'return once listening (every export open, --pidfile written); the server runs on detached (qemu-nbd --fork); stop it with its pid')
     .option('--create-dirs', 'create a missing --overlay-dir/--ephemeral-dir (without it a missing directory is an error: a mistyped one would boot blank disks)')
-    .option('--backing-path-map <old=new>', 'serve overlays whose backing (or add-cow image) file moved: a recorded path under OLD is opened under NEW instead (repeatable; still validated)', parseMapping)
-    .option(
-      '--allow-path <dir>',
-      'paths named inside image headers (backing files, add-cow image files) must lie under DIR (repeatable; default: anywhere)',
-      (v: string, prev: string[] = []) => [...prev, v],
-    )
     .option(
       '--bitmap-sync-interval <seconds>',
       'writable overlays persist new allocation bits (data first, as FLUSH does) this often while any are unpersisted: what a killed process can lose (0 = only on FLUSH/close)',
       parseBitmapSyncInterval,
       DEFAULT_BITMAP_SYNC_MS / 1000,
     )
+    .optionsGroup('Image files:')
+    .option('--backing-path-map <old=new>', 'serve overlays whose backing (or add-cow image) file moved: a recorded path under OLD is opened under NEW instead (repeatable; still validated)', parseMapping)
+    .option(
+      '--allow-path <dir>',
+      'paths named inside image headers (backing files, add-cow image files) must lie under DIR (repeatable; default: anywhere)',
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
     .option('--ignore-mtime', 'cow exports: accept a backing file whose mtime no longer matches the header (recovery after the base was touched but not changed)')
+    .optionsGroup('Operating:')
     .option('-c, --config <file>', 'TOML configuration file (README "Operating"); options given on the command line override it; SIGHUP reloads it')
     .option('--admin <endpoint>', 'admin API (HTTP/JSON) on unix:/path, or HOST:PORT with --admin-token-file', parseAdminEndpoint)
     .option('--admin-token-file <file>', 'bearer token clients of a TCP admin API must send');
 }
+
+const SERVE_EXAMPLES = `
+Examples:
+  cownbd serve vm1.cow                                  # one cow overlay on nbd://127.0.0.1:10809/
+  cownbd serve -r -f qcow2 golden.qcow2                 # a qcow2 image, read-only
+  cownbd serve --base golden.img --overlay-dir vms      # nbd://HOST/NAME -> vms/NAME.cow, per machine
+  cownbd serve --ephemeral test-disk.img --background   # a fresh overlay per connection; returns when ready
+  cownbd serve -p 0 --run 'nbdinfo --size "$uri"' disk.raw   # captive: serve while CMD runs
+  cownbd serve -c /etc/cownbd/cownbd.toml               # everything from a config file (SIGHUP reloads)
+More: README.md and docs/ (installed with the package).
+`;
 
 function parseMapping(v: string, prev: PathMapping[] = []): PathMapping[] {
   try {

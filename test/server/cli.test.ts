@@ -51,6 +51,14 @@ describe('cownbd CLI', () => {
     expect(r.stderr).toMatch(message);
   });
 
+  it('serve --help is grouped (as nbdkit and qemu-img are) and ends with examples', () => {
+    const r = cli(['serve', '--help']);
+    expect(r.status).toBe(0);
+    const headings = r.stdout.split('\n').filter((l) => /^[A-Z][^:]*:$/.test(l));
+    expect(headings).toEqual(['Arguments:', 'Listening:', 'Exports:', 'Overlays (per machine, per connection):', 'Image files:', 'Operating:', 'Security and limits:', 'Object storage (s3:// images):', 'Options:', 'Examples:']);
+    expect(r.stdout).toMatch(/Examples:\n {2}cownbd serve vm1\.cow/);
+  });
+
   it('serve --help shows sizes as sizes (--min-free default 1GiB, not 1073741824)', () => {
     const r = cli(['serve', '--help']);
     expect(r.status).toBe(0);
