@@ -11,6 +11,12 @@
  * reset/remove refuse (409) while clients are connected unless `force`, which
  * disconnects them first (their running requests finish, then the sockets close). New
  * clients are held off (GuardedProvider) for the whole operation.
+ *
+ * Allocation figures (bytes per layer, the status page's map) come from a FigureCache:
+ * measured in the background at most every ALLOCATION_TTL_MS per export, never per
+ * request, so polling cannot stall the data path (figure-cache.ts). A device a client has
+ * open is measured through Connection.borrowDevice, which keeps it open until the walk
+ * is done: a device closed mid-walk would leave its descriptors to be reused (EBADF).
  */
 import { unlink } from 'node:fs/promises';
 import type { BlockDevice, LayerInfo } from '../block/block-device.js';
@@ -18,7 +24,8 @@ import type { Logger } from '../logging.js';
 import type { Connection } from '../server/connection.js';
 import type { NbdServer } from '../server/listener.js';
 import { overlayNameProblem } from '../server/overlay-providers.js';
-import { measureAllocation, type Allocation } from './allocation.js';
+import { AllocationAborted, measureAllocation, type Allocation } from './allocation.js';
+import { FigureCache } from './figure-cache.js';
 import type { ReloadableExports } from './export-set.js';
 import type { GuardedProvider } from './guarded-provider.js';
 import { recreateCowOver, readCowBacking, snapshotLayerFiles } from '../formats/cow/cow-layers.js';
@@ -92,8 +99,20 @@ export interface OperationsOptions {
   readonly log: Logger;
 }
 
+/** How old an allocation figure may get before a request queues a background refresh. */
+export const ALLOCATION_TTL_MS = 3000;
+
+/** One measurement of an export: its layers with bytes each provides, and the raw figures. */
+interface Figure {
+  readonly layers: LayerView[];
+  readonly allocation: Allocation;
+}
+
 export class Operations {
-  private readonly measured = new WeakMap<BlockDevice, { at: number; layers: LayerView[] }>();
+  /** Keyed "NAME\0BUCKETS" (0 buckets: layers only). */
+  readonly figures = new FigureCache<Figure>(ALLOCATION_TTL_MS);
+  /** The static export device the cached figures of each name were taken from. */
+  private readonly measuredDevice = new Map<string, BlockDevice>();
   /** Per export: reset, delete and snapshot run one at a time. */
   private readonly busy = new Map<string, Promise<unknown>>();
 
@@ -119,24 +138,35 @@ export class Operations {
   }
 
   /**
-   * Bytes per layer of every export whose device is open now (metrics: opens no file).
-   * A device measured less than `maxAgeMs` ago is not walked again.
+   * Bytes per layer of every export whose device is open now (metrics: opens no file),
+   * from the figure cache. An export that cannot be measured is left out, not an error.
    */
-  async openAllocations(maxAgeMs = 0): Promise<Array<{ export: string; depth: number; format: string; bytes: number }>> {
+  async openAllocations(): Promise<Array<{ export: string; depth: number; format: string; bytes: number }>> {
     const rows: Array<{ export: string; depth: number; format: string; bytes: number }> = [];
-    const devices = new Map<string, BlockDevice>();
-    for (const name of this.o.exports.names()) devices.set(name, this.o.exports.device(name)!);
-    for (const c of this.o.server.listConnections()) if (c.exportName !== undefined && c.device && !devices.has(c.exportName) && this.kindOf(c.exportName) !== 'ephemeral') devices.set(c.exportName, c.device);
-    for (const [name, device] of devices) {
-      let cached = this.measured.get(device);
-      if (!cached || Date.now() - cached.at > maxAgeMs) {
-        cached = { at: Date.now(), layers: layersOf(device.describe(), await measureAllocation(device)) };
-        this.measured.set(device, cached);
-      }
-      const layers = cached.layers;
-      for (const l of layers) rows.push({ export: name, depth: l.depth, format: l.format, bytes: l.allocatedBytes });
+    const names = new Set<string>(this.o.exports.names());
+    for (const c of this.o.server.listConnections()) if (c.exportName !== undefined && this.kindOf(c.exportName) === 'overlay') names.add(c.exportName);
+    for (const name of names) {
+      const figure = await this.figure(name, 0).catch(() => undefined);
+      for (const l of figure?.layers ?? []) rows.push({ export: name, depth: l.depth, format: l.format, bytes: l.allocatedBytes });
     }
     return rows;
+  }
+
+  /** The cached figure of an export (see FigureCache: computed at most every ALLOCATION_TTL_MS). */
+  private figure(name: string, buckets: number): Promise<Figure> {
+    // A reload that reopened a static export made its figures those of another device.
+    const device = this.o.exports.device(name);
+    if (device !== this.measuredDevice.get(name)) {
+      this.figures.invalidate(`${name}\0`);
+      if (device) this.measuredDevice.set(name, device);
+      else this.measuredDevice.delete(name);
+    }
+    return this.figures.get(`${name}\0${buckets}`, () =>
+      this.withDevice(name, async (device, alive) => {
+        const allocation = await measureAllocation(device, buckets, alive);
+        return { layers: layersOf(device.describe(), allocation), allocation };
+      }),
+    );
   }
 
   async exports(): Promise<ExportView[]> {
@@ -161,16 +191,13 @@ export class Operations {
     const connections = this.connectionsTo(name).length;
     const base = { name, kind, description: info.description, size: info.size, readOnly: !info.capabilities.writable, connections };
     if (kind === 'ephemeral') return { ...base, format: 'cow', chain: [] };
-    const chain = await this.withDevice(name, async (device) => {
-      const alloc = await measureAllocation(device);
-      return layersOf(device.describe(), alloc);
-    });
+    const chain = (await this.figure(name, 0)).layers;
     return { ...base, format: chain[0]?.format, chain };
   }
 
   async allocation(name: string, buckets: number): Promise<Allocation> {
     if (!this.kindOf(name) || this.kindOf(name) === 'ephemeral') throw new ApiError(404, `no export "${name}" with an overlay`);
-    return this.withDevice(name, (device) => measureAllocation(device, buckets));
+    return (await this.figure(name, buckets)).allocation;
   }
 
   /** Throw the top overlay away: a pristine disk over its backing. */
@@ -188,7 +215,8 @@ export class Operations {
   }
 
   private serial<T>(name: string, fn: () => Promise<T>): Promise<T> {
-    const run = (this.busy.get(name) ?? Promise.resolve()).then(fn);
+    // Whatever the operation did, the export's cached figures describe the files before it.
+    const run = (this.busy.get(name) ?? Promise.resolve()).then(fn).finally(() => this.figures.invalidate(`${name}\0`));
     const tail = run.catch(() => {});
     this.busy.set(name, tail);
     void tail.then(() => {
@@ -295,10 +323,22 @@ export class Operations {
     throw new ApiError(409, `export "${name}" keeps getting new connections`);
   }
 
-  /** Run `fn` on the export's open device, or on the overlay file opened read-only. */
-  private async withDevice<T>(name: string, fn: (device: BlockDevice) => Promise<T>): Promise<T> {
-    const open = this.o.exports.device(name) ?? this.connectionsTo(name).find((c) => c.device)?.device;
-    if (open) return fn(open);
+  /**
+   * Run `fn` on the export's open device (a client's kept open while `fn` runs), or on the
+   * overlay file opened read-only. `alive()` turns false when a client's device starts
+   * closing; `fn` then throws AllocationAborted and the next way is tried.
+   */
+  private async withDevice<T>(name: string, fn: (device: BlockDevice, alive: () => boolean) => Promise<T>): Promise<T> {
+    const open = this.o.exports.device(name);
+    if (open) return fn(open, () => this.o.exports.device(name) === open);
+    for (const c of this.connectionsTo(name)) {
+      try {
+        const r = await c.borrowDevice(fn);
+        if (r) return r.value;
+      } catch (err) {
+        if (!(err instanceof AllocationAborted)) throw err;
+      }
+    }
     if (!this.o.overlays) throw new ApiError(404, `no export "${name}"`);
     const file = this.o.overlays.overlayPath(name);
     let device: BlockDevice;
@@ -309,7 +349,7 @@ export class Operations {
       throw err;
     }
     try {
-      return await fn(device);
+      return await fn(device, () => true);
     } finally {
       await device.close();
     }
