@@ -30,7 +30,7 @@ export async function readConfigText(file: string, maxBytes = MAX_CONFIG_BYTES):
   const fh = await open(file, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
   try {
     const st = await fh.stat();
-    if (!st.isFile()) throw new Error(`${kindOf(st)}, not a regular file: refused (a config file must be a regular file)`);
+    if (!st.isFile()) throw new Error(`${kindOf(st)}, not a regular file: refused`);
     if (st.size > maxBytes) throw new Error(`${st.size} bytes is larger than the ${maxBytes}-byte limit for a config file: refused`);
     // Read to the end, at most maxBytes + 1: a file growing while we read is refused, not
     // read without end.
