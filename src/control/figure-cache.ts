@@ -10,6 +10,10 @@
  *                       no value yet: waits for the one queued computation
  *   invalidate(prefix)  forget values of an export that was reset, deleted or snapshotted
  *
+ * `compute` gets the previous value (undefined the first time), so a refresh may keep it
+ * when it can tell cheaply that nothing changed (operations.ts: an overlay file no client
+ * has open, same inode, size and mtime).
+ *
  * Computations run one at a time, in the order asked (a queue), so a burst of stale
  * entries costs one walk after another, never all at once; concurrent requests for the
  * same key share one run. A failed background refresh keeps the previous value. At most
@@ -25,16 +29,13 @@ interface Entry<T> {
 export class FigureCache<T> {
   private readonly entries = new Map<string, Entry<T>>();
   private queue: Promise<unknown> = Promise.resolve();
-  /** How many computations ran (GET /metrics shows it: proof of "not per request"). */
-  computed = 0;
-
   constructor(
     private readonly ttlMs: number,
     private readonly maxEntries = 10_000,
     private readonly now: () => number = () => performance.now(),
   ) {}
 
-  get(key: string, compute: () => Promise<T>): Promise<T> {
+  get(key: string, compute: (previous: T | undefined) => Promise<T>): Promise<T> {
     const e = this.entries.get(key);
     if (e?.value !== undefined) {
       if (this.now() - e.at > this.ttlMs && !e.running) this.refresh(key, e, compute).catch(() => {}); // keep the old value
@@ -53,11 +54,8 @@ export class FigureCache<T> {
     for (const key of this.entries.keys()) if (key.startsWith(prefix)) this.entries.delete(key);
   }
 
-  private refresh(key: string, e: Entry<T>, compute: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(async () => {
-      this.computed++;
-      return compute();
-    });
+  private refresh(key: string, e: Entry<T>, compute: (previous: T | undefined) => Promise<T>): Promise<T> {
+    const run = this.queue.then(() => compute(e.value));
     this.queue = run.catch(() => {});
     e.running = run;
     return run.then(

@@ -138,7 +138,7 @@ function addStateGauges(registry: Registry, ops: Operations): void {
     help: 'Allocation walks made for the admin API and metrics (background cache: not one per request)',
     registers: [registry],
     collect() {
-      this.set(ops.figures.computed);
+      this.set(ops.allocationWalks);
     },
   });
   new Gauge({

@@ -18,7 +18,7 @@
  * open is measured through Connection.borrowDevice, which keeps it open until the walk
  * is done: a device closed mid-walk would leave its descriptors to be reused (EBADF).
  */
-import { unlink } from 'node:fs/promises';
+import { stat, unlink } from 'node:fs/promises';
 import type { BlockDevice, LayerInfo } from '../block/block-device.js';
 import type { Logger } from '../logging.js';
 import type { Connection } from '../server/connection.js';
@@ -106,11 +106,15 @@ export const ALLOCATION_TTL_MS = 3000;
 interface Figure {
   readonly layers: LayerView[];
   readonly allocation: Allocation;
+  /** For an overlay file no client had open: its inode, size and mtime when measured. */
+  readonly version?: string;
 }
 
 export class Operations {
   /** Keyed "NAME\0BUCKETS" (0 buckets: layers only). */
   readonly figures = new FigureCache<Figure>(ALLOCATION_TTL_MS);
+  /** Allocation walks made so far (GET /metrics: proof that they are not per request). */
+  allocationWalks = 0;
   /** The static export device the cached figures of each name were taken from. */
   private readonly measuredDevice = new Map<string, BlockDevice>();
   /** Per export: reset, delete and snapshot run one at a time. */
@@ -161,12 +165,23 @@ export class Operations {
       if (device) this.measuredDevice.set(name, device);
       else this.measuredDevice.delete(name);
     }
-    return this.figures.get(`${name}\0${buckets}`, () =>
-      this.withDevice(name, async (device, alive) => {
+    return this.figures.get(`${name}\0${buckets}`, async (previous) => {
+      // Nobody has the overlay open: unchanged file, unchanged figures (a stat, not a walk).
+      const version = await this.closedOverlayVersion(name);
+      if (version !== undefined && previous?.version === version) return previous;
+      return this.withDevice(name, async (device, alive) => {
+        this.allocationWalks++;
         const allocation = await measureAllocation(device, buckets, alive);
-        return { layers: layersOf(device.describe(), allocation), allocation };
-      }),
-    );
+        return { layers: layersOf(device.describe(), allocation), allocation, version };
+      });
+    });
+  }
+
+  /** "ino:size:mtime" of a per-machine overlay no client has open; undefined otherwise. */
+  private async closedOverlayVersion(name: string): Promise<string | undefined> {
+    if (this.kindOf(name) !== 'overlay' || this.connectionsTo(name).length > 0 || !this.o.overlays) return undefined;
+    const st = await stat(this.o.overlays.overlayPath(name), { bigint: true }).catch(() => undefined);
+    return st && `${st.ino}:${st.size}:${st.mtimeNs}`;
   }
 
   async exports(): Promise<ExportView[]> {
