@@ -21,7 +21,8 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { FastifyInstance } from 'fastify';
 import { NbdCmd, NbdError, nameOf } from '../protocol/constants.js';
 import type { NbdServer } from '../server/listener.js';
-import type { Operations } from './operations.js';
+import { ApiError, type Operations } from './operations.js';
+import { TokenBucket } from './rate-limit.js';
 
 /**
  * Scrapes within this long of the previous one get the same text: a scraper gone wild
@@ -29,6 +30,16 @@ import type { Operations } from './operations.js';
  * request. Far below any Prometheus scrape interval.
  */
 const RENDER_REUSE_MS = 100;
+
+/**
+ * Scrapes rendered per second (and at once). Rendering runs on the event loop in one go
+ * and costs ~40 ms with 100 busy exports (prom-client formats every histogram series),
+ * during which no NBD reply leaves; Prometheus scrapes every few seconds, so more than
+ * this is a runaway client and gets 429 (the admin API's own, wider limit applies to
+ * every request as well).
+ */
+const SCRAPES_PER_SECOND = 2;
+const SCRAPE_BURST = 5;
 
 export interface ServerMetrics {
   readonly registry: Registry;
@@ -53,14 +64,20 @@ export function createMetrics(server: NbdServer, ops: Operations, objectStore?: 
   countRequests(server, registry);
   addStateGauges(registry, ops);
   if (objectStore) addObjectStoreGauges(registry, objectStore);
-  let last: { at: number; text: Promise<string> } | undefined;
+  // Rendered once as bytes: sending a Buffer skips a UTF-8 encoding per answer.
+  let last: { at: number; text: Promise<Buffer> } | undefined;
+  const scrapes = new TokenBucket(SCRAPES_PER_SECOND, SCRAPE_BURST);
   return {
     registry,
     route(app) {
       app.get('/metrics', async (_req, reply) => {
+        if (!scrapes.take()) {
+          reply.header('retry-after', String(scrapes.retryAfterSeconds()));
+          throw new ApiError(429, `too many scrapes (more than ${SCRAPES_PER_SECOND} a second): slow down`);
+        }
         reply.header('content-type', registry.contentType);
         const now = performance.now();
-        if (!last || now - last.at > RENDER_REUSE_MS) last = { at: now, text: registry.metrics() };
+        if (!last || now - last.at > RENDER_REUSE_MS) last = { at: now, text: registry.metrics().then((t) => Buffer.from(t)) };
         const mine = last;
         try {
           return await mine.text;

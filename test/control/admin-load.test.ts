@@ -6,8 +6,9 @@
  *   the status page does) keeps the p99 of NBD reads within a bound of its idle value,
  *   and allocation is measured in the background (cownbd_allocation_measurements_total),
  *   not once per request.
- * - Under connect/disconnect churn, every /metrics scrape answers 200: a device is never
- *   walked after its client closed it (it was EBADF `seekHole lseek` → 500).
+ * - Under connect/disconnect churn, /metrics scrapes and allocation maps never answer
+ *   500: a device is never walked after its client closed it (it was EBADF `seekHole
+ *   lseek` → 500).
  */
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -100,39 +101,69 @@ for i, uri in enumerate(URIS):
         `while hammered p99 ${busy.p99.toFixed(1)} ms (max ${busy.max.toFixed(1)}, n=${busy.n}); admin answers ${JSON.stringify(Object.fromEntries(statuses))}`);
       expect(statuses.get(500)).toBeUndefined();
       expect(statuses.get(200)).toBeGreaterThan(100);
-      expect(busy.p99).toBeLessThan(Math.max(50, 4 * idle.p99));
+      // Measured on the shared 2-core VM: idle p99 3-19 ms; hammered 47 ms with this
+      // change, 465 ms before it (when every request walked every overlay). The bound
+      // leaves room for the machine's own noise.
+      expect(busy.p99).toBeLessThan(Math.max(150, 5 * idle.p99));
+      expect(busy.n).toBeGreaterThan(idle.n / 4); // reads kept flowing (before: 91 vs 940)
     } finally {
       await srv.stop();
     }
   });
 
-  it('/metrics answers 200 to every scrape while clients connect and disconnect', async () => {
+  it('/metrics and allocation maps never answer 500 while clients connect and disconnect', async () => {
     sparseGolden(tmp.file('churn-golden.img'), 64 * MiB);
     const sock = tmp.file('churn.sock');
+    const A = { socketPath: sock };
     const srv = await startServer(['--base', tmp.file('churn-golden.img'), '--overlay-dir', tmp.file('churn'), '--admin', `unix:${sock}`]);
     try {
       await waitFor(() => srv.stdout().includes('admin API on'), 'the admin API');
-      // 3 clients, each 150 times: connect to a new machine, write, leave at once.
+      // 3 clients, for 6 s each: connect to a new machine, write, leave at once.
       const churners = [0, 1, 2].map((c) =>
         runNbdPython(`
-import nbd
-for uri in URIS:
-    h = nbd.NBD(); h.connect_uri(uri); h.pwrite(b"c" * 4096, 0); h.shutdown()
-`, { URIS: Array.from({ length: 150 }, (_, i) => srv.uri(`c${c}-${i}`)) }, 120_000),
+import nbd, time
+end = time.monotonic() + 6; i = 0
+while time.monotonic() < end:
+    h = nbd.NBD(); h.connect_uri(PREFIX + str(i)); h.pwrite(b"c" * 4096, 0); h.shutdown(); i += 1
+print(i)
+`, { PREFIX: srv.uri(`c${c}-`) }, 120_000),
       );
       let done = false;
       void Promise.all(churners).finally(() => (done = true));
-      const statuses = new Map<number, number>();
-      while (!done) {
-        const r = await api({ socketPath: sock }, 'GET', '/metrics');
-        statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
-        if (r.status !== 200) console.log(r.status, r.text.slice(0, 200));
-        await new Promise((r) => setTimeout(r, 5));
-      }
-      for (const c of await Promise.all(churners)) expect(c.status, c.stderr).toBe(0);
-      console.log(`scrapes under churn: ${JSON.stringify(Object.fromEntries(statuses))}`);
-      expect([...statuses.keys()]).toEqual([200]);
-      expect(statuses.get(200)).toBeGreaterThan(20);
+      const count = (m: Map<number, number>, status: number) => m.set(status, (m.get(status) ?? 0) + 1);
+      const scrapes = new Map<number, number>();
+      const maps = new Map<number, number>();
+      const failures: string[] = [];
+      await Promise.all([
+        (async () => {
+          while (!done) {
+            const r = await api(A, 'GET', '/metrics');
+            count(scrapes, r.status);
+            if (r.status >= 500) failures.push(`/metrics: ${r.text.slice(0, 200)}`);
+            await new Promise((r) => setTimeout(r, 500)); // within the scrape rate limit (2/s)
+          }
+        })(),
+        // The status page's maps, for whoever is connected right now.
+        (async () => {
+          while (!done) {
+            const conns = (await api(A, 'GET', '/connections')).body.connections as Array<{ export: string }>;
+            for (const c of conns) {
+              const r = await api(A, 'GET', `/exports/${c.export}/allocation?buckets=16`);
+              count(maps, r.status);
+              if (r.status >= 500) failures.push(`allocation ${c.export}: ${r.text.slice(0, 200)}`);
+            }
+            await new Promise((r) => setTimeout(r, 5));
+          }
+        })(),
+      ]);
+      const made = (await Promise.all(churners)).map((c) => {
+        expect(c.status, c.stderr).toBe(0);
+        return Number(c.stdout);
+      });
+      console.log(`under churn (${made.join('+')} connections): scrapes ${JSON.stringify(Object.fromEntries(scrapes))}, maps ${JSON.stringify(Object.fromEntries(maps))}`);
+      expect(failures).toEqual([]);
+      expect(scrapes.get(200)).toBeGreaterThanOrEqual(8);
+      expect(maps.get(200)).toBeGreaterThanOrEqual(20);
       expect(serverLog(srv).filter((l) => l.msg === 'admin API request failed')).toEqual([]);
     } finally {
       await srv.stop();
