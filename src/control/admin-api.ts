@@ -86,33 +86,7 @@ export function buildAdminApp(o: AdminApiOptions): FastifyInstance {
     http: { headersTimeout: L.headersTimeoutMs, requestTimeout: L.requestTimeoutMs, connectionsCheckingInterval: L.checkIntervalMs },
   });
   app.server.maxConnections = L.maxConnections;
-  const bucket = new TokenBucket(L.ratePerSecond, L.rateBurst);
-  app.addHook('onRequest', async (_req, reply) => {
-    if (!bucket.take()) {
-      reply.header('retry-after', String(bucket.retryAfterSeconds()));
-      throw new ApiError(429, `too many admin requests (more than ${L.ratePerSecond} a second): slow down`);
-    }
-  });
-  const configuredHost = 'host' in o.endpoint ? o.endpoint.host : undefined;
-  app.addHook('onRequest', async (req) => {
-    const h = req.headers;
-    const facts: RequestFacts = { method: req.method, host: h.host, origin: h.origin, referer: h.referer, contentType: h['content-type'] };
-    // With a token a rebound page cannot authenticate; without one, Host is the only proof.
-    const problem = (o.token === undefined ? hostProblem(facts, configuredHost) : undefined) ?? crossSiteProblem(facts);
-    if (problem) throw new ApiError(403, problem);
-  });
-  if (o.token !== undefined) {
-    const expected = Buffer.from(`Bearer ${o.token}`);
-    app.addHook('onRequest', async (req, reply) => {
-      // The status page holds no data (its script sends the token with each API call).
-      if (req.method === 'GET' && req.url.split('?')[0] === '/') return;
-      const got = Buffer.from(req.headers.authorization ?? '');
-      if (got.length !== expected.length || !timingSafeEqual(got, expected)) {
-        reply.header('www-authenticate', 'Bearer');
-        throw new ApiError(401, 'missing or wrong bearer token (Authorization: Bearer <token from the token file>)');
-      }
-    });
-  }
+  addGuards(app, o);
   app.addHook('onResponse', async (req, reply) => {
     o.log.debug({ method: req.method, url: req.url, status: reply.statusCode }, 'admin request');
   });
@@ -147,6 +121,38 @@ export function buildAdminApp(o: AdminApiOptions): FastifyInstance {
   });
   for (const plugin of o.plugins ?? []) plugin(app);
   return app;
+}
+
+/** Before any route: the rate limit, the browser checks (request-guard.ts), the token. */
+function addGuards(app: FastifyInstance, o: AdminApiOptions): void {
+  const L = ADMIN_LIMITS;
+  const bucket = new TokenBucket(L.ratePerSecond, L.rateBurst);
+  app.addHook('onRequest', async (_req, reply) => {
+    if (!bucket.take()) {
+      reply.header('retry-after', String(bucket.retryAfterSeconds()));
+      throw new ApiError(429, `too many admin requests (more than ${L.ratePerSecond} a second): slow down`);
+    }
+  });
+  const configuredHost = 'host' in o.endpoint ? o.endpoint.host : undefined;
+  app.addHook('onRequest', async (req) => {
+    const h = req.headers;
+    const facts: RequestFacts = { method: req.method, host: h.host, origin: h.origin, referer: h.referer, contentType: h['content-type'] };
+    // With a token a rebound page cannot authenticate; without one, Host is the only proof.
+    const problem = (o.token === undefined ? hostProblem(facts, configuredHost) : undefined) ?? crossSiteProblem(facts);
+    if (problem) throw new ApiError(403, problem);
+  });
+  if (o.token !== undefined) {
+    const expected = Buffer.from(`Bearer ${o.token}`);
+    app.addHook('onRequest', async (req, reply) => {
+      // The status page holds no data (its script sends the token with each API call).
+      if (req.method === 'GET' && req.url.split('?')[0] === '/') return;
+      const got = Buffer.from(req.headers.authorization ?? '');
+      if (got.length !== expected.length || !timingSafeEqual(got, expected)) {
+        reply.header('www-authenticate', 'Bearer');
+        throw new ApiError(401, 'missing or wrong bearer token (Authorization: Bearer <token from the token file>)');
+      }
+    });
+  }
 }
 
 export async function startAdminApi(o: AdminApiOptions): Promise<AdminApi> {

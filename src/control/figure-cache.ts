@@ -8,6 +8,7 @@
  *   get(key, compute)   fresh value (younger than ttlMs): answered from memory
  *                       stale value: answered from memory, one refresh queued
  *                       no value yet: waits for the one queued computation
+ *   value(key)          the value held now, if any (no computation)
  *   invalidate(prefix)  forget values of an export that was reset, deleted or snapshotted
  *
  * `compute` gets the previous value (undefined the first time), so a refresh may keep it
@@ -47,6 +48,11 @@ export class FigureCache<T> {
     return this.refresh(key, fresh, compute).finally(() => {
       if (fresh.value === undefined && this.entries.get(key) === fresh) this.entries.delete(key);
     });
+  }
+
+  /** The value held now, if any; starts no computation. */
+  value(key: string): T | undefined {
+    return this.entries.get(key)?.value;
   }
 
   /** Forget every key starting with `prefix` (the next get computes afresh). */

@@ -10,10 +10,13 @@
  *   ends, a device that was swapped has its new top flushed and closed here (the inner
  *   provider only knows the original); new clients of that name wait for this to finish
  *   and then get the chain reopened from the files.
+ * - Borrows: every handle is wrapped so the control plane can read a client's device
+ *   without it being closed under the read (device-borrows.ts).
  */
 import type { BlockDevice } from '../block/block-device.js';
 import type { ExportContext, ExportHandle, ExportInfo, ExportProvider, ExportSummary } from '../server/exports.js';
 import { recordOf } from '../formats/registry.js';
+import { DeviceBorrows } from './device-borrows.js';
 import { SwappableDevice } from './swappable-device.js';
 
 interface Shared {
@@ -26,6 +29,8 @@ export class GuardedProvider implements ExportProvider {
   private readonly shared = new Map<BlockDevice, Shared>();
   private readonly byName = new Map<string, Shared>();
   private readonly settling = new Map<string, Promise<void>>();
+  /** Devices of open handles, for reads by the control plane. */
+  readonly borrows = new DeviceBorrows();
 
   constructor(readonly inner: ExportProvider) {}
 
@@ -67,7 +72,8 @@ export class GuardedProvider implements ExportProvider {
     if (this.held.has(name)) return undefined;
     await this.settling.get(name);
     const handle = await this.inner.open(name, ctx);
-    if (!handle || !wrappable(handle)) return handle;
+    if (!handle) return handle;
+    if (!wrappable(handle)) return this.borrows.track(handle);
     const original = handle.device;
     let s = this.shared.get(original);
     if (!s) {
@@ -78,7 +84,7 @@ export class GuardedProvider implements ExportProvider {
     s.refs++;
     const entry = s;
     let released = false;
-    return {
+    return this.borrows.track({
       ...handle,
       device: entry.swappable,
       release: async () => {
@@ -101,7 +107,7 @@ export class GuardedProvider implements ExportProvider {
           if (this.settling.get(name) === settle) this.settling.delete(name);
         }
       },
-    };
+    });
   }
 
   async close(): Promise<void> {

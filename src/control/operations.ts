@@ -15,7 +15,7 @@
  * Allocation figures (bytes per layer, the status page's map) come from a FigureCache:
  * measured in the background at most every ALLOCATION_TTL_MS per export, never per
  * request, so polling cannot stall the data path (figure-cache.ts). A device a client has
- * open is measured through Connection.borrowDevice, which keeps it open until the walk
+ * open is measured through GuardedProvider.borrows, which keeps it open until the walk
  * is done: a device closed mid-walk would leave its descriptors to be reused (EBADF).
  */
 import { stat, unlink } from 'node:fs/promises';
@@ -101,6 +101,13 @@ export interface OperationsOptions {
 
 /** How old an allocation figure may get before a request queues a background refresh. */
 export const ALLOCATION_TTL_MS = 3000;
+/** Cache key of an export's figure with `buckets` map slices (0: layers only). */
+function figureKey(name: string, buckets: number): string {
+  return `${name}\0${buckets}`;
+}
+
+/** How long a /metrics scrape waits for exports measured for the first time. */
+const FIRST_FIGURE_WAIT_MS = 1000;
 
 /** One measurement of an export: its layers with bytes each provides, and the raw figures. */
 interface Figure {
@@ -143,14 +150,22 @@ export class Operations {
 
   /**
    * Bytes per layer of every export whose device is open now (metrics: opens no file),
-   * from the figure cache. An export that cannot be measured is left out, not an error.
+   * from the figure cache. An export not measured yet, or that cannot be, is left out.
    */
   async openAllocations(): Promise<Array<{ export: string; depth: number; format: string; bytes: number }>> {
     const rows: Array<{ export: string; depth: number; format: string; bytes: number }> = [];
     const names = new Set<string>(this.o.exports.names());
     for (const c of this.o.server.listConnections()) if (c.exportName !== undefined && this.kindOf(c.exportName) === 'overlay') names.add(c.exportName);
+    // A scrape waits for first measurements at most FIRST_FIGURE_WAIT_MS (under connection
+    // churn there is always a new one queued); what is not ready shows at the next scrape.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all([...names].map((name) => this.figure(name, 0).catch(() => undefined))),
+      new Promise((resolve) => (timer = setTimeout(resolve, FIRST_FIGURE_WAIT_MS))),
+    ]);
+    clearTimeout(timer);
     for (const name of names) {
-      const figure = await this.figure(name, 0).catch(() => undefined);
+      const figure = this.figures.value(figureKey(name, 0));
       for (const l of figure?.layers ?? []) rows.push({ export: name, depth: l.depth, format: l.format, bytes: l.allocatedBytes });
     }
     return rows;
@@ -165,7 +180,7 @@ export class Operations {
       if (device) this.measuredDevice.set(name, device);
       else this.measuredDevice.delete(name);
     }
-    return this.figures.get(`${name}\0${buckets}`, async (previous) => {
+    return this.figures.get(figureKey(name, buckets), async (previous) => {
       // Nobody has the overlay open: unchanged file, unchanged figures (a stat, not a walk).
       const version = await this.closedOverlayVersion(name);
       if (version !== undefined && previous?.version === version) return previous;
@@ -347,8 +362,9 @@ export class Operations {
     const open = this.o.exports.device(name);
     if (open) return fn(open, () => this.o.exports.device(name) === open);
     for (const c of this.connectionsTo(name)) {
+      if (!c.device) continue;
       try {
-        const r = await c.borrowDevice(fn);
+        const r = await this.o.guard.borrows.borrow(c.device, fn);
         if (r) return r.value;
       } catch (err) {
         if (!(err instanceof AllocationAborted)) throw err;

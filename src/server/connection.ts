@@ -61,9 +61,6 @@ export class Connection {
   private readonly reader = new ByteReader();
   private session: TransmissionSession | undefined;
   private handle: ExportHandle | undefined;
-  /** Admin readers of the device (borrowDevice); the release waits until they are done. */
-  private borrowers = 0;
-  private borrowsDone: (() => void) | undefined;
   private destroyed = false;
   private readonly startedAt = performance.now();
   /** Export served once transmission began (for the closing log line). */
@@ -235,24 +232,6 @@ export class Connection {
     return this.handle?.device;
   }
 
-  /**
-   * Run `fn` on the served device while keeping it open: the export handle is released
-   * (and the device maybe closed) only after `fn` settles. Undefined when there is no
-   * device (still haggling, or closing). `alive()` turns false once the connection starts
-   * closing, so a long reader can stop early instead of delaying the release. Used by the
-   * control plane to measure allocation (a closed device's descriptors may be reused).
-   */
-  async borrowDevice<T>(fn: (device: ExportHandle['device'], alive: () => boolean) => Promise<T>): Promise<{ value: T } | undefined> {
-    const handle = this.handle;
-    if (!handle) return undefined;
-    this.borrowers++;
-    try {
-      return { value: await fn(handle.device, () => this.handle === handle) };
-    } finally {
-      if (--this.borrowers === 0) this.borrowsDone?.();
-    }
-  }
-
   get requestsInFlight(): number {
     return this.session?.requestsInFlight ?? 0;
   }
@@ -407,7 +386,6 @@ export class Connection {
     this.handle = undefined;
     try {
       if (session) await session.whenIdle();
-      if (this.borrowers > 0) await new Promise<void>((resolve) => (this.borrowsDone = resolve));
       await handle.release();
     } catch (err) {
       this.log.error({ err }, 'releasing the export failed');
