@@ -145,7 +145,7 @@ function addStateGauges(registry: Registry, ops: Operations): void {
     labelNames: ['export', 'depth', 'format'],
     registers: [registry],
     async collect() {
-      const rows = await ops.openAllocations();
+      const rows = await ops.figures.openAllocations();
       this.reset();
       for (const r of rows) this.set({ export: r.export, depth: String(r.depth), format: r.format }, r.bytes);
     },
@@ -155,7 +155,7 @@ function addStateGauges(registry: Registry, ops: Operations): void {
     help: 'Allocation walks made for the admin API and metrics (background cache: not one per request)',
     registers: [registry],
     collect() {
-      this.set(ops.allocationWalks);
+      this.set(ops.figures.walks);
     },
   });
   new Gauge({

@@ -12,20 +12,18 @@
  * disconnects them first (their running requests finish, then the sockets close). New
  * clients are held off (GuardedProvider) for the whole operation.
  *
- * Allocation figures (bytes per layer, the status page's map) come from a FigureCache:
- * measured in the background at most every ALLOCATION_TTL_MS per export, never per
- * request, so polling cannot stall the data path (figure-cache.ts). A device a client has
- * open is measured through GuardedProvider.borrows, which keeps it open until the walk
- * is done: a device closed mid-walk would leave its descriptors to be reused (EBADF).
+ * Allocation figures (bytes per layer, the status page's map) come from ExportFigures:
+ * measured in the background, never per request, so polling cannot stall the data path
+ * (export-figures.ts).
  */
-import { stat, unlink } from 'node:fs/promises';
-import type { BlockDevice, LayerInfo } from '../block/block-device.js';
+import { unlink } from 'node:fs/promises';
+import type { BlockDevice } from '../block/block-device.js';
 import type { Logger } from '../logging.js';
 import type { Connection } from '../server/connection.js';
 import type { NbdServer } from '../server/listener.js';
 import { overlayNameProblem } from '../server/overlay-providers.js';
-import { AllocationAborted, measureAllocation, type Allocation } from './allocation.js';
-import { FigureCache } from './figure-cache.js';
+import type { Allocation } from './allocation.js';
+import { ExportFigures } from './export-figures.js';
 import type { ReloadableExports } from './export-set.js';
 import type { GuardedProvider } from './guarded-provider.js';
 import { recreateCowOver, readCowBacking, snapshotLayerFiles } from '../formats/cow/cow-layers.js';
@@ -33,17 +31,9 @@ import { alignUp } from '../block/block-split.js';
 import type { FileIo } from '../block/file-io.js';
 import { liveSnapshot, offlineSnapshot, type SnapshotResult } from './snapshot.js';
 import { SwappableDevice } from './swappable-device.js';
+import { ApiError } from './api-error.js';
 
-/** An error with the HTTP status the API answers. */
-export class ApiError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'ApiError';
-  }
-}
+export { ApiError } from './api-error.js';
 
 export type ExportKind = 'static' | 'overlay' | 'ephemeral';
 
@@ -99,35 +89,15 @@ export interface OperationsOptions {
   readonly log: Logger;
 }
 
-/** How old an allocation figure may get before a request queues a background refresh. */
-export const ALLOCATION_TTL_MS = 3000;
-/** Cache key of an export's figure with `buckets` map slices (0: layers only). */
-function figureKey(name: string, buckets: number): string {
-  return `${name}\0${buckets}`;
-}
-
-/** How long a /metrics scrape waits for exports measured for the first time. */
-const FIRST_FIGURE_WAIT_MS = 1000;
-
-/** One measurement of an export: its layers with bytes each provides, and the raw figures. */
-interface Figure {
-  readonly layers: LayerView[];
-  readonly allocation: Allocation;
-  /** For an overlay file no client had open: its inode, size and mtime when measured. */
-  readonly version?: string;
-}
-
 export class Operations {
-  /** Keyed "NAME\0BUCKETS" (0 buckets: layers only). */
-  readonly figures = new FigureCache<Figure>(ALLOCATION_TTL_MS);
-  /** Allocation walks made so far (GET /metrics: proof that they are not per request). */
-  allocationWalks = 0;
-  /** The static export device the cached figures of each name were taken from. */
-  private readonly measuredDevice = new Map<string, BlockDevice>();
+  /** Allocation figures, measured in the background (export-figures.ts). */
+  readonly figures: ExportFigures;
   /** Per export: reset, delete and snapshot run one at a time. */
   private readonly busy = new Map<string, Promise<unknown>>();
 
-  constructor(private readonly o: OperationsOptions) {}
+  constructor(private readonly o: OperationsOptions) {
+    this.figures = new ExportFigures({ ...o, kindOf: (name) => this.kindOf(name) });
+  }
 
   connections(): ConnectionView[] {
     return this.o.server
@@ -146,57 +116,6 @@ export class Operations {
 
   async exportNames(): Promise<string[]> {
     return (await this.o.guard.inner.list()).map((e) => e.name);
-  }
-
-  /**
-   * Bytes per layer of every export whose device is open now (metrics: opens no file),
-   * from the figure cache. An export not measured yet, or that cannot be, is left out.
-   */
-  async openAllocations(): Promise<Array<{ export: string; depth: number; format: string; bytes: number }>> {
-    const rows: Array<{ export: string; depth: number; format: string; bytes: number }> = [];
-    const names = new Set<string>(this.o.exports.names());
-    for (const c of this.o.server.listConnections()) if (c.exportName !== undefined && this.kindOf(c.exportName) === 'overlay') names.add(c.exportName);
-    // A scrape waits for first measurements at most FIRST_FIGURE_WAIT_MS (under connection
-    // churn there is always a new one queued); what is not ready shows at the next scrape.
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      Promise.all([...names].map((name) => this.figure(name, 0).catch(() => undefined))),
-      new Promise((resolve) => (timer = setTimeout(resolve, FIRST_FIGURE_WAIT_MS))),
-    ]);
-    clearTimeout(timer);
-    for (const name of names) {
-      const figure = this.figures.value(figureKey(name, 0));
-      for (const l of figure?.layers ?? []) rows.push({ export: name, depth: l.depth, format: l.format, bytes: l.allocatedBytes });
-    }
-    return rows;
-  }
-
-  /** The cached figure of an export (see FigureCache: computed at most every ALLOCATION_TTL_MS). */
-  private figure(name: string, buckets: number): Promise<Figure> {
-    // A reload that reopened a static export made its figures those of another device.
-    const device = this.o.exports.device(name);
-    if (device !== this.measuredDevice.get(name)) {
-      this.figures.invalidate(`${name}\0`);
-      if (device) this.measuredDevice.set(name, device);
-      else this.measuredDevice.delete(name);
-    }
-    return this.figures.get(figureKey(name, buckets), async (previous) => {
-      // Nobody has the overlay open: unchanged file, unchanged figures (a stat, not a walk).
-      const version = await this.closedOverlayVersion(name);
-      if (version !== undefined && previous?.version === version) return previous;
-      return this.withDevice(name, async (device, alive) => {
-        this.allocationWalks++;
-        const allocation = await measureAllocation(device, buckets, alive);
-        return { layers: layersOf(device.describe(), allocation), allocation, version };
-      });
-    });
-  }
-
-  /** "ino:size:mtime" of a per-machine overlay no client has open; undefined otherwise. */
-  private async closedOverlayVersion(name: string): Promise<string | undefined> {
-    if (this.kindOf(name) !== 'overlay' || this.connectionsTo(name).length > 0 || !this.o.overlays) return undefined;
-    const st = await stat(this.o.overlays.overlayPath(name), { bigint: true }).catch(() => undefined);
-    return st && `${st.ino}:${st.size}:${st.mtimeNs}`;
   }
 
   async exports(): Promise<ExportView[]> {
@@ -221,13 +140,13 @@ export class Operations {
     const connections = this.connectionsTo(name).length;
     const base = { name, kind, description: info.description, size: info.size, readOnly: !info.capabilities.writable, connections };
     if (kind === 'ephemeral') return { ...base, format: 'cow', chain: [] };
-    const chain = (await this.figure(name, 0)).layers;
+    const chain = (await this.figures.get(name, 0)).layers;
     return { ...base, format: chain[0]?.format, chain };
   }
 
   async allocation(name: string, buckets: number): Promise<Allocation> {
     if (!this.kindOf(name) || this.kindOf(name) === 'ephemeral') throw new ApiError(404, `no export "${name}" with an overlay`);
-    return (await this.figure(name, buckets)).allocation;
+    return (await this.figures.get(name, buckets)).allocation;
   }
 
   /** Throw the top overlay away: a pristine disk over its backing. */
@@ -246,7 +165,7 @@ export class Operations {
 
   private serial<T>(name: string, fn: () => Promise<T>): Promise<T> {
     // Whatever the operation did, the export's cached figures describe the files before it.
-    const run = (this.busy.get(name) ?? Promise.resolve()).then(fn).finally(() => this.figures.invalidate(`${name}\0`));
+    const run = (this.busy.get(name) ?? Promise.resolve()).then(fn).finally(() => this.figures.invalidate(name));
     const tail = run.catch(() => {});
     this.busy.set(name, tail);
     void tail.then(() => {
@@ -352,48 +271,6 @@ export class Operations {
     }
     throw new ApiError(409, `export "${name}" keeps getting new connections`);
   }
-
-  /**
-   * Run `fn` on the export's open device (a client's kept open while `fn` runs), or on the
-   * overlay file opened read-only. `alive()` turns false when a client's device starts
-   * closing; `fn` then throws AllocationAborted and the next way is tried.
-   */
-  private async withDevice<T>(name: string, fn: (device: BlockDevice, alive: () => boolean) => Promise<T>): Promise<T> {
-    const open = this.o.exports.device(name);
-    if (open) return fn(open, () => this.o.exports.device(name) === open);
-    for (const c of this.connectionsTo(name)) {
-      if (!c.device) continue;
-      try {
-        const r = await this.o.guard.borrows.borrow(c.device, fn);
-        if (r) return r.value;
-      } catch (err) {
-        if (!(err instanceof AllocationAborted)) throw err;
-      }
-    }
-    if (!this.o.overlays) throw new ApiError(404, `no export "${name}"`);
-    const file = this.o.overlays.overlayPath(name);
-    let device: BlockDevice;
-    try {
-      device = await this.o.inspect(file);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ApiError(404, `no overlay for "${name}" yet (created at its first connection)`);
-      throw err;
-    }
-    try {
-      return await fn(device, () => true);
-    } finally {
-      await device.close();
-    }
-  }
-}
-
-function layersOf(top: LayerInfo, alloc: Allocation): LayerView[] {
-  const out: LayerView[] = [];
-  let layer: LayerInfo | undefined = top;
-  for (let depth = 1; layer; depth++, layer = layer.backing) {
-    out.push({ depth, format: layer.format, path: layer.path, allocatedBytes: alloc.bytesByDepth[depth] ?? 0 });
-  }
-  return out;
 }
 
 function ignoreMissing(err: NodeJS.ErrnoException): void {
