@@ -25,13 +25,16 @@ function kindOf(s: { isFIFO(): boolean; isCharacterDevice(): boolean; isBlockDev
   return 'not a regular file';
 }
 
-/** The file's text; throws an Error naming the file and the reason. */
-export async function readConfigText(file: string, maxBytes = MAX_CONFIG_BYTES): Promise<string> {
+/**
+ * The file's text; throws an Error naming the reason. `what` names the file's role in
+ * the messages (the admin token file is read the same way).
+ */
+export async function readConfigText(file: string, maxBytes = MAX_CONFIG_BYTES, what = 'a config file'): Promise<string> {
   const fh = await open(file, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
   try {
     const st = await fh.stat();
     if (!st.isFile()) throw new Error(`${kindOf(st)}, not a regular file: refused`);
-    if (st.size > maxBytes) throw new Error(`${st.size} bytes is larger than the ${maxBytes}-byte limit for a config file: refused`);
+    if (st.size > maxBytes) throw new Error(`${st.size} bytes is larger than the ${maxBytes}-byte limit for ${what}: refused`);
     // Read to the end, at most maxBytes + 1: a file growing while we read is refused, not
     // read without end.
     const buf = Buffer.alloc(maxBytes + 1);
@@ -40,7 +43,7 @@ export async function readConfigText(file: string, maxBytes = MAX_CONFIG_BYTES):
       const { bytesRead } = await fh.read(buf, got, buf.length - got, got);
       if (bytesRead === 0) break;
       got += bytesRead;
-      if (got > maxBytes) throw new Error(`grew past the ${maxBytes}-byte limit for a config file while being read: refused`);
+      if (got > maxBytes) throw new Error(`grew past the ${maxBytes}-byte limit for ${what} while being read: refused`);
     }
     return buf.toString('utf8', 0, got);
   } finally {

@@ -1,7 +1,7 @@
 /**
- * A config file that is not a regular file, or is huge, is refused at once with a clear
- * message, at start-up and on reload (SIGHUP and POST /reload); the server keeps serving
- * and SIGTERM still stops it. Before, a FIFO blocked the read forever, and the blocked
+ * A config file (or admin token file) that is not a regular file, or is huge, is refused
+ * at once with a clear message, at start-up and on reload (SIGHUP and POST /reload); the
+ * server keeps serving and SIGTERM still stops it. Before, a FIFO blocked the read forever, and the blocked
  * threadpool thread then kept even two SIGTERMs from ending the process.
  */
 import { spawnSync } from 'node:child_process';
@@ -17,7 +17,7 @@ const usable = requireTool('mkfifo') && requireNbdPython();
 
 function serveConfig(file: string): { status: number | null; stderr: string; ms: number } {
   const t0 = Date.now();
-  const r = spawnSync(process.execPath, [CLI_PATH, 'serve', '--config', file, '-p', '0'], { encoding: 'utf8', timeout: 20_000 });
+  const r = spawnSync(process.execPath, [CLI_PATH, 'serve', '--config', file, '-p', '0'], { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL' }); // SIGKILL: a hung server ignored SIGTERM
   return { status: r.status, stderr: r.stderr, ms: Date.now() - t0 };
 }
 
@@ -43,6 +43,14 @@ describe.runIf(usable)('config file: hostile files', () => {
     const r3 = serveConfig(huge);
     expect(r3.status, r3.stderr).toBe(1);
     expect(r3.stderr).toContain(`${huge}: cannot read config: 5242880 bytes is larger than the 4194304-byte limit for a config file: refused`);
+
+    // The admin token file is read the same way.
+    createPatternedImage(tmp.file('t.img'), 1 << 20, 5);
+    const t0 = Date.now();
+    const r4 = spawnSync(process.execPath, [CLI_PATH, 'serve', tmp.file('t.img'), '-p', '0', '--admin', '127.0.0.1:0', '--admin-token-file', fifo], { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL' }); // SIGKILL: a hung server ignored SIGTERM
+    expect(r4.status, r4.stderr).toBe(1);
+    expect(r4.stderr).toContain(`admin token file ${fifo}: a FIFO (named pipe), not a regular file: refused`);
+    expect(Date.now() - t0).toBeLessThan(10_000);
   });
 
   it('a config replaced by a FIFO fails the reload at once (SIGHUP and API), keeps serving, and SIGTERM stops the server', async () => {
