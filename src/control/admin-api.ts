@@ -15,14 +15,44 @@
  *
  * Every failure is a JSON body {"error": "..."} with a 4xx status naming the problem
  * (500 only for a bug, logged); a handler error never reaches the NBD server.
+ *
+ * Hostile callers (docs/security.md "Admin API"): web pages are kept out by
+ * request-guard.ts (Host, Origin, Content-Type); half-sent requests time out and
+ * connections are bounded (ADMIN_LIMITS); a flood is answered 429 (rate-limit.ts) so it
+ * cannot take the event loop from the NBD clients; the Unix socket is never reachable
+ * with a wider mode than 0600 (unix-listen.ts).
  */
 import { timingSafeEqual } from 'node:crypto';
-import { chmod, lstat, unlink } from 'node:fs/promises';
+import { unlink } from 'node:fs/promises';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from '../logging.js';
 import type { AdminEndpoint } from './endpoint.js';
 import { ApiError, type Operations } from './operations.js';
+import { TokenBucket } from './rate-limit.js';
 import type { ReloadResult } from './reload.js';
+import { crossSiteProblem, hostProblem, type RequestFacts } from './request-guard.js';
+import { listenUnixPrivately } from './unix-listen.js';
+
+/** Bounds on what one admin client can hold (docs/security.md "Admin API"). */
+export const ADMIN_LIMITS = {
+  /** The request line and headers must arrive within this. */
+  headersTimeoutMs: 5_000,
+  /** The whole request (headers and body) must arrive within this. */
+  requestTimeoutMs: 10_000,
+  /** An idle keep-alive connection is closed after this. */
+  keepAliveTimeoutMs: 5_000,
+  /** How often Node checks the two timeouts above (its default, 30 s, would let them overrun). */
+  checkIntervalMs: 500,
+  /** A socket silent for this long is closed, even mid-request (longer than any handler). */
+  idleTimeoutMs: 120_000,
+  /** Connections beyond this are closed as they arrive. */
+  maxConnections: 64,
+  /** No endpoint takes a body; a JSON one must still fit. */
+  bodyLimit: 4096,
+  /** Requests per second (sustained) and at once, for all clients together. */
+  ratePerSecond: 100,
+  rateBurst: 200,
+} as const;
 
 export interface AdminApiOptions {
   readonly endpoint: AdminEndpoint;
@@ -45,19 +75,18 @@ export interface AdminApi {
 type NameParams = { Params: { name: string }; Querystring: Record<string, string | undefined> };
 
 export function buildAdminApp(o: AdminApiOptions): FastifyInstance {
-  const app = Fastify({ logger: false, return503OnClosing: true, bodyLimit: 64 * 1024 });
-  if (o.token !== undefined) {
-    const expected = Buffer.from(`Bearer ${o.token}`);
-    app.addHook('onRequest', async (req, reply) => {
-      // The status page holds no data (its script sends the token with each API call).
-      if (req.method === 'GET' && req.url.split('?')[0] === '/') return;
-      const got = Buffer.from(req.headers.authorization ?? '');
-      if (got.length !== expected.length || !timingSafeEqual(got, expected)) {
-        reply.header('www-authenticate', 'Bearer');
-        throw new ApiError(401, 'missing or wrong bearer token (Authorization: Bearer <token from the token file>)');
-      }
-    });
-  }
+  const L = ADMIN_LIMITS;
+  const app = Fastify({
+    logger: false,
+    return503OnClosing: true,
+    bodyLimit: L.bodyLimit,
+    connectionTimeout: L.idleTimeoutMs,
+    keepAliveTimeout: L.keepAliveTimeoutMs,
+    requestTimeout: L.requestTimeoutMs,
+    http: { headersTimeout: L.headersTimeoutMs, requestTimeout: L.requestTimeoutMs, connectionsCheckingInterval: L.checkIntervalMs },
+  });
+  app.server.maxConnections = L.maxConnections;
+  addGuards(app, o);
   app.addHook('onResponse', async (req, reply) => {
     o.log.debug({ method: req.method, url: req.url, status: reply.statusCode }, 'admin request');
   });
@@ -94,14 +123,46 @@ export function buildAdminApp(o: AdminApiOptions): FastifyInstance {
   return app;
 }
 
+/** Before any route: the rate limit, the browser checks (request-guard.ts), the token. */
+function addGuards(app: FastifyInstance, o: AdminApiOptions): void {
+  const L = ADMIN_LIMITS;
+  const bucket = new TokenBucket(L.ratePerSecond, L.rateBurst);
+  app.addHook('onRequest', async (_req, reply) => {
+    if (!bucket.take()) {
+      reply.header('retry-after', String(bucket.retryAfterSeconds()));
+      throw new ApiError(429, `too many admin requests (more than ${L.ratePerSecond} a second): slow down`);
+    }
+  });
+  const configuredHost = 'host' in o.endpoint ? o.endpoint.host : undefined;
+  app.addHook('onRequest', async (req) => {
+    const h = req.headers;
+    const facts: RequestFacts = { method: req.method, host: h.host, origin: h.origin, referer: h.referer, contentType: h['content-type'] };
+    // With a token a rebound page cannot authenticate; without one, Host is the only proof.
+    const problem = (o.token === undefined ? hostProblem(facts, configuredHost) : undefined) ?? crossSiteProblem(facts);
+    if (problem) throw new ApiError(403, problem);
+  });
+  if (o.token !== undefined) {
+    const expected = Buffer.from(`Bearer ${o.token}`);
+    app.addHook('onRequest', async (req, reply) => {
+      // The status page holds no data (its script sends the token with each API call).
+      if (req.method === 'GET' && req.url.split('?')[0] === '/') return;
+      const got = Buffer.from(req.headers.authorization ?? '');
+      if (got.length !== expected.length || !timingSafeEqual(got, expected)) {
+        reply.header('www-authenticate', 'Bearer');
+        throw new ApiError(401, 'missing or wrong bearer token (Authorization: Bearer <token from the token file>)');
+      }
+    });
+  }
+}
+
 export async function startAdminApi(o: AdminApiOptions): Promise<AdminApi> {
   const app = buildAdminApp(o);
   const e = o.endpoint;
   let address: string;
   if ('path' in e) {
-    await removeStaleSocket(e.path);
-    await app.listen({ path: e.path });
-    await chmod(e.path, 0o600);
+    await listenUnixPrivately(e.path, 0o600, async (temp) => {
+      await app.listen({ path: temp });
+    });
     address = `unix:${e.path}`;
   } else {
     await app.listen({ host: e.host, port: e.port });
@@ -130,12 +191,4 @@ function intParam(v: string | undefined, name: string, dflt: number, min: number
   const n = Number(v);
   if (!/^\d+$/.test(v) || n < min || n > max) throw new ApiError(400, `${name} must be an integer ${min}-${max} (got "${v}")`);
   return n;
-}
-
-async function removeStaleSocket(file: string): Promise<void> {
-  try {
-    if ((await lstat(file)).isSocket()) await unlink(file);
-  } catch {
-    // Does not exist.
-  }
 }

@@ -8,10 +8,22 @@
  * Format-agnostic on purpose: every driver answers blockStatus, so raw, cow, add-cow and
  * snapshot chains are measured the same way. Bounded: at most MAX_EXTENTS extents are
  * walked (a pathological fragmentation stops early and says so with `complete: false`).
+ *
+ * Shares the event loop with the NBD data path: a driver answering blockStatus from
+ * memory resolves at once, so without a pause a long walk would run as one burst of
+ * microtasks and hold every client's reply back. The walk yields to the event loop (a
+ * macrotask) every YIELD_EVERY extents, and stops (AllocationAborted) once `alive()` says
+ * the device is going away.
  */
 import type { BlockDevice } from '../block/block-device.js';
 
 const MAX_EXTENTS = 4_000_000;
+const YIELD_EVERY = 2048;
+
+/** The device was closing while it was measured: the figures are incomplete. */
+export class AllocationAborted extends Error {
+  override name = 'AllocationAborted';
+}
 
 export interface Allocation {
   readonly size: number;
@@ -22,7 +34,7 @@ export interface Allocation {
   readonly complete: boolean;
 }
 
-export async function measureAllocation(device: BlockDevice, buckets = 0): Promise<Allocation> {
+export async function measureAllocation(device: BlockDevice, buckets = 0, alive: () => boolean = () => true): Promise<Allocation> {
   const size = device.size;
   const bytesByDepth: number[] = [0, 0];
   const slice = buckets > 0 ? size / buckets : 0;
@@ -34,7 +46,13 @@ export async function measureAllocation(device: BlockDevice, buckets = 0): Promi
     top?.fill(1);
     return { size, bytesByDepth, top, complete: true };
   }
+  let nextYield = YIELD_EVERY;
   while (pos < size && walked < MAX_EXTENTS) {
+    if (walked >= nextYield) {
+      nextYield = walked + YIELD_EVERY;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    if (!alive()) throw new AllocationAborted('the device closed while its allocation was measured');
     const extents = await device.blockStatus(pos, size - pos);
     if (extents.length === 0) break;
     for (const e of extents) {

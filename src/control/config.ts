@@ -13,12 +13,12 @@
  * Relative paths in the file are relative to the file's directory (like nbd-server and
  * systemd units), never to the server's working directory.
  */
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import type { z } from 'zod';
 import type { StaticExportConfig } from '../server/exports.js';
 import type { ListenEndpoint } from '../server/listener.js';
+import { readConfigText } from './config-read.js';
 import { configSchema, toOptions, type FileOptions } from './config-schema.js';
 
 export type { FileOptions } from './config-schema.js';
@@ -33,7 +33,8 @@ export class ConfigError extends Error {
 export async function loadConfigFile(file: string): Promise<FileOptions> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    // Never blocks on a FIFO or device, never reads without bound (config-read.ts).
+    text = await readConfigText(file);
   } catch (err) {
     throw new ConfigError(`${file}: cannot read config: ${(err as Error).message}`);
   }

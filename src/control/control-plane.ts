@@ -10,8 +10,8 @@
  * endpoint is configured: a plain `serve` never loads it.
  */
 import { readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import type { AdminApi } from './admin-api.js';
+import { readConfigText } from './config-read.js';
 import type { AdminEndpoint } from './endpoint.js';
 import type { ObjectStoreStats } from './metrics.js';
 import { Operations, type OperationsOptions } from './operations.js';
@@ -78,7 +78,8 @@ function packageVersion(): string {
 async function readToken(file: string): Promise<string> {
   let token: string;
   try {
-    token = (await readFile(file, 'utf8')).trim();
+    // Like the config file: a FIFO or device is refused at once, never waited on (config-read.ts).
+    token = (await readConfigText(file, 4096, 'a token file')).trim();
   } catch (err) {
     throw new ControlPlaneError(`admin token file ${file}: ${(err as Error).message}`);
   }

@@ -20,10 +20,13 @@
  *   would, so the last client leaving mid-snapshot cannot close the device under it; the
  *   pin's end closes it instead (after the swap, so the frozen layer gets no writes).
  *   The inner handles of a shared device are released together, after the last user.
+ * - Borrows: every handle is wrapped so the control plane can read a client's device
+ *   without it being closed under the read (device-borrows.ts).
  */
 import type { BlockDevice } from '../block/block-device.js';
 import type { ExportContext, ExportHandle, ExportInfo, ExportProvider, ExportSummary } from '../server/exports.js';
 import { recordOf } from '../formats/registry.js';
+import { DeviceBorrows } from './device-borrows.js';
 import { SwappableDevice } from './swappable-device.js';
 
 interface Shared {
@@ -47,6 +50,8 @@ export class GuardedProvider implements ExportProvider {
   private readonly settling = new Map<string, Promise<void>>();
   private readonly users = new Map<string, Set<User>>();
   private readonly unusedWaiters = new Map<string, Array<() => void>>();
+  /** Devices of open handles, for reads by the control plane. */
+  readonly borrows = new DeviceBorrows();
 
   constructor(readonly inner: ExportProvider) {}
 
@@ -137,7 +142,7 @@ export class GuardedProvider implements ExportProvider {
       await handle.release().finally(() => this.leave(name, user));
       return undefined;
     }
-    if (!wrappable(handle)) return this.counted(name, user, handle);
+    if (!wrappable(handle)) return this.borrows.track(this.counted(name, user, handle));
     const original = handle.device;
     let s = this.shared.get(original);
     if (!s) {
@@ -149,7 +154,7 @@ export class GuardedProvider implements ExportProvider {
     s.handles.push(handle);
     const entry = s;
     let released = false;
-    return {
+    return this.borrows.track({
       ...handle,
       device: entry.swappable,
       release: async () => {
@@ -161,7 +166,7 @@ export class GuardedProvider implements ExportProvider {
           this.leave(name, user);
         }
       },
-    };
+    });
   }
 
   async close(): Promise<void> {

@@ -10,8 +10,10 @@
  * Read at scrape time from the registries:
  *   cownbd_connections{export}, cownbd_requests_in_flight{export}
  *   cownbd_allocated_bytes{export,depth,format}        bytes each layer provides (open
- *                                                      devices only; cached 5 s: a scrape
- *                                                      must not walk every bitmap each time)
+ *                                                      devices only; from the background
+ *                                                      figure cache: a scrape never walks
+ *                                                      a bitmap itself, operations.ts)
+ *   cownbd_allocation_measurements_total               walks the figure cache made
  *   cownbd_exports
  * Plus prom-client's default process/Node metrics (cownbd_process_*, cownbd_nodejs_*).
  */
@@ -19,9 +21,25 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { FastifyInstance } from 'fastify';
 import { NbdCmd, NbdError, nameOf } from '../protocol/constants.js';
 import type { NbdServer } from '../server/listener.js';
-import type { Operations } from './operations.js';
+import { ApiError, type Operations } from './operations.js';
+import { TokenBucket } from './rate-limit.js';
 
-const ALLOCATION_CACHE_MS = 5000;
+/**
+ * Scrapes within this long of the previous one get the same text: a scraper gone wild
+ * costs at most a few renderings a second (rendering walks every series), never one per
+ * request. Far below any Prometheus scrape interval.
+ */
+const RENDER_REUSE_MS = 100;
+
+/**
+ * Scrapes rendered per second (and at once). Rendering runs on the event loop in one go
+ * and costs ~40 ms with 100 busy exports (prom-client formats every histogram series),
+ * during which no NBD reply leaves; Prometheus scrapes every few seconds, so more than
+ * this is a runaway client and gets 429 (the admin API's own, wider limit applies to
+ * every request as well).
+ */
+const SCRAPES_PER_SECOND = 2;
+const SCRAPE_BURST = 5;
 
 export interface ServerMetrics {
   readonly registry: Registry;
@@ -46,12 +64,27 @@ export function createMetrics(server: NbdServer, ops: Operations, objectStore?: 
   countRequests(server, registry);
   addStateGauges(registry, ops);
   if (objectStore) addObjectStoreGauges(registry, objectStore);
+  // Rendered once as bytes: sending a Buffer skips a UTF-8 encoding per answer.
+  let last: { at: number; text: Promise<Buffer> } | undefined;
+  const scrapes = new TokenBucket(SCRAPES_PER_SECOND, SCRAPE_BURST);
   return {
     registry,
     route(app) {
       app.get('/metrics', async (_req, reply) => {
+        if (!scrapes.take()) {
+          reply.header('retry-after', String(scrapes.retryAfterSeconds()));
+          throw new ApiError(429, `too many scrapes (more than ${SCRAPES_PER_SECOND} a second): slow down`);
+        }
         reply.header('content-type', registry.contentType);
-        return registry.metrics();
+        const now = performance.now();
+        if (!last || now - last.at > RENDER_REUSE_MS) last = { at: now, text: registry.metrics().then((t) => Buffer.from(t)) };
+        const mine = last;
+        try {
+          return await mine.text;
+        } catch (err) {
+          if (last === mine) last = undefined; // a failed rendering is not reused
+          throw err;
+        }
       });
     },
   };
@@ -112,9 +145,17 @@ function addStateGauges(registry: Registry, ops: Operations): void {
     labelNames: ['export', 'depth', 'format'],
     registers: [registry],
     async collect() {
-      const rows = await ops.openAllocations(ALLOCATION_CACHE_MS);
+      const rows = await ops.figures.openAllocations();
       this.reset();
       for (const r of rows) this.set({ export: r.export, depth: String(r.depth), format: r.format }, r.bytes);
+    },
+  });
+  new Gauge({
+    name: 'cownbd_allocation_measurements_total',
+    help: 'Allocation walks made for the admin API and metrics (background cache: not one per request)',
+    registers: [registry],
+    collect() {
+      this.set(ops.figures.walks);
     },
   });
   new Gauge({

@@ -19,15 +19,20 @@
  * the last client leaving cannot close it mid-snapshot; with nobody connected it stacks
  * the layer offline under a hold, once no client is opening or closing the overlay.
  * At most `maxSnapshots` layers per export (the chain limit is MAX_CHAIN_DEPTH, 64).
+ *
+ * Allocation figures (bytes per layer, the status page's map) come from ExportFigures:
+ * measured in the background, never per request, so polling cannot stall the data path
+ * (export-figures.ts).
  */
 import { unlink } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { BlockDevice, LayerInfo } from '../block/block-device.js';
+import type { BlockDevice } from '../block/block-device.js';
 import type { Logger } from '../logging.js';
 import type { Connection } from '../server/connection.js';
 import type { NbdServer } from '../server/listener.js';
 import { overlayNameProblem } from '../server/overlay-providers.js';
-import { measureAllocation, type Allocation } from './allocation.js';
+import type { Allocation } from './allocation.js';
+import { ExportFigures } from './export-figures.js';
 import type { ReloadableExports } from './export-set.js';
 import type { GuardedProvider } from './guarded-provider.js';
 import { recreateCowOver, readCowBacking, snapshotLayerFiles } from '../formats/cow/cow-layers.js';
@@ -36,17 +41,9 @@ import type { FileIo } from '../block/file-io.js';
 import { liveSnapshot, offlineSnapshot, type SnapshotResult } from './snapshot.js';
 import { SwappableDevice } from './swappable-device.js';
 import { DEFAULT_MAX_SNAPSHOTS, snapshotsFull } from './snapshot-limit.js';
+import { ApiError } from './api-error.js';
 
-/** An error with the HTTP status the API answers. */
-export class ApiError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'ApiError';
-  }
-}
+export { ApiError } from './api-error.js';
 
 export type ExportKind = 'static' | 'overlay' | 'ephemeral';
 
@@ -110,11 +107,14 @@ export interface OperationsOptions {
 const RELEASE_TIMEOUT_MS = 60_000;
 
 export class Operations {
-  private readonly measured = new WeakMap<BlockDevice, { at: number; layers: LayerView[] }>();
+  /** Allocation figures, measured in the background (export-figures.ts). */
+  readonly figures: ExportFigures;
   /** Per export: reset, delete and snapshot run one at a time. */
   private readonly busy = new Map<string, Promise<unknown>>();
 
-  constructor(private readonly o: OperationsOptions) {}
+  constructor(private readonly o: OperationsOptions) {
+    this.figures = new ExportFigures({ ...o, kindOf: (name) => this.kindOf(name) });
+  }
 
   connections(): ConnectionView[] {
     return this.o.server
@@ -133,27 +133,6 @@ export class Operations {
 
   async exportNames(): Promise<string[]> {
     return (await this.o.guard.inner.list()).map((e) => e.name);
-  }
-
-  /**
-   * Bytes per layer of every export whose device is open now (metrics: opens no file).
-   * A device measured less than `maxAgeMs` ago is not walked again.
-   */
-  async openAllocations(maxAgeMs = 0): Promise<Array<{ export: string; depth: number; format: string; bytes: number }>> {
-    const rows: Array<{ export: string; depth: number; format: string; bytes: number }> = [];
-    const devices = new Map<string, BlockDevice>();
-    for (const name of this.o.exports.names()) devices.set(name, this.o.exports.device(name)!);
-    for (const c of this.o.server.listConnections()) if (c.exportName !== undefined && c.device && !devices.has(c.exportName) && this.kindOf(c.exportName) !== 'ephemeral') devices.set(c.exportName, c.device);
-    for (const [name, device] of devices) {
-      let cached = this.measured.get(device);
-      if (!cached || Date.now() - cached.at > maxAgeMs) {
-        cached = { at: Date.now(), layers: layersOf(device.describe(), await measureAllocation(device)) };
-        this.measured.set(device, cached);
-      }
-      const layers = cached.layers;
-      for (const l of layers) rows.push({ export: name, depth: l.depth, format: l.format, bytes: l.allocatedBytes });
-    }
-    return rows;
   }
 
   async exports(): Promise<ExportView[]> {
@@ -178,16 +157,13 @@ export class Operations {
     const connections = this.connectionsTo(name).length;
     const base = { name, kind, description: info.description, size: info.size, readOnly: !info.capabilities.writable, connections };
     if (kind === 'ephemeral') return { ...base, format: 'cow', chain: [] };
-    const chain = await this.withDevice(name, async (device) => {
-      const alloc = await measureAllocation(device);
-      return layersOf(device.describe(), alloc);
-    });
+    const chain = (await this.figures.get(name, 0)).layers;
     return { ...base, format: chain[0]?.format, chain };
   }
 
   async allocation(name: string, buckets: number): Promise<Allocation> {
     if (!this.kindOf(name) || this.kindOf(name) === 'ephemeral') throw new ApiError(404, `no export "${name}" with an overlay`);
-    return this.withDevice(name, (device) => measureAllocation(device, buckets));
+    return (await this.figures.get(name, buckets)).allocation;
   }
 
   /** Throw the top overlay away: a pristine disk over its backing. */
@@ -205,7 +181,8 @@ export class Operations {
   }
 
   private serial<T>(name: string, fn: () => Promise<T>): Promise<T> {
-    const run = (this.busy.get(name) ?? Promise.resolve()).then(fn);
+    // Whatever the operation did, the export's cached figures describe the files before it.
+    const run = (this.busy.get(name) ?? Promise.resolve()).then(fn).finally(() => this.figures.invalidate(name));
     const tail = run.catch(() => {});
     this.busy.set(name, tail);
     void tail.then(() => {
@@ -345,35 +322,6 @@ export class Operations {
     }
     return ids.length;
   }
-
-  /** Run `fn` on the export's open device, or on the overlay file opened read-only. */
-  private async withDevice<T>(name: string, fn: (device: BlockDevice) => Promise<T>): Promise<T> {
-    const open = this.o.exports.device(name) ?? this.connectionsTo(name).find((c) => c.device)?.device;
-    if (open) return fn(open);
-    if (!this.o.overlays) throw new ApiError(404, `no export "${name}"`);
-    const file = this.o.overlays.overlayPath(name);
-    let device: BlockDevice;
-    try {
-      device = await this.o.inspect(file);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ApiError(404, `no overlay for "${name}" yet (created at its first connection)`);
-      throw err;
-    }
-    try {
-      return await fn(device);
-    } finally {
-      await device.close();
-    }
-  }
-}
-
-function layersOf(top: LayerInfo, alloc: Allocation): LayerView[] {
-  const out: LayerView[] = [];
-  let layer: LayerInfo | undefined = top;
-  for (let depth = 1; layer; depth++, layer = layer.backing) {
-    out.push({ depth, format: layer.format, path: layer.path, allocatedBytes: alloc.bytesByDepth[depth] ?? 0 });
-  }
-  return out;
 }
 
 function ignoreMissing(err: NodeJS.ErrnoException): void {
