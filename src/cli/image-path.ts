@@ -14,7 +14,7 @@
  * in the CLI, where the operator can act on the message.
  */
 import { constants } from 'node:fs';
-import { access, mkdir, open, stat, unlink } from 'node:fs/promises';
+import { access, mkdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { isObjectStoreUri } from '../objectstore/uri.js';
 
@@ -134,14 +134,12 @@ export async function checkDirectoryPath(dir: string, option: string, create: bo
 
 /**
  * Overlays are created in `dir` when machines connect: an unwritable directory must stop
- * the start, not refuse every machine later. A real file is made and removed (access(2)
- * says yes to root on a read-only mount, and no to nothing a write would fail on).
+ * the start, not refuse every machine later. access(2) answers for root too where it
+ * matters here: EROFS on a read-only mount, EPERM on an immutable directory.
  */
 async function probeWritable(dir: string, option: string): Promise<void> {
-  const probe = path.join(dir, `.cownbd-write-probe-${process.pid}`);
   try {
-    await (await open(probe, 'wx', 0o600)).close();
-    await unlink(probe);
+    await access(dir, constants.W_OK | constants.X_OK);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     throw new PathError(`${option} '${dir}' is not writable (${e.code ?? e.message}${e.code === 'EROFS' ? ': read-only file system' : ''}): overlays are created there`);

@@ -60,7 +60,7 @@ describe.runIf(hasNbd && hasStrace)('overlay creation survives kill -9 at every 
   for (const syscall of ['ftruncate', 'fsync', 'link', 'unlink']) {
     it(`killed at the first ${syscall} while creating vm1.cow: the next server serves vm1`, async () => {
       const dir = tmp.file(`ov-${syscall}`);
-      const r = await runKilledAt(syscall, ['serve', '--base', base, '--overlay-dir', dir, '-p', '0'], (uri) =>
+      const r = await runKilledAt(syscall, ['serve', '--base', base, '--overlay-dir', dir, '--create-dirs', '-p', '0'], (uri) =>
         runNbdPython(`import nbd\nh = nbd.NBD()\ntry:\n    h.connect_uri(URI)\nexcept nbd.Error:\n    pass\n`, { URI: uri.replace(/\/[^/]*$/, '/vm1') }),
       );
       // Every step the creation makes must have been reached, or the test proves nothing.

@@ -94,7 +94,7 @@ describe.runIf(hasNbd)('a crafted add-cow cannot write into another export\'s ba
     const evil = tmp.file('evil.add-cow');
     writeCraftedAddCow(evil, { imageName: base, virtualSize: 4 * MiB });
     // --base is held read-only for the server's life: the evil export cannot open it writable.
-    const r = cownbd(['serve', '--base', base, '--overlay-dir', tmp.file('ov'), '--export', `evil=${evil}`, '-p', '0']);
+    const r = cownbd(['serve', '--base', base, '--overlay-dir', tmp.file('ov'), '--create-dirs', '--export', `evil=${evil}`, '-p', '0']);
     expect(r.status, r.out).toBe(1);
     expect(r.out).toMatch(/never opened writable/);
     // Without --base: a read-only export of the golden image and the evil one.
