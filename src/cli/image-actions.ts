@@ -80,7 +80,7 @@ async function objectStoreInfo(file: string, flags: ObjectStoreFlags & { json?: 
 }
 
 export async function checkAction(file: string, flags: CheckFlags): Promise<void> {
-  const r = await runCheck(file, { format: flags.format, layout: flags.layout, repair: Boolean(flags.repair || flags.repairMode) });
+  const r = await runCheck(file, { format: flags.format, backingFormat: flags.backingFormat, layout: flags.layout, repair: Boolean(flags.repair || flags.repairMode) });
   if (wantsJson(flags)) printJson(r);
   else if (r.error) process.stderr.write(formatCheckText(r));
   else process.stdout.write(formatCheckText(r));

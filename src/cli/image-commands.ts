@@ -78,6 +78,7 @@ function registerCheck(program: Command): void {
     .description('check overlay metadata; exit 0 clean, 2 corruption, 3 leaks/cosmetic only, 1 could not check, 63 no metadata (raw)')
     .argument('<file>', 'overlay file')
     .addOption(formatOption())
+    .addOption(backingFormatOption())
     .addOption(layoutOption())
     .option('--repair', 'fix what is provably safe (tail bits, padding garbage, file length); never data or backing files')
     .addOption(

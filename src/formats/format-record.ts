@@ -100,6 +100,12 @@ export interface InspectRequest {
 export interface CheckRequest {
   readonly layout?: string;
   readonly backingFile?: string;
+  /**
+   * The disk size of backing file `file` opened in the format the operator named (cow
+   * headers record no backing format: a cow over a qcow2 compares the qcow2's virtual size,
+   * not its file length). Undefined: the backing is raw, its length is its size.
+   */
+  readonly backingSizeOf?: (file: string) => Promise<number>;
   /** An in-place commit is unfinished: the backing mtime has legitimately moved. */
   readonly commitPending: boolean;
 }

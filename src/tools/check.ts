@@ -53,6 +53,8 @@ export interface CheckJson {
 
 export interface CheckOptions {
   format?: ImageFormat;
+  /** Format of the backing file (cow records none; default raw). */
+  backingFormat?: string;
   layout?: string;
   backingFile?: string;
   repair?: boolean;
@@ -133,12 +135,23 @@ async function collect(file: string, format: string, options: CheckOptions): Pro
     throw new CouldNotCheck(`${file}: cannot open: ${err.message}`);
   });
   try {
-    await record.check!(file, fh, { layout: options.layout, backingFile: options.backingFile, commitPending: journal !== undefined }, c);
+    const backingSizeOf = options.backingFormat && options.backingFormat !== FALLBACK_FORMAT.name ? (f: string) => sizeAs(f, options.backingFormat!) : undefined;
+    await record.check!(file, fh, { layout: options.layout, backingFile: options.backingFile, backingSizeOf, commitPending: journal !== undefined }, c);
   } finally {
     await fh.close();
   }
   await checkOpens(file, format, options, c);
   return c;
+}
+
+/** The disk size of `file` opened read-only as `format`. */
+async function sizeAs(file: string, format: string): Promise<number> {
+  const dev = await openImage(file, { readOnly: true, format });
+  try {
+    return dev.size;
+  } finally {
+    await dev.close();
+  }
 }
 
 async function missingMagic(file: string, claimed: string): Promise<Finding> {
@@ -159,7 +172,7 @@ async function missingMagic(file: string, claimed: string): Promise<Finding> {
 async function checkOpens(file: string, format: string, options: CheckOptions, c: Collected): Promise<void> {
   if (c.findings.some((f) => f.severity === 'corruption')) return; // already not clean
   try {
-    const dev = await openImage(file, { readOnly: true, format, layout: options.layout, backingFile: options.backingFile });
+    const dev = await openImage(file, { readOnly: true, format, backingFormat: options.backingFormat, layout: options.layout, backingFile: options.backingFile });
     await dev.close();
   } catch (err) {
     c.findings.push({ class: 'unopenable', severity: 'corruption', message: `${file}: cannot be opened: ${(err as Error).message}`, repairable: false });

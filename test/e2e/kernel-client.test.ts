@@ -356,6 +356,50 @@ exec switch_root /newroot /sbin/init
     expect(cat.stdout.trim()).toBe(token);
     await expectHostInvariants(['vm1']);
   }, 600_000);
+  it('root on NBD from a compressed qcow2 golden image: the machine boots, its writes land in its cow overlay, the qcow2 is never modified', async () => {
+    // The golden image as distributions ship it: qcow2, zlib-compressed (qemu-img convert -c).
+    const qcow2 = path.join(dir, 'golden.qcow2');
+    const conv = await run('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', golden, qcow2], { timeoutMs: 300_000 });
+    expect(conv.code, conv.stderr).toBe(0);
+    const qcow2Sha = await sha256File(qcow2);
+    const qDir = path.join(dir, 'qcow2-overlays');
+    const qsrv = await startServer(['--base', qcow2, '--base-format', 'qcow2', '--overlay-dir', qDir], { unix: true });
+    try {
+      const token = randomBytes(8).toString('hex');
+      const result = await bootKitGuest({
+        assets: kit,
+        dir,
+        ports: ['q0'],
+        target: () => ({ path: qsrv.socketPath! }),
+        bootScript: `
+bridge /run/q0.sock q0
+nbd-client -u /run/q0.sock /dev/nbd0 -N vm1 -t 60 || fail "nbd-client"
+mount -t ext4 -o rw /dev/nbd0 /newroot || fail "mount /dev/nbd0"
+mount --move /dev /newroot/dev
+umount /sys /proc
+exec switch_root /newroot /sbin/init
+`,
+        append: [`e2e_script=${Buffer.from(`echo "${token}" >/root/qcow2-root.txt\nsync\necho "RELEASE $(cat /etc/golden-release)"\n`).toString('base64')}`],
+      });
+      timings.add('guest (root on /dev/nbd0 over a compressed qcow2 base)', result.ms);
+      expectGuestOk(result, 'root-on-NBD boot over qcow2', qsrv.stderr());
+      expect(result.output).toContain('RELEASE cownbd-e2e golden v1');
+      // The token is in vm1's overlay; the qcow2 base is byte-for-byte what qemu-img wrote.
+      const view = path.join(dir, 'vm1-qcow2.img');
+      await dumpExport(qsrv.uri('vm1'), view);
+      const fsck = await run('e2fsck', ['-fn', view], { timeoutMs: 60_000 });
+      expect(fsck.code, fsck.stdout + fsck.stderr).toBe(0);
+      const cat = await run('debugfs', ['-R', 'cat /root/qcow2-root.txt', view], { timeoutMs: 30_000 });
+      expect(cat.stdout.trim()).toBe(token);
+      expect(await sha256File(qcow2)).toBe(qcow2Sha);
+      const check = await run(process.execPath, [CLI_PATH, 'check', '--base-format', 'qcow2', path.join(qDir, 'vm1.cow')], { timeoutMs: 60_000 });
+      expect(check.code, `cownbd check vm1.cow\n${check.stdout}${check.stderr}`).toBe(0);
+      expect(qsrv.stderr().split('\n').filter((l) => /"level":(50|60)\b/.test(l)), 'qcow2 server errors').toEqual([]);
+    } finally {
+      await qsrv.stop();
+    }
+  }, 600_000);
+
   it('-t 5 with the server paused, a server restart (fsynced writes survive, the device must be re-attached), a 16 GiB disk', async () => {
     // Its own server (same base, own overlay dir), so its deliberately broken connections
     // do not mix with the other cases' logs.

@@ -218,6 +218,13 @@ async function checkBackingIdentity({ file, header }: Subject, req: CheckRequest
       return corruption(c, 'backing', `snapshot layer "${backing}" below cannot be read as cow: ${(err as Error).message}`);
     }
   }
+  if (sizeOverride === undefined && req.backingSizeOf) {
+    try {
+      sizeOverride = await req.backingSizeOf(backing);
+    } catch (err) {
+      return corruption(c, 'backing', `backing file "${backing}" cannot be opened in the format given: ${(err as Error).message}`);
+    }
+  }
   try {
     checkBacking(header, st, backing, { ignoreMtime: req.commitPending, sizeOverride });
   } catch (err) {
