@@ -392,7 +392,7 @@ exec switch_root /newroot /sbin/init
       const cat = await run('debugfs', ['-R', 'cat /root/qcow2-root.txt', view], { timeoutMs: 30_000 });
       expect(cat.stdout.trim()).toBe(token);
       expect(await sha256File(qcow2)).toBe(qcow2Sha);
-      const check = await run(process.execPath, [CLI_PATH, 'check', '--base-format', 'qcow2', path.join(qDir, 'vm1.cow')], { timeoutMs: 60_000 });
+      const check = await run(process.execPath, [CLI_PATH, 'check', '--backing-format', 'qcow2', path.join(qDir, 'vm1.cow')], { timeoutMs: 60_000 });
       expect(check.code, `cownbd check vm1.cow\n${check.stdout}${check.stderr}`).toBe(0);
       expect(qsrv.stderr().split('\n').filter((l) => /"level":(50|60)\b/.test(l)), 'qcow2 server errors').toEqual([]);
     } finally {
