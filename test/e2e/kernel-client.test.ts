@@ -128,7 +128,7 @@ describe.runIf(canRun)('journey 3: the Linux kernel NBD client (/dev/nbdX in a Q
     const r = await bootKitGuest({
       assets: kit,
       dir,
-      ports: ['p0', 'p1', 'm0', 'm1', 'm2', 'm3', 'e0', 'e1', 't0'],
+      ports: ['p0', 'p1', 'm0', 'm1', 'm2', 'm3', 'e0', 'e1', 't0', 't1'],
       files: Object.fromEntries(
         ['client-cert.pem', 'client-key.pem', 'ca-cert.pem'].map((f) => [f, readFileSync(path.join(tlsFixture.clientDir('vm1'), f))]),
       ),
@@ -140,7 +140,7 @@ bridge /run/p0.sock p0
 bridge /run/p1.sock p1
 bridge /run/m.sock m0 m1 m2 m3
 bridge /run/e.sock e0 e1
-bridge /run/t.sock t0
+bridge /run/t.sock t0 t1
 # Two per-machine exports attached at the same time; nbd0 with 4 KiB logical blocks.
 nbd-client -u /run/p0.sock /dev/nbd0 -N raw1 -t 60 -b 4096
 echo "SECTOR0 $(blockdev --getss /dev/nbd0)"

@@ -99,6 +99,7 @@ int main(int argc, char **argv) {
   }
   int nports = argc - 2;
   pid_t busy[MAX_PORTS] = {0};
+  int last = -1;
   int lsock = socket(AF_UNIX, SOCK_STREAM, 0);
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
   strncpy(sa.sun_path, argv[1], sizeof sa.sun_path - 1);
@@ -122,8 +123,13 @@ int main(int argc, char **argv) {
       while ((done = waitpid(-1, &st, WNOHANG)) > 0)
         for (int i = 0; i < nports; i++)
           if (busy[i] == done) busy[i] = 0;
-      for (int i = 0; i < nports && slot < 0; i++)
+      /* Round robin from the port after the last one used: a port just closed gets time
+       * before it carries a new connection (the host relay may still be tearing the old
+       * one down; a reused port once delivered the old session's last bytes). */
+      for (int k = 0; k < nports && slot < 0; k++) {
+        int i = (last + 1 + k) % nports;
         if (!busy[i]) slot = i;
+      }
       if (slot < 0) {
         done = waitpid(-1, &st, 0);
         for (int i = 0; i < nports; i++)
@@ -136,6 +142,7 @@ int main(int argc, char **argv) {
       relay(c, argv[2 + slot]);
     }
     if (pid > 0) busy[slot] = pid;
+    last = slot;
     close(c);
   }
 }
