@@ -6,7 +6,6 @@
  * export that exists must be the 1 MiB image, and some reloads must have been refused (so
  * the race was really run). Real CLI, real reloads, real nbdinfo.
  */
-import { spawn } from 'node:child_process';
 import { symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -14,6 +13,7 @@ import { nbdinfoJson, serverLog } from '../helpers/clients.js';
 import { createRawImage, makeTempDir } from '../helpers/images.js';
 import { startServer } from '../helpers/server.js';
 import { requireTool } from '../helpers/tools.js';
+import { flipSymlink } from '../helpers/symlink-flipper.js';
 
 const MiB = 1024 * 1024;
 /*
@@ -21,19 +21,6 @@ const MiB = 1024 * 1024;
  * /proc/self/environ (65 were refused); 40 reloads were not enough to catch it reliably.
  */
 const RELOADS = 120;
-
-const FLIPPER = `
-import os, sys
-link, a, b = sys.argv[1], sys.argv[2], sys.argv[3]
-tmp = link + '.flip'
-i = 0
-while True:
-    try: os.unlink(tmp)
-    except FileNotFoundError: pass
-    os.symlink(a if i % 2 == 0 else b, tmp)
-    os.replace(tmp, link)
-    i += 1
-`;
 
 describe.runIf(requireTool('nbdinfo') && requireTool('python3'))('reloads racing a symlink flipped to /proc/self/environ', () => {
   const tmp = makeTempDir();
@@ -47,7 +34,7 @@ describe.runIf(requireTool('nbdinfo') && requireTool('python3'))('reloads racing
     const toml = (n: number) => Array.from({ length: n }, (_, i) => `[[export]]\nname = "e${i}"\npath = "${link}"\nformat = "raw"\nread-only = true\n`).join('\n');
     writeFileSync(config, toml(1));
     const srv = await startServer(['--config', config]);
-    const flipper = spawn('python3', ['-c', FLIPPER, link, path.join(tmp.path, 'plain.raw'), '/proc/self/environ'], { stdio: 'ignore' });
+    const flipper = flipSymlink(link, path.join(tmp.path, 'plain.raw'), '/proc/self/environ', false);
     const outcomes = () => serverLog(srv).filter((l) => l.msg === 'configuration reloaded' || l.msg === 'reload failed: configuration unchanged');
     try {
       for (let i = 1; i <= RELOADS; i++) {

@@ -6,50 +6,19 @@
  * are real opens on the real filesystem; each test also asserts that both outcomes
  * actually happened, so a flipper that never raced cannot make the test pass.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, openSync, closeSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, openSync, closeSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { filesystemOf, openChecked, OpenGuard } from '../../src/block/open-guard.js';
 import { nativeFs } from '../../src/block/native-fs.js';
 import { makeTempDir } from '../helpers/images.js';
+import { flipping, flipSymlink } from '../helpers/symlink-flipper.js';
 
 const PROC_SUPER_MAGIC = 0x9fa0;
 const tmp = makeTempDir();
 afterAll(() => tmp.cleanup());
 
-const FLIPPER = `
-import os, sys
-link, a, b = sys.argv[1], sys.argv[2], sys.argv[3]
-tmp = link + '.flip'
-i = 0
-while True:
-    try: os.unlink(tmp)
-    except FileNotFoundError: pass
-    os.symlink(a if i % 2 == 0 else b, tmp)
-    os.replace(tmp, link)
-    i += 1
-`;
 
-/** Start flipping `link` between targets a and b (the caller kills it). */
-function flip(link: string, a: string, b: string): ChildProcess {
-  symlinkSync(a, link);
-  return spawn('python3', ['-c', FLIPPER, link, a, b], { stdio: 'ignore' });
-}
-
-/** Resolves once the flipper has really flipped `link` to `b` (python starts slowly on a busy machine). */
-async function flipping(link: string, b: string): Promise<void> {
-  const end = Date.now() + 30_000;
-  for (;;) {
-    try {
-      if (readlinkSync(link) === b) return;
-    } catch {
-      // mid-replace: try again
-    }
-    if (Date.now() > end) throw new Error(`the flipper never pointed ${link} at ${b}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 interface Tally {
   opened: number;
@@ -112,7 +81,7 @@ describe('--allow-path is checked on the real path of what was opened', () => {
 
   it('a symlink flipping between inside and outside never yields a descriptor on the outside file', async () => {
     const link = path.join(allowed, 'flip.raw');
-    const flipper = flip(link, 'inside.raw', '../outside/secret.raw');
+    const flipper = flipSymlink(link, 'inside.raw', '../outside/secret.raw');
     try {
       await flipping(link, '../outside/secret.raw');
       const t = await race(link, 1500, new OpenGuard([allowed]), (st) => st.dev === secret.dev && st.ino === secret.ino);
@@ -148,7 +117,7 @@ describe('procfs is refused by the opened descriptor, not by the name', () => {
 
   it('a symlink flipping between a regular file and /proc/self/environ never yields a procfs descriptor', async () => {
     const link = path.join(dir, 'flip.raw');
-    const flipper = flip(link, 'plain.raw', '/proc/self/environ');
+    const flipper = flipSymlink(link, 'plain.raw', '/proc/self/environ');
     try {
       await flipping(link, '/proc/self/environ');
       const t = await race(link, 1500, undefined, (st) => st.dev === proc.dev);
