@@ -41,7 +41,7 @@ export async function publishAction(image: string, target: string, flags: Publis
   if (!Number.isInteger(flags.parallel) || flags.parallel < 1 || flags.parallel > 256) throw new Error(`--parallel must be 1-256 (got "${flags.parallel}")`);
   const log = createLogger({ level: 'warn' });
   const objectStore = lazyObjectStore(flags, log);
-  const client = new StoreClient(storeConfigFrom(flags));
+  const client = new StoreClient(storeConfigFrom(flags), log);
   const device = await openImage(image, { readOnly: true, format: flags.format, backingFormat: flags.backingFormat, objectStore });
   const bar = flags.quiet || flags.json || !process.stderr.isTTY ? undefined : new cliProgress.SingleBar(
     { format: 'publish [{bar}] {percentage}% {done}/{size} {rate}/s', hideCursor: true, stream: process.stderr },

@@ -7,8 +7,9 @@
  *   DIR/tmp/              files being written; emptied at start-up
  *
  * Rules:
- *   - Verified before use: a chunk fetched from the store is hashed before anyone reads it;
- *     a mismatch is EIO for that read and an error log line, and nothing is cached. A chunk
+ *   - Verified before use: a chunk fetched from the store is hashed before anyone reads it,
+ *     inside the GET's attempt (a mismatch is retried like a network fault, store-client.ts);
+ *     when every attempt fails it is EIO for that read, and nothing is cached. A chunk
  *     file found on disk is hashed on its first use by this process (so a torn or tampered
  *     cache file is detected, dropped and fetched again — never served).
  *   - Crash safety: files are written under tmp/ and renamed into chunks/, so a chunk file
@@ -61,8 +62,11 @@ interface Entry {
   touchedAt: number;
 }
 
-/** Fetches a chunk's bytes from the store (unverified). */
-export type ChunkFetcher = () => Promise<Buffer>;
+/**
+ * Fetches a chunk's bytes from the store. `check` returns what is wrong with a body (or
+ * undefined): the fetcher runs it on every attempt so that a bad body is retried.
+ */
+export type ChunkFetcher = (check: (data: Buffer) => string | undefined) => Promise<Buffer>;
 
 export function sha256Hex(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
@@ -193,10 +197,20 @@ export class ChunkCache {
     let p = this.inflight.get(hash);
     if (p) return p;
     this.counters.fetches++;
-    p = fetch().then((data) => {
+    // The check runs inside each GET attempt, so a wrong body is fetched again, not failed;
+    // a fetcher that did not run it (or returned other bytes) is checked here.
+    let checked: Buffer | undefined;
+    const check = (data: Buffer): string | undefined => {
       if (data.length !== length || sha256Hex(data) !== hash) {
         this.counters.verifyFailures++;
-        this.log.error({ chunk: hash, expectedLength: length, gotLength: data.length }, 'chunk from the object store does not match its SHA-256: refusing it (EIO)');
+        this.log.warn({ chunk: hash, expectedLength: length, gotLength: data.length }, 'chunk from the object store does not match its SHA-256: refusing it');
+        return `chunk ${hash} does not match its SHA-256 (${data.length} bytes, expected ${length})`;
+      }
+      checked = data;
+      return undefined;
+    };
+    p = fetch(check).then((data) => {
+      if (data !== checked && check(data) !== undefined) {
         throw new DeviceError('EIO', `chunk ${hash} from the object store failed verification`);
       }
       return data;

@@ -34,7 +34,7 @@ export interface ObjectStoreContextOptions {
 }
 
 export async function createObjectStoreContext(o: ObjectStoreContextOptions): Promise<ObjectStoreContext> {
-  const client = new StoreClient(o.store);
+  const client = new StoreClient(o.store, o.log);
   const cache = await ChunkCache.open({ dir: o.cacheDir, maxBytes: o.cacheSize, log: o.log, io: o.io });
   return {
     client,
