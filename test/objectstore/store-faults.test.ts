@@ -6,7 +6,7 @@
  * holds only verified chunks, and reads work again once the fault stops.
  */
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mustSucceed, nbdinfo } from '../helpers/clients.js';
@@ -143,5 +143,70 @@ describe.runIf(hasTools)('object-store faults injected per request', () => {
       await srv.stop();
     }
     expect(expectCacheClean(cacheDir)).toBe(SIZE / MiB);
+  });
+
+  it('store outage: a warm server keeps serving, a client reconnects, a new overlay opens, and restarted servers serve cached data', async () => {
+    const out = createRawImage(tmp.file('out.raw'), 8 * MiB, [[0, 8 * MiB]], SEED + 1);
+    await publish(s3, out, 's3://golden/out');
+    const cacheDir = tmp.file('cache-outage');
+    const ov = tmp.file('ov-outage');
+    const overlayArgs = ['--base', 's3://golden/out', '--overlay-dir', ov];
+    const exportArgs = ['--export', 'out=s3://golden/out'];
+    const srv = await serveS3(s3, overlayArgs, cacheDir);
+    try {
+      await expectExportEquals(srv.uri('vm1'), out, tmp.file('warm.out')); // every chunk cached
+      await s3.stop();
+      // Reconnect to the same machine, and a machine seen for the first time: both open.
+      await expectExportEquals(srv.uri('vm1'), out, tmp.file('reconnect.out'));
+      await expectExportEquals(srv.uri('vm2'), out, tmp.file('new-overlay.out'));
+      await srv.stop();
+      // Restarts with the store still down: --base (newest version, resolved from the disk
+      // cache) with its existing overlays, and an --export of the same image.
+      const again = await serveS3(s3, overlayArgs, cacheDir);
+      try {
+        await expectExportEquals(again.uri('vm1'), out, tmp.file('restart-overlay.out'));
+        expect(again.stderr()).toContain('using the newest version cached on this machine');
+      } finally {
+        await again.stop();
+      }
+      const exp = await serveS3(s3, exportArgs, cacheDir);
+      try {
+        await expectExportEquals(exp.uri('out'), out, tmp.file('restart-export.out'));
+        await expectExportEquals(exp.uri('out'), out, tmp.file('restart-export2.out'));
+      } finally {
+        await exp.stop();
+      }
+    } finally {
+      await srv.stop();
+      await s3.start();
+    }
+  });
+
+  it('a damaged manifest file in the cache is dropped and fetched again, never used', async () => {
+    const cacheDir = tmp.file('cache-manifest');
+    const first = await serveS3(s3, ['--export', 'img=s3://golden/img'], cacheDir);
+    try {
+      mustSucceed(await qemuRead(first.uri('img'), 0, 4096));
+    } finally {
+      await first.stop();
+    }
+    const dir = path.join(cacheDir, 'manifests');
+    const [id] = readdirSync(dir);
+    const [name] = readdirSync(path.join(dir, id!));
+    const file = path.join(dir, id!, name!);
+    const bytes = readFileSync(file);
+    // One chunk hash changed to another valid hash: still a valid manifest, wrong content.
+    const text = bytes.toString('latin1');
+    const at = text.indexOf('"chunks":["') + 11;
+    writeFileSync(file, Buffer.from(text.slice(0, at) + (text[at] === 'a' ? 'b' : 'a') + text.slice(at + 1), 'latin1'));
+    s3.requests.length = 0;
+    const second = await serveS3(s3, ['--export', 'img=s3://golden/img'], cacheDir);
+    try {
+      await expectExportEquals(second.uri('img'), img, tmp.file('manifest-heal.out'));
+      expect(second.stderr()).toContain('cached manifest is damaged');
+      expect(s3.requests.some((r) => r.method === 'GET' && r.key.includes('/manifests/'))).toBe(true);
+    } finally {
+      await second.stop();
+    }
   });
 });
