@@ -33,6 +33,8 @@ export interface ObjectStoreContextOptions {
   readonly store: StoreConfig;
   readonly cacheDir: string;
   readonly cacheSize: number;
+  /** Free-space floor of the cache's file system (bytes; 0: none). */
+  readonly cacheMinFree?: number;
   readonly log: Logger;
   /** I/O policy for reading cache files (the server's; default: every fast path). */
   readonly io?: FileIo;
@@ -40,7 +42,7 @@ export interface ObjectStoreContextOptions {
 
 export async function createObjectStoreContext(o: ObjectStoreContextOptions): Promise<ObjectStoreContext> {
   const client = new StoreClient(o.store, o.log);
-  const cache = await ChunkCache.open({ dir: o.cacheDir, maxBytes: o.cacheSize, log: o.log, io: o.io });
+  const cache = await ChunkCache.open({ dir: o.cacheDir, maxBytes: o.cacheSize, minFreeBytes: o.cacheMinFree, log: o.log, io: o.io });
   return {
     client,
     cache,
