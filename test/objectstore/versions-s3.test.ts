@@ -1,5 +1,6 @@
 /**
- * Overlays pinned to one version while newer versions are published (issue 21 item 4):
+ * Overlays pinned to one version while newer versions are published (issue 21 item 4), and
+ * `check` of overlays over s3:// bases (item 6):
  * an overlay advertises its own size — the version it was made over — never the size of
  * the newer version the restarted server's --base now resolves to. Real CLI server, real
  * clients, our in-process S3 server (helpers/fault-s3-server.ts, no faults injected).
@@ -10,11 +11,11 @@ import { mustSucceed, nbdinfoJson, runTool } from '../helpers/clients.js';
 import { startFaultS3Server, type FaultS3Server } from '../helpers/fault-s3-server.js';
 import { createRawImage, makeTempDir, type TempDir } from '../helpers/images.js';
 import { requireTool } from '../helpers/tools.js';
-import { MiB, publish, serveS3 } from './s3-helpers.js';
+import { cownbd, MiB, publish, serveS3 } from './s3-helpers.js';
 
 const hasTools = requireTool('nbdcopy') && requireTool('qemu-io') && requireTool('nbdinfo');
 
-describe.runIf(hasTools)('overlays over an older version after a bigger one is published', () => {
+describe.runIf(hasTools)('overlays over s3:// versions', () => {
   let s3: FaultS3Server;
   let tmp: TempDir;
   beforeAll(async () => {
@@ -56,6 +57,38 @@ describe.runIf(hasTools)('overlays over an older version after a bigger one is p
       expect(readFileSync(tmp.file('vm2.out')).equals(readFileSync(v2))).toBe(true);
     } finally {
       await srv.stop();
+    }
+  });
+
+  it('check understands s3:// backings: clean when the pinned version exists or is cached, could-not-check (1) when unreachable and uncached, corrupt (2) when it is gone', async () => {
+    const base = createRawImage(tmp.file('chk.raw'), 2 * MiB, [[0, 2 * MiB]], 33);
+    const pub = await publish(s3, base, 's3://golden/chk');
+    const cow = tmp.file('chk.cow');
+    mustSucceed(await cownbd(s3, ['create', '-f', 'cow', '-b', 's3://golden/chk', cow, '--cache-dir', tmp.file('chk-cache')]));
+    const check = async (cacheDir: string) => {
+      const r = await cownbd(s3, ['check', cow, '--json', '--cache-dir', cacheDir]);
+      return { code: r.code, doc: JSON.parse(r.stdout || r.stderr || '{}') as { result?: string; error?: string | null; findings?: Array<{ message: string }> }, r };
+    };
+    const clean = await check(tmp.file('chk-cache'));
+    expect(clean.code, JSON.stringify(clean.doc)).toBe(0);
+    expect(clean.doc.result).toBe('clean');
+    await s3.stop();
+    try {
+      const cached = await check(tmp.file('chk-cache')); // the manifest create fetched is on disk
+      expect(cached.code, JSON.stringify(cached.doc)).toBe(0);
+      const unreachable = await check(tmp.file('chk-empty'));
+      expect(unreachable.code, JSON.stringify(unreachable.doc)).toBe(1);
+      expect(String(unreachable.doc.error)).toContain('cannot be reached');
+    } finally {
+      await s3.start();
+    }
+    s3.inject({ key: `chk/manifests/${pub.version}.json`, fault: { kind: 'status', status: 404 }, times: Infinity });
+    try {
+      const gone = await check(tmp.file('chk-empty2'));
+      expect(gone.code, JSON.stringify(gone.doc)).toBe(2);
+      expect(JSON.stringify(gone.doc.findings)).toContain('not found');
+    } finally {
+      s3.clearFaults();
     }
   });
 });
