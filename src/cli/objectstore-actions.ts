@@ -22,6 +22,7 @@ export interface PublishFlags extends ObjectStoreFlags {
   chunkSize: string;
   chunkPrefix: string;
   parallel: number;
+  verify?: boolean;
   quiet?: boolean;
   json?: boolean;
 }
@@ -55,6 +56,7 @@ export async function publishAction(image: string, target: string, flags: Publis
       chunkSize,
       chunkPrefix: flags.chunkPrefix,
       concurrency: flags.parallel,
+      verify: flags.verify === true,
       source: path.basename(image),
       onProgress: (done) => bar?.update(done, fmt(done)),
     });
@@ -64,7 +66,7 @@ export async function publishAction(image: string, target: string, flags: Publis
       process.stdout.write(
         `published ${r.uri}\n` +
           `  ${r.chunks} chunks of ${formatSize(r.chunkSize)}: ${r.uploadedChunks} uploaded (${formatSize(r.uploadedBytes)}), ` +
-          `${r.presentChunks} already there, ${r.zeroChunks} zero (not stored); ${r.seconds.toFixed(1)} s, ` +
+          `${r.presentChunks} already there, ${r.repairedChunks} damaged and uploaded again, ${r.zeroChunks} zero (not stored); ${r.seconds.toFixed(1)} s, ` +
           `${formatSize(Math.round(r.virtualSize / Math.max(0.001, r.seconds)))}/s\n`,
       );
     }

@@ -27,6 +27,7 @@ export function registerObjectStoreCommands(program: Command): void {
       .option('--chunk-size <size>', 'chunk size, a power of two 64K-64M', `${DEFAULT_CHUNK_SIZE / 1024 / 1024}M`)
       .option('--chunk-prefix <key>', 'bucket folder of the (shared, content-addressed) chunks', DEFAULT_CHUNK_PREFIX)
       .option('-j, --parallel <n>', 'chunks in flight at once', (v) => Number(v), 16)
+      .option('--verify', 'download and hash every chunk the store already has (repairs damaged ones; costs a download)')
       .option('-q, --quiet', 'no progress bar')
       .option('--json', 'print a JSON result (implies --quiet)'),
   ).action(async (image: string, target: string, flags: PublishFlags) => (await actions()).publishAction(image, target, flags));

@@ -163,15 +163,20 @@ export class StoreClient {
   }
 
   async exists(bucket: string, key: string): Promise<boolean> {
+    return (await this.size(bucket, key)) !== undefined;
+  }
+
+  /** The stored length of an object (HEAD), or undefined when there is none. */
+  async size(bucket: string, key: string): Promise<number | undefined> {
     try {
-      await this.retried('HEAD', bucket, key, async ({ signal }) => {
+      return await this.retried('HEAD', bucket, key, async ({ signal }) => {
         this.stats.heads++;
         const { sdk, s3 } = await this.connect();
-        await s3.send(new sdk.HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: signal });
+        const out = await s3.send(new sdk.HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: signal });
+        return out.ContentLength ?? -1;
       });
-      return true;
     } catch (err) {
-      if (err instanceof ObjectNotFoundError) return false;
+      if (err instanceof ObjectNotFoundError) return undefined;
       throw err;
     }
   }

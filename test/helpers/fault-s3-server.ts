@@ -64,6 +64,8 @@ export interface FaultS3Server {
   /** GETs of `key` so far (faulted or not). */
   getsOf(key: string): number;
   object(bucket: string, key: string): Buffer | undefined;
+  /** Replace an object's bytes behind the client's back (damage in the bucket). */
+  putObject(bucket: string, key: string, data: Buffer): void;
   start(): Promise<void>;
   stop(): Promise<void>;
   close(): Promise<void>;
@@ -265,6 +267,9 @@ export async function startFaultS3Server(buckets: string[] = ['golden']): Promis
     },
     object(bucket, key) {
       return store.get(bucket)?.get(key);
+    },
+    putObject(bucket, key, data) {
+      store.get(bucket)!.set(key, data);
     },
     start,
     stop,

@@ -28,6 +28,7 @@ export interface Published {
   zeroChunks: number;
   uploadedChunks: number;
   presentChunks: number;
+  repairedChunks: number;
   uploadedBytes: number;
 }
 
