@@ -78,6 +78,32 @@ export async function publishAction(image: string, target: string, flags: Publis
   }
 }
 
+export interface FsckFlags extends ObjectStoreFlags {
+  quick?: boolean;
+  parallel: number;
+  json?: boolean;
+}
+
+export async function fsckAction(image: string, flags: FsckFlags): Promise<void> {
+  parseObjectStoreUri(image);
+  if (!Number.isInteger(flags.parallel) || flags.parallel < 1 || flags.parallel > 256) throw new Error(`--parallel must be 1-256 (got "${flags.parallel}")`);
+  const { runFsck } = await import('../objectstore/fsck.js');
+  const client = new StoreClient(storeConfigFrom(flags), createLogger({ level: 'warn' }));
+  try {
+    const r = await runFsck(image, client, { quick: flags.quick, parallel: flags.parallel });
+    if (flags.json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+    else {
+      const lines = r.problems.map((p) => `${p.problem}: ${p.what}: ${p.detail} (versions ${p.versions.join(', ')})`);
+      if (r.error) lines.push(`could not check: ${r.error}`);
+      lines.push(`${r.image}: ${r.versions.length} version(s), ${r.chunks} distinct chunks, ${r.problems.length} problem(s): ${r.result}`);
+      (r.result === 'clean' ? process.stdout : process.stderr).write(`${lines.join('\n')}\n`);
+    }
+    process.exitCode = r.result === 'clean' ? 0 : r.result === 'corrupt' ? 2 : 1;
+  } finally {
+    client.close();
+  }
+}
+
 export async function cacheShowAction(flags: ObjectStoreFlags & { json?: boolean }): Promise<void> {
   const { cacheDir, cacheSize } = cacheConfigFrom(flags);
   const s = await inspectCacheDir(cacheDir);

@@ -1,12 +1,13 @@
 /**
- * Object-store subcommands: `publish IMAGE s3://BUCKET/PREFIX` and `cache show|clear`.
+ * Object-store subcommands: `publish IMAGE s3://BUCKET/PREFIX`, `fsck s3://BUCKET/PREFIX`
+ * and `cache show|clear`.
  * Registration only: the actions (objectstore-actions.ts, with the progress bar and the
  * object-store code) are imported when one of these commands runs.
  */
 import { type Command, Option } from 'commander';
 import { FORMAT_NAMES } from '../formats/registry.js';
 import { addCacheOptions, addObjectStoreOptions, type ObjectStoreFlags } from '../objectstore/cli-options.js';
-import type { PublishFlags } from './objectstore-actions.js';
+import type { FsckFlags, PublishFlags } from './objectstore-actions.js';
 
 /** Chunk size when --chunk-size is not given (1 MiB: see docs/object-store.md). */
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
@@ -31,6 +32,15 @@ export function registerObjectStoreCommands(program: Command): void {
       .option('-q, --quiet', 'no progress bar')
       .option('--json', 'print a JSON result (implies --quiet)'),
   ).action(async (image: string, target: string, flags: PublishFlags) => (await actions()).publishAction(image, target, flags));
+  addObjectStoreOptions(
+    program
+      .command('fsck')
+      .description('check that every version of a published image is whole: manifests decode, every chunk stored with the right bytes; exit 0 clean, 2 damaged, 1 could not check')
+      .argument('<image>', 's3://BUCKET/PREFIX (every version) or s3://BUCKET/PREFIX@VERSION')
+      .option('--quick', 'HEAD and length only (no download, no hashing)')
+      .option('-j, --parallel <n>', 'chunks checked at once', (v) => Number(v), 8)
+      .option('--json', 'machine-readable output'),
+  ).action(async (image: string, flags: FsckFlags) => (await actions()).fsckAction(image, flags));
   registerCacheCommands(program);
 }
 

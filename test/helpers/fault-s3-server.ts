@@ -66,6 +66,7 @@ export interface FaultS3Server {
   object(bucket: string, key: string): Buffer | undefined;
   /** Replace an object's bytes behind the client's back (damage in the bucket). */
   putObject(bucket: string, key: string, data: Buffer): void;
+  deleteObject(bucket: string, key: string): void;
   start(): Promise<void>;
   stop(): Promise<void>;
   close(): Promise<void>;
@@ -270,6 +271,9 @@ export async function startFaultS3Server(buckets: string[] = ['golden']): Promis
     },
     putObject(bucket, key, data) {
       store.get(bucket)!.set(key, data);
+    },
+    deleteObject(bucket, key) {
+      store.get(bucket)!.delete(key);
     },
     start,
     stop,
