@@ -104,6 +104,37 @@ export async function fsckAction(image: string, flags: FsckFlags): Promise<void>
   }
 }
 
+export interface GcFlags extends ObjectStoreFlags {
+  grace: string;
+  delete?: boolean;
+  json?: boolean;
+}
+
+const DURATION = /^(\d+)(s|m|h|d)$/;
+
+export async function gcAction(bucketUri: string, flags: GcFlags): Promise<void> {
+  const b = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])\/?$/.exec(bucketUri);
+  if (!b) throw new Error(`gc takes a bucket address s3://BUCKET (got "${bucketUri}")`);
+  const d = DURATION.exec(flags.grace);
+  if (!d) throw new Error(`--grace must be a duration such as 30m, 24h or 7d (got "${flags.grace}")`);
+  const graceMs = Number(d[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[d[2] as 's' | 'm' | 'h' | 'd'];
+  const { runGc } = await import('../objectstore/gc.js');
+  const client = new StoreClient(storeConfigFrom(flags), createLogger({ level: 'warn' }));
+  try {
+    const r = await runGc(b[1]!, client, { graceMs, delete: flags.delete === true });
+    if (flags.json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+    else {
+      for (const x of r.unreferenced) process.stdout.write(`${r.dryRun ? 'would delete' : 'deleted'} s3://${r.bucket}/${x.key} (${formatSize(x.size)}, ${x.lastModified})\n`);
+      process.stdout.write(
+        `s3://${r.bucket}: ${r.manifests} manifests, ${r.chunkObjects} chunk objects, ${r.referenced} referenced, ${r.unreferenced.length} unreferenced past the grace period, ${r.young} younger` +
+          `${r.dryRun ? ' (dry run: --delete deletes them)' : `; ${r.deleted} deleted`}\n`,
+      );
+    }
+  } finally {
+    client.close();
+  }
+}
+
 export async function cacheShowAction(flags: ObjectStoreFlags & { json?: boolean }): Promise<void> {
   const { cacheDir, cacheSize } = cacheConfigFrom(flags);
   const s = await inspectCacheDir(cacheDir);

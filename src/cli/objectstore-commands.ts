@@ -1,13 +1,13 @@
 /**
- * Object-store subcommands: `publish IMAGE s3://BUCKET/PREFIX`, `fsck s3://BUCKET/PREFIX`
- * and `cache show|clear`.
+ * Object-store subcommands: `publish IMAGE s3://BUCKET/PREFIX`, `fsck s3://BUCKET/PREFIX`,
+ * `gc s3://BUCKET` and `cache show|clear`.
  * Registration only: the actions (objectstore-actions.ts, with the progress bar and the
  * object-store code) are imported when one of these commands runs.
  */
 import { type Command, Option } from 'commander';
 import { FORMAT_NAMES } from '../formats/registry.js';
 import { addCacheOptions, addObjectStoreOptions, type ObjectStoreFlags } from '../objectstore/cli-options.js';
-import type { FsckFlags, PublishFlags } from './objectstore-actions.js';
+import type { FsckFlags, GcFlags, PublishFlags } from './objectstore-actions.js';
 
 /** Chunk size when --chunk-size is not given (1 MiB: see docs/object-store.md). */
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
@@ -41,6 +41,15 @@ export function registerObjectStoreCommands(program: Command): void {
       .option('-j, --parallel <n>', 'chunks checked at once', (v) => Number(v), 8)
       .option('--json', 'machine-readable output'),
   ).action(async (image: string, flags: FsckFlags) => (await actions()).fsckAction(image, flags));
+  addObjectStoreOptions(
+    program
+      .command('gc')
+      .description('list (with --delete: delete) chunk objects no manifest in the bucket names, older than --grace; dry-run by default')
+      .argument('<bucket>', 's3://BUCKET')
+      .option('--grace <duration>', 'keep unreferenced chunks younger than this (a publish may be under way): e.g. 30m, 24h, 7d', '24h')
+      .option('--delete', 'delete them (default: only list them)')
+      .option('--json', 'machine-readable output'),
+  ).action(async (bucket: string, flags: GcFlags) => (await actions()).gcAction(bucket, flags));
   registerCacheCommands(program);
 }
 

@@ -78,6 +78,7 @@ export async function publishImage(device: BlockDevice, target: string, client: 
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(o.concurrency, n)) }, worker));
+  await recheckPresent(device, chunks, o, { client, bucket: u.bucket, prefix: o.chunkPrefix, verify: false, seen, counts: r });
 
   const version = newVersionId((o.now ?? (() => new Date()))(), randomBytes(4));
   const manifest: Manifest = {
@@ -132,6 +133,30 @@ async function storeChunk(data: Buffer, t: ChunkStore): Promise<string> {
     t.counts.presentChunks++;
   }
   return hash;
+}
+
+/**
+ * Chunks this publish found already stored (not uploaded by it) are checked once more right
+ * before the manifest is written: `gc` may have deleted such a chunk (old and unreferenced)
+ * meanwhile; it is read from the image and uploaded again (gc.ts).
+ */
+async function recheckPresent(device: BlockDevice, chunks: readonly (string | null)[], o: PublishOptions, t: ChunkStore): Promise<void> {
+  const present: string[] = [];
+  for (const [hash, outcome] of t.seen) if ((await outcome) === 'present') present.push(hash);
+  const gone: string[] = [];
+  for (let i = 0; i < present.length; i += o.concurrency) {
+    const batch = present.slice(i, i + o.concurrency);
+    const sizes = await Promise.all(batch.map((hash) => t.client.size(t.bucket, `${t.prefix}${hash}`)));
+    batch.forEach((hash, j) => sizes[j] === undefined && gone.push(hash));
+  }
+  for (const hash of gone) {
+    const index = chunks.indexOf(hash);
+    const start = index * o.chunkSize;
+    const data = Buffer.alloc(Math.min(o.chunkSize, device.size - start));
+    await readChunk(device, start, data);
+    await t.client.put(t.bucket, `${t.prefix}${hash}`, data, 'application/octet-stream', hash);
+    t.counts.repairedChunks++;
+  }
 }
 
 /** True when block status says the whole range reads as zeros (no read needed). */

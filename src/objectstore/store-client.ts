@@ -208,17 +208,30 @@ export class StoreClient {
 
   /** Every key under `prefix` (paginated; each page retried on its own). */
   async list(bucket: string, prefix: string): Promise<string[]> {
-    const keys: string[] = [];
+    return (await this.listObjects(bucket, prefix)).map((o) => o.key);
+  }
+
+  /** Every object under `prefix` with its size and last-modified time (ms since the epoch). */
+  async listObjects(bucket: string, prefix: string): Promise<Array<{ key: string; size: number; lastModified: number }>> {
+    const objects: Array<{ key: string; size: number; lastModified: number }> = [];
     let token: string | undefined;
     do {
       const out = await this.retried('LIST', bucket, prefix, async ({ signal }) => {
         const { sdk, s3 } = await this.connect();
         return s3.send(new sdk.ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }), { abortSignal: signal });
       });
-      for (const o of out.Contents ?? []) if (o.Key) keys.push(o.Key);
+      for (const o of out.Contents ?? []) if (o.Key) objects.push({ key: o.Key, size: o.Size ?? 0, lastModified: o.LastModified?.getTime() ?? 0 });
       token = out.IsTruncated ? out.NextContinuationToken : undefined;
     } while (token);
-    return keys;
+    return objects;
+  }
+
+  /** Delete one object (`gc`); deleting a missing object is not an error in S3. */
+  async delete(bucket: string, key: string): Promise<void> {
+    await this.retried('DELETE', bucket, key, async ({ signal }) => {
+      const { sdk, s3 } = await this.connect();
+      await s3.send(new sdk.DeleteObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: signal });
+    });
   }
 
   close(): void {

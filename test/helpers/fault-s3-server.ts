@@ -7,8 +7,8 @@
  *   s3.requests            → every request: method, key, the fault it got
  *   await s3.stop(); await s3.start();                     // outage, same port, same data
  *
- * Enough of the S3 REST API for cownbd's client (path-style): GET/HEAD/PUT object,
- * ListObjectsV2. Signatures are not checked (the SDK signs with S3_ENV's keys).
+ * Enough of the S3 REST API for cownbd's client (path-style): GET/HEAD/PUT/DELETE object,
+ * ListObjectsV2 (with each object's LastModified, which `backdate` moves). Signatures are not checked (the SDK signs with S3_ENV's keys).
  *
  * Faults (each on the matching GET/HEAD/PUT, `times` requests, Infinity = always):
  *   status   answer with an S3 error (500, 503, 403, 404 for a key that exists)
@@ -67,6 +67,8 @@ export interface FaultS3Server {
   /** Replace an object's bytes behind the client's back (damage in the bucket). */
   putObject(bucket: string, key: string, data: Buffer): void;
   deleteObject(bucket: string, key: string): void;
+  /** Make an object look `ms` older (LastModified), for gc's grace period. */
+  backdate(bucket: string, key: string, ms: number): void;
   start(): Promise<void>;
   stop(): Promise<void>;
   close(): Promise<void>;
@@ -75,6 +77,7 @@ export interface FaultS3Server {
 export async function startFaultS3Server(buckets: string[] = ['golden']): Promise<FaultS3Server> {
   const store = new Map<string, Map<string, Buffer>>(buckets.map((b) => [b, new Map()]));
   const rules: FaultRule[] = [];
+  const modified = new Map<string, number>(); // "bucket/key" → LastModified (ms)
   const requests: RequestRecord[] = [];
   const stats: S3Stats = { requests: 0, chunkGets: 0, chunkGetBytes: 0, heads: 0, puts: 0, chunkKeys: [] };
   const sockets = new Set<Socket>();
@@ -180,7 +183,7 @@ export async function startFaultS3Server(buckets: string[] = ['golden']): Promis
     const body =
       `<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">` +
       `<Name>${esc(bucket)}</Name><Prefix>${esc(prefix)}</Prefix><KeyCount>${keys.length}</KeyCount><MaxKeys>100000</MaxKeys><IsTruncated>false</IsTruncated>` +
-      keys.map(([k, v]) => `<Contents><Key>${esc(k)}</Key><LastModified>${new Date(0).toISOString()}</LastModified><Size>${v.length}</Size><StorageClass>STANDARD</StorageClass></Contents>`).join('') +
+      keys.map(([k, v]) => `<Contents><Key>${esc(k)}</Key><LastModified>${new Date(modified.get(`${bucket}/${k}`) ?? 0).toISOString()}</LastModified><Size>${v.length}</Size><StorageClass>STANDARD</StorageClass></Contents>`).join('') +
       `</ListBucketResult>`;
     res.writeHead(200, { 'Content-Type': 'application/xml', 'Content-Length': Buffer.byteLength(body) });
     res.end(body);
@@ -201,7 +204,14 @@ export async function startFaultS3Server(buckets: string[] = ['golden']): Promis
       stats.puts++;
       if (fault?.kind === 'status') return sendError(res, fault.status, codeOf(fault.status), false);
       objects.set(key, body);
+      modified.set(`${bucket}/${key}`, Date.now());
       res.writeHead(200, { ETag: `"${createHash('md5').update(body).digest('hex')}"`, 'Content-Length': 0 });
+      res.end();
+      return;
+    }
+    if (method === 'DELETE') {
+      objects.delete(key);
+      res.writeHead(204);
       res.end();
       return;
     }
@@ -271,6 +281,10 @@ export async function startFaultS3Server(buckets: string[] = ['golden']): Promis
     },
     putObject(bucket, key, data) {
       store.get(bucket)!.set(key, data);
+      modified.set(`${bucket}/${key}`, Date.now());
+    },
+    backdate(bucket, key, ms) {
+      modified.set(`${bucket}/${key}`, (modified.get(`${bucket}/${key}`) ?? Date.now()) - ms);
     },
     deleteObject(bucket, key) {
       store.get(bucket)!.delete(key);
