@@ -1,15 +1,15 @@
 /**
  * Overlays pinned to one version while newer versions are published (issue 21 item 4), and
- * `check` of overlays over s3:// bases (item 6):
+ * `check` of overlays over s3:// bases (item 6), and `rebase` between two versions (item 8):
  * an overlay advertises its own size — the version it was made over — never the size of
  * the newer version the restarted server's --base now resolves to. Real CLI server, real
  * clients, our in-process S3 server (helpers/fault-s3-server.ts, no faults injected).
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mustSucceed, nbdinfoJson, runTool } from '../helpers/clients.js';
 import { startFaultS3Server, type FaultS3Server } from '../helpers/fault-s3-server.js';
-import { createRawImage, makeTempDir, type TempDir } from '../helpers/images.js';
+import { createRawImage, makeTempDir, pattern, type TempDir } from '../helpers/images.js';
 import { requireTool } from '../helpers/tools.js';
 import { cownbd, MiB, publish, serveS3 } from './s3-helpers.js';
 
@@ -90,5 +90,24 @@ describe.runIf(hasTools)('overlays over s3:// versions', () => {
     } finally {
       s3.clearFaults();
     }
+  });
+
+  it('rebase moves an overlay from version A to version B of an image: the view stays A, the header pins B, only chunks that differ are copied', async () => {
+    const a = createRawImage(tmp.file('ra.raw'), 4 * MiB, [[0, 4 * MiB]], 81);
+    const bImg = createRawImage(tmp.file('rb.raw'), 4 * MiB, [[0, 4 * MiB]], 81);
+    writeFileSync(bImg, pattern(MiB, MiB, 82), { flag: 'r+' }); // chunk 0 changes (written at 0)
+    const va = (await publish(s3, a, 's3://golden/rb')).version;
+    const vb = (await publish(s3, bImg, 's3://golden/rb')).version;
+    const cow = tmp.file('rb.cow');
+    const cache = ['--cache-dir', tmp.file('rb-cache')];
+    mustSucceed(await cownbd(s3, ['create', '-f', 'cow', '-b', `s3://golden/rb@${va}`, cow, ...cache]));
+    const r = mustSucceed(await cownbd(s3, ['rebase', '-b', 's3://golden/rb', cow, '--json', ...cache]));
+    const doc = JSON.parse(r.stdout) as { bytesCopied: number; storedBacking: string };
+    expect(doc.storedBacking).toBe(`s3://golden/rb@${vb}`);
+    expect(doc.bytesCopied).toBe(MiB);
+    expect(readFileSync(cow).subarray(0, 1100).toString('latin1')).toContain(`s3://golden/rb@${vb}`);
+    mustSucceed(await cownbd(s3, ['convert', cow, '-O', 'raw', tmp.file('rb.out'), ...cache]));
+    expect(readFileSync(tmp.file('rb.out')).equals(readFileSync(a))).toBe(true);
+    expect((await cownbd(s3, ['check', cow, ...cache])).code).toBe(0);
   });
 });
