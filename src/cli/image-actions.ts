@@ -27,7 +27,7 @@ export interface CreateFlags extends ObjectStoreFlags {
 }
 
 export type InfoFlags = CommonFlags & ObjectStoreFlags & { backingChain?: boolean };
-export type CheckFlags = CommonFlags & { repair?: boolean; repairMode?: 'leaks' | 'all' };
+export type CheckFlags = CommonFlags & ObjectStoreFlags & { repair?: boolean; repairMode?: 'leaks' | 'all' };
 export type MapFlags = CommonFlags & ObjectStoreFlags;
 
 export async function createAction(file: string, sizeArg: string | undefined, flags: CreateFlags, io: FileIo): Promise<void> {
@@ -80,7 +80,10 @@ async function objectStoreInfo(file: string, flags: ObjectStoreFlags & { json?: 
 }
 
 export async function checkAction(file: string, flags: CheckFlags): Promise<void> {
-  const r = await runCheck(file, { format: flags.format, backingFormat: flags.backingFormat, layout: flags.layout, repair: Boolean(flags.repair || flags.repairMode) });
+  const objectStore = lazyObjectStore(flags);
+  const r = await runCheck(file, { format: flags.format, backingFormat: flags.backingFormat, layout: flags.layout, repair: Boolean(flags.repair || flags.repairMode), objectStore }).finally(() =>
+    objectStore.close(),
+  );
   if (wantsJson(flags)) printJson(r);
   else if (r.error) process.stderr.write(formatCheckText(r));
   else process.stdout.write(formatCheckText(r));

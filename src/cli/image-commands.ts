@@ -73,7 +73,7 @@ function registerInfo(program: Command, io: FileIo): void {
 }
 
 function registerCheck(program: Command): void {
-  program
+  const check = program
     .command('check')
     .description('check overlay metadata; exit 0 clean, 2 corruption, 3 leaks/cosmetic only, 1 could not check, 63 no metadata (raw)')
     .argument('<file>', 'overlay file')
@@ -86,8 +86,9 @@ function registerCheck(program: Command): void {
     )
     .option('--json', 'machine-readable output')
     .addOption(outputOption())
-    .addOption(forceShareOption())
-    .action(async (file: string, flags: CheckFlags) => (await actions()).checkAction(file, flags));
+    .addOption(forceShareOption());
+  // An overlay over an s3:// base: its pinned version must exist (in the store or cached here).
+  addObjectStoreOptions(check).action(async (file: string, flags: CheckFlags) => (await actions()).checkAction(file, flags));
 }
 
 function registerMap(program: Command, io: FileIo): void {

@@ -22,6 +22,7 @@ export interface PublishFlags extends ObjectStoreFlags {
   chunkSize: string;
   chunkPrefix: string;
   parallel: number;
+  verify?: boolean;
   quiet?: boolean;
   json?: boolean;
 }
@@ -41,7 +42,7 @@ export async function publishAction(image: string, target: string, flags: Publis
   if (!Number.isInteger(flags.parallel) || flags.parallel < 1 || flags.parallel > 256) throw new Error(`--parallel must be 1-256 (got "${flags.parallel}")`);
   const log = createLogger({ level: 'warn' });
   const objectStore = lazyObjectStore(flags, log);
-  const client = new StoreClient(storeConfigFrom(flags));
+  const client = new StoreClient(storeConfigFrom(flags), log);
   const device = await openImage(image, { readOnly: true, format: flags.format, backingFormat: flags.backingFormat, objectStore });
   const bar = flags.quiet || flags.json || !process.stderr.isTTY ? undefined : new cliProgress.SingleBar(
     { format: 'publish [{bar}] {percentage}% {done}/{size} {rate}/s', hideCursor: true, stream: process.stderr },
@@ -55,6 +56,7 @@ export async function publishAction(image: string, target: string, flags: Publis
       chunkSize,
       chunkPrefix: flags.chunkPrefix,
       concurrency: flags.parallel,
+      verify: flags.verify === true,
       source: path.basename(image),
       onProgress: (done) => bar?.update(done, fmt(done)),
     });
@@ -64,7 +66,7 @@ export async function publishAction(image: string, target: string, flags: Publis
       process.stdout.write(
         `published ${r.uri}\n` +
           `  ${r.chunks} chunks of ${formatSize(r.chunkSize)}: ${r.uploadedChunks} uploaded (${formatSize(r.uploadedBytes)}), ` +
-          `${r.presentChunks} already there, ${r.zeroChunks} zero (not stored); ${r.seconds.toFixed(1)} s, ` +
+          `${r.presentChunks} already there, ${r.repairedChunks} damaged and uploaded again, ${r.zeroChunks} zero (not stored); ${r.seconds.toFixed(1)} s, ` +
           `${formatSize(Math.round(r.virtualSize / Math.max(0.001, r.seconds)))}/s\n`,
       );
     }
@@ -73,6 +75,63 @@ export async function publishAction(image: string, target: string, flags: Publis
     await device.close();
     client.close();
     await objectStore.close();
+  }
+}
+
+export interface FsckFlags extends ObjectStoreFlags {
+  quick?: boolean;
+  parallel: number;
+  json?: boolean;
+}
+
+export async function fsckAction(image: string, flags: FsckFlags): Promise<void> {
+  parseObjectStoreUri(image);
+  if (!Number.isInteger(flags.parallel) || flags.parallel < 1 || flags.parallel > 256) throw new Error(`--parallel must be 1-256 (got "${flags.parallel}")`);
+  const { runFsck } = await import('../objectstore/fsck.js');
+  const client = new StoreClient(storeConfigFrom(flags), createLogger({ level: 'warn' }));
+  try {
+    const r = await runFsck(image, client, { quick: flags.quick, parallel: flags.parallel });
+    if (flags.json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+    else {
+      const lines = r.problems.map((p) => `${p.problem}: ${p.what}: ${p.detail} (versions ${p.versions.join(', ')})`);
+      if (r.error) lines.push(`could not check: ${r.error}`);
+      lines.push(`${r.image}: ${r.versions.length} version(s), ${r.chunks} distinct chunks, ${r.problems.length} problem(s): ${r.result}`);
+      (r.result === 'clean' ? process.stdout : process.stderr).write(`${lines.join('\n')}\n`);
+    }
+    process.exitCode = r.result === 'clean' ? 0 : r.result === 'corrupt' ? 2 : 1;
+  } finally {
+    client.close();
+  }
+}
+
+export interface GcFlags extends ObjectStoreFlags {
+  grace: string;
+  delete?: boolean;
+  json?: boolean;
+}
+
+const DURATION = /^(\d+)(s|m|h|d)$/;
+
+export async function gcAction(bucketUri: string, flags: GcFlags): Promise<void> {
+  const b = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])\/?$/.exec(bucketUri);
+  if (!b) throw new Error(`gc takes a bucket address s3://BUCKET (got "${bucketUri}")`);
+  const d = DURATION.exec(flags.grace);
+  if (!d) throw new Error(`--grace must be a duration such as 30m, 24h or 7d (got "${flags.grace}")`);
+  const graceMs = Number(d[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[d[2] as 's' | 'm' | 'h' | 'd'];
+  const { runGc } = await import('../objectstore/gc.js');
+  const client = new StoreClient(storeConfigFrom(flags), createLogger({ level: 'warn' }));
+  try {
+    const r = await runGc(b[1]!, client, { graceMs, delete: flags.delete === true });
+    if (flags.json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+    else {
+      for (const x of r.unreferenced) process.stdout.write(`${r.dryRun ? 'would delete' : 'deleted'} s3://${r.bucket}/${x.key} (${formatSize(x.size)}, ${x.lastModified})\n`);
+      process.stdout.write(
+        `s3://${r.bucket}: ${r.manifests} manifests, ${r.chunkObjects} chunk objects, ${r.referenced} referenced, ${r.unreferenced.length} unreferenced past the grace period, ${r.young} younger` +
+          `${r.dryRun ? ' (dry run: --delete deletes them)' : `; ${r.deleted} deleted`}\n`,
+      );
+    }
+  } finally {
+    client.close();
   }
 }
 

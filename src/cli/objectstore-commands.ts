@@ -1,12 +1,13 @@
 /**
- * Object-store subcommands: `publish IMAGE s3://BUCKET/PREFIX` and `cache show|clear`.
+ * Object-store subcommands: `publish IMAGE s3://BUCKET/PREFIX`, `fsck s3://BUCKET/PREFIX`,
+ * `gc s3://BUCKET` and `cache show|clear`.
  * Registration only: the actions (objectstore-actions.ts, with the progress bar and the
  * object-store code) are imported when one of these commands runs.
  */
 import { type Command, Option } from 'commander';
 import { FORMAT_NAMES } from '../formats/registry.js';
 import { addCacheOptions, addObjectStoreOptions, type ObjectStoreFlags } from '../objectstore/cli-options.js';
-import type { PublishFlags } from './objectstore-actions.js';
+import type { FsckFlags, GcFlags, PublishFlags } from './objectstore-actions.js';
 
 /** Chunk size when --chunk-size is not given (1 MiB: see docs/object-store.md). */
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
@@ -27,9 +28,28 @@ export function registerObjectStoreCommands(program: Command): void {
       .option('--chunk-size <size>', 'chunk size, a power of two 64K-64M', `${DEFAULT_CHUNK_SIZE / 1024 / 1024}M`)
       .option('--chunk-prefix <key>', 'bucket folder of the (shared, content-addressed) chunks', DEFAULT_CHUNK_PREFIX)
       .option('-j, --parallel <n>', 'chunks in flight at once', (v) => Number(v), 16)
+      .option('--verify', 'download and hash every chunk the store already has (repairs damaged ones; costs a download)')
       .option('-q, --quiet', 'no progress bar')
       .option('--json', 'print a JSON result (implies --quiet)'),
   ).action(async (image: string, target: string, flags: PublishFlags) => (await actions()).publishAction(image, target, flags));
+  addObjectStoreOptions(
+    program
+      .command('fsck')
+      .description('check that every version of a published image is whole: manifests decode, every chunk stored with the right bytes; exit 0 clean, 2 damaged, 1 could not check')
+      .argument('<image>', 's3://BUCKET/PREFIX (every version) or s3://BUCKET/PREFIX@VERSION')
+      .option('--quick', 'HEAD and length only (no download, no hashing)')
+      .option('-j, --parallel <n>', 'chunks checked at once', (v) => Number(v), 8)
+      .option('--json', 'machine-readable output'),
+  ).action(async (image: string, flags: FsckFlags) => (await actions()).fsckAction(image, flags));
+  addObjectStoreOptions(
+    program
+      .command('gc')
+      .description('list (with --delete: delete) chunk objects no manifest in the bucket names, older than --grace; dry-run by default')
+      .argument('<bucket>', 's3://BUCKET')
+      .option('--grace <duration>', 'keep unreferenced chunks younger than this (a publish may be under way): e.g. 30m, 24h, 7d', '24h')
+      .option('--delete', 'delete them (default: only list them)')
+      .option('--json', 'machine-readable output'),
+  ).action(async (bucket: string, flags: GcFlags) => (await actions()).gcAction(bucket, flags));
   registerCacheCommands(program);
 }
 

@@ -145,6 +145,7 @@ export const configSchema = z
         retries: z.number().int().min(0).optional(),
         'cache-dir': nonEmpty.optional(),
         'cache-size': z.string().refine(isSize, 'must be a size such as 10G').optional(),
+        'cache-min-free': z.string().refine(isSize, 'must be a size such as 1G').optional(),
       })
       .optional(),
   })
@@ -251,4 +252,5 @@ function setObjectStore(out: FileOptions, cfg: RawConfig, abs: (p: string) => st
   set(out, 's3Retries', os.retries);
   set(out, 'cacheDir', os['cache-dir'] && abs(os['cache-dir']));
   set(out, 'cacheSize', os['cache-size']);
+  set(out, 'cacheMinFree', os['cache-min-free']);
 }

@@ -142,7 +142,7 @@ const MERGED_KEYS = [
   'base', 'baseFormat', 'overlayDir', 'overlayDirMatchIdentity', 'ephemeral', 'ephemeralDir', 'createDirs', 'name', 'admin', 'adminTokenFile',
   'tls', 'tlsCertificates', 'tlsVerifyPeer', 'tlsPsk',
   'allowFrom', 'handshakeTimeout', 'maxConnections', 'maxConnectionsPerClient', 'maxOverlays', 'minFree', 'maxSnapshots',
-  's3Endpoint', 's3Region', 's3Addressing', 's3MaxGets', 's3Timeout', 's3Retries', 'cacheDir', 'cacheSize',
+  's3Endpoint', 's3Region', 's3Addressing', 's3MaxGets', 's3Timeout', 's3Retries', 'cacheDir', 'cacheSize', 'cacheMinFree',
 ] as const satisfies ReadonlyArray<keyof FileOptions>;
 
 /**

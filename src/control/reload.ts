@@ -39,7 +39,7 @@ const RESTART_ONLY = (Object.keys({
   base: 0, baseFormat: 0, overlayDir: 0, overlayDirMatchIdentity: 0, ephemeral: 0, ephemeralDir: 0, createDirs: 0, name: 0,
   tls: 0, tlsCertificates: 0, tlsVerifyPeer: 0, tlsPsk: 0,
   allowFrom: 0, handshakeTimeout: 0, maxConnections: 0, maxConnectionsPerClient: 0, maxOverlays: 0, minFree: 0, maxSnapshots: 0,
-  s3Endpoint: 0, s3Region: 0, s3Addressing: 0, s3MaxGets: 0, s3Timeout: 0, s3Retries: 0, cacheDir: 0, cacheSize: 0,
+  s3Endpoint: 0, s3Region: 0, s3Addressing: 0, s3MaxGets: 0, s3Timeout: 0, s3Retries: 0, cacheDir: 0, cacheSize: 0, cacheMinFree: 0,
 } satisfies Record<Exclude<keyof FileOptions, 'export' | 'logLevel' | 'readOnly'>, 0>) as Array<keyof FileOptions>);
 
 export class Reloader {

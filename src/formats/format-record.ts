@@ -108,6 +108,12 @@ export interface CheckRequest {
   readonly backingSizeOf?: (file: string) => Promise<number>;
   /** An in-place commit is unfinished: the backing mtime has legitimately moved. */
   readonly commitPending: boolean;
+  /**
+   * size + mtime of an s3:// backing as a header records them (docs/object-store.md); throws
+   * ObjectNotFoundError-named errors when the pinned version does not exist. Without it an
+   * s3:// backing cannot be checked.
+   */
+  readonly remoteBackingStat?: (address: string) => Promise<{ size: number; mtime: number }>;
 }
 
 /** commit's output length choice (see tools/commit.ts). */

@@ -7,12 +7,21 @@
  *   DIR/tmp/              files being written; emptied at start-up
  *
  * Rules:
- *   - Verified before use: a chunk fetched from the store is hashed before anyone reads it;
- *     a mismatch is EIO for that read and an error log line, and nothing is cached. A chunk
+ *   - Verified before use: a chunk fetched from the store is hashed before anyone reads it,
+ *     inside the GET's attempt (a mismatch is retried like a network fault, store-client.ts);
+ *     when every attempt fails it is EIO for that read, and nothing is cached. A chunk
  *     file found on disk is hashed on its first use by this process (so a torn or tampered
  *     cache file is detected, dropped and fetched again — never served).
  *   - Crash safety: files are written under tmp/ and renamed into chunks/, so a chunk file
  *     is either complete or absent; no fsync is needed because of the rule above.
+ *   - Heals: a verified file is checked (fstat: inode, size, mtime, link count — one cheap
+ *     syscall per read) before each read; if it changed since it was verified it is hashed
+ *     again (and dropped and fetched again if wrong); a deleted file or directory (rm -rf,
+ *     `cache clear`) is noticed, the directories are made again and the chunk is re-stored;
+ *     a failed write removes its temporary file; on ENOSPC the oldest chunks make room.
+ *   - Free-space floor: a chunk is stored only if the file system keeps `minFreeBytes` free
+ *     afterwards, evicting old chunks when that is enough; otherwise it is served from
+ *     memory and not kept.
  *   - Single flight: concurrent reads of one missing chunk share one fetch; the fetched
  *     buffer serves readers until its file is in place.
  *   - LRU by bytes: `maxBytes` bounds the sum of chunk files. Use order survives restarts
@@ -21,20 +30,25 @@
  *   - Open descriptors are reused (most reads are one pread) and bounded by MAX_OPEN_FDS;
  *     an evicted file is unlinked at once and its descriptor closed when no read holds it.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, utimes, writeFile, type FileHandle } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { fstatSync } from 'node:fs';
+import { mkdir, open, rm, stat, statfs, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { DeviceError } from '../block/block-device.js';
 import { FileIo } from '../block/file-io.js';
 import type { Logger } from '../logging.js';
+import { readWhole, sameFile, scanChunkFiles, writeChunkFile, type Stamp } from './cache-files.js';
 
-const HASH = /^[0-9a-f]{64}$/;
+export { clearCacheDir, inspectCacheDir } from './cache-files.js';
+
 const MAX_OPEN_FDS = 1024;
 const TOUCH_INTERVAL_MS = 60_000;
 
 export interface ChunkCacheOptions {
   readonly dir: string;
   readonly maxBytes: number;
+  /** Keep at least this many bytes free on the cache's file system (0: no floor). */
+  readonly minFreeBytes?: number;
   readonly log: Logger;
   /** Reads of cache files go through the project's I/O fast paths (page-cache reads without a thread hop). */
   readonly io?: FileIo;
@@ -48,12 +62,16 @@ export interface CacheStats {
   misses: number;
   fetches: number;
   verifyFailures: number;
+  /** Chunks not kept because of the free-space floor or a full disk. */
+  notStored: number;
 }
+
 
 interface Entry {
   readonly hash: string;
   readonly size: number;
   verified: boolean;
+  stamp: Stamp | undefined;
   fh: FileHandle | undefined;
   opening: Promise<FileHandle> | undefined;
   pins: number;
@@ -61,8 +79,11 @@ interface Entry {
   touchedAt: number;
 }
 
-/** Fetches a chunk's bytes from the store (unverified). */
-export type ChunkFetcher = () => Promise<Buffer>;
+/**
+ * Fetches a chunk's bytes from the store. `check` returns what is wrong with a body (or
+ * undefined): the fetcher runs it on every attempt so that a bad body is retried.
+ */
+export type ChunkFetcher = (check: (data: Buffer) => string | undefined) => Promise<Buffer>;
 
 export function sha256Hex(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
@@ -77,17 +98,20 @@ export class ChunkCache {
   private readonly inflight = new Map<string, Promise<Buffer>>();
   private openFds = 0;
   private bytes = 0;
-  private counters = { hits: 0, misses: 0, fetches: 0, verifyFailures: 0 };
+  /** Bytes of chunk files being written right now (the free-space floor counts them). */
+  private writing = 0;
+  private counters = { hits: 0, misses: 0, fetches: 0, verifyFailures: 0, notStored: 0 };
 
   private constructor(
     readonly dir: string,
     readonly maxBytes: number,
+    private readonly minFreeBytes: number,
     private readonly log: Logger,
     private readonly io: FileIo,
   ) {}
 
   static async open(o: ChunkCacheOptions): Promise<ChunkCache> {
-    const cache = new ChunkCache(path.resolve(o.dir), o.maxBytes, o.log, o.io ?? new FileIo());
+    const cache = new ChunkCache(path.resolve(o.dir), o.maxBytes, o.minFreeBytes ?? 0, o.log, o.io ?? new FileIo());
     await cache.load();
     return cache;
   }
@@ -137,24 +161,21 @@ export class ChunkCache {
     return path.join(this.dir, 'chunks', hash);
   }
 
-  private async load(): Promise<void> {
+  private async makeDirs(): Promise<void> {
     await mkdir(path.join(this.dir, 'chunks'), { recursive: true });
-    await rm(path.join(this.dir, 'tmp'), { recursive: true, force: true });
     await mkdir(path.join(this.dir, 'tmp'), { recursive: true });
-    const found: { hash: string; size: number; mtime: number }[] = [];
-    for (const name of await readdir(path.join(this.dir, 'chunks'))) {
-      if (!HASH.test(name)) continue;
-      const st = await stat(this.file(name)).catch(() => undefined);
-      if (st?.isFile()) found.push({ hash: name, size: st.size, mtime: st.mtimeMs });
-    }
-    found.sort((a, b) => a.mtime - b.mtime); // least recently used first
-    for (const f of found) this.insert(f.hash, f.size, false, f.mtime);
+  }
+
+  private async load(): Promise<void> {
+    await rm(path.join(this.dir, 'tmp'), { recursive: true, force: true });
+    await this.makeDirs();
+    for (const f of await scanChunkFiles(this.dir)) this.insert(f.hash, f.size, false, f.mtime);
     this.evict();
     this.log.info({ cacheDir: this.dir, chunks: this.entries.size, bytes: this.bytes, maxBytes: this.maxBytes }, 'chunk cache opened');
   }
 
   private insert(hash: string, size: number, verified: boolean, touchedAt: number): void {
-    this.entries.set(hash, { hash, size, verified, fh: undefined, opening: undefined, pins: 0, evicted: false, touchedAt });
+    this.entries.set(hash, { hash, size, verified, stamp: undefined, fh: undefined, opening: undefined, pins: 0, evicted: false, touchedAt });
     this.bytes += size;
   }
 
@@ -163,17 +184,15 @@ export class ChunkCache {
     try {
       this.entries.delete(entry.hash); // LRU: move to the young end
       this.entries.set(entry.hash, entry);
+      const fh = await this.handleOf(entry);
+      if (entry.verified && !sameFile(entry.stamp, fh)) {
+        this.log.warn({ chunk: entry.hash, file: this.file(entry.hash) }, 'cached chunk file changed since it was verified: verifying it again');
+        entry.verified = false;
+      }
       if (!entry.verified) {
-        const data = await readFile(this.file(entry.hash)).catch(() => undefined);
-        if (!data || data.length !== entry.size || sha256Hex(data) !== entry.hash) {
-          this.log.warn({ chunk: entry.hash, file: this.file(entry.hash) }, 'cached chunk file is damaged or gone: dropped, fetching again');
-          this.drop(entry);
-          throw new StaleEntry();
-        }
-        entry.verified = true;
+        const data = await this.verifyFile(entry, fh);
         data.copy(target, 0, offset, offset + target.length);
       } else {
-        const fh = await this.handleOf(entry);
         await this.io.read(fh, offset, target, target.length);
       }
       this.touch(entry);
@@ -189,14 +208,38 @@ export class ChunkCache {
     }
   }
 
+  /** Hash the whole file behind `fh`; remember what it looked like. A bad or deleted file is dropped (StaleEntry). */
+  private async verifyFile(entry: Entry, fh: FileHandle): Promise<Buffer> {
+    const st = fstatSync(fh.fd);
+    const data = st.nlink > 0 && st.size === entry.size ? await readWhole(fh, entry.size) : undefined;
+    if (!data || sha256Hex(data) !== entry.hash) {
+      this.log.warn({ chunk: entry.hash, file: this.file(entry.hash) }, 'cached chunk file is damaged or gone: dropped, fetching again');
+      this.drop(entry);
+      throw new StaleEntry();
+    }
+    entry.verified = true;
+    entry.stamp = { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
+    return data;
+  }
+
   private fetchOnce(hash: string, length: number, fetch: ChunkFetcher): Promise<Buffer> {
     let p = this.inflight.get(hash);
     if (p) return p;
     this.counters.fetches++;
-    p = fetch().then((data) => {
+    // The check runs inside each GET attempt, so a wrong body is fetched again, not failed;
+    // a fetcher that did not run it (or returned other bytes) is checked here.
+    let checked: Buffer | undefined;
+    const check = (data: Buffer): string | undefined => {
       if (data.length !== length || sha256Hex(data) !== hash) {
         this.counters.verifyFailures++;
-        this.log.error({ chunk: hash, expectedLength: length, gotLength: data.length }, 'chunk from the object store does not match its SHA-256: refusing it (EIO)');
+        this.log.warn({ chunk: hash, expectedLength: length, gotLength: data.length }, 'chunk from the object store does not match its SHA-256: refusing it');
+        return `chunk ${hash} does not match its SHA-256 (${data.length} bytes, expected ${length})`;
+      }
+      checked = data;
+      return undefined;
+    };
+    p = fetch(check).then((data) => {
+      if (data !== checked && check(data) !== undefined) {
         throw new DeviceError('EIO', `chunk ${hash} from the object store failed verification`);
       }
       return data;
@@ -214,15 +257,75 @@ export class ChunkCache {
 
   private async store(hash: string, data: Buffer): Promise<void> {
     if (data.length > this.maxBytes || this.entries.has(hash)) return;
-    const tmp = path.join(this.dir, 'tmp', `${hash}.${randomBytes(4).toString('hex')}`);
-    await writeFile(tmp, data);
-    await rename(tmp, this.file(hash)).catch(async (err: unknown) => {
-      await unlink(tmp).catch(() => {});
-      throw err;
-    });
+    this.writing += data.length; // concurrent stores must not each see the same free space
+    try {
+      await this.storeCounted(hash, data);
+    } finally {
+      this.writing -= data.length;
+    }
+  }
+
+  private async storeCounted(hash: string, data: Buffer): Promise<void> {
+    if (!(await this.roomFor())) {
+      this.counters.notStored++;
+      return;
+    }
+    let stamp: Stamp;
+    try {
+      stamp = await writeChunkFile(this.dir, hash, data);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') {
+        // The cache directory (or a part of it) was deleted under us: make it again.
+        this.log.warn({ cacheDir: this.dir }, 'cache directory is gone: creating it again');
+        await this.makeDirs();
+        stamp = await writeChunkFile(this.dir, hash, data);
+      } else {
+        if (code === 'ENOSPC' || code === 'EDQUOT') this.makeRoomAfterFullDisk(data.length);
+        this.counters.notStored++;
+        throw err;
+      }
+    }
     if (this.entries.has(hash)) return;
     this.insert(hash, data.length, true, Date.now());
+    this.entries.get(hash)!.stamp = stamp;
     this.evict();
+  }
+
+  /**
+   * The free-space floor: true if the chunks being written keep `minFreeBytes` free, evicting old chunks
+   * when that is enough (never the whole cache for a disk that others filled).
+   */
+  private async roomFor(): Promise<boolean> {
+    if (this.minFreeBytes <= 0) return true;
+    const fs = await statfs(this.dir).catch(() => undefined);
+    if (!fs) return true; // cannot tell: the write itself will say
+    // `writing` includes this chunk and every other one being written now.
+    const need = this.minFreeBytes + this.writing - fs.bavail * fs.bsize;
+    if (need <= 0) return true;
+    if (need > this.bytes) {
+      this.log.debug({ cacheDir: this.dir, need }, 'free-space floor: chunk not kept');
+      return false;
+    }
+    this.dropOldest(need);
+    return true;
+  }
+
+  /** ENOSPC: our oldest chunks make room for the next one (the one that failed is served from memory). */
+  private makeRoomAfterFullDisk(bytes: number): void {
+    const freed = this.dropOldest(bytes);
+    this.log.warn({ cacheDir: this.dir, freed }, 'cache file system is full: dropped the oldest chunks to make room');
+  }
+
+  /** Drop least recently used chunks until `bytes` are freed (or none is left); returns bytes freed. */
+  private dropOldest(bytes: number): number {
+    let freed = 0;
+    for (const entry of this.entries.values()) {
+      if (freed >= bytes) break;
+      freed += entry.size;
+      this.drop(entry);
+    }
+    return freed;
   }
 
   private evict(): void {
@@ -281,35 +384,13 @@ export class ChunkCache {
     if (now - entry.touchedAt < TOUCH_INTERVAL_MS) return;
     entry.touchedAt = now;
     const t = new Date(now);
-    utimes(this.file(entry.hash), t, t).catch(() => {});
+    const file = this.file(entry.hash);
+    // The mtime is the LRU order across restarts; our own touch must not look like a change.
+    utimes(file, t, t)
+      .then(() => stat(file))
+      .then((st) => {
+        if (entry.stamp && st.ino === entry.stamp.ino && st.size === entry.stamp.size) entry.stamp = { ...entry.stamp, mtimeMs: st.mtimeMs };
+      })
+      .catch(() => {});
   }
-}
-
-/** `cownbd cache show`: what a cache directory holds (no server needed). */
-export async function inspectCacheDir(dir: string): Promise<{ dir: string; chunks: number; bytes: number }> {
-  let chunks = 0;
-  let bytes = 0;
-  const names = await readdir(path.join(dir, 'chunks')).catch(() => [] as string[]);
-  for (const name of names) {
-    if (!HASH.test(name)) continue;
-    const st = await stat(path.join(dir, 'chunks', name)).catch(() => undefined);
-    if (st?.isFile()) {
-      chunks++;
-      bytes += st.size;
-    }
-  }
-  return { dir: path.resolve(dir), chunks, bytes };
-}
-
-/** `cownbd cache clear`: delete every cached chunk (a running server fetches them again). */
-export async function clearCacheDir(dir: string): Promise<number> {
-  const names = await readdir(path.join(dir, 'chunks')).catch(() => [] as string[]);
-  let removed = 0;
-  for (const name of names) {
-    if (!HASH.test(name)) continue;
-    await unlink(path.join(dir, 'chunks', name)).catch(() => {});
-    removed++;
-  }
-  await rm(path.join(dir, 'tmp'), { recursive: true, force: true });
-  return removed;
 }

@@ -26,6 +26,7 @@ export interface ObjectStoreFlags {
   s3Retries?: number;
   cacheDir?: string;
   cacheSize?: string;
+  cacheMinFree?: string;
 }
 
 function positiveInt(what: string): (v: string) => number {
@@ -40,7 +41,8 @@ function positiveInt(what: string): (v: string) => number {
 export function addCacheOptions(cmd: Command): Command {
   return cmd
     .option('--cache-dir <dir>', 'local chunk cache for s3:// images (default: $XDG_CACHE_HOME/cownbd or ~/.cache/cownbd)')
-    .option('--cache-size <size>', 'bound of the chunk cache, e.g. 20G (LRU eviction)', '10G');
+    .option('--cache-size <size>', 'bound of the chunk cache, e.g. 20G (LRU eviction)', '10G')
+    .option('--cache-min-free <size>', 'keep this much free on the cache\'s file system: older chunks are evicted, or new ones not kept', '1G');
 }
 
 export function addObjectStoreOptions(cmd: Command): Command {
@@ -76,8 +78,12 @@ export function storeConfigFrom(flags: ObjectStoreFlags, env: NodeJS.ProcessEnv 
   };
 }
 
-export function cacheConfigFrom(flags: ObjectStoreFlags): { cacheDir: string; cacheSize: number } {
-  return { cacheDir: flags.cacheDir ?? defaultCacheDir(), cacheSize: parseSize(flags.cacheSize ?? '10G', '--cache-size') };
+export function cacheConfigFrom(flags: ObjectStoreFlags): { cacheDir: string; cacheSize: number; cacheMinFree: number } {
+  return {
+    cacheDir: flags.cacheDir ?? defaultCacheDir(),
+    cacheSize: parseSize(flags.cacheSize ?? '10G', '--cache-size'),
+    cacheMinFree: parseSize(flags.cacheMinFree ?? '1G', '--cache-min-free'),
+  };
 }
 
 /** A memoised context factory; `close()` releases it if it was ever created. */

@@ -25,7 +25,7 @@ import {
   type LayerInfo,
 } from '../block/block-device.js';
 import type { Logger } from '../logging.js';
-import type { ChunkCache } from './chunk-cache.js';
+import type { ChunkCache, ChunkFetcher } from './chunk-cache.js';
 import { chunkLength, manifestMtime, type Manifest } from './manifest.js';
 import type { StoreClient } from './store-client.js';
 import { formatObjectStoreUri, type ObjectStoreUri } from './uri.js';
@@ -153,8 +153,9 @@ export class ObjectStoreDevice implements BlockDevice {
     await this.deps.cache.prefetch(hash, chunkLength(this.manifest, index), this.fetcher(hash)).catch((err: unknown) => this.fail(index, err));
   }
 
-  private fetcher(hash: string): () => Promise<Buffer> {
-    return () => this.deps.client.get(this.uri.bucket, `${this.manifest.chunkPrefix}${hash}`);
+  private fetcher(hash: string): ChunkFetcher {
+    // mustExist: the manifest names this chunk, so a 404 is a store glitch worth retrying.
+    return (check) => this.deps.client.get(this.uri.bucket, `${this.manifest.chunkPrefix}${hash}`, { check, mustExist: true });
   }
 
   private readAhead(offset: number, end: number): void {

@@ -4,7 +4,8 @@
  *
  *   for each chunk (parallel, `concurrency` workers):
  *     block status says zero, or the bytes are all zero  → null in the manifest, nothing sent
- *     else sha256 → HEAD chunkPrefix+hash → PUT only if absent
+ *     else sha256 → HEAD chunkPrefix+hash → PUT if absent, or if its stored length is wrong
+ *          (with `verify`: GET and hash it too) — a damaged chunk is repaired, never trusted
  *   then PUT PREFIX/manifests/<new version>.json (last: a manifest never names a missing chunk)
  *
  * Resumable: an interrupted publish leaves only chunk objects; running it again finds them
@@ -26,6 +27,8 @@ export interface PublishOptions {
   readonly concurrency: number;
   /** Recorded in the manifest for people (the local file name). */
   readonly source?: string;
+  /** GET and hash every chunk already in the store (repairs bit rot, costs a download). */
+  readonly verify?: boolean;
   /** Called with bytes processed so far. */
   readonly onProgress?: (done: number) => void;
   readonly now?: () => Date;
@@ -40,6 +43,8 @@ export interface PublishResult {
   zeroChunks: number;
   uploadedChunks: number;
   presentChunks: number;
+  /** Chunks found damaged in the store (wrong length; with verify, wrong bytes) and uploaded again. */
+  repairedChunks: number;
   uploadedBytes: number;
   seconds: number;
 }
@@ -50,8 +55,8 @@ export async function publishImage(device: BlockDevice, target: string, client: 
   const started = Date.now();
   const n = chunkCount(device.size, o.chunkSize);
   const chunks: (string | null)[] = new Array<string | null>(n).fill(null);
-  const seen = new Map<string, Promise<boolean>>();
-  const r = { zeroChunks: 0, uploadedChunks: 0, presentChunks: 0, uploadedBytes: 0 };
+  const seen = new Map<string, Promise<Outcome>>();
+  const r = { zeroChunks: 0, uploadedChunks: 0, presentChunks: 0, repairedChunks: 0, uploadedBytes: 0 };
   const zeros = Buffer.alloc(o.chunkSize);
   let next = 0;
   let done = 0;
@@ -66,13 +71,14 @@ export async function publishImage(device: BlockDevice, target: string, client: 
       if ((await allZeroByStatus(device, start, len)) || (await readChunk(device, start, data), data.equals(zeros.subarray(0, len)))) {
         r.zeroChunks++;
       } else {
-        chunks[index] = await storeChunk(data, { client, bucket: u.bucket, prefix: o.chunkPrefix, seen, counts: r });
+        chunks[index] = await storeChunk(data, { client, bucket: u.bucket, prefix: o.chunkPrefix, verify: o.verify === true, seen, counts: r });
       }
       done += len;
       o.onProgress?.(done);
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(o.concurrency, n)) }, worker));
+  await recheckPresent(device, chunks, o, { client, bucket: u.bucket, prefix: o.chunkPrefix, verify: false, seen, counts: r });
 
   const version = newVersionId((o.now ?? (() => new Date()))(), randomBytes(4));
   const manifest: Manifest = {
@@ -100,27 +106,57 @@ interface ChunkStore {
   readonly client: StoreClient;
   readonly bucket: string;
   readonly prefix: string;
+  readonly verify: boolean;
   /** Uploads started, by content hash (a chunk seen twice is sent once). */
-  readonly seen: Map<string, Promise<boolean>>;
-  readonly counts: { uploadedChunks: number; presentChunks: number; uploadedBytes: number };
+  readonly seen: Map<string, Promise<Outcome>>;
+  readonly counts: { uploadedChunks: number; presentChunks: number; repairedChunks: number; uploadedBytes: number };
 }
+
+type Outcome = 'uploaded' | 'present' | 'repaired';
 
 /** Store one non-zero chunk by its content hash (unless the store has it); returns the hash. */
 async function storeChunk(data: Buffer, t: ChunkStore): Promise<string> {
   const hash = sha256Hex(data);
   let upload = t.seen.get(hash);
   if (!upload) {
-    upload = sendIfAbsent(t.client, t.bucket, `${t.prefix}${hash}`, data, hash);
+    upload = sendUnlessIntact(t, `${t.prefix}${hash}`, data, hash);
     t.seen.set(hash, upload);
-    if (await upload) {
+    const outcome = await upload;
+    if (outcome === 'present') t.counts.presentChunks++;
+    else {
       t.counts.uploadedChunks++;
       t.counts.uploadedBytes += data.length;
-    } else t.counts.presentChunks++;
+      if (outcome === 'repaired') t.counts.repairedChunks++;
+    }
   } else {
     await upload;
     t.counts.presentChunks++;
   }
   return hash;
+}
+
+/**
+ * Chunks this publish found already stored (not uploaded by it) are checked once more right
+ * before the manifest is written: `gc` may have deleted such a chunk (old and unreferenced)
+ * meanwhile; it is read from the image and uploaded again (gc.ts).
+ */
+async function recheckPresent(device: BlockDevice, chunks: readonly (string | null)[], o: PublishOptions, t: ChunkStore): Promise<void> {
+  const present: string[] = [];
+  for (const [hash, outcome] of t.seen) if ((await outcome) === 'present') present.push(hash);
+  const gone: string[] = [];
+  for (let i = 0; i < present.length; i += o.concurrency) {
+    const batch = present.slice(i, i + o.concurrency);
+    const sizes = await Promise.all(batch.map((hash) => t.client.size(t.bucket, `${t.prefix}${hash}`)));
+    batch.forEach((hash, j) => sizes[j] === undefined && gone.push(hash));
+  }
+  for (const hash of gone) {
+    const index = chunks.indexOf(hash);
+    const start = index * o.chunkSize;
+    const data = Buffer.alloc(Math.min(o.chunkSize, device.size - start));
+    await readChunk(device, start, data);
+    await t.client.put(t.bucket, `${t.prefix}${hash}`, data, 'application/octet-stream', hash);
+    t.counts.repairedChunks++;
+  }
 }
 
 /** True when block status says the whole range reads as zeros (no read needed). */
@@ -141,9 +177,10 @@ async function readChunk(device: BlockDevice, start: number, data: Buffer): Prom
   await device.read(start, data);
 }
 
-/** PUT unless the object exists; true when it was sent. */
-async function sendIfAbsent(client: StoreClient, bucket: string, key: string, data: Buffer, sha256: string): Promise<boolean> {
-  if (await client.exists(bucket, key)) return false;
-  await client.put(bucket, key, data, 'application/octet-stream', sha256);
-  return true;
+/** PUT unless an intact copy is stored (right length; with verify, right SHA-256). */
+async function sendUnlessIntact(t: ChunkStore, key: string, data: Buffer, sha256: string): Promise<Outcome> {
+  const stored = await t.client.size(t.bucket, key);
+  if (stored === data.length && (!t.verify || sha256Hex(await t.client.get(t.bucket, key)) === sha256)) return 'present';
+  await t.client.put(t.bucket, key, data, 'application/octet-stream', sha256);
+  return stored === undefined ? 'uploaded' : 'repaired';
 }

@@ -5,10 +5,14 @@
  *   - credentials from the AWS default chain (environment, shared config/profile, instance
  *     metadata): the SDK resolves them; we never read or log them;
  *   - endpoint / path-style addressing for MinIO, Ceph RGW, Garage, s3rver;
- *   - every attempt has a socket/request timeout, failed attempts are retried by the SDK's
- *     standard strategy (exponential backoff with jitter, retries ECONNREFUSED/RESET and 5xx),
- *     and every operation has an overall deadline (AbortSignal) — a dead store makes an
- *     operation fail after `deadlineMs`, never hang;
+ *   - retries are ours, not the SDK's (its retries end when the headers arrive): one
+ *     attempt is the whole operation — status, body, length and the caller's check of the
+ *     bytes — watched for a missing answer, a stalled or trickling body, with full-jitter
+ *     backoff between attempts and an overall deadline (retry.ts). A dead or trickling store fails an operation after `deadlineMs`,
+ *     never hangs; a reset mid-body or a flipped bit costs one attempt, not the read;
+ *   - the SDK's request handler also gets `requestTimeout` + `throwOnRequestTimeout` (without
+ *     the latter its timeout only prints a warning) and our logger (its warnings would be
+ *     plain text in the JSON log);
  *   - at most `maxParallelGets` GETs in flight (bounds memory: each holds one chunk);
  *   - checksums: the SDK's default CRC32 on every PUT/GET is turned off
  *     (WHEN_REQUIRED) — chunks are verified by their SHA-256 name, and third-party stores
@@ -19,8 +23,11 @@
  * The SDK is loaded on first use (a dynamic import): it costs ~30 MiB of RSS and start-up
  * time in every cownbd process, and most never touch an object store.
  */
+import type { Readable } from 'node:stream';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { Semaphore } from 'async-mutex';
+import type { Logger } from '../logging.js';
+import { type Attempt, BadResponseError, httpStatusOf, isNotFound, RetriesExhaustedError, withRetries } from './retry.js';
 
 type S3Sdk = typeof import('@aws-sdk/client-s3');
 interface Connected {
@@ -63,27 +70,53 @@ export class ObjectNotFoundError extends Error {
   override name = 'ObjectNotFoundError';
 }
 
+/** Options of one GET. */
+export interface GetOptions {
+  /** Checks the whole body; a returned string says what is wrong and makes the attempt fail (retried). */
+  readonly check?: (body: Buffer) => string | undefined;
+  /** The object is known to exist (a chunk a manifest names): a 404 is a glitch, retried. */
+  readonly mustExist?: boolean;
+}
+
 export class StoreClient {
   readonly stats: StoreStats = { gets: 0, getBytes: 0, getErrors: 0, heads: 0, puts: 0, putBytes: 0 };
   private connected?: Promise<Connected>;
   private readonly gets: Semaphore;
 
-  constructor(readonly config: StoreConfig) {
+  /** `log`: retries and the SDK's own warnings (default: nowhere). */
+  constructor(
+    readonly config: StoreConfig,
+    private readonly log?: Logger,
+  ) {
     this.gets = new Semaphore(Math.max(1, config.maxParallelGets));
   }
 
   private connect(): Promise<Connected> {
+    const log = this.log;
+    // The SDK logs every request at info (with its input): that is trace for us.
+    const sdkLogger = {
+      trace: () => {},
+      debug: () => {},
+      info: (...a: unknown[]) => log?.trace({ source: 'aws-sdk' }, a.map(String).join(' ')),
+      warn: (...a: unknown[]) => log?.warn({ source: 'aws-sdk' }, a.map(String).join(' ')),
+      error: (...a: unknown[]) => log?.error({ source: 'aws-sdk' }, a.map(String).join(' ')),
+    };
     this.connected ??= import('@aws-sdk/client-s3').then((sdk) => ({
       sdk,
       s3: new sdk.S3Client({
         region: this.config.region,
         ...(this.config.endpoint ? { endpoint: this.config.endpoint } : {}),
         forcePathStyle: this.config.forcePathStyle,
-        maxAttempts: this.config.maxAttempts,
-        retryMode: 'standard',
+        maxAttempts: 1, // retry.ts retries whole operations
         requestChecksumCalculation: 'WHEN_REQUIRED',
         responseChecksumValidation: 'WHEN_REQUIRED',
-        requestHandler: { connectionTimeout: this.config.requestTimeoutMs, requestTimeout: this.config.requestTimeoutMs },
+        logger: sdkLogger,
+        requestHandler: {
+          connectionTimeout: this.config.requestTimeoutMs,
+          requestTimeout: this.config.requestTimeoutMs,
+          throwOnRequestTimeout: true,
+          logger: sdkLogger,
+        },
       }),
     }));
     return this.connected;
@@ -94,45 +127,68 @@ export class StoreClient {
     return this.config.endpoint ?? `AWS S3 (${this.config.region})`;
   }
 
-  /** The whole object. Throws ObjectNotFoundError or an Error naming bucket/key and the cause. */
-  async get(bucket: string, key: string): Promise<Buffer> {
+  /**
+   * The whole object, checked (Content-Length, then `o.check`) inside each attempt.
+   * Throws ObjectNotFoundError or an Error naming bucket/key, the attempts and the cause.
+   */
+  async get(bucket: string, key: string, o: GetOptions = {}): Promise<Buffer> {
     return this.gets.runExclusive(async () => {
-      this.stats.gets++;
       try {
-        const { sdk, s3 } = await this.connect();
-        const out = await s3.send(new sdk.GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: this.deadline() });
-        if (!out.Body) throw new Error('empty response body');
-        const body = Buffer.from(await out.Body.transformToByteArray());
-        this.stats.getBytes += body.length;
-        return body;
+        return await this.retried(
+          'GET',
+          bucket,
+          key,
+          async (attempt) => {
+            this.stats.gets++;
+            const { sdk, s3 } = await this.connect();
+            const out = await s3.send(new sdk.GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: attempt.signal });
+            if (!out.Body) throw new BadResponseError('empty response body');
+            attempt.progress(0);
+            const body = await readBody(out.Body as Readable, attempt);
+            if (out.ContentLength !== undefined && body.length !== out.ContentLength) {
+              throw new BadResponseError(`body has ${body.length} bytes, Content-Length said ${out.ContentLength}`);
+            }
+            const bad = o.check?.(body);
+            if (bad !== undefined) throw new BadResponseError(bad);
+            this.stats.getBytes += body.length;
+            return body;
+          },
+          o.mustExist,
+        );
       } catch (err) {
         this.stats.getErrors++;
-        throw this.wrap('GET', bucket, key, err);
+        throw err;
       }
     });
   }
 
   async exists(bucket: string, key: string): Promise<boolean> {
-    this.stats.heads++;
+    return (await this.size(bucket, key)) !== undefined;
+  }
+
+  /** The stored length of an object (HEAD), or undefined when there is none. */
+  async size(bucket: string, key: string): Promise<number | undefined> {
     try {
-      const { sdk, s3 } = await this.connect();
-      await s3.send(new sdk.HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: this.deadline() });
-      return true;
+      return await this.retried('HEAD', bucket, key, async ({ signal }) => {
+        this.stats.heads++;
+        const { sdk, s3 } = await this.connect();
+        const out = await s3.send(new sdk.HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: signal });
+        return out.ContentLength ?? -1;
+      });
     } catch (err) {
-      const e = this.wrap('HEAD', bucket, key, err);
-      if (e instanceof ObjectNotFoundError) return false;
-      throw e;
+      if (err instanceof ObjectNotFoundError) return undefined;
+      throw err;
     }
   }
 
   /**
    * `sha256` (hex of `body`, when the caller has it): sent as x-amz-content-sha256, so SigV4
    * signs it instead of hashing the body again — and the store rejects a body that was
-   * corrupted on the way (AWS checks it).
+   * corrupted on the way (AWS checks it). Content-addressed keys make a retried PUT harmless.
    */
   async put(bucket: string, key: string, body: Buffer, contentType = 'application/octet-stream', sha256?: string): Promise<void> {
-    this.stats.puts++;
-    try {
+    await this.retried('PUT', bucket, key, async ({ signal }) => {
+      this.stats.puts++;
       const { sdk, s3 } = await this.connect();
       const cmd = new sdk.PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType });
       if (sha256) {
@@ -145,49 +201,94 @@ export class StoreClient {
           { step: 'build', name: 'cownbdKnownPayloadHash' },
         );
       }
-      await s3.send(cmd, { abortSignal: this.deadline() });
-      this.stats.putBytes += body.length;
-    } catch (err) {
-      throw this.wrap('PUT', bucket, key, err);
-    }
+      await s3.send(cmd, { abortSignal: signal });
+    });
+    this.stats.putBytes += body.length;
   }
 
-  /** Every key under `prefix` (paginated). */
+  /** Every key under `prefix` (paginated; each page retried on its own). */
   async list(bucket: string, prefix: string): Promise<string[]> {
-    const keys: string[] = [];
+    return (await this.listObjects(bucket, prefix)).map((o) => o.key);
+  }
+
+  /** Every object under `prefix` with its size and last-modified time (ms since the epoch). */
+  async listObjects(bucket: string, prefix: string): Promise<Array<{ key: string; size: number; lastModified: number }>> {
+    const objects: Array<{ key: string; size: number; lastModified: number }> = [];
     let token: string | undefined;
     do {
-      try {
+      const out = await this.retried('LIST', bucket, prefix, async ({ signal }) => {
         const { sdk, s3 } = await this.connect();
-        const out = await s3.send(new sdk.ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }), {
-          abortSignal: this.deadline(),
-        });
-        for (const o of out.Contents ?? []) if (o.Key) keys.push(o.Key);
-        token = out.IsTruncated ? out.NextContinuationToken : undefined;
-      } catch (err) {
-        throw this.wrap('LIST', bucket, prefix, err);
-      }
+        return s3.send(new sdk.ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }), { abortSignal: signal });
+      });
+      for (const o of out.Contents ?? []) if (o.Key) objects.push({ key: o.Key, size: o.Size ?? 0, lastModified: o.LastModified?.getTime() ?? 0 });
+      token = out.IsTruncated ? out.NextContinuationToken : undefined;
     } while (token);
-    return keys;
+    return objects;
+  }
+
+  /** Delete one object (`gc`); deleting a missing object is not an error in S3. */
+  async delete(bucket: string, key: string): Promise<void> {
+    await this.retried('DELETE', bucket, key, async ({ signal }) => {
+      const { sdk, s3 } = await this.connect();
+      await s3.send(new sdk.DeleteObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: signal });
+    });
   }
 
   close(): void {
     void this.connected?.then(({ s3 }) => s3.destroy(), () => {});
   }
 
-  private deadline(): AbortSignal {
-    return AbortSignal.timeout(this.config.deadlineMs);
+  private async retried<T>(op: string, bucket: string, key: string, run: (attempt: Attempt) => Promise<T>, retryNotFound = false): Promise<T> {
+    try {
+      return await withRetries(
+        { maxAttempts: this.config.maxAttempts, attemptMs: this.config.requestTimeoutMs, deadlineMs: this.config.deadlineMs },
+        run,
+        {
+          retryNotFound,
+          onRetry: (attempt, err, delayMs) =>
+            this.log?.warn({ op, object: `s3://${bucket}/${key}`, attempt, delayMs, err: this.why(err) }, 'object-store attempt failed, retrying'),
+        },
+      );
+    } catch (err) {
+      throw this.wrap(op, bucket, key, err);
+    }
   }
 
   private wrap(op: string, bucket: string, key: string, err: unknown): Error {
-    // S3ServiceException's metadata, read structurally: the SDK module may not be loaded here.
-    const status = (err as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
-    const name = (err as Error).name;
-    if (status === 404 || name === 'NoSuchKey' || name === 'NotFound') {
-      return new ObjectNotFoundError(`s3://${bucket}/${key}: not found (${this.describe()})`);
+    const last = err instanceof RetriesExhaustedError ? err.last : err;
+    if (isNotFound(last)) return new ObjectNotFoundError(`s3://${bucket}/${key}: not found (${this.describe()})`);
+    const tries = err instanceof RetriesExhaustedError ? ` after ${err.attempts} attempt(s)` : '';
+    const why = last === undefined ? `no answer within ${this.config.deadlineMs} ms` : this.why(last);
+    return new Error(`${op} s3://${bucket}/${key} at ${this.describe()} failed${tries}: ${why}`, { cause: err });
+  }
+
+  /** One attempt's failure in words: HTTP status, error code, and a hint for 403. */
+  private why(err: unknown): string {
+    const status = httpStatusOf(err);
+    const e = err as NodeJS.ErrnoException;
+    const code = e.code ?? e.name;
+    if (status === 403) return `HTTP 403 access denied (${code}): the credentials lack a permission this needs (docs/object-store.md, "Permissions")`;
+    const detail = e.message && e.message !== 'UnknownError' ? `: ${e.message}` : '';
+    return `${status === undefined ? '' : `HTTP ${status} `}${code}${detail}`;
+  }
+}
+
+/** The whole body; the attempt's abort destroys the stream (a trickle cannot outlive its timer). */
+async function readBody(stream: Readable, attempt: Attempt): Promise<Buffer> {
+  const signal = attempt.signal;
+  const onAbort = (): void => {
+    stream.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+  };
+  if (signal.aborted) onAbort();
+  signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    const parts: Buffer[] = [];
+    for await (const part of stream) {
+      parts.push(part as Buffer);
+      attempt.progress((part as Buffer).length);
     }
-    const code = (err as NodeJS.ErrnoException).code;
-    const why = name === 'TimeoutError' || name === 'AbortError' ? `no answer within ${this.config.deadlineMs} ms` : `${code ?? name}: ${(err as Error).message}`;
-    return new Error(`${op} s3://${bucket}/${key} at ${this.describe()} failed: ${why}`, { cause: err });
+    return Buffer.concat(parts);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
   }
 }

@@ -31,6 +31,7 @@ import { createImage, openImage, type ImageFormat } from '../formats/open-image.
 import { DEFAULT_OVERLAY_FORMAT } from '../formats/registry.js';
 import type { Logger } from '../logging.js';
 import { OVERLAY_LIMIT_DEFAULTS, OverlayQuota, type OverlayLimits } from './overlay-quota.js';
+import { overlayFileSize } from './overlay-size.js';
 import type { ObjectStoreContext } from '../objectstore/open.js';
 import type { ExportContext, ExportHandle, ExportInfo, ExportProvider, ExportSummary } from './exports.js';
 
@@ -146,7 +147,9 @@ export class OverlayDirProvider implements ExportProvider {
 
   async describe(name: string): Promise<ExportInfo | undefined> {
     if (overlayNameProblem(name)) return undefined;
-    return this.info(name);
+    // An existing overlay's own size (it may be pinned to an older, smaller base version).
+    const size = await overlayFileSize(this.overlayPath(name));
+    return size === undefined ? this.info(name) : { ...this.info(name), size };
   }
 
   async open(name: string, ctx: ExportContext): Promise<ExportHandle | undefined> {
@@ -156,6 +159,7 @@ export class OverlayDirProvider implements ExportProvider {
     let released = false;
     return {
       ...this.info(name),
+      size: device.size, // the overlay's, not the server's base's (overlay-size.ts)
       device,
       release: async () => {
         if (released) return;

@@ -35,6 +35,7 @@ import { openImage, recordFor, type ImageFormat } from '../formats/open-image.js
 import { FALLBACK_FORMAT, FORMATS } from '../formats/registry.js';
 import { readJournal } from './commit-journal.js';
 import { EXIT_CORRUPT, EXIT_ERROR, EXIT_LEAKS, EXIT_NO_METADATA, EXIT_OK } from './errors.js';
+import type { ObjectStoreContext } from '../objectstore/open.js';
 
 export type { Finding, FindingClass, Severity } from '../formats/check-report.js';
 
@@ -58,6 +59,8 @@ export interface CheckOptions {
   layout?: string;
   backingFile?: string;
   repair?: boolean;
+  /** Access to s3:// backings (pinned version present in the store or cached here). */
+  objectStore?: () => Promise<ObjectStoreContext>;
 }
 
 export async function runCheck(file: string, options: CheckOptions = {}): Promise<CheckJson> {
@@ -136,7 +139,10 @@ async function collect(file: string, format: string, options: CheckOptions): Pro
   });
   try {
     const backingSizeOf = options.backingFormat && options.backingFormat !== FALLBACK_FORMAT.name ? (f: string) => sizeAs(f, options.backingFormat!) : undefined;
-    await record.check!(file, fh, { layout: options.layout, backingFile: options.backingFile, backingSizeOf, commitPending: journal !== undefined }, c);
+    const objectStore = options.objectStore;
+    // The object-store code (zod, the SDK) is loaded only when a header names an s3:// backing.
+    const remoteBackingStat = objectStore && (async (a: string) => (await import('../objectstore/open.js')).remoteBackingStat(objectStore)(a));
+    await record.check!(file, fh, { layout: options.layout, backingFile: options.backingFile, backingSizeOf, commitPending: journal !== undefined, remoteBackingStat }, c);
   } finally {
     await fh.close();
   }
@@ -172,7 +178,7 @@ async function missingMagic(file: string, claimed: string): Promise<Finding> {
 async function checkOpens(file: string, format: string, options: CheckOptions, c: Collected): Promise<void> {
   if (c.findings.some((f) => f.severity === 'corruption')) return; // already not clean
   try {
-    const dev = await openImage(file, { readOnly: true, format, backingFormat: options.backingFormat, layout: options.layout, backingFile: options.backingFile });
+    const dev = await openImage(file, { readOnly: true, format, backingFormat: options.backingFormat, layout: options.layout, backingFile: options.backingFile, objectStore: options.objectStore });
     await dev.close();
   } catch (err) {
     c.findings.push({ class: 'unopenable', severity: 'corruption', message: `${file}: cannot be opened: ${(err as Error).message}`, repairable: false });

@@ -23,6 +23,7 @@ import { namedBackingFormat } from '../formats/registry.js';
 import { openChain, type ChainOptions } from './chain.js';
 import type { ToolContext } from './commit.js';
 import { ToolError } from './errors.js';
+import { isObjectStoreUri } from '../objectstore/uri.js';
 import { topLayer, type TopLayer } from './layers.js';
 import { CHUNK, differingRuns, knownZero } from './stream.js';
 
@@ -52,10 +53,10 @@ export async function runRebase(file: string, options: RebaseOptions, ctx: ToolC
   const record = await recordFor(file, options.format);
   if (!record.rebase) throw new ToolError(`${file}: a ${record.name} image has no backing file to change`);
   const format = record.name;
-  const newPath = path.resolve(options.newBacking);
-  if (!(await stat(newPath).catch(() => undefined))) throw new ToolError(`new backing file "${options.newBacking}" does not exist`);
+  const newPath = isObjectStoreUri(options.newBacking) ? await pinVersion(options.newBacking, options) : path.resolve(options.newBacking);
+  if (!isObjectStoreUri(newPath) && !(await stat(newPath).catch(() => undefined))) throw new ToolError(`new backing file "${options.newBacking}" does not exist`);
   // A new backing named without -F is raw, unless it is a foreign image (qcow2, vmdk, ...): refused (registry.ts).
-  if (options.newBackingFormat === undefined) await namedBackingFormat(options.newBacking, undefined, '-F raw (--backing-format raw)');
+  if (options.newBackingFormat === undefined && !isObjectStoreUri(newPath)) await namedBackingFormat(options.newBacking, undefined, '-F raw (--backing-format raw)');
   const r = await record.rebase(file, {
     newBacking: options.newBacking,
     newPath,
@@ -69,6 +70,18 @@ export async function runRebase(file: string, options: RebaseOptions, ctx: ToolC
     copyDivergent: (newFormat) => copyDivergent(file, format, newPath, newFormat, options, ctx),
   });
   return { command: 'rebase', overlay: file, format, newBacking: newPath, unsafe: Boolean(options.unsafe), ...r, elapsedMs: Date.now() - started };
+}
+
+/**
+ * `-b s3://BUCKET/PREFIX[@VERSION]`: the version the overlay will record (the newest when
+ * none is named). Safe mode then compares the old view with that version like any backing
+ * (every chunk the overlay does not cover is read from both; docs/object-store.md).
+ */
+async function pinVersion(address: string, options: RebaseOptions): Promise<string> {
+  if (!options.objectStore) throw new ToolError(`new backing ${address}: no object-store access`);
+  const { formatObjectStoreUri } = await import('../objectstore/uri.js');
+  const { uri } = await (await options.objectStore()).manifests.resolve(address);
+  return formatObjectStoreUri(uri);
 }
 
 /** Safe mode: copy old-view data into the overlay wherever NEW differs and the overlay has no data. */

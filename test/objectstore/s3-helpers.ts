@@ -11,7 +11,7 @@ import { S3_ENV, type S3TestServer } from '../helpers/s3-server.js';
 export const MiB = 1024 * 1024;
 
 /** `cownbd ARGS… --s3-endpoint …` (credentials from the environment, as in production). */
-export function cownbd(s3: S3TestServer, args: string[], timeoutMs = 60_000): Promise<ToolResult> {
+export function cownbd(s3: Pick<S3TestServer, 'flags'>, args: string[], timeoutMs = 60_000): Promise<ToolResult> {
   return runTool(process.execPath, [CLI_PATH, ...args, ...s3.flags], { env: S3_ENV, timeoutMs });
 }
 
@@ -28,15 +28,16 @@ export interface Published {
   zeroChunks: number;
   uploadedChunks: number;
   presentChunks: number;
+  repairedChunks: number;
   uploadedBytes: number;
 }
 
-export async function publish(s3: S3TestServer, image: string, target: string, extra: string[] = []): Promise<Published> {
+export async function publish(s3: Pick<S3TestServer, 'flags'>, image: string, target: string, extra: string[] = []): Promise<Published> {
   const r = mustSucceed(await cownbd(s3, ['publish', image, target, '--json', ...extra]));
   return JSON.parse(r.stdout) as Published;
 }
 
-export function serveS3(s3: S3TestServer, args: string[], cacheDir: string, extra: string[] = []): Promise<RunningServer> {
+export function serveS3(s3: Pick<S3TestServer, 'flags'>, args: string[], cacheDir: string, extra: string[] = []): Promise<RunningServer> {
   return startServer([...args, ...s3.flags, '--cache-dir', cacheDir, '--s3-timeout', '3000', '--s3-retries', '2', ...extra], { env: S3_ENV });
 }
 

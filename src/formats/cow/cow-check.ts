@@ -23,6 +23,7 @@ import type { CheckRequest } from '../format-record.js';
 import { nativeFs } from '../../block/native-fs.js';
 import { AllocationBitmap } from '../allocation-bitmap.js';
 import { checkBacking, resolveBackingPath, statBacking } from './cow-backing.js';
+import { isObjectStoreUri } from '../../objectstore/uri.js';
 import { COW_MAX_HEADER_SIZE, cowPathField, decodeCowHeader, detectCowLayout, isCowLayoutName, type CowHeader, type CowLayoutName } from './cow-header.js';
 import { cowGeometry, type CowGeometry } from './cow-layout.js';
 import { cowVirtualSize, isSnapshotLayer } from './cow-layers.js';
@@ -204,8 +205,9 @@ async function checkBackingIdentity({ file, header }: Subject, req: CheckRequest
   const backing = resolveBackingPath(header.layout, header.backingFile, file, req.backingFile);
   let st;
   try {
-    st = await statBacking(backing);
+    st = isObjectStoreUri(backing) ? await remoteStat(backing, req) : await statBacking(backing);
   } catch (err) {
+    if (err instanceof CouldNotCheck) throw err;
     return corruption(c, 'backing', `${(err as Error).message} (stored as "${header.backingFile}")`);
   }
   let sizeOverride: number | undefined;
@@ -232,6 +234,21 @@ async function checkBackingIdentity({ file, header }: Subject, req: CheckRequest
   }
   if (!header.layout.startsWith('qemu') && (st.mtime < 0 || st.mtime >= 2 ** 32)) {
     corruption(c, 'backing', `backing file "${backing}" mtime ${st.mtime} is outside the header's 32-bit range: UML and uml_moo can never validate this COW`);
+  }
+}
+
+/**
+ * An s3:// backing (a pinned published version): present in the store or in this machine's
+ * manifest cache. "Not found" is corruption (the overlay's base is gone); an unreachable
+ * store with nothing cached means the check could not be done — not that the image is bad.
+ */
+async function remoteStat(address: string, req: CheckRequest): Promise<{ size: number; mtime: number }> {
+  if (!req.remoteBackingStat) throw new CouldNotCheck(`backing ${address} is an object-store address; no object-store access to check it`);
+  try {
+    return await req.remoteBackingStat(address);
+  } catch (err) {
+    if ((err as Error).name === 'ObjectNotFoundError' || (err as Error).name === 'ManifestError') throw err;
+    throw new CouldNotCheck(`backing ${address}: the object store cannot be reached and the version is not cached here (${(err as Error).message})`);
   }
 }
 

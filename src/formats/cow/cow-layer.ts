@@ -16,6 +16,7 @@ import { CowDevice, type CowInspection } from './cow-device.js';
 import { cowMtimeField, encodeCowHeader, type CowHeader } from './cow-header.js';
 import { inspectCowFile } from './cow-inspect.js';
 import { cowGeometry } from './cow-layout.js';
+import { isObjectStoreUri } from '../../objectstore/uri.js';
 
 const SECTOR = 512;
 
@@ -101,12 +102,14 @@ export async function rebaseCow(file: string, req: RebaseRequest): Promise<Rebas
     remoteBackingStat: remoteStat(req.openBacking, 'raw'),
   });
   const old = insp.header;
-  const st = await statBacking(req.newPath);
+  // An s3:// new backing is a pinned version (tools/rebase.ts pinned it): its manifest gives size and mtime.
+  const remote = isObjectStoreUri(req.newPath);
+  const st = remote ? await remoteStat(req.openBacking, 'raw')(req.newPath) : await statBacking(req.newPath);
   const qemu = old.layout.startsWith('qemu');
   if (!qemu && (st.mtime < 0 || st.mtime >= 2 ** 32) && !req.force) {
     throw new RebaseError(`new backing "${req.newPath}" mtime ${st.mtime} does not fit the header's 32-bit field: UML and uml_moo would refuse the overlay (--force to write it anyway)`);
   }
-  const stored = qemu ? req.newBacking : await absolutizeLikeUml(req.newBacking);
+  const stored = remote ? req.newPath : qemu ? req.newBacking : await absolutizeLikeUml(req.newBacking);
   const next: CowHeader = { ...old, backingFile: stored, size: st.size, mtime: ((st.mtime % 2 ** 32) + 2 ** 32) % 2 ** 32 };
   const g0 = insp.geometry;
   const g1 = cowGeometry(next);
