@@ -32,6 +32,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI_PATH, startServer, type RunningServer } from '../helpers/server.js';
 import { makeTlsFixture, requireTlsTools, type TlsFixture } from '../helpers/tls-creds.js';
 import { requireTool } from '../helpers/tools.js';
+import { S3_ENV, startS3Server } from '../helpers/s3-server.js';
 import { copyGolden, E2E_SCRIPTS, makeWorkDir, prepareAssets, removeDir, run, sha256File, Timings } from './support/harness.js';
 import { bootKitGuest, dumpExport, prepareKit, type ConnectionRecord, type GuestResult, type KitAssets } from './support/kernel-guest.js';
 
@@ -58,6 +59,17 @@ function guestValue(r: GuestResult, key: string): string {
   const line = r.output.find((l) => l.startsWith(`${key} `));
   if (line === undefined) throw new Error(`guest printed no ${key} line\n${r.console}`);
   return line.slice(key.length + 1).trim();
+}
+
+/** path:sha256 of every file under `dir` (what the S3 test server stores), sorted. */
+async function storedFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { recursive: true, withFileTypes: true })) {
+    if (!e.isFile()) continue;
+    const p = path.join(e.parentPath, e.name);
+    out.push(`${path.relative(dir, p)}:${await sha256(await readFile(p))}`);
+  }
+  return out.sort();
 }
 
 function sha256(buf: Buffer): Promise<string> {
@@ -356,21 +368,21 @@ exec switch_root /newroot /sbin/init
     expect(cat.stdout.trim()).toBe(token);
     await expectHostInvariants(['vm1']);
   }, 600_000);
-  it('root on NBD from a compressed qcow2 golden image: the machine boots, its writes land in its cow overlay, the qcow2 is never modified', async () => {
-    // The golden image as distributions ship it: qcow2, zlib-compressed (qemu-img convert -c).
-    const qcow2 = path.join(dir, 'golden.qcow2');
-    const conv = await run('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', golden, qcow2], { timeoutMs: 300_000 });
-    expect(conv.code, conv.stderr).toBe(0);
-    const qcow2Sha = await sha256File(qcow2);
-    const qDir = path.join(dir, 'qcow2-overlays');
-    const qsrv = await startServer(['--base', qcow2, '--base-format', 'qcow2', '--overlay-dir', qDir], { unix: true });
+  /**
+   * One root-on-NBD boot of machine vm1 against a server started with `args`: the guest
+   * writes a token into its root filesystem; on the host the token is in vm1's overlay
+   * (read through the server), e2fsck is clean and `cownbd check` too.
+   */
+  async function rootBootOver(label: string, args: string[], checkArgs: string[], env?: NodeJS.ProcessEnv): Promise<void> {
+    const overlays = path.join(dir, `${label}-overlays`);
+    const server = await startServer([...args, '--overlay-dir', overlays], { unix: true, env: env as Record<string, string> | undefined });
     try {
       const token = randomBytes(8).toString('hex');
       const result = await bootKitGuest({
         assets: kit,
         dir,
         ports: ['q0'],
-        target: () => ({ path: qsrv.socketPath! }),
+        target: () => ({ path: server.socketPath! }),
         bootScript: `
 bridge /run/q0.sock q0
 nbd-client -u /run/q0.sock /dev/nbd0 -N vm1 -t 60 || fail "nbd-client"
@@ -379,24 +391,46 @@ mount --move /dev /newroot/dev
 umount /sys /proc
 exec switch_root /newroot /sbin/init
 `,
-        append: [`e2e_script=${Buffer.from(`echo "${token}" >/root/qcow2-root.txt\nsync\necho "RELEASE $(cat /etc/golden-release)"\n`).toString('base64')}`],
+        append: [`e2e_script=${Buffer.from(`echo "${token}" >/root/${label}-root.txt\nsync\necho "RELEASE $(cat /etc/golden-release)"\n`).toString('base64')}`],
       });
-      timings.add('guest (root on /dev/nbd0 over a compressed qcow2 base)', result.ms);
-      expectGuestOk(result, 'root-on-NBD boot over qcow2', qsrv.stderr());
+      timings.add(`guest (root on /dev/nbd0 over a ${label} base)`, result.ms);
+      expectGuestOk(result, `root-on-NBD boot over ${label}`, server.stderr());
       expect(result.output).toContain('RELEASE cownbd-e2e golden v1');
-      // The token is in vm1's overlay; the qcow2 base is byte-for-byte what qemu-img wrote.
-      const view = path.join(dir, 'vm1-qcow2.img');
-      await dumpExport(qsrv.uri('vm1'), view);
+      const view = path.join(dir, `vm1-${label}.img`);
+      await dumpExport(server.uri('vm1'), view);
       const fsck = await run('e2fsck', ['-fn', view], { timeoutMs: 60_000 });
       expect(fsck.code, fsck.stdout + fsck.stderr).toBe(0);
-      const cat = await run('debugfs', ['-R', 'cat /root/qcow2-root.txt', view], { timeoutMs: 30_000 });
+      const cat = await run('debugfs', ['-R', `cat /root/${label}-root.txt`, view], { timeoutMs: 30_000 });
       expect(cat.stdout.trim()).toBe(token);
-      expect(await sha256File(qcow2)).toBe(qcow2Sha);
-      const check = await run(process.execPath, [CLI_PATH, 'check', '--backing-format', 'qcow2', path.join(qDir, 'vm1.cow')], { timeoutMs: 60_000 });
+      const check = await run(process.execPath, [CLI_PATH, 'check', ...checkArgs, path.join(overlays, 'vm1.cow')], { timeoutMs: 60_000, env });
       expect(check.code, `cownbd check vm1.cow\n${check.stdout}${check.stderr}`).toBe(0);
-      expect(qsrv.stderr().split('\n').filter((l) => /"level":(50|60)\b/.test(l)), 'qcow2 server errors').toEqual([]);
+      expect(server.stderr().split('\n').filter((l) => /"level":(50|60)\b/.test(l)), `${label} server errors`).toEqual([]);
     } finally {
-      await qsrv.stop();
+      await server.stop();
+    }
+  }
+
+  it('root on NBD from a compressed qcow2 golden image: the machine boots, its writes land in its cow overlay, the qcow2 is never modified', async () => {
+    // The golden image as distributions ship it: qcow2, zlib-compressed (qemu-img convert -c).
+    const qcow2 = path.join(dir, 'golden.qcow2');
+    const conv = await run('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', golden, qcow2], { timeoutMs: 300_000 });
+    expect(conv.code, conv.stderr).toBe(0);
+    const qcow2Sha = await sha256File(qcow2);
+    await rootBootOver('qcow2', ['--base', qcow2, '--base-format', 'qcow2'], ['--backing-format', 'qcow2']);
+    expect(await sha256File(qcow2)).toBe(qcow2Sha);
+  }, 600_000);
+
+  it('root on NBD from a golden image in object storage (s3:// on a local S3 server): boots, writes land in the overlay, the bucket is unchanged', async () => {
+    const s3 = await startS3Server();
+    try {
+      const env = { ...process.env, ...S3_ENV };
+      const pub = await run(process.execPath, [CLI_PATH, 'publish', golden, 's3://golden/kernel', ...s3.flags], { timeoutMs: 300_000, env });
+      expect(pub.code, pub.stderr).toBe(0);
+      const objects = await storedFiles(s3.dir);
+      await rootBootOver('s3', ['--base', 's3://golden/kernel', ...s3.flags, '--cache-dir', path.join(dir, 's3-cache')], [...s3.flags], env);
+      expect(await storedFiles(s3.dir), 'the bucket is unchanged').toEqual(objects);
+    } finally {
+      await s3.close();
     }
   }, 600_000);
 
