@@ -10,7 +10,7 @@
  * `alive()` tells a long walk to stop early instead of holding the release back.
  */
 import type { BlockDevice } from '../block/block-device.js';
-import type { ExportHandle } from '../server/exports.js';
+import { releaseOnce, type ExportHandle } from '../server/exports.js';
 
 interface Use {
   /** Handles not yet released. */
@@ -32,17 +32,11 @@ export class DeviceBorrows {
     }
     use.handles++;
     const entry = use;
-    let released = false;
-    return {
-      ...handle,
-      release: async () => {
-        if (released) return;
-        released = true;
-        if (--entry.handles === 0 && this.live.get(device) === entry) this.live.delete(device); // no new borrowers
-        while (entry.borrowers > 0) await new Promise<void>((resolve) => entry.idle.push(resolve));
-        await handle.release();
-      },
-    };
+    return releaseOnce(handle, async () => {
+      if (--entry.handles === 0 && this.live.get(device) === entry) this.live.delete(device); // no new borrowers
+      while (entry.borrowers > 0) await new Promise<void>((resolve) => entry.idle.push(resolve));
+      await handle.release();
+    });
   }
 
   /** Run `fn` on `device` while some client holds it open; undefined when none does. */

@@ -23,7 +23,7 @@
 import path from 'node:path';
 import type { BlockDevice } from '../block/block-device.js';
 import type { Logger } from '../logging.js';
-import type { ExportContext, ExportHandle, ExportInfo, ExportProvider, ExportSummary, StaticExportConfig } from '../server/exports.js';
+import { releaseOnce, type ExportContext, type ExportHandle, type ExportInfo, type ExportProvider, type ExportSummary, type StaticExportConfig } from '../server/exports.js';
 
 /** Opens the device of an export (injected: serve passes openImage with its options). */
 export type ExportOpener = (config: StaticExportConfig) => Promise<BlockDevice>;
@@ -100,17 +100,12 @@ export class ReloadableExports implements ExportProvider {
     if (!g || this.closed) return Promise.resolve(undefined);
     g.refs++;
     this.log.debug({ export: name, conn: ctx.connId }, 'export opened for connection');
-    let released = false;
-    return Promise.resolve({
-      ...info(g),
-      device: g.device,
-      release: async () => {
-        if (released) return;
-        released = true;
+    return Promise.resolve(
+      releaseOnce({ ...info(g), device: g.device }, async () => {
         g.refs--;
         if (g.retired && g.refs === 0) await this.closeGeneration(g);
-      },
-    });
+      }),
+    );
   }
 
   /** Replace the export set; returns what changed. Throws (changing nothing) on failure. */

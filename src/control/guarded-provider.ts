@@ -24,7 +24,7 @@
  *   without it being closed under the read (device-borrows.ts).
  */
 import type { BlockDevice } from '../block/block-device.js';
-import type { ExportContext, ExportHandle, ExportInfo, ExportProvider, ExportSummary } from '../server/exports.js';
+import { releaseOnce, type ExportContext, type ExportHandle, type ExportInfo, type ExportProvider, type ExportSummary } from '../server/exports.js';
 import { recordOf } from '../formats/registry.js';
 import { DeviceBorrows } from './device-borrows.js';
 import { SwappableDevice } from './swappable-device.js';
@@ -153,20 +153,15 @@ export class GuardedProvider implements ExportProvider {
     s.refs++;
     s.handles.push(handle);
     const entry = s;
-    let released = false;
-    return this.borrows.track({
-      ...handle,
-      device: entry.swappable,
-      release: async () => {
-        if (released) return;
-        released = true;
+    return this.borrows.track(
+      releaseOnce({ ...handle, device: entry.swappable }, async () => {
         try {
           await this.releaseShared(name, entry);
         } finally {
           this.leave(name, user);
         }
-      },
-    });
+      }),
+    );
   }
 
   async close(): Promise<void> {
@@ -208,19 +203,13 @@ export class GuardedProvider implements ExportProvider {
 
   /** A handle that is not shared: the user leaves once its release has finished. */
   private counted(name: string, user: User, handle: ExportHandle): ExportHandle {
-    let released = false;
-    return {
-      ...handle,
-      release: async () => {
-        if (released) return;
-        released = true;
-        try {
-          await handle.release();
-        } finally {
-          this.leave(name, user);
-        }
-      },
-    };
+    return releaseOnce(handle, async () => {
+      try {
+        await handle.release();
+      } finally {
+        this.leave(name, user);
+      }
+    });
   }
 
   private enter(name: string, user: User): void {

@@ -42,6 +42,23 @@ export interface ExportHandle extends ExportInfo {
   release(): Promise<void>;
 }
 
+/**
+ * An export handle whose release runs `release` exactly once, however often it is called
+ * (a connection may release on error and again on close): every provider and wrapper uses
+ * this one rule instead of its own flag.
+ */
+export function releaseOnce(fields: Omit<ExportHandle, 'release'>, release: () => Promise<void>): ExportHandle {
+  let released = false;
+  return {
+    ...fields,
+    release: async () => {
+      if (released) return;
+      released = true;
+      await release();
+    },
+  };
+}
+
 export interface ExportContext {
   readonly connId: number;
   readonly peer: string;

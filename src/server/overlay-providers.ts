@@ -33,7 +33,7 @@ import type { Logger } from '../logging.js';
 import { OVERLAY_LIMIT_DEFAULTS, OverlayQuota, type OverlayLimits } from './overlay-quota.js';
 import { overlayFileSize } from './overlay-size.js';
 import type { ObjectStoreContext } from '../objectstore/open.js';
-import type { ExportContext, ExportHandle, ExportInfo, ExportProvider, ExportSummary } from './exports.js';
+import { releaseOnce, type ExportContext, type ExportHandle, type ExportInfo, type ExportProvider, type ExportSummary } from './exports.js';
 
 export const MAX_OVERLAY_NAME = 128;
 /** No leading "." (hidden, "..") nor "-" (read as an option by tools given the file name). */
@@ -156,17 +156,8 @@ export class OverlayDirProvider implements ExportProvider {
     if (overlayNameProblem(name)) return undefined;
     const device = await this.acquire(name, ctx);
     if (!device) return undefined; // a new overlay would break --max-overlays / --min-free
-    let released = false;
-    return {
-      ...this.info(name),
-      size: device.size, // the overlay's, not the server's base's (overlay-size.ts)
-      device,
-      release: async () => {
-        if (released) return;
-        released = true;
-        await this.releaseOne(name);
-      },
-    };
+    // size: the overlay's, not the server's base's (overlay-size.ts)
+    return releaseOnce({ ...this.info(name), size: device.size, device }, () => this.releaseOne(name));
   }
 
   async close(): Promise<void> {
@@ -344,16 +335,7 @@ export class EphemeralProvider implements ExportProvider {
     const entry = { file, device };
     this.live.add(entry);
     this.log.info({ conn: ctx.connId, peer: ctx.peer, file }, 'ephemeral overlay created');
-    let released = false;
-    return {
-      ...this.info(),
-      device,
-      release: async () => {
-        if (released) return;
-        released = true;
-        await this.discard(entry);
-      },
-    };
+    return releaseOnce({ ...this.info(), device }, () => this.discard(entry));
   }
 
   async close(): Promise<void> {
