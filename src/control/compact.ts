@@ -17,7 +17,8 @@
  * that nothing opens (the next compaction removes it). From 4 on, the layer above finds
  * under Lm's name a file of the same virtual size with the recorded mtime, showing the
  * same bytes; the older layers are orphans no header names, deleted by step 5 or by the
- * next compaction (orphans()). Frozen layers are never written, and the base never is:
+ * next compaction (leftovers()). Only the overlay's own layer files are touched
+ * (requireOwnLayers). Frozen layers are never written, and the base never is:
  * only TMP is opened writable.
  *
  * The caller runs this with nobody using the chain (Operations.compact holds the export
@@ -61,20 +62,44 @@ export async function chainLayers(top: string): Promise<string[]> {
   throw new Error(`${top}: more than 64 snapshot layers below it`);
 }
 
-/** Snapshot-layer files of `top` that its chain does not use, and stray compaction temps. */
-async function orphans(top: string, used: string[]): Promise<string[]> {
-  const inUse = new Set(used);
-  const files = (await snapshotLayerFiles(top)).filter((f) => !inUse.has(f));
-  for (const f of used) files.push(`${f}.compact-tmp`);
-  return files;
+/**
+ * Files an interrupted compaction leaves: stray temps, and the top's own snapshot layers
+ * numbered BELOW the chain's oldest layer (merged, then not yet unlinked). Nothing else
+ * is ever deleted: a layer file above that number is not ours to judge.
+ */
+async function leftovers(top: string, used: string[]): Promise<string[]> {
+  const own = await snapshotLayerFiles(top);
+  const oldest = own.indexOf(used[0]!);
+  return [...own.slice(0, Math.max(oldest, 0)), ...used.map((f) => `${f}.compact-tmp`)];
+}
+
+/**
+ * Refuse a chain whose frozen layers are not the top's own STEM.snap-N.cow files beside
+ * it, oldest first (a copied overlay whose headers still name the original's layers,
+ * layers renamed by hand): compaction replaces and deletes files, only its own.
+ */
+async function requireOwnLayers(top: string, used: string[]): Promise<void> {
+  const own = await snapshotLayerFiles(top);
+  const start = own.indexOf(used[0]!);
+  const stranger = used.find((f, i) => own[start + i] !== f);
+  if (start < 0 || stranger !== undefined) {
+    throw new CompactRefused(`${top}: its chain uses ${stranger ?? used[0]}, which is not one of its own snapshot layers (${own.map((f) => path.basename(f)).join(', ') || 'none'} beside it, oldest first): compaction only merges an overlay's own layers`);
+  }
+}
+
+/** The chain is not one compaction may change (the API answers 409). */
+export class CompactRefused extends Error {
+  override name = 'CompactRefused';
 }
 
 /** Merge the oldest layers of `top` until at most `keep` (≥ 1) frozen layers remain. */
 export async function compactLayers(top: string, keep: number, open: OpenLayer): Promise<CompactResult> {
   if (!Number.isInteger(keep) || keep < 1) throw new Error(`keep must be an integer of at least 1 (got ${keep})`);
   const before = await chainLayers(top);
+  if (before.length === 0) throw new CompactRefused(`${top}: its chain has no snapshot layers: nothing to compact`);
+  await requireOwnLayers(top, before);
   const deleted: string[] = [];
-  for (const f of await orphans(top, before)) if (await unlinkIfExists(f)) deleted.push(f);
+  for (const f of await leftovers(top, before)) if (await unlinkIfExists(f)) deleted.push(f);
   const m = before.length - keep + 1;
   if (m < 2) {
     if (deleted.length) await syncDir(path.dirname(path.resolve(top)));

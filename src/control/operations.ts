@@ -47,7 +47,7 @@ import { liveSnapshot, offlineSnapshot, type SnapshotResult } from './snapshot.j
 import { SwappableDevice } from './swappable-device.js';
 import { DEFAULT_MAX_SNAPSHOTS, snapshotsFull } from './snapshot-limit.js';
 import { ApiError } from './api-error.js';
-import { compactLayers, type CompactResult } from './compact.js';
+import { CompactRefused, compactLayers, type CompactResult } from './compact.js';
 
 export { ApiError } from './api-error.js';
 
@@ -256,14 +256,18 @@ export class Operations {
       }
       const disconnected = await this.disconnect(name, force);
       const open = (file: string, writable: boolean) => this.o.inspect(file, writable);
+      const compact = () =>
+        compactLayers(top, keep, open).catch((err: Error) => {
+          throw err instanceof CompactRefused ? new ApiError(409, `export "${name}": ${err.message}`) : err;
+        });
       let result: CompactResult | undefined;
       if (kind === 'static') {
         // The export's device reads the frozen layers: closed during the merge, reopened after.
         await this.o.exports.rebuild(name, async () => {
-          result = await compactLayers(top, keep, open);
+          result = await compact();
         });
       } else {
-        result = await compactLayers(top, keep, open);
+        result = await compact();
       }
       this.o.log.info({ export: name, disconnected, ...result }, 'snapshot layers compacted');
       return { export: name, disconnected, ...result! };
