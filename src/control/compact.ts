@@ -5,7 +5,8 @@
  * src/formats/cow/cow-layers.ts.
  *
  *   chain, oldest first:  L1 … Lm … Lk, the top over Lk;  merged: L1..Lm (m = k - keep + 1)
- *   1. TMP = Lm.compact-tmp, a copy of L1 (its header names the base, L1's size and mtime)
+ *   1. TMP = Lm.compact-tmp, a copy of L1, sparse (its header names the base, L1's size
+ *      and mtime)
  *   2. into TMP, opened as a cow over the base, write every sector L2..Lm hold, with the
  *      bytes Lm's chain reads there (the disk as Lm shows it); flush, fsync
  *   3. set TMP's mtime to the one the layer above Lm records for Lm (whole seconds, as
@@ -24,7 +25,7 @@
  * The caller runs this with nobody using the chain (Operations.compact holds the export
  * and closes its device first): the files of L1..Lm are replaced and deleted.
  */
-import { copyFile, rename, unlink, utimes } from 'node:fs/promises';
+import { open as openFile, rename, unlink, utimes } from 'node:fs/promises';
 import path from 'node:path';
 import type { BlockDevice } from '../block/block-device.js';
 import { isSnapshotLayer, readCowBacking, recordedMtime, snapshotLayerFiles, syncDir, syncFile } from '../formats/cow/cow-layers.js';
@@ -128,7 +129,7 @@ export async function compactLayers(top: string, keep: number, open: OpenLayer):
 
 /** Steps 1-2: TMP = L1, then every sector L2..Lm hold, as Lm's chain reads it. */
 async function buildMerged(layers: string[], tmp: string, open: OpenLayer): Promise<number> {
-  await copyFile(layers[0]!, tmp);
+  await sparseCopy(layers[0]!, tmp);
   const out = await open(tmp, true);
   let copied = 0;
   try {
@@ -159,6 +160,44 @@ async function buildMerged(layers: string[], tmp: string, open: OpenLayer): Prom
     await out.close();
   }
   return copied;
+}
+
+/**
+ * Copy `from` to `to` leaving zero blocks as holes: a cow file is mostly holes (unwritten
+ * sectors, its bitmap over an empty range), and a plain copy (copy_file_range) fills them,
+ * so compacting a 100 GiB disk would write 100 GiB. Durability: the caller fsyncs `to`.
+ */
+async function sparseCopy(from: string, to: string): Promise<void> {
+  const src = await openFile(from, 'r');
+  try {
+    const dst = await openFile(to, 'w', 0o600);
+    try {
+      const { size } = await src.stat();
+      const buf = Buffer.allocUnsafe(CHUNK);
+      for (let pos = 0; pos < size; pos += CHUNK) {
+        const n = Math.min(CHUNK, size - pos);
+        const chunk = buf.subarray(0, n);
+        const { bytesRead } = await src.read(chunk, 0, n, pos);
+        if (bytesRead !== n) throw new Error(`${from}: short read at ${pos} (${bytesRead} of ${n} bytes)`);
+        for (let b = 0; b < n; b += ZERO_BLOCK) {
+          const block = chunk.subarray(b, Math.min(b + ZERO_BLOCK, n));
+          if (!isZero(block)) await dst.write(block, 0, block.length, pos + b);
+        }
+      }
+      await dst.truncate(size);
+    } finally {
+      await dst.close();
+    }
+  } finally {
+    await src.close();
+  }
+}
+
+const ZERO_BLOCK = 4096;
+
+function isZero(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
+  return true;
 }
 
 async function renameDurably(from: string, to: string): Promise<void> {

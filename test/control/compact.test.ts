@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createCow } from '../../src/formats/cow/index.js';
 import { createPatternedImage, makeTempDir } from '../helpers/images.js';
@@ -149,4 +149,38 @@ print(json.dumps(post("/exports/vm1/compact?force=true")))
       await srv.stop();
     }
   }, 240_000);
+
+  it('the merged layer stays sparse (holes are not copied as zeros)', async () => {
+    const big = 64 << 20;
+    const base = createPatternedImage(tmp.file('g3.img'), big, 14);
+    const sock = tmp.file('admin3.sock');
+    const dir = tmp.file('vms3');
+    const srv = await startServer(['--base', base, '--overlay-dir', dir, '--admin', `unix:${sock}`]);
+    try {
+      await waitFor(() => srv.stdout().includes('admin API on'), 'the admin API');
+      const out = JSON.parse(await nbdPython(`${HTTP}
+h = nbd.NBD(); h.connect_uri(URI)
+st = []
+for i in range(3):
+    h.pwrite(bytes([65 + i]) * 4096, i * (16 << 20)); h.flush(); st.append(post("/exports/vm1/snapshot")[0])
+h.shutdown()
+print(json.dumps(st))
+`, { URI: srv.uri('vm1'), SOCK: sock })) as number[];
+      expect(out).toEqual([201, 201, 201]);
+      const r = await compactOnceReleased({ socketPath: sock }, '/exports/vm1/compact');
+      expect(r.status, r.text).toBe(200);
+      const merged = statSync(`${dir}/vm1.snap-3.cow`);
+      // 3 written blocks, the header and a few bitmap pages; the file's length covers the 64 MiB disk.
+      expect(merged.size).toBeGreaterThan(big);
+      expect(merged.blocks * 512).toBeLessThan(1 << 20);
+      const got = JSON.parse(await nbdPython(`
+import nbd, json
+h = nbd.NBD(); h.connect_uri(URI)
+print(json.dumps([h.pread(4096, i * (16 << 20)) == bytes([65 + i]) * 4096 for i in range(3)]))
+`, { URI: srv.uri('vm1') })) as boolean[];
+      expect(got).toEqual([true, true, true]);
+    } finally {
+      await srv.stop();
+    }
+  }, 120_000);
 });

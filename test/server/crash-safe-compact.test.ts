@@ -5,7 +5,7 @@
  * bytes the client wrote (its model), `cownbd check` clean on every layer file, and a
  * later compaction that finishes the job. The points cover each step of compact.ts:
  * stray-temp cleanup and the unlinks of the merged layers (unlink), the copy of the
- * oldest layer (copy_file_range), the merge writes (pwrite64), data and bitmap syncs
+ * oldest layer (pwrite64, ftruncate), the merge writes (pwrite64), data and bitmap syncs
  * (fdatasync), the mtimes (utimensat), the temp file's and the directory's syncs (fsync)
  * and the switching rename: each call of each, until the compaction is past it.
  */
@@ -28,7 +28,7 @@ const SIZE = 8 << 20;
  */
 const SYSCALLS: Array<[string, number, number]> = [
   ['unlink', 2, 8],
-  ['copy_file_range', 1, 3],
+  ['ftruncate', 1, 3],
   ['pwrite64', 1, 3],
   ['fdatasync', 1, 4],
   ['utimensat', 1, 4],
