@@ -236,8 +236,8 @@ class Server implements CownbdServer {
       exports,
       overlays,
       ephemeralName: c.ephemeral ? (c.name ?? '') : undefined,
-      inspect: (file) =>
-        openImage(file, { readOnly: true, format: DEFAULT_OVERLAY_FORMAT.name, backingFormat: baseFormat ?? c.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: c.ignoreMtime, io, objectStore }),
+      inspect: (file, writable = false) =>
+        openImage(file, { readOnly: !writable, format: DEFAULT_OVERLAY_FORMAT.name, backingFormat: baseFormat ?? c.baseFormat ?? FALLBACK_FORMAT.name, ignoreMtime: c.ignoreMtime, io, objectStore }),
       io,
       maxSnapshots: c.maxSnapshots,
       log,

@@ -2,7 +2,7 @@
  * `cownbd ctl`: a client for the admin API of a running `serve`.
  *
  *   cownbd ctl --admin unix:/run/cownbd/admin.sock exports
- *   cownbd ctl connections | reload | snapshot vm1 | reset vm1 --force | delete vm1 --force
+ *   cownbd ctl connections | reload | snapshot vm1 | compact vm1 --keep 2 | reset vm1 --force | delete vm1 --force
  *
  * Output: a table when stdout is a terminal, JSON otherwise or with --json. An API error
  * is one line on stderr ("cownbd: export "vm1" has 2 connected client(s)…") and status 1.
@@ -34,6 +34,13 @@ export function registerCtlCommand(program: Command): void {
     .action((_o, cmd: Command) => run(cmd, 'POST', '/reload'));
   ctl.command('snapshot').argument('<name>').description('freeze the export\'s overlay and stack a new one, live')
     .action((name: string, _o, cmd: Command) => run(cmd, 'POST', `/exports/${enc(name)}/snapshot`));
+  ctl.command('compact').argument('<name>').option('--keep <n>', 'snapshot layers to keep (the oldest are merged into one; default 1)')
+    .option('--force', 'disconnect connected clients first (compaction is not live)')
+    .description('merge the export\'s oldest snapshot layers into one')
+    .action((name: string, o: { keep?: string; force?: boolean }, cmd: Command) => {
+      const q = [o.keep !== undefined ? `keep=${enc(o.keep)}` : '', o.force ? 'force=true' : ''].filter(Boolean).join('&');
+      return run(cmd, 'POST', `/exports/${enc(name)}/compact${q ? `?${q}` : ''}`);
+    });
   ctl.command('reset').argument('<name>').option('--force', 'disconnect connected clients first')
     .description('throw the overlay away: a pristine disk over its backing')
     .action((name: string, o: { force?: boolean }, cmd: Command) => run(cmd, 'POST', `/exports/${enc(name)}/reset${o.force ? '?force=true' : ''}`));

@@ -8,6 +8,8 @@
  *   GET    /connections                 every client: export, peer, since, bytes, in flight
  *   POST   /reload                      re-read the config file (like SIGHUP)
  *   POST   /exports/:name/snapshot      freeze the top overlay, stack a new one (live)
+ *   POST   /exports/:name/compact       merge the oldest snapshot layers (?keep=N, default 1;
+ *                                        ?force=true disconnects: not live, like reset)
  *   POST   /exports/:name/reset         pristine top overlay (?force=true disconnects)
  *   DELETE /exports/:name               delete a per-machine overlay (?force=true)
  *   GET    /metrics                     Prometheus text format
@@ -118,6 +120,10 @@ export function buildAdminApp(o: AdminApiOptions): FastifyInstance {
     if (!o.snapshot) throw new ApiError(501, 'snapshots are not available');
     const result = await o.snapshot(req.params.name);
     return reply.status(201).send(result);
+  });
+  app.post<NameParams>('/exports/:name/compact', async (req) => {
+    const keep = intParam(req.query.keep, 'keep', 1, 1, 62);
+    return o.ops.compact(req.params.name, keep, forceParam(req));
   });
   for (const plugin of o.plugins ?? []) plugin(app);
   return app;

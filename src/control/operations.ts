@@ -7,13 +7,18 @@
  *   connections()  every client in transmission: export, peer, since, bytes, in flight
  *   reset(name)    throw the top overlay away (a pristine disk over its backing)
  *   remove(name)   delete a per-machine overlay (--overlay-dir) with all its layers
+ *   compact(name)  merge the oldest snapshot layers into one (compact.ts)
  *
- * reset/remove refuse (409) while clients are connected unless `force`, which
+ * reset/remove/compact refuse (409) while clients are connected unless `force`, which
  * disconnects them first (their running requests finish, then the sockets close). New
  * clients are held off (GuardedProvider) for the whole operation. "Connected" counts
  * every client from the moment it starts opening the export until its release has
  * closed the files (GuardedProvider users), not only clients in transmission: a client
  * still opening would otherwise keep writing into a file deleted under it.
+ *
+ * compact is not live: it replaces and deletes frozen layers the open device reads, so
+ * it runs like reset, under a hold with nobody connected (static exports: the device is
+ * closed and reopened around it, ReloadableExports.rebuild).
  *
  * snapshot keeps the device of a per-machine overlay in use while it swaps (a pin), so
  * the last client leaving cannot close it mid-snapshot; with nobody connected it stacks
@@ -42,6 +47,7 @@ import { liveSnapshot, offlineSnapshot, type SnapshotResult } from './snapshot.j
 import { SwappableDevice } from './swappable-device.js';
 import { DEFAULT_MAX_SNAPSHOTS, snapshotsFull } from './snapshot-limit.js';
 import { ApiError } from './api-error.js';
+import { CompactRefused, compactLayers, type CompactResult } from './compact.js';
 
 export { ApiError } from './api-error.js';
 
@@ -94,8 +100,11 @@ export interface OperationsOptions {
   readonly exports: ReloadableExports;
   readonly overlays?: OverlayDirInfo;
   readonly ephemeralName?: string;
-  /** Opens an overlay file read-only for inspection (its chain as the server would open it). */
-  readonly inspect: (file: string) => Promise<BlockDevice>;
+  /**
+   * Opens an overlay file with its chain as the server would: read-only for inspection,
+   * writable only for the new layer a compaction builds (compact.ts).
+   */
+  readonly inspect: (file: string, writable?: boolean) => Promise<BlockDevice>;
   /** I/O policy for layers stacked by snapshots. */
   readonly io?: FileIo;
   /** Snapshot layers an export may have (`--max-snapshots`, default DEFAULT_MAX_SNAPSHOTS). */
@@ -180,6 +189,11 @@ export class Operations {
     return this.serial(name, () => this.doSnapshot(name));
   }
 
+  /** Merge the oldest snapshot layers until at most `keep` remain (default: one). */
+  compact(name: string, keep: number, force: boolean): Promise<CompactResult & { export: string; disconnected: number }> {
+    return this.serial(name, () => this.doCompact(name, keep, force));
+  }
+
   private serial<T>(name: string, fn: () => Promise<T>): Promise<T> {
     // Whatever the operation did, the export's cached figures describe the files before it.
     const run = (this.busy.get(name) ?? Promise.resolve()).then(fn).finally(() => this.figures.invalidate(name));
@@ -230,6 +244,33 @@ export class Operations {
       for (const f of layers) await unlink(f).catch(ignoreMissing);
       this.o.log.info({ export: name, disconnected, deleted }, 'overlay deleted');
       return { disconnected, deleted };
+    });
+  }
+
+  private async doCompact(name: string, keep: number, force: boolean): Promise<CompactResult & { export: string; disconnected: number }> {
+    const kind = this.requireKind(name);
+    const top = kind === 'static' ? this.o.exports.config(name)!.path : this.o.overlays!.overlayPath(name);
+    return this.o.guard.hold(name, async () => {
+      if ((await snapshotLayerFiles(top)).length === 0) {
+        throw new ApiError(400, `export "${name}" has no snapshot layers: nothing to compact`);
+      }
+      const disconnected = await this.disconnect(name, force);
+      const open = (file: string, writable: boolean) => this.o.inspect(file, writable);
+      const compact = () =>
+        compactLayers(top, keep, open).catch((err: Error) => {
+          throw err instanceof CompactRefused ? new ApiError(409, `export "${name}": ${err.message}`) : err;
+        });
+      let result: CompactResult | undefined;
+      if (kind === 'static') {
+        // The export's device reads the frozen layers: closed during the merge, reopened after.
+        await this.o.exports.rebuild(name, async () => {
+          result = await compact();
+        });
+      } else {
+        result = await compact();
+      }
+      this.o.log.info({ export: name, disconnected, ...result }, 'snapshot layers compacted');
+      return { export: name, disconnected, ...result! };
     });
   }
 

@@ -17,5 +17,5 @@ export const MAX_SNAPSHOTS_LIMIT = 62;
 export async function snapshotsFull(top: string, max: number): Promise<string | undefined> {
   const layers = (await snapshotLayerFiles(top)).length;
   if (layers < max) return undefined;
-  return `already has ${layers} snapshot layers (--max-snapshots ${max}): reset or delete it, or merge its layers offline, before taking another`;
+  return `already has ${layers} snapshot layers (--max-snapshots ${max}): compact (merge its oldest layers), reset or delete it before taking another`;
 }

@@ -72,7 +72,7 @@ h.pwrite(b"x" * 4096, 0); h.flush()
       const refused = await api(A, 'POST', '/exports/vm1/snapshot');
       expect(refused.status, refused.text).toBe(409);
       expect(refused.body.error).toBe(
-        'export "vm1" already has 2 snapshot layers (--max-snapshots 2): reset or delete it, or merge its layers offline, before taking another',
+        'export "vm1" already has 2 snapshot layers (--max-snapshots 2): compact (merge its oldest layers), reset or delete it before taking another',
       );
       // Live (a client connected): the same refusal, and the client goes on.
       const live = await nbdPython(`

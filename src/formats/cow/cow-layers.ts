@@ -172,7 +172,7 @@ export async function stackCowLayer(top: string, virtualSize: number): Promise<s
 }
 
 /** The backing mtime a v3 cow header (as createCow writes it) records. */
-async function recordedMtime(file: string): Promise<number> {
+export async function recordedMtime(file: string): Promise<number> {
   const fh = await open(file, 'r');
   try {
     const head = Buffer.alloc(8192);
@@ -194,7 +194,7 @@ export async function syncFile(file: string): Promise<void> {
 }
 
 /** fsync a directory so a rename or link in it is durable. */
-async function syncDir(dir: string): Promise<void> {
+export async function syncDir(dir: string): Promise<void> {
   const fh = await open(dir, 'r');
   try {
     await fh.sync();
