@@ -280,8 +280,16 @@ export class ChunkCache {
         this.log.warn({ cacheDir: this.dir }, 'cache directory is gone: creating it again');
         await this.makeDirs();
         stamp = await writeChunkFile(this.dir, hash, data);
+      } else if ((code === 'ENOSPC' || code === 'EDQUOT') && this.makeRoomAfterFullDisk(data.length) > 0) {
+        // Room was made by dropping older chunks: this one, the most recent, is worth keeping
+        // (without the retry, concurrent writes could each drop a chunk and keep none).
+        try {
+          stamp = await writeChunkFile(this.dir, hash, data);
+        } catch (again) {
+          this.counters.notStored++;
+          throw again;
+        }
       } else {
-        if (code === 'ENOSPC' || code === 'EDQUOT') this.makeRoomAfterFullDisk(data.length);
         this.counters.notStored++;
         throw err;
       }
@@ -311,10 +319,11 @@ export class ChunkCache {
     return true;
   }
 
-  /** ENOSPC: our oldest chunks make room for the next one (the one that failed is served from memory). */
-  private makeRoomAfterFullDisk(bytes: number): void {
+  /** ENOSPC: our oldest chunks make room for the one that failed (retried once); returns bytes freed. */
+  private makeRoomAfterFullDisk(bytes: number): number {
     const freed = this.dropOldest(bytes);
     this.log.warn({ cacheDir: this.dir, freed }, 'cache file system is full: dropped the oldest chunks to make room');
+    return freed;
   }
 
   /** Drop least recently used chunks until `bytes` are freed (or none is left); returns bytes freed. */

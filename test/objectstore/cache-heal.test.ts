@@ -118,7 +118,8 @@ describe.runIf(hasTools)('the chunk cache heals', () => {
       try {
         await expectExportEquals(srv.uri('d'), img, tmp.file('f1.out'));
         await expectExportEquals(srv.uri('d'), img, tmp.file('f2.out'));
-        await new Promise((r) => setTimeout(r, 300));
+        // Cache writes finish after the reads were answered: wait for them, not a fixed time.
+        expect(await waitFor(() => verifiedFiles(cacheDir).length > 0 && readdirSync(path.join(cacheDir, 'tmp')).length === 0)).toBe(true);
         expect(readdirSync(path.join(cacheDir, 'tmp'))).toEqual([]);
         const kept = verifiedFiles(cacheDir);
         expect(kept.length).toBeGreaterThan(0);
