@@ -101,7 +101,7 @@ export interface Servable {
 }
 
 /**
- * Listen, print the listening line(s) and install signal handlers (before listening:
+ * Listen, print the listening line(s) (not under --run unless --print-uri) and install signal handlers (before listening:
  * whoever reads the listening line may signal us immediately). `ready` runs once
  * listening, before the lines are printed. Shared by `serve` and `demo`.
  */
