@@ -280,18 +280,13 @@ export class ChunkCache {
         this.log.warn({ cacheDir: this.dir }, 'cache directory is gone: creating it again');
         await this.makeDirs();
         stamp = await writeChunkFile(this.dir, hash, data);
-      } else if ((code === 'ENOSPC' || code === 'EDQUOT') && this.makeRoomAfterFullDisk(data.length) > 0) {
-        // Room was made by dropping older chunks: this one, the most recent, is worth keeping
-        // (without the retry, concurrent writes could each drop a chunk and keep none).
-        try {
-          stamp = await writeChunkFile(this.dir, hash, data);
-        } catch (again) {
-          this.counters.notStored++;
-          throw again;
-        }
       } else {
-        this.counters.notStored++;
-        throw err;
+        // A full disk: drop older chunks, retry once (else concurrent writes may each drop one, keep none).
+        const full = (code === 'ENOSPC' || code === 'EDQUOT') && this.makeRoomAfterFullDisk(data.length) > 0;
+        stamp = await (full ? writeChunkFile(this.dir, hash, data) : Promise.reject(err)).catch((e: unknown) => {
+          this.counters.notStored++;
+          throw e;
+        });
       }
     }
     if (this.entries.has(hash)) return;
@@ -319,7 +314,7 @@ export class ChunkCache {
     return true;
   }
 
-  /** ENOSPC: our oldest chunks make room for the one that failed (retried once); returns bytes freed. */
+  /** ENOSPC: the oldest chunks make room for the one that failed (retried once); returns bytes freed. */
   private makeRoomAfterFullDisk(bytes: number): number {
     const freed = this.dropOldest(bytes);
     this.log.warn({ cacheDir: this.dir, freed }, 'cache file system is full: dropped the oldest chunks to make room');

@@ -51,7 +51,13 @@ open(READY, "w").close()
 while not os.path.exists(STOP): time.sleep(0.02)
 `, { URI: srv.uri('vm1'), READY: ready, STOP: stop });
       await waitFor(() => existsSync(ready), 'the client');
-      const res = await api(A, 'GET', '/metrics');
+      // A request is counted when its reply is queued, which can be a turn after the client
+      // already read it: scrape until the last request (the EINVAL read) is in (at /metrics's 2/s rate limit).
+      let res = await api(A, 'GET', '/metrics');
+      for (let i = 0; i < 10 && sample(parsePrometheusTextFormat(res.text), 'cownbd_request_errors_total', { export: 'vm1', command: 'read', errno: 'EINVAL' }) !== 1; i++) {
+        await new Promise((r) => setTimeout(r, 600));
+        res = await api(A, 'GET', '/metrics');
+      }
       expect(res.status).toBe(200);
       const m = parsePrometheusTextFormat(res.text);
       const vm1 = { export: 'vm1' };
