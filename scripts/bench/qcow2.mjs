@@ -13,14 +13,7 @@ import { cpuSeconds, freePort } from './proc.mjs';
 import { printReport } from './report.mjs';
 import { ROWS, runRow } from './rows.mjs';
 
-const env = process.env;
-const benchDir = env.BENCH_DIR;
-const base = env.BENCH_BASE;
-const seconds = Number(env.BENCH_SECONDS ?? 8);
-const ramp = Number(env.BENCH_RAMP ?? 1);
-const rounds = Number(env.BENCH_ROUNDS ?? 2);
-const sizeBytes = Number(env.BENCH_SIZE_MIB ?? 1024) * 2 ** 20;
-const split = (v) => (v ?? '').split(/[\s,]+/).filter(Boolean);
+import { base, benchDir, env, ramp, rounds, seconds, sizeBytes, split } from './settings.mjs';
 const variants = split(env.BENCH_QCOW2).length ? split(env.BENCH_QCOW2) : ['plain', 'zlib', 'zstd'];
 const READ_ROWS = ['randread-4k-qd32', 'seqread-1m-qd8', 'nbdcopy-null'];
 const rows = ROWS.filter((r) => READ_ROWS.includes(r.name));

@@ -13,14 +13,7 @@ import { OURS, PEERS, isOurs, startTarget } from './targets.mjs';
 import { printReport } from './report.mjs';
 import { TLS_ROWS, isTls, makeServerCertificate } from './tls.mjs';
 
-const env = process.env;
-const benchDir = env.BENCH_DIR;
-const base = env.BENCH_BASE;
-const seconds = Number(env.BENCH_SECONDS ?? 8);
-const ramp = Number(env.BENCH_RAMP ?? 1);
-const rounds = Number(env.BENCH_ROUNDS ?? 2);
-const sizeBytes = Number(env.BENCH_SIZE_MIB ?? 1024) * 2 ** 20;
-const split = (v) => (v ?? '').split(/[\s,]+/).filter(Boolean);
+import { base, benchDir, env, ramp, rounds, seconds, sizeBytes, split } from './settings.mjs';
 const targets = split(env.BENCH_TARGETS).length ? split(env.BENCH_TARGETS) : [...OURS, ...PEERS];
 const rowNames = split(env.BENCH_ROWS);
 const rows = rowNames.length ? ROWS.filter((r) => rowNames.some((n) => r.name.startsWith(n))) : ROWS;

@@ -4,6 +4,7 @@
  * format record's inspect() fills a LayerInspection; the info tool prints it.
  */
 import { stat } from 'node:fs/promises';
+import { quotedPath } from '../util/quoted-path.js';
 
 export interface FileSizes {
   /** st_size */
@@ -77,3 +78,30 @@ const POPCOUNT = Uint8Array.from({ length: 256 }, (_, i) => {
   for (let v = i; v; v >>= 1) c += v & 1;
   return c;
 });
+
+/**
+ * The backing report of a format whose header names the backing file and its format but
+ * records no size or mtime to compare (add-cow, qcow2): does it exist, and does it open as
+ * that format (`sizeOf`, never a probe). `exists` is the stat (or the object store's answer).
+ */
+export async function recordedBackingReport(
+  stored: string | null,
+  resolved: string,
+  format: string | null,
+  exists: boolean,
+  formatMissing: string,
+  sizeOf: (format: string) => Promise<number>,
+): Promise<BackingReport> {
+  let size: number | null = null;
+  let message: string | null = null;
+  if (!exists) message = `backing file ${quotedPath(resolved)} does not exist`;
+  else if (format === null) message = `${formatMissing} (never probed; pass --backing-format)`;
+  else {
+    size = await sizeOf(format).catch((err: Error) => {
+      message = `backing file ${quotedPath(resolved)} cannot be opened as ${format}: ${err.message}`;
+      return null;
+    });
+  }
+  const check = exists ? 'not-applicable' : 'missing';
+  return { stored, resolved, format, exists, size, expectedSize: null, sizeCheck: check, expectedMtime: null, actualMtime: null, mtimeCheck: check, message };
+}

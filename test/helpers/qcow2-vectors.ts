@@ -10,6 +10,9 @@
 import { readFileSync } from 'node:fs';
 import { type Extent, EXTENT_HOLE, EXTENT_ZERO } from '../../src/block/block-device.js';
 import { mustSucceed, qemuImg, runTool, type QemuMapEntry } from './clients.js';
+// Deterministic PRNG (the campaign's mulberry32): the same seed makes the same vector.
+import { rng as prng } from '../campaign/knobs.js';
+export { prng };
 
 export interface MakeOptions {
   readonly size: number;
@@ -38,17 +41,6 @@ export async function qemuIoWrites(file: string, commands: readonly string[]): P
   if (/error|failed/i.test(r.stdout + r.stderr)) throw new Error(`qemu-io: ${r.stdout}${r.stderr}`);
 }
 
-/** Deterministic PRNG (mulberry32): the same seed makes the same vector. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * `n` qemu-io commands at 512-byte granularity: pattern writes (random byte), zero writes

@@ -3,11 +3,10 @@
  * (it may be missing: reported, not fatal). add-cow has no size/mtime identity check: the
  * image may be larger than the backing (docs/add-cow-format.md#a2).
  */
-import { quotedPath } from '../../util/quoted-path.js';
 import { stat } from 'node:fs/promises';
 import { isObjectStoreUri } from '../../objectstore/uri.js';
 import { remoteStat, withBacking, type InspectRequest } from '../format-record.js';
-import { fileSizes, nextOf, type BackingReport, type FileSizes, type InfoSection, type LayerInspection } from '../inspection.js';
+import { fileSizes, nextOf, recordedBackingReport, type BackingReport, type FileSizes, type InfoSection, type LayerInspection } from '../inspection.js';
 import { formatSize } from '../../util/size.js';
 import { inspectAddCow, type AddCowInspection } from './add-cow-create.js';
 
@@ -34,31 +33,10 @@ async function addCowBackingReport(insp: AddCowInspection, resolved: string, req
   const format = req.backingFormat ?? (h.backingFormat || null);
   // An s3:// backing has no stat(2): its device answers.
   const remote = isObjectStoreUri(resolved) ? await remoteStat(req.openBacking, format ?? 'raw')(resolved).catch(() => undefined) : undefined;
-  const st = remote ?? (await stat(resolved).catch(() => undefined));
-  let size: number | null = null;
-  let message: string | null = null;
-  if (!st) message = `backing file ${quotedPath(resolved)} does not exist`;
-  else if (format === null) message = 'backing file format is empty in the header (never probed; pass --backing-format)';
-  else if (remote) size = remote.size;
-  else {
-    size = await withBacking(req.openBacking, resolved, format, (d) => d.size).catch((err: Error) => {
-      message = `backing file ${quotedPath(resolved)} cannot be opened as ${format}: ${err.message}`;
-      return null;
-    });
-  }
-  return {
-    stored: h.backingName ?? null,
-    resolved,
-    format,
-    exists: st !== undefined,
-    size,
-    expectedSize: null,
-    sizeCheck: st ? 'not-applicable' : 'missing',
-    expectedMtime: null,
-    actualMtime: null,
-    mtimeCheck: st ? 'not-applicable' : 'missing',
-    message,
-  };
+  const exists = remote !== undefined || (await stat(resolved).then(() => true, () => false));
+  return recordedBackingReport(h.backingName ?? null, resolved, format, exists, 'backing file format is empty in the header', (f) =>
+    remote ? Promise.resolve(remote.size) : withBacking(req.openBacking, resolved, f, (d) => d.size),
+  );
 }
 
 function addCowInfoSection(a: AddCowInspection, imageFile: FileSizes): InfoSection {

@@ -6,9 +6,8 @@
  */
 import { stat } from 'node:fs/promises';
 import { readFully } from '../../block/file-io.js';
-import { quotedPath } from '../../util/quoted-path.js';
 import { withBacking, type InspectRequest } from '../format-record.js';
-import { fileSizes, nextOf, type BackingReport, type InfoSection, type LayerInspection } from '../inspection.js';
+import { fileSizes, nextOf, recordedBackingReport, type BackingReport, type InfoSection, type LayerInspection } from '../inspection.js';
 import type { Qcow2Header } from './qcow2-header.js';
 import { Qcow2Map } from './qcow2-map.js';
 import { readQcow2File, resolveQcow2Backing } from './qcow2-open.js';
@@ -44,30 +43,10 @@ export async function inspectQcow2(file: string, req: InspectRequest): Promise<L
 
 async function backingReport(h: Qcow2Header, resolved: string, req: InspectRequest): Promise<BackingReport> {
   const format = req.backingFormat ?? (h.backingFormat || null);
-  const st = await stat(resolved).catch(() => undefined);
-  let size: number | null = null;
-  let message: string | null = null;
-  if (!st) message = `backing file ${quotedPath(resolved)} does not exist`;
-  else if (format === null) message = 'backing file format is not recorded in the image (never probed; pass --backing-format)';
-  else {
-    size = await withBacking(req.openBacking, resolved, format, (d) => d.size).catch((err: Error) => {
-      message = `backing file ${quotedPath(resolved)} cannot be opened as ${format}: ${err.message}`;
-      return null;
-    });
-  }
-  return {
-    stored: h.backingName ?? null,
-    resolved,
-    format,
-    exists: st !== undefined,
-    size,
-    expectedSize: null,
-    sizeCheck: st ? 'not-applicable' : 'missing',
-    expectedMtime: null,
-    actualMtime: null,
-    mtimeCheck: st ? 'not-applicable' : 'missing',
-    message,
-  };
+  const exists = await stat(resolved).then(() => true, () => false);
+  return recordedBackingReport(h.backingName ?? null, resolved, format, exists, 'backing file format is not recorded in the image', (f) =>
+    withBacking(req.openBacking, resolved, f, (d) => d.size),
+  );
 }
 
 function infoSection(h: Qcow2Header): InfoSection {
