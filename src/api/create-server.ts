@@ -123,14 +123,11 @@ export async function createServer(config: ServerConfig, options: CreateServerOp
 
 async function openStaticExports(a: Assembly): Promise<ReloadableExports> {
   const { config: c } = a;
-  const first = c.export?.[0];
   const openStatic = (e: StaticExportConfig) =>
     openImage(e.path, { readOnly: e.readOnly, format: e.format, backingFormat: e.backingFormat, ignoreMtime: c.ignoreMtime, io: a.sio, pathMap: c.backingPathMap, objectStore: a.objectStore }).catch(
       (err: unknown) => {
-        // A foreign image (qcow2, vmdk, ...): name the option that says "raw" where this export
-        // was defined; the command line's IMAGE (the first export, named -n) keeps "-f raw".
-        const positional = !c.ephemeral && e.name === first?.name && e.path === first.path && e.name === (c.name ?? '');
-        throw err instanceof ForeignImageError && !positional ? err.saying(`format=raw in the definition of export "${e.name}"`) : err;
+        // A foreign image (qcow2, vmdk, ...): name the option that says "raw" where this export was defined.
+        throw err instanceof ForeignImageError ? err.saying(e.rawOption ?? `format=raw in the definition of export "${e.name}"`) : err;
       },
     );
   // Writable exports of a format with live snapshots are swappable: a snapshot switches their top layer.

@@ -61,6 +61,7 @@ export function exportConfigs(image: string | undefined, o: ServeOptions, allowN
       description: o.description,
       format: o.format,
       backingFormat: o.backingFormat,
+      rawOption: '-f raw',
     });
   }
   for (const e of o.export) list.push(o.readOnly ? { ...e, readOnly: true } : e);

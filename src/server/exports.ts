@@ -108,6 +108,11 @@ export interface StaticExportConfig {
   readonly backingFormat?: ImageFormat;
   /** TLS identities allowed to see and open this export (undefined = everyone). */
   readonly allow?: readonly string[];
+  /**
+   * How this export's definition says "serve the bytes as raw", for the refusal of a foreign
+   * image (default: `format=raw in the definition of export "NAME"`; the CLI's IMAGE: `-f raw`).
+   */
+  readonly rawOption?: string;
 }
 
 /** Opens an image for an export (injectable for tests and future providers). */
