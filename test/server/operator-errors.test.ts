@@ -37,6 +37,12 @@ function runCli(args: string[], opts: { cwd?: string; uid?: number; gid?: number
       clearTimeout(t);
       resolve({ status, stderr, timedOut });
     });
+    // A spawn that cannot start (e.g. "nobody" cannot reach node under a 0700 directory)
+    // emits 'error' and never 'close': fail with the reason instead of hanging the test.
+    p.once('error', (err) => {
+      clearTimeout(t);
+      resolve({ status: null, stderr: `${stderr}spawn failed: ${err.message}`, timedOut });
+    });
   });
 }
 
