@@ -85,6 +85,13 @@ export interface BlockDevice {
   readonly capabilities: DeviceCapabilities;
   /** Granularity at which the device works best (cow: 4096, add-cow: cluster size). */
   readonly preferredBlockSize: number;
+  /**
+   * Changes whenever the layer chain under this device changes while it is open (a live
+   * snapshot stacks a new top: every depth below grows by one). Absent: the chain is fixed.
+   * Lets a client of depths (dirty bitmaps) tell cheaply whether its view of the chain is
+   * still current without calling describe(), which counts allocation bitmaps.
+   */
+  readonly chainGeneration?: number;
 
   /** Fill all of `target` with the bytes at [offset, offset + target.length). */
   read(offset: number, target: Buffer): Promise<void>;

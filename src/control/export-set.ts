@@ -23,6 +23,7 @@
 import path from 'node:path';
 import type { BlockDevice } from '../block/block-device.js';
 import type { Logger } from '../logging.js';
+import { isLayered, overlayBitmapNames } from '../server/dirty-bitmaps.js';
 import { releaseOnce, type ExportContext, type ExportHandle, type ExportInfo, type ExportProvider, type ExportSummary, type StaticExportConfig } from '../server/exports.js';
 
 /** Opens the device of an export (injected: serve passes openImage with its options). */
@@ -35,6 +36,8 @@ interface Generation {
   refs: number;
   retired: boolean;
   closing?: Promise<void>;
+  /** Its top layer is an overlay (it has dirty bitmaps); asked once, describe() is costly. */
+  layered?: boolean;
 }
 
 export interface ReloadDiff {
@@ -274,6 +277,7 @@ function info(g: Generation): ExportInfo {
     size: g.device.size,
     capabilities: g.device.capabilities,
     preferredBlockSize: g.device.preferredBlockSize,
+    dirtyBitmaps: () => overlayBitmapNames(g.config.path, (g.layered ??= isLayered(g.device))),
   };
 }
 

@@ -23,6 +23,8 @@ import { FileIo } from '../block/file-io.js';
 import { FORMAT_NAMES } from '../formats/registry.js';
 import { abortCowLayer, commitCowLayer, prepareCowLayer, settleCowLayer, stackCowLayer } from '../formats/cow/cow-layers.js';
 import { openCow } from '../formats/cow/index.js';
+import { META_QEMU_DIRTY_BITMAP_PREFIX } from '../protocol/constants.js';
+import { snapshotBitmapName } from '../server/dirty-bitmaps.js';
 import type { SwappableDevice } from './swappable-device.js';
 
 export interface SnapshotResult {
@@ -30,6 +32,8 @@ export interface SnapshotResult {
   readonly top: string;
   /** The frozen layer, now read-only. */
   readonly frozen: string;
+  /** The metadata context of what changes from now on (docs/incremental-backup.md). */
+  readonly dirtyBitmap: string;
   /** How long requests were held (ms); 0 when nobody was connected. */
   readonly pauseMs: number;
   readonly live: boolean;
@@ -62,7 +66,7 @@ export async function liveSnapshot(device: SwappableDevice, top: string, io: Fil
       },
     );
     await settled;
-    return { top, frozen: prepared.frozen, pauseMs: Math.round(pauseMs * 1000) / 1000, live: true };
+    return { top, frozen: prepared.frozen, dirtyBitmap: bitmapContext(top, prepared.frozen), pauseMs: Math.round(pauseMs * 1000) / 1000, live: true };
   } catch (err) {
     if (!committed) await abortCowLayer(prepared);
     throw err;
@@ -72,7 +76,11 @@ export async function liveSnapshot(device: SwappableDevice, top: string, io: Fil
 /** Snapshot an overlay nobody has open: only files change. */
 export async function offlineSnapshot(top: string, virtualSize: number): Promise<SnapshotResult> {
   const frozen = await stackCowLayer(top, virtualSize);
-  return { top, frozen, pauseMs: 0, live: false };
+  return { top, frozen, dirtyBitmap: bitmapContext(top, frozen), pauseMs: 0, live: false };
+}
+
+function bitmapContext(top: string, frozen: string): string {
+  return META_QEMU_DIRTY_BITMAP_PREFIX + snapshotBitmapName(top, frozen)!;
 }
 
 /** The old top as a backing: its owner closes it, not the layer stacked on it. */

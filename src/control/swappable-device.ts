@@ -27,6 +27,8 @@ export class SwappableDevice implements BlockDevice {
   readonly size: number;
   readonly capabilities: DeviceCapabilities;
   readonly preferredBlockSize: number;
+  /** Bumped by every completed swap (BlockDevice.chainGeneration): the chain grew a layer. */
+  private generation = 0;
   private active = 0;
   private gate: Promise<void> | undefined;
   private drained: (() => void) | undefined;
@@ -58,6 +60,10 @@ export class SwappableDevice implements BlockDevice {
     return this.device;
   }
 
+  get chainGeneration(): number {
+    return this.generation;
+  }
+
   /** Replace the device (see the design note); resolves with the pause in ms. */
   swap(fn: SwapFn): Promise<{ pauseMs: number; settled: Promise<void> }> {
     const run = this.swapping.then(() => this.doSwap(fn));
@@ -79,6 +85,8 @@ export class SwappableDevice implements BlockDevice {
       const next = await fn(old);
       if (next.device.size !== this.size) throw new Error(`replacement device has size ${next.device.size}, not ${this.size}`);
       this.device = next.device;
+      // Before the gate opens: a request that runs on the new device sees the new generation.
+      this.generation++;
       if (old !== this.initial || this.ownsInitial) this.retired.unshift(old);
       settled = next.settled ?? Promise.resolve();
       const previous = this.barrier;

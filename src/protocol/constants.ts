@@ -130,6 +130,9 @@ export const NbdError = {
 // Metadata contexts this server offers (docs/protocol.md#meta-contexts).
 export const META_BASE_ALLOCATION = 'base:allocation';
 export const META_QEMU_ALLOCATION_DEPTH = 'qemu:allocation-depth';
+/** `qemu:dirty-bitmap:NAME`: changed-block tracking; one flag per extent, NBD_STATE_DIRTY. */
+export const META_QEMU_DIRTY_BITMAP_PREFIX = 'qemu:dirty-bitmap:';
+export const NBD_STATE_DIRTY = 1;
 
 // Sizes of fixed wire structures.
 export const REQUEST_HEADER_SIZE = 28;

@@ -22,6 +22,7 @@
  */
 import type { BlockDevice, DeviceCapabilities } from '../block/block-device.js';
 import { openImage, type ImageFormat } from '../formats/open-image.js';
+import { isLayered, overlayBitmapNames } from './dirty-bitmaps.js';
 import type { Logger } from '../logging.js';
 import { DEFAULT_PREFERRED_BLOCK_SIZE, MAX_PAYLOAD, MIN_BLOCK_SIZE, NbdFlag } from '../protocol/constants.js';
 
@@ -34,6 +35,11 @@ export interface ExportInfo extends ExportSummary {
   readonly size: number;
   readonly capabilities: DeviceCapabilities;
   readonly preferredBlockSize: number;
+  /**
+   * Names of the export's qemu:dirty-bitmap:NAME contexts, asked only by LIST/SET_META_CONTEXT
+   * (dirty-bitmaps.ts). Absent: none. Must create nothing, like describe().
+   */
+  readonly dirtyBitmaps?: () => Promise<readonly string[]>;
 }
 
 export interface ExportHandle extends ExportInfo {
@@ -124,6 +130,8 @@ export const defaultOpener: DeviceOpener = (c) =>
 interface StaticEntry {
   readonly config: StaticExportConfig;
   opening?: Promise<BlockDevice>;
+  /** The opened top layer is an overlay (it has dirty bitmaps); asked once, describe() is costly. */
+  layered?: boolean;
 }
 
 export class StaticExportProvider implements ExportProvider {
@@ -206,6 +214,7 @@ export class StaticExportProvider implements ExportProvider {
       size: device.size,
       capabilities: device.capabilities,
       preferredBlockSize: device.preferredBlockSize,
+      dirtyBitmaps: () => overlayBitmapNames(entry.config.path, (entry.layered ??= isLayered(device))),
     };
   }
 }

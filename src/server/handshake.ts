@@ -50,6 +50,7 @@ import {
   type ExportInfo,
   type ExportProvider,
 } from './exports.js';
+import { assignContextIds, exportContexts, isDirtyBitmap, matchContexts, type SelectedContext } from './meta-contexts.js';
 
 /** More options than this on one connection is treated as abuse. */
 export const MAX_OPTIONS = 1000;
@@ -61,14 +62,6 @@ export const OPTIONS_PER_LISTED_EXPORT = 32;
 /** Option data above this is not buffered (names ≤ 4096; a few hundred queries fit). */
 export const MAX_OPTION_LENGTH = 64 * 1024;
 
-/** Meta context ids (unique per connection; fixed since we offer only two). */
-export const CONTEXT_ID_BASE_ALLOCATION = 1;
-export const CONTEXT_ID_ALLOCATION_DEPTH = 2;
-const CONTEXTS: ReadonlyArray<{ id: number; name: string }> = [
-  { id: CONTEXT_ID_BASE_ALLOCATION, name: META_BASE_ALLOCATION },
-  { id: CONTEXT_ID_ALLOCATION_DEPTH, name: META_QEMU_ALLOCATION_DEPTH },
-];
-
 /** What the transmission phase needs from haggling. */
 export interface NegotiatedSession {
   readonly handle: ExportHandle;
@@ -77,6 +70,8 @@ export interface NegotiatedSession {
   /** Context ids selected by SET_META_CONTEXT for this export (0 = not selected). */
   readonly baseAllocationId: number;
   readonly allocationDepthId: number;
+  /** qemu:dirty-bitmap:NAME contexts selected (dirty-bitmaps.ts). */
+  readonly dirtyBitmaps: readonly SelectedContext[];
 }
 
 export interface HandshakeIo {
@@ -104,9 +99,9 @@ interface State {
   readonly io: HandshakeIo;
   noZeroes: boolean;
   structured: boolean;
-  /** Export named by the last SET_META_CONTEXT, and the ids it selected. */
+  /** Export named by the last SET_META_CONTEXT, and the contexts it selected. */
   metaExport: string | undefined;
-  metaIds: number[];
+  metaSelected: SelectedContext[];
   /** Export names already logged as refused on this connection (clients retry INFO, GO). */
   refused: Set<string>;
   /** Options this connection may send (raised once by LIST, see OPTIONS_PER_LISTED_EXPORT). */
@@ -133,7 +128,7 @@ export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | un
     noZeroes: (clientFlags & NbdClientFlag.C_NO_ZEROES) !== 0,
     structured: false,
     metaExport: undefined,
-    metaIds: [],
+    metaSelected: [],
     refused: new Set(),
     tlsRefusalLogged: false,
     allowance: MAX_OPTIONS,
@@ -290,7 +285,7 @@ async function handleOptStartTls(s: State, data: Buffer): Promise<OptResult> {
   // Nothing negotiated in plaintext carries over into the TLS session.
   s.structured = false;
   s.metaExport = undefined;
-  s.metaIds = [];
+  s.metaSelected = [];
   return undefined;
 }
 
@@ -324,13 +319,14 @@ function sendInfoReplies(s: State, option: number, info: ExportInfo, requested: 
 
 function session(s: State, handle: ExportHandle, flags: number): NegotiatedSession {
   // Contexts selected for another export do not apply (spec: SET_META_CONTEXT names the export).
-  const ids = s.metaExport === handle.name ? s.metaIds : [];
+  const selected = s.metaExport === handle.name ? s.metaSelected : [];
   return {
     handle,
     structured: s.structured,
     transmissionFlags: flags,
-    baseAllocationId: ids.includes(CONTEXT_ID_BASE_ALLOCATION) ? CONTEXT_ID_BASE_ALLOCATION : 0,
-    allocationDepthId: ids.includes(CONTEXT_ID_ALLOCATION_DEPTH) ? CONTEXT_ID_ALLOCATION_DEPTH : 0,
+    baseAllocationId: selected.find((c) => c.name === META_BASE_ALLOCATION)?.id ?? 0,
+    allocationDepthId: selected.find((c) => c.name === META_QEMU_ALLOCATION_DEPTH)?.id ?? 0,
+    dirtyBitmaps: selected.filter((c) => isDirtyBitmap(c.name)),
   };
 }
 
@@ -341,18 +337,6 @@ async function handleOptStructuredReply(s: State, data: Buffer): Promise<OptResu
   return undefined;
 }
 
-/** Contexts matching `queries`. LIST: no query = all, "ns:" = the whole namespace. */
-export function matchContexts(queries: readonly string[], list: boolean): number[] {
-  if (queries.length === 0) return list ? CONTEXTS.map((c) => c.id) : [];
-  const ids = new Set<number>();
-  for (const q of queries) {
-    for (const c of CONTEXTS) {
-      if (q === c.name || (list && q.endsWith(':') && c.name.startsWith(q))) ids.add(c.id);
-    }
-  }
-  return [...ids].sort((a, b) => a - b);
-}
-
 async function handleOptListMetaContext(s: State, data: Buffer): Promise<OptResult> {
   return metaContext(s, NbdOpt.LIST_META_CONTEXT, data, true);
 }
@@ -360,7 +344,7 @@ async function handleOptListMetaContext(s: State, data: Buffer): Promise<OptResu
 async function handleOptSetMetaContext(s: State, data: Buffer): Promise<OptResult> {
   // The selection is replaced even when the request fails (spec).
   s.metaExport = undefined;
-  s.metaIds = [];
+  s.metaSelected = [];
   if (!s.structured) {
     decodeMetaContextRequest(data); // still validate lengths
     throw new InvalidOptionError('SET_META_CONTEXT requires STRUCTURED_REPLY first');
@@ -372,14 +356,14 @@ async function metaContext(s: State, option: number, data: Buffer, list: boolean
   const req = decodeMetaContextRequest(data);
   const info = await findExport(s, option, req.name, () => s.io.provider.describe(req.name));
   if (!info) return undefined;
-  const ids = matchContexts(req.queries, list);
-  for (const id of ids) {
-    const ctx = CONTEXTS.find((c) => c.id === id)!;
-    s.io.send(encodeOptionReply(option, NbdRep.META_CONTEXT, encodeMetaContext(list ? 0 : id, ctx.name)));
+  // The contexts of this export now: its dirty bitmaps come and go with snapshots.
+  const selected = assignContextIds(matchContexts(await exportContexts(info), req.queries, list));
+  for (const c of selected) {
+    s.io.send(encodeOptionReply(option, NbdRep.META_CONTEXT, encodeMetaContext(list ? 0 : c.id, c.name)));
   }
   if (!list) {
     s.metaExport = req.name;
-    s.metaIds = ids;
+    s.metaSelected = selected;
   }
   reply(s, option, NbdRep.ACK);
   return undefined;

@@ -33,6 +33,7 @@ import type { Logger } from '../logging.js';
 import { OVERLAY_LIMIT_DEFAULTS, OverlayQuota, type OverlayLimits } from './overlay-quota.js';
 import { overlayFileSize } from './overlay-size.js';
 import type { ObjectStoreContext } from '../objectstore/open.js';
+import { OVERLAY_BITMAP, overlayBitmapNames } from './dirty-bitmaps.js';
 import { releaseOnce, type ExportContext, type ExportHandle, type ExportInfo, type ExportProvider, type ExportSummary } from './exports.js';
 
 export const MAX_OVERLAY_NAME = 128;
@@ -182,6 +183,8 @@ export class OverlayDirProvider implements ExportProvider {
       size: this.geometry.size,
       capabilities: this.geometry.capabilities,
       preferredBlockSize: this.geometry.preferredBlockSize,
+      // From the files: an overlay not created yet has an empty "overlay" bitmap.
+      dirtyBitmaps: () => overlayBitmapNames(this.overlayPath(name)),
     };
   }
 
@@ -358,6 +361,8 @@ export class EphemeralProvider implements ExportProvider {
       size: this.geometry.size,
       capabilities: this.geometry.capabilities,
       preferredBlockSize: this.geometry.preferredBlockSize,
+      // Never snapshotted: just what this connection's overlay holds.
+      dirtyBitmaps: () => Promise.resolve([OVERLAY_BITMAP]),
     };
   }
 

@@ -5,7 +5,8 @@
  *
  * - READ: one Buffer for header(s)+data, the device reads into a subarray; structured
  *   READs of at least SPARSE_READ_MIN ask block status first and send zero runs as holes.
- * - BLOCK_STATUS: base:allocation and qemu:allocation-depth from the same device extents.
+ * - BLOCK_STATUS: base:allocation, qemu:allocation-depth and the qemu:dirty-bitmap contexts
+ *   (dirty-bitmaps.ts) from the same device extents.
  * - Device errors become NBD error replies (the cause is logged at debug).
  */
 import type { BlockDevice, Extent } from '../block/block-device.js';
@@ -191,17 +192,14 @@ async function handleBlockStatus(s: TransmissionSession, h: RequestHeader): Prom
   const one = (h.flags & NbdCmdFlag.REQ_ONE) !== 0;
   // Length 0 is a harmless no-op: describe the extent at `offset` (the last extent may overrun).
   const length = h.length === 0 ? 1 : h.length;
-  const extents = await collectExtents(s.device, h.offset, length, one);
+  // With dirty bitmaps selected, the extents and the bitmaps' meaning come from one chain.
+  const { result: extents, values: bitmaps } = await s.dirtyBitmaps.collect(() => collectExtents(s.device, h.offset, length, one));
   if (extents.length === 0) throw new RequestError(NbdError.EIO, 'device returned no extents');
-  const chunks: Buffer[] = [];
-  const ids = [s.baseAllocationId, s.allocationDepthId];
-  const values = [baseAllocationValue, depthValue];
-  let last = -1;
-  for (let i = 0; i < 2; i++) if (ids[i]) last = i;
-  for (let i = 0; i < 2; i++) {
-    if (!ids[i]) continue;
-    chunks.push(encodeBlockStatusChunk(h.cookieHi, h.cookieLo, i === last, ids[i]!, extentPairs(extents, values[i]!, one)));
-  }
+  const contexts: Array<{ id: number; value: (e: Extent) => number }> = [];
+  if (s.baseAllocationId) contexts.push({ id: s.baseAllocationId, value: baseAllocationValue });
+  if (s.allocationDepthId) contexts.push({ id: s.allocationDepthId, value: depthValue });
+  contexts.push(...bitmaps);
+  const chunks = contexts.map((c, i) => encodeBlockStatusChunk(h.cookieHi, h.cookieLo, i === contexts.length - 1, c.id, extentPairs(extents, c.value, one)));
   s.send(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
 }
 

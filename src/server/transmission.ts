@@ -25,6 +25,7 @@ import { decodeRequestHeader, encodeErrorChunk, encodeSimpleReply, type RequestH
 import type { NegotiatedSession } from './handshake.js';
 import { COMMAND_RULES, validateRequest, type ValidationContext } from './request-rules.js';
 import { BufferPool, MIN_POOLED } from './buffer-pool.js';
+import { DirtyBitmapView } from './dirty-bitmaps.js';
 import { runRequest } from './transmission-commands.js';
 
 /** Requests running at once on one connection (QEMU uses 16, the kernel up to 128 tags). */
@@ -69,6 +70,8 @@ export class TransmissionSession {
   readonly structured: boolean;
   readonly baseAllocationId: number;
   readonly allocationDepthId: number;
+  /** The selected qemu:dirty-bitmap contexts, resolved against the device's chain per request. */
+  readonly dirtyBitmaps: DirtyBitmapView;
   private readonly validation: ValidationContext;
   private readonly traceEnabled: boolean;
 
@@ -100,11 +103,12 @@ export class TransmissionSession {
     this.structured = session.structured;
     this.baseAllocationId = session.baseAllocationId;
     this.allocationDepthId = session.allocationDepthId;
+    this.dirtyBitmaps = new DirtyBitmapView(this.device, session.dirtyBitmaps);
     this.validation = {
       size: session.handle.size,
       writable: session.handle.capabilities.writable,
       structured: session.structured,
-      hasContexts: session.baseAllocationId !== 0 || session.allocationDepthId !== 0,
+      hasContexts: session.baseAllocationId !== 0 || session.allocationDepthId !== 0 || session.dirtyBitmaps.length > 0,
     };
     this.traceEnabled = io.log.isLevelEnabled('trace');
   }

@@ -35,6 +35,13 @@ function stem(top: string): string {
   return base.endsWith('.cow') ? base.slice(0, -4) : base;
 }
 
+/** N when `file` is named like the snapshot layer STEM.snap-N.cow of `top`, else undefined. */
+export function snapshotLayerNumber(top: string, file: string): number | undefined {
+  const name = path.basename(file);
+  const m = SNAPSHOT_LAYER.exec(name);
+  return m && name === `${stem(top)}.snap-${m[1]}.cow` ? Number(m[1]) : undefined;
+}
+
 /** The snapshot layers of `top` that exist, oldest first. */
 export async function snapshotLayerFiles(top: string): Promise<string[]> {
   const dir = path.dirname(path.resolve(top));
