@@ -63,7 +63,9 @@ assert h.can_meta_context(CTX), CTX + " not negotiated"
 for off, n in WRITES: h.pwrite(data(off, n), off)
 h.flush()
 if PAUSE:
-    open(PAUSE + ".ready", "w").close()
+    # Asked before the snapshot too: the connection has seen the old chain.
+    first = dirty(h)
+    open(PAUSE + ".ready", "w").write(json.dumps(first))
     while not os.path.exists(PAUSE + ".go"): time.sleep(0.02)
     for off, n in LATER: h.pwrite(data(off, n), off)
     h.flush()
@@ -177,7 +179,8 @@ describe.runIf(usable)('qemu:dirty-bitmap contexts', () => {
       expect(snap2.body).toMatchObject({ live: true, dirtyBitmap: 'qemu:dirty-bitmap:snap-2' });
       writeFileSync(`${pause}.go`, '');
       const sinceSnap1 = merge(await mapping);
-      expect(sinceSnap1).toEqual(merge([...w1, ...w2]));
+      expect(merge(JSON.parse(readFileSync(`${pause}.ready`, 'utf8')) as Range[]), 'before snapshot 2').toEqual(merge(w1));
+      expect(sinceSnap1, 'after snapshot 2, same connection').toEqual(merge([...w1, ...w2]));
 
       // A new connection, another client: the same answer from qemu-img; snap-2 and
       // overlay keep their own meanings.
