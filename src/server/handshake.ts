@@ -42,6 +42,8 @@ import type { ByteReader } from '../protocol/byte-reader.js';
 import { ProtocolError } from '../protocol/nbd-errors.js';
 import type { Logger } from '../logging.js';
 import type { TlsMode } from './tls.js';
+import { handleOptExtendedHeaders, handleOptStructuredReply, headerStyleFlags } from './header-options.js';
+import { reply, requireEmpty } from './option-reply.js';
 import {
   blockSizeConstraints,
   transmissionFlags,
@@ -65,7 +67,10 @@ export const MAX_OPTION_LENGTH = 64 * 1024;
 /** What the transmission phase needs from haggling. */
 export interface NegotiatedSession {
   readonly handle: ExportHandle;
+  /** True with extended headers too (they include what structured replies enable). */
   readonly structured: boolean;
+  /** 32-byte request and reply headers (docs/protocol.md#extended-headers). */
+  readonly extended: boolean;
   readonly transmissionFlags: number;
   /** Context ids selected by SET_META_CONTEXT for this export (0 = not selected). */
   readonly baseAllocationId: number;
@@ -95,10 +100,12 @@ export interface HandshakeTls {
   start(): Promise<void>;
 }
 
-interface State {
+/** Exported for header-options.ts, the header-style option handlers. */
+export interface State {
   readonly io: HandshakeIo;
   noZeroes: boolean;
   structured: boolean;
+  extended: boolean;
   /** Export named by the last SET_META_CONTEXT, and the contexts it selected. */
   metaExport: string | undefined;
   metaSelected: SelectedContext[];
@@ -127,6 +134,7 @@ export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | un
     io,
     noZeroes: (clientFlags & NbdClientFlag.C_NO_ZEROES) !== 0,
     structured: false,
+    extended: false,
     metaExport: undefined,
     metaSelected: [],
     refused: new Set(),
@@ -177,14 +185,6 @@ async function dispatchOption(s: State, option: number, data: Buffer): Promise<O
   }
 }
 
-function reply(s: State, option: number, type: number, message?: string): void {
-  s.io.send(encodeOptionReply(option, type, message ? Buffer.from(message, 'utf8') : undefined));
-}
-
-function requireEmpty(option: number, data: Buffer): void {
-  if (data.length !== 0) throw new InvalidOptionError(`${nameOf(NbdOpt, option)} must have no data (got ${data.length} bytes)`);
-}
-
 /**
  * Look an export up for INFO/GO: ERR_UNKNOWN when absent, and also when it exists but
  * cannot be opened ("the requested export is not available"), then with the reason as
@@ -224,6 +224,7 @@ function logRefused(s: State, name: string, option: number): void {
 
 async function handleOptExportName(s: State, data: Buffer): Promise<OptResult> {
   const name = decodeString(data, 'export name');
+  if (s.extended) throw new ProtocolError('NBD_ERR_EXTENDED_HEADERS', 'EXPORT_NAME after EXTENDED_HEADERS (the client must use GO)');
   let handle: ExportHandle | undefined;
   try {
     handle = await s.io.provider.open(name, s.io.ctx);
@@ -284,6 +285,7 @@ async function handleOptStartTls(s: State, data: Buffer): Promise<OptResult> {
   await t.start();
   // Nothing negotiated in plaintext carries over into the TLS session.
   s.structured = false;
+  s.extended = false;
   s.metaExport = undefined;
   s.metaSelected = [];
   return undefined;
@@ -292,7 +294,7 @@ async function handleOptStartTls(s: State, data: Buffer): Promise<OptResult> {
 async function handleOptInfo(s: State, data: Buffer): Promise<OptResult> {
   const req = decodeInfoRequest(data);
   const info = await findExport(s, NbdOpt.INFO, req.name, () => s.io.provider.describe(req.name));
-  if (info) sendInfoReplies(s, NbdOpt.INFO, info, req.infos, transmissionFlags(info, s.structured));
+  if (info) sendInfoReplies(s, NbdOpt.INFO, info, req.infos, headerStyleFlags(s, info.name, transmissionFlags(info, s.structured)));
   return undefined;
 }
 
@@ -300,7 +302,7 @@ async function handleOptGo(s: State, data: Buffer): Promise<OptResult> {
   const req = decodeInfoRequest(data);
   const handle = await findExport(s, NbdOpt.GO, req.name, () => s.io.provider.open(req.name, s.io.ctx));
   if (!handle) return undefined;
-  const flags = transmissionFlags(handle, s.structured);
+  const flags = headerStyleFlags(s, handle.name, transmissionFlags(handle, s.structured));
   sendInfoReplies(s, NbdOpt.GO, handle, req.infos, flags);
   return session(s, handle, flags);
 }
@@ -323,18 +325,12 @@ function session(s: State, handle: ExportHandle, flags: number): NegotiatedSessi
   return {
     handle,
     structured: s.structured,
+    extended: s.extended,
     transmissionFlags: flags,
     baseAllocationId: selected.find((c) => c.name === META_BASE_ALLOCATION)?.id ?? 0,
     allocationDepthId: selected.find((c) => c.name === META_QEMU_ALLOCATION_DEPTH)?.id ?? 0,
     dirtyBitmaps: selected.filter((c) => isDirtyBitmap(c.name)),
   };
-}
-
-async function handleOptStructuredReply(s: State, data: Buffer): Promise<OptResult> {
-  requireEmpty(NbdOpt.STRUCTURED_REPLY, data);
-  s.structured = true;
-  reply(s, NbdOpt.STRUCTURED_REPLY, NbdRep.ACK);
-  return undefined;
 }
 
 async function handleOptListMetaContext(s: State, data: Buffer): Promise<OptResult> {
@@ -369,7 +365,7 @@ async function metaContext(s: State, option: number, data: Buffer, list: boolean
   return undefined;
 }
 
-/** Dispatch table; options not listed (PEEK_EXPORT, EXTENDED_HEADERS, …) get ERR_UNSUP. */
+/** Dispatch table; options not listed (PEEK_EXPORT, unknown numbers) get ERR_UNSUP. */
 const OPTION_HANDLERS: Readonly<Record<number, OptHandler>> = {
   [NbdOpt.EXPORT_NAME]: handleOptExportName,
   [NbdOpt.ABORT]: handleOptAbort,
@@ -380,4 +376,5 @@ const OPTION_HANDLERS: Readonly<Record<number, OptHandler>> = {
   [NbdOpt.STRUCTURED_REPLY]: handleOptStructuredReply,
   [NbdOpt.LIST_META_CONTEXT]: handleOptListMetaContext,
   [NbdOpt.SET_META_CONTEXT]: handleOptSetMetaContext,
+  [NbdOpt.EXTENDED_HEADERS]: handleOptExtendedHeaders,
 };
