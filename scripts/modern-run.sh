@@ -26,7 +26,7 @@ if [[ ${1:-} == --inside-namespace ]]; then
   mount --rbind /proc "$ROOT/proc"
   mount --rbind /dev "$ROOT/dev"
   binds=(/tmp)
-  [[ -n ${TMPDIR:-} ]] && binds+=("$TMPDIR")
+  [[ -n ${TMPDIR:-} && ${TMPDIR%/} != /tmp ]] && binds+=("$TMPDIR")
   IFS=: read -r -a extra <<<"${COWNBD_MODERN_BIND:-}"
   binds+=("${extra[@]}")
   for d in "${binds[@]}"; do
