@@ -6,6 +6,7 @@
 #   bash scripts/modern-root.sh          # build if needed, print the root's path + versions
 #   COWNBD_MODERN_ROOT=/some/dir …       # cache somewhere else (default below)
 #   COWNBD_MODERN_REBUILD=1 …            # throw the cached root away and build again
+#   bash scripts/modern-root.sh --status # current | stale | absent, builds nothing
 #
 # Idempotent and safe to interrupt:
 # - the root is built in ROOT.tmp and renamed into place only when complete, so ROOT
@@ -74,6 +75,16 @@ build_into() {
 
 if [[ ${1:-} == --inside-namespace ]]; then
   build_into "$2"
+  exit 0
+fi
+# --status: say whether ROOT is usable without building anything: "current", "stale"
+# (stamped for another suite, mirror or package list) or "absent" (missing or never
+# finished: no stamp).
+if [[ ${1:-} == --status ]]; then
+  if is_current "$ROOT"; then echo current
+  elif [[ -f "$ROOT/$STAMP_NAME" ]]; then echo stale
+  else echo absent
+  fi
   exit 0
 fi
 

@@ -1,0 +1,68 @@
+/**
+ * scripts/modern-root.sh decides whether a cached root may be used from its stamp alone
+ * (docs/modern-clients.md): a root that was never finished has none, a root built for
+ * another package list has a different one. These checks run the script's --status on
+ * copies of the real stamp (no network, no build); scripts/modern-run.sh must refuse an
+ * unstamped root instead of running tools from a half-built one.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeTempDir, type TempDir } from '../helpers/images.js';
+import { MODERN_ROOT, requireModernTool } from '../helpers/modern.js';
+import { REPO_ROOT } from '../helpers/server.js';
+
+const SCRIPT = path.join(REPO_ROOT, 'scripts', 'modern-root.sh');
+const RUNNER = path.join(REPO_ROOT, 'scripts', 'modern-run.sh');
+const STAMP = '.cownbd-root-stamp';
+const hasRoot = requireModernTool();
+
+function status(root: string): string {
+  return execFileSync('bash', [SCRIPT, '--status'], { env: { ...process.env, COWNBD_MODERN_ROOT: root }, encoding: 'utf8' }).trim();
+}
+
+describe.runIf(hasRoot)('scripts/modern-root.sh: which cached roots it trusts', () => {
+  let tmp: TempDir;
+  let stamp: string;
+  beforeAll(() => {
+    tmp = makeTempDir();
+    stamp = readFileSync(path.join(MODERN_ROOT, STAMP), 'utf8');
+  });
+  afterAll(() => tmp?.cleanup());
+
+  it('the cached root is current, and its stamp records suite, mirror and package list', () => {
+    expect(status(MODERN_ROOT)).toBe('current');
+    expect(stamp).toMatch(/^suite=trixie\nmirror=\S+\npackages=.*\blibnbd-bin\b.*\bqemu-utils\b.*\bnbd-client\b/);
+  });
+
+  it('a missing root and a root without a stamp (an interrupted build) are "absent"', () => {
+    expect(status(tmp.file('nothing-here'))).toBe('absent');
+    const half = tmp.file('half');
+    mkdirSync(path.join(half, 'usr', 'bin'), { recursive: true });
+    expect(status(half)).toBe('absent');
+  });
+
+  it('a stamp with the same text is "current"; another package list or suite is "stale"', () => {
+    const same = tmp.file('same');
+    mkdirSync(same);
+    writeFileSync(path.join(same, STAMP), stamp);
+    expect(status(same)).toBe('current');
+    const fewer = tmp.file('fewer');
+    mkdirSync(fewer);
+    writeFileSync(path.join(fewer, STAMP), stamp.replace(/ fio\b/, ''));
+    expect(status(fewer)).toBe('stale');
+    const sid = tmp.file('sid');
+    mkdirSync(sid);
+    writeFileSync(path.join(sid, STAMP), stamp.replace('suite=trixie', 'suite=sid'));
+    expect(status(sid)).toBe('stale');
+  });
+
+  it('modern-run.sh refuses an unstamped root and names it', () => {
+    const half = tmp.file('half-run');
+    mkdirSync(half);
+    const r = spawnSync('bash', [RUNNER, 'true'], { env: { ...process.env, COWNBD_MODERN_ROOT: half }, encoding: 'utf8' });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain(`no modern root at ${half}`);
+  });
+});
