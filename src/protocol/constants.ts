@@ -11,6 +11,9 @@ export const OPTION_REPLY_MAGIC = 0x3e889045565a9n;
 export const REQUEST_MAGIC = 0x25609513;
 export const SIMPLE_REPLY_MAGIC = 0x67446698;
 export const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
+// Extended headers (docs/protocol.md#extended-headers).
+export const EXTENDED_REQUEST_MAGIC = 0x21e41c71;
+export const EXTENDED_REPLY_MAGIC = 0x6e8a278c;
 
 // Handshake flags (server → client, u16).
 export const NbdHandshakeFlag = {
@@ -79,6 +82,7 @@ export const NbdFlag = {
   SEND_RESIZE: 1 << 9,
   SEND_CACHE: 1 << 10,
   SEND_FAST_ZERO: 1 << 11,
+  BLOCK_STATUS_PAYLOAD: 1 << 12,
 } as const;
 
 // Request types.
@@ -101,6 +105,7 @@ export const NbdCmdFlag = {
   DF: 1 << 2,
   REQ_ONE: 1 << 3,
   FAST_ZERO: 1 << 4,
+  PAYLOAD_LEN: 1 << 5,
 } as const;
 
 // Structured reply chunk message types and flags.
@@ -110,6 +115,7 @@ export const NbdReplyType = {
   OFFSET_DATA: 1,
   OFFSET_HOLE: 2,
   BLOCK_STATUS: 5,
+  BLOCK_STATUS_EXT: 6,
   ERROR: 0x8001,
   ERROR_OFFSET: 0x8002,
 } as const;
@@ -135,6 +141,8 @@ export const META_QEMU_ALLOCATION_DEPTH = 'qemu:allocation-depth';
 export const REQUEST_HEADER_SIZE = 28;
 export const SIMPLE_REPLY_SIZE = 16;
 export const STRUCTURED_HEADER_SIZE = 20;
+export const EXTENDED_REQUEST_HEADER_SIZE = 32;
+export const EXTENDED_REPLY_HEADER_SIZE = 32;
 export const OPTION_HEADER_SIZE = 16;
 export const OPTION_REPLY_HEADER_SIZE = 20;
 

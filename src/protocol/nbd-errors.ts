@@ -16,6 +16,8 @@ export type ProtocolErrorCode =
   | 'NBD_ERR_TOO_MANY_OPTIONS'
   | 'NBD_ERR_UNKNOWN_EXPORT'
   | 'NBD_ERR_PAYLOAD_TOO_BIG'
+  /** A rule of extended headers broken (docs/protocol.md#extended-headers). */
+  | 'NBD_ERR_EXTENDED_HEADERS'
   | 'NBD_ERR_TLS_REQUIRED'
   | 'NBD_ERR_TLS'
   | 'NBD_ERR_HANDSHAKE_TIMEOUT';

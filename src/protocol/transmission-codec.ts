@@ -34,7 +34,11 @@ export interface RequestHeader {
   readonly cookieLo: number;
   /** May exceed 2^53 (then it is not a safe integer and validation rejects it). */
   readonly offset: number;
+  /** Compact headers: u32. Extended headers (extended-codec.ts): u64, possibly unsafe. */
   readonly length: number;
+  /** Extended headers only: the offset as sent, echoed by extended reply headers. */
+  readonly offsetHi?: number;
+  readonly offsetLo?: number;
 }
 
 export function decodeRequestHeader(buf: Buffer, at = 0): RequestHeader {

@@ -200,7 +200,7 @@ export class Connection {
 
   /** The handshake chose an export: run its requests. */
   private startTransmission(negotiated: NegotiatedSession): void {
-    this.log.debug({ export: negotiated.handle.name, structured: negotiated.structured }, 'transmission phase');
+    this.log.debug({ export: negotiated.handle.name, structured: negotiated.structured, extended: negotiated.extended }, 'transmission phase');
     this.exportName = negotiated.handle.name;
     this.log.info({ export: negotiated.handle.name, readOnly: !negotiated.handle.capabilities.writable }, 'connection opened');
     const session = new TransmissionSession(

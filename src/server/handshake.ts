@@ -42,6 +42,8 @@ import type { ByteReader } from '../protocol/byte-reader.js';
 import { ProtocolError } from '../protocol/nbd-errors.js';
 import type { Logger } from '../logging.js';
 import type { TlsMode } from './tls.js';
+import { handleOptExtendedHeaders, handleOptStructuredReply, headerStyleFlags } from './header-options.js';
+import { reply, requireEmpty } from './option-reply.js';
 import {
   blockSizeConstraints,
   transmissionFlags,
@@ -72,7 +74,10 @@ const CONTEXTS: ReadonlyArray<{ id: number; name: string }> = [
 /** What the transmission phase needs from haggling. */
 export interface NegotiatedSession {
   readonly handle: ExportHandle;
+  /** True with extended headers too (they include what structured replies enable). */
   readonly structured: boolean;
+  /** 32-byte request and reply headers (docs/protocol.md#extended-headers). */
+  readonly extended: boolean;
   readonly transmissionFlags: number;
   /** Context ids selected by SET_META_CONTEXT for this export (0 = not selected). */
   readonly baseAllocationId: number;
@@ -100,10 +105,11 @@ export interface HandshakeTls {
   start(): Promise<void>;
 }
 
-interface State {
+export interface HandshakeState {
   readonly io: HandshakeIo;
   noZeroes: boolean;
   structured: boolean;
+  extended: boolean;
   /** Export named by the last SET_META_CONTEXT, and the ids it selected. */
   metaExport: string | undefined;
   metaIds: number[];
@@ -117,7 +123,7 @@ interface State {
 
 /** undefined = keep haggling; 'abort' = close softly; a session = enter transmission. */
 type OptResult = NegotiatedSession | 'abort' | undefined;
-type OptHandler = (s: State, data: Buffer) => Promise<OptResult>;
+type OptHandler = (s: HandshakeState, data: Buffer) => Promise<OptResult>;
 
 /** Run the whole handshake. Resolves to the session, or undefined after ABORT. */
 export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | undefined> {
@@ -128,10 +134,11 @@ export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | un
     // MUST: drop the connection on flags we did not advertise.
     throw new ProtocolError('NBD_ERR_BAD_CLIENT_FLAGS', `unknown client flags 0x${clientFlags.toString(16)}`);
   }
-  const s: State = {
+  const s: HandshakeState = {
     io,
     noZeroes: (clientFlags & NbdClientFlag.C_NO_ZEROES) !== 0,
     structured: false,
+    extended: false,
     metaExport: undefined,
     metaIds: [],
     refused: new Set(),
@@ -154,7 +161,7 @@ export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | un
   }
 }
 
-async function dispatchOption(s: State, option: number, data: Buffer): Promise<OptResult> {
+async function dispatchOption(s: HandshakeState, option: number, data: Buffer): Promise<OptResult> {
   if (tlsRequired(s, option)) return undefined;
   const handler = OPTION_HANDLERS[option];
   if (!handler) {
@@ -182,20 +189,12 @@ async function dispatchOption(s: State, option: number, data: Buffer): Promise<O
   }
 }
 
-function reply(s: State, option: number, type: number, message?: string): void {
-  s.io.send(encodeOptionReply(option, type, message ? Buffer.from(message, 'utf8') : undefined));
-}
-
-function requireEmpty(option: number, data: Buffer): void {
-  if (data.length !== 0) throw new InvalidOptionError(`${nameOf(NbdOpt, option)} must have no data (got ${data.length} bytes)`);
-}
-
 /**
  * Look an export up for INFO/GO: ERR_UNKNOWN when absent, and also when it exists but
  * cannot be opened ("the requested export is not available"), then with the reason as
  * the message text, which clients print (nbdinfo, qemu: "server reported: …").
  */
-async function findExport<T>(s: State, option: number, name: string, find: () => Promise<T | undefined>): Promise<T | undefined> {
+async function findExport<T>(s: HandshakeState, option: number, name: string, find: () => Promise<T | undefined>): Promise<T | undefined> {
   let found: T | undefined;
   try {
     found = await find();
@@ -217,7 +216,7 @@ async function findExport<T>(s: State, option: number, name: string, find: () =>
  * One line per refused name and connection (names capped at 4096 bytes; logs at 200): warn
  * for GO, debug for INFO, a question libnbd's `nbdinfo --list` asks about "" on every listing.
  */
-function logRefused(s: State, name: string, option: number): void {
+function logRefused(s: HandshakeState, name: string, option: number): void {
   // A client guessing names gets 16 lines, not one per option (up to 1000 per connection).
   const key = `${option}:${name}`;
   if (s.refused.has(key) || s.refused.size >= 16) return;
@@ -227,8 +226,9 @@ function logRefused(s: State, name: string, option: number): void {
   s.io.log[level]({ export: name.slice(0, 200), reason, option: nameOf(NbdOpt, option) }, 'refused export name');
 }
 
-async function handleOptExportName(s: State, data: Buffer): Promise<OptResult> {
+async function handleOptExportName(s: HandshakeState, data: Buffer): Promise<OptResult> {
   const name = decodeString(data, 'export name');
+  if (s.extended) throw new ProtocolError('NBD_ERR_EXTENDED_HEADERS', 'EXPORT_NAME after EXTENDED_HEADERS (the client must use GO)');
   let handle: ExportHandle | undefined;
   try {
     handle = await s.io.provider.open(name, s.io.ctx);
@@ -242,12 +242,12 @@ async function handleOptExportName(s: State, data: Buffer): Promise<OptResult> {
   return session(s, handle, flags);
 }
 
-async function handleOptAbort(s: State): Promise<OptResult> {
+async function handleOptAbort(s: HandshakeState): Promise<OptResult> {
   reply(s, NbdOpt.ABORT, NbdRep.ACK);
   return 'abort';
 }
 
-async function handleOptList(s: State, data: Buffer): Promise<OptResult> {
+async function handleOptList(s: HandshakeState, data: Buffer): Promise<OptResult> {
   requireEmpty(NbdOpt.LIST, data);
   const exports = await s.io.provider.list();
   // Raised, never stacked: repeating LIST cannot buy an unbounded number of options.
@@ -264,7 +264,7 @@ async function handleOptList(s: State, data: Buffer): Promise<OptResult> {
  * ERR_TLS_REQD whatever it names (nothing about exports leaks), and EXPORT_NAME, which
  * has no error reply, closes the connection. True when the option was refused.
  */
-function tlsRequired(s: State, option: number): boolean {
+function tlsRequired(s: HandshakeState, option: number): boolean {
   const t = s.io.tls;
   if (t?.mode !== 'require' || t.active() || option === NbdOpt.STARTTLS || option === NbdOpt.ABORT) return false;
   if (option === NbdOpt.EXPORT_NAME) throw new ProtocolError('NBD_ERR_TLS_REQUIRED', 'EXPORT_NAME before STARTTLS on a --tls require server');
@@ -277,7 +277,7 @@ function tlsRequired(s: State, option: number): boolean {
   return true;
 }
 
-async function handleOptStartTls(s: State, data: Buffer): Promise<OptResult> {
+async function handleOptStartTls(s: HandshakeState, data: Buffer): Promise<OptResult> {
   const t = s.io.tls;
   if (!t || t.mode === 'off') {
     reply(s, NbdOpt.STARTTLS, NbdRep.ERR_POLICY, 'TLS is not configured on this server');
@@ -289,28 +289,29 @@ async function handleOptStartTls(s: State, data: Buffer): Promise<OptResult> {
   await t.start();
   // Nothing negotiated in plaintext carries over into the TLS session.
   s.structured = false;
+  s.extended = false;
   s.metaExport = undefined;
   s.metaIds = [];
   return undefined;
 }
 
-async function handleOptInfo(s: State, data: Buffer): Promise<OptResult> {
+async function handleOptInfo(s: HandshakeState, data: Buffer): Promise<OptResult> {
   const req = decodeInfoRequest(data);
   const info = await findExport(s, NbdOpt.INFO, req.name, () => s.io.provider.describe(req.name));
-  if (info) sendInfoReplies(s, NbdOpt.INFO, info, req.infos, transmissionFlags(info, s.structured));
+  if (info) sendInfoReplies(s, NbdOpt.INFO, info, req.infos, headerStyleFlags(s, info.name, transmissionFlags(info, s.structured)));
   return undefined;
 }
 
-async function handleOptGo(s: State, data: Buffer): Promise<OptResult> {
+async function handleOptGo(s: HandshakeState, data: Buffer): Promise<OptResult> {
   const req = decodeInfoRequest(data);
   const handle = await findExport(s, NbdOpt.GO, req.name, () => s.io.provider.open(req.name, s.io.ctx));
   if (!handle) return undefined;
-  const flags = transmissionFlags(handle, s.structured);
+  const flags = headerStyleFlags(s, handle.name, transmissionFlags(handle, s.structured));
   sendInfoReplies(s, NbdOpt.GO, handle, req.infos, flags);
   return session(s, handle, flags);
 }
 
-function sendInfoReplies(s: State, option: number, info: ExportInfo, requested: readonly number[], flags: number): void {
+function sendInfoReplies(s: HandshakeState, option: number, info: ExportInfo, requested: readonly number[], flags: number): void {
   const send = (payload: Buffer) => s.io.send(encodeOptionReply(option, NbdRep.INFO, payload));
   // Answer each requested type once; unknown types are ignored (spec).
   for (const type of new Set(requested)) {
@@ -322,23 +323,17 @@ function sendInfoReplies(s: State, option: number, info: ExportInfo, requested: 
   reply(s, option, NbdRep.ACK);
 }
 
-function session(s: State, handle: ExportHandle, flags: number): NegotiatedSession {
+function session(s: HandshakeState, handle: ExportHandle, flags: number): NegotiatedSession {
   // Contexts selected for another export do not apply (spec: SET_META_CONTEXT names the export).
   const ids = s.metaExport === handle.name ? s.metaIds : [];
   return {
     handle,
     structured: s.structured,
+    extended: s.extended,
     transmissionFlags: flags,
     baseAllocationId: ids.includes(CONTEXT_ID_BASE_ALLOCATION) ? CONTEXT_ID_BASE_ALLOCATION : 0,
     allocationDepthId: ids.includes(CONTEXT_ID_ALLOCATION_DEPTH) ? CONTEXT_ID_ALLOCATION_DEPTH : 0,
   };
-}
-
-async function handleOptStructuredReply(s: State, data: Buffer): Promise<OptResult> {
-  requireEmpty(NbdOpt.STRUCTURED_REPLY, data);
-  s.structured = true;
-  reply(s, NbdOpt.STRUCTURED_REPLY, NbdRep.ACK);
-  return undefined;
 }
 
 /** Contexts matching `queries`. LIST: no query = all, "ns:" = the whole namespace. */
@@ -353,11 +348,11 @@ export function matchContexts(queries: readonly string[], list: boolean): number
   return [...ids].sort((a, b) => a - b);
 }
 
-async function handleOptListMetaContext(s: State, data: Buffer): Promise<OptResult> {
+async function handleOptListMetaContext(s: HandshakeState, data: Buffer): Promise<OptResult> {
   return metaContext(s, NbdOpt.LIST_META_CONTEXT, data, true);
 }
 
-async function handleOptSetMetaContext(s: State, data: Buffer): Promise<OptResult> {
+async function handleOptSetMetaContext(s: HandshakeState, data: Buffer): Promise<OptResult> {
   // The selection is replaced even when the request fails (spec).
   s.metaExport = undefined;
   s.metaIds = [];
@@ -368,7 +363,7 @@ async function handleOptSetMetaContext(s: State, data: Buffer): Promise<OptResul
   return metaContext(s, NbdOpt.SET_META_CONTEXT, data, false);
 }
 
-async function metaContext(s: State, option: number, data: Buffer, list: boolean): Promise<OptResult> {
+async function metaContext(s: HandshakeState, option: number, data: Buffer, list: boolean): Promise<OptResult> {
   const req = decodeMetaContextRequest(data);
   const info = await findExport(s, option, req.name, () => s.io.provider.describe(req.name));
   if (!info) return undefined;
@@ -385,7 +380,7 @@ async function metaContext(s: State, option: number, data: Buffer, list: boolean
   return undefined;
 }
 
-/** Dispatch table; options not listed (PEEK_EXPORT, EXTENDED_HEADERS, …) get ERR_UNSUP. */
+/** Dispatch table; options not listed (PEEK_EXPORT, unknown numbers) get ERR_UNSUP. */
 const OPTION_HANDLERS: Readonly<Record<number, OptHandler>> = {
   [NbdOpt.EXPORT_NAME]: handleOptExportName,
   [NbdOpt.ABORT]: handleOptAbort,
@@ -396,4 +391,5 @@ const OPTION_HANDLERS: Readonly<Record<number, OptHandler>> = {
   [NbdOpt.STRUCTURED_REPLY]: handleOptStructuredReply,
   [NbdOpt.LIST_META_CONTEXT]: handleOptListMetaContext,
   [NbdOpt.SET_META_CONTEXT]: handleOptSetMetaContext,
+  [NbdOpt.EXTENDED_HEADERS]: handleOptExtendedHeaders,
 };

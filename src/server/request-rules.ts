@@ -9,6 +9,7 @@
  */
 import { MAX_PAYLOAD, NbdCmd, NbdCmdFlag, NbdError, nameOf } from '../protocol/constants.js';
 import type { RequestHeader } from '../protocol/transmission-codec.js';
+import { decodeStatusPayload } from '../protocol/extended-codec.js';
 
 export interface CommandRule {
   /** Flags the client may set on this command. */
@@ -49,6 +50,10 @@ export interface ValidationContext {
   readonly structured: boolean;
   /** At least one meta context was selected for this export. */
   readonly hasContexts: boolean;
+  /** Extended headers: PAYLOAD_LEN is valid on WRITE (docs/protocol.md#extended-headers). */
+  readonly extended?: boolean;
+  /** BLOCK_STATUS_PAYLOAD was advertised: PAYLOAD_LEN is valid on BLOCK_STATUS too. */
+  readonly statusPayload?: boolean;
 }
 
 export interface Rejection {
@@ -61,14 +66,16 @@ export function validateRequest(h: RequestHeader, ctx: ValidationContext): Rejec
   const rule = COMMAND_RULES[h.type];
   // Names are built only on the error path: this runs for every request.
   if (!rule) return { error: NbdError.EINVAL, message: `unknown command ${h.type}` };
-  if ((h.flags & ~rule.flags) !== 0) {
+  const payloadForm = ctx.extended === true && (h.type === NbdCmd.WRITE || (h.type === NbdCmd.BLOCK_STATUS && ctx.statusPayload === true));
+  if (((payloadForm ? h.flags & ~F.PAYLOAD_LEN : h.flags) & ~rule.flags) !== 0) {
     return { error: NbdError.EINVAL, message: `${nameOf(NbdCmd, h.type)}: invalid flags 0x${h.flags.toString(16)}` };
   }
   if ((h.flags & F.DF) !== 0 && !ctx.structured) {
     return { error: NbdError.EINVAL, message: `${nameOf(NbdCmd, h.type)}: DF requires structured replies` };
   }
   if (rule.mutates && !ctx.writable) return { error: NbdError.EPERM, message: `${nameOf(NbdCmd, h.type)}: export is read-only` };
-  if (rule.pastEnd !== undefined && (!Number.isSafeInteger(h.offset) || h.offset + h.length > ctx.size)) {
+  // Extended headers carry u64 lengths: one above 2^53 is not exact as a number, and too large anyway.
+  if (rule.pastEnd !== undefined && (!Number.isSafeInteger(h.offset) || !Number.isSafeInteger(h.length) || h.offset + h.length > ctx.size)) {
     return {
       error: rule.pastEnd,
       message: `${nameOf(NbdCmd, h.type)}: offset=${h.offset} length=${h.length} extends past the end of the export (size=${ctx.size})`,
@@ -81,4 +88,18 @@ export function validateRequest(h: RequestHeader, ctx: ValidationContext): Rejec
     return { error: NbdError.EINVAL, message: 'BLOCK_STATUS: no metadata context was negotiated' };
   }
   return undefined;
+}
+
+/**
+ * A BLOCK_STATUS that carried a payload (extended headers, BLOCK_STATUS_PAYLOAD): the request to
+ * validate and run — its length is the payload's effect length, PAYLOAD_LEN is dropped — or the
+ * EINVAL the specification asks for (malformed payload, an id twice, an id that was not
+ * negotiated). `selected` are the context ids negotiated for this export.
+ */
+export function statusPayloadRequest(h: RequestHeader, payload: Buffer, selected: readonly number[]): RequestHeader | Rejection {
+  const decoded = decodeStatusPayload(payload);
+  if (typeof decoded === 'string') return { error: NbdError.EINVAL, message: decoded };
+  const unknown = decoded.ids.find((id) => !selected.includes(id));
+  if (unknown !== undefined) return { error: NbdError.EINVAL, message: `BLOCK_STATUS payload names context id ${unknown}, which was not negotiated` };
+  return { ...h, flags: h.flags & ~F.PAYLOAD_LEN, length: decoded.length };
 }

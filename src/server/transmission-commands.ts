@@ -6,22 +6,15 @@
  * - READ: one Buffer for header(s)+data, the device reads into a subarray; structured
  *   READs of at least SPARSE_READ_MIN ask block status first and send zero runs as holes.
  * - BLOCK_STATUS: base:allocation and qemu:allocation-depth from the same device extents.
+ * - Chunks are framed by s.chunks: structured or extended headers, whichever was negotiated.
  * - Device errors become NBD error replies (the cause is logged at debug).
  */
 import type { BlockDevice, Extent } from '../block/block-device.js';
 import { EXTENT_HOLE, EXTENT_ZERO } from '../block/block-device.js';
 import { MAX_EXTENTS, NbdCmd, NbdCmdFlag, NbdError, SIMPLE_REPLY_SIZE, nameOf } from '../protocol/constants.js';
 import { RequestError, toNbdError } from '../protocol/nbd-errors.js';
-import {
-  OFFSET_DATA_HEADER_SIZE,
-  OFFSET_HOLE_SIZE,
-  encodeBlockStatusChunk,
-  encodeNoneChunk,
-  writeOffsetDataHeader,
-  writeOffsetHole,
-  writeSimpleReply,
-  type RequestHeader,
-} from '../protocol/transmission-codec.js';
+import { writeSimpleReply, type RequestHeader } from '../protocol/transmission-codec.js';
+import { decodeStatusPayload, type StatusPayload } from '../protocol/extended-codec.js';
 import type { TransmissionSession } from './transmission.js';
 /**
  * Extents per BLOCK_STATUS reply (spec maximum 2^20). Lower, so a fragmented multi-GiB
@@ -74,16 +67,17 @@ async function handleRead(s: TransmissionSession, h: RequestHeader): Promise<voi
     return;
   }
   if (length === 0) {
-    s.send(encodeNoneChunk(h.cookieHi, h.cookieLo));
+    s.send(s.chunks.none(h));
     return;
   }
   if ((h.flags & NbdCmdFlag.DF) === 0 && length >= SPARSE_READ_MIN && s.device.capabilities.blockStatus) {
     const extents = await collectExtents(s.device, offset, length, false);
     if (extents.some(isZero)) return sparseRead(s, h, extents);
   }
-  const reply = s.replyBuffer(OFFSET_DATA_HEADER_SIZE + length);
-  await s.device.read(offset, reply.buf.subarray(OFFSET_DATA_HEADER_SIZE));
-  writeOffsetDataHeader(reply.buf, 0, true, h.cookieHi, h.cookieLo, offset, length);
+  const c = s.chunks;
+  const reply = s.replyBuffer(c.dataHeaderSize + length);
+  await s.device.read(offset, reply.buf.subarray(c.dataHeaderSize));
+  c.writeDataHeader(reply.buf, 0, true, h, offset, length);
   s.sendReply(reply);
 }
 
@@ -105,8 +99,9 @@ async function sparseRead(s: TransmissionSession, h: RequestHeader, extents: rea
   let covered = 0;
   for (const r of runs) covered += r.length;
   if (covered < h.length) runs.push({ zero: false, length: h.length - covered });
+  const c = s.chunks;
   let total = 0;
-  for (const r of runs) total += r.zero ? OFFSET_HOLE_SIZE : OFFSET_DATA_HEADER_SIZE + r.length;
+  for (const r of runs) total += r.zero ? c.holeSize : c.dataHeaderSize + r.length;
   const reply = s.replyBuffer(total);
   const buf = reply.buf;
   const reads: Promise<void>[] = [];
@@ -116,11 +111,11 @@ async function sparseRead(s: TransmissionSession, h: RequestHeader, extents: rea
     const r = runs[i]!;
     const done = i === runs.length - 1;
     if (r.zero) {
-      writeOffsetHole(buf, pos, done, h.cookieHi, h.cookieLo, off, r.length);
-      pos += OFFSET_HOLE_SIZE;
+      c.writeHole(buf, pos, done, h, off, r.length);
+      pos += c.holeSize;
     } else {
-      writeOffsetDataHeader(buf, pos, done, h.cookieHi, h.cookieLo, off, r.length);
-      pos += OFFSET_DATA_HEADER_SIZE;
+      c.writeDataHeader(buf, pos, done, h, off, r.length);
+      pos += c.dataHeaderSize;
       reads.push(s.device.read(off, buf.subarray(pos, pos + r.length)));
       pos += r.length;
     }
@@ -181,11 +176,12 @@ async function handleWriteZeroes(s: TransmissionSession, h: RequestHeader): Prom
   s.sendOk(h);
 }
 
-async function handleBlockStatus(s: TransmissionSession, h: RequestHeader): Promise<void> {
+/** `payload`: extended headers' BLOCK_STATUS_PAYLOAD form, validated: answer only the ids it names. */
+async function handleBlockStatus(s: TransmissionSession, h: RequestHeader, payload: Buffer | undefined): Promise<void> {
   const size = s.device.size;
   if (h.offset >= size) {
     // Only reachable with length 0 at the very end: nothing to describe.
-    s.send(encodeNoneChunk(h.cookieHi, h.cookieLo));
+    s.send(s.chunks.none(h));
     return;
   }
   const one = (h.flags & NbdCmdFlag.REQ_ONE) !== 0;
@@ -194,13 +190,14 @@ async function handleBlockStatus(s: TransmissionSession, h: RequestHeader): Prom
   const extents = await collectExtents(s.device, h.offset, length, one);
   if (extents.length === 0) throw new RequestError(NbdError.EIO, 'device returned no extents');
   const chunks: Buffer[] = [];
-  const ids = [s.baseAllocationId, s.allocationDepthId];
+  const only = payload ? (decodeStatusPayload(payload) as StatusPayload).ids : undefined;
+  const ids = [s.baseAllocationId, s.allocationDepthId].map((id) => (only && !only.includes(id) ? 0 : id));
   const values = [baseAllocationValue, depthValue];
   let last = -1;
   for (let i = 0; i < 2; i++) if (ids[i]) last = i;
   for (let i = 0; i < 2; i++) {
     if (!ids[i]) continue;
-    chunks.push(encodeBlockStatusChunk(h.cookieHi, h.cookieLo, i === last, ids[i]!, extentPairs(extents, values[i]!, one)));
+    chunks.push(s.chunks.blockStatus(h, i === last, ids[i]!, extentPairs(extents, values[i]!, one, s.chunks.maxExtentLength)));
   }
   s.send(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
 }
@@ -214,13 +211,13 @@ function depthValue(e: Extent): number {
   return e.depth;
 }
 
-/** (length, value) pairs, merging neighbours with equal values; REQ_ONE keeps the first. */
-function extentPairs(extents: readonly Extent[], value: (e: Extent) => number, one: boolean): number[] {
+/** (length, value) pairs, merging neighbours with equal values up to `maxLength`; REQ_ONE keeps the first. */
+function extentPairs(extents: readonly Extent[], value: (e: Extent) => number, one: boolean, maxLength: number): number[] {
   const pairs: number[] = [];
   for (const e of extents) {
     const v = value(e);
     const n = pairs.length;
-    if (n > 0 && pairs[n - 1] === v && pairs[n - 2]! + e.length <= 0xffffffff) pairs[n - 2] = pairs[n - 2]! + e.length;
+    if (n > 0 && pairs[n - 1] === v && pairs[n - 2]! + e.length <= maxLength) pairs[n - 2] = pairs[n - 2]! + e.length;
     else pairs.push(e.length, v);
   }
   return one ? pairs.slice(0, 2) : pairs;

@@ -19,11 +19,14 @@
  */
 import type { Logger } from '../logging.js';
 import type { BlockDevice } from '../block/block-device.js';
-import { NbdCmd, NbdError, REQUEST_HEADER_SIZE, nameOf } from '../protocol/constants.js';
+import { EXTENDED_REQUEST_HEADER_SIZE, MAX_PAYLOAD, NbdCmd, NbdCmdFlag, NbdError, NbdFlag, REQUEST_HEADER_SIZE, nameOf } from '../protocol/constants.js';
 import type { ByteReader } from '../protocol/byte-reader.js';
-import { decodeRequestHeader, encodeErrorChunk, encodeSimpleReply, type RequestHeader } from '../protocol/transmission-codec.js';
+import { decodeRequestHeader, encodeSimpleReply, type RequestHeader } from '../protocol/transmission-codec.js';
+import { decodeExtendedRequestHeader } from '../protocol/extended-codec.js';
+import { EXTENDED_CHUNKS, STRUCTURED_CHUNKS, type ChunkWriter } from '../protocol/chunk-writer.js';
+import { ProtocolError } from '../protocol/nbd-errors.js';
 import type { NegotiatedSession } from './handshake.js';
-import { COMMAND_RULES, validateRequest, type ValidationContext } from './request-rules.js';
+import { COMMAND_RULES, statusPayloadRequest, validateRequest, type ValidationContext } from './request-rules.js';
 import { BufferPool, MIN_POOLED } from './buffer-pool.js';
 import { runRequest } from './transmission-commands.js';
 
@@ -67,14 +70,21 @@ export class TransmissionSession {
   /** Set by the connection when someone observes requests; costs one clock read per request. */
   observer: RequestObserver | undefined;
   readonly structured: boolean;
+  /** Extended headers: 32-byte requests, u64 lengths, PAYLOAD_LEN, extended reply chunks only. */
+  readonly extended: boolean;
+  /** How reply chunks are framed (structured or extended headers). */
+  readonly chunks: ChunkWriter;
   readonly baseAllocationId: number;
   readonly allocationDepthId: number;
   private readonly validation: ValidationContext;
+  private readonly headerSize: number;
+  /** Context ids negotiated for this export (what a BLOCK_STATUS payload may name). */
+  private readonly selectedIds: readonly number[];
   private readonly traceEnabled: boolean;
 
   private inFlight = 0;
   private inFlightBytes = 0;
-  /** A WRITE whose payload is still arriving: copied into `buf` as its bytes come in. */
+  /** A WRITE (or BLOCK_STATUS) whose payload is still arriving: copied into `buf` as its bytes come in. */
   private pendingWrite: { h: RequestHeader; buf: Buffer; pooled: Buffer | undefined; filled: number } | undefined;
   /** Payload bytes of a rejected WRITE still to be discarded. */
   private drainLeft = 0;
@@ -98,13 +108,19 @@ export class TransmissionSession {
   ) {
     this.device = session.handle.device;
     this.structured = session.structured;
+    this.extended = session.extended;
+    this.chunks = session.extended ? EXTENDED_CHUNKS : STRUCTURED_CHUNKS;
+    this.headerSize = session.extended ? EXTENDED_REQUEST_HEADER_SIZE : REQUEST_HEADER_SIZE;
     this.baseAllocationId = session.baseAllocationId;
     this.allocationDepthId = session.allocationDepthId;
+    this.selectedIds = [session.baseAllocationId, session.allocationDepthId].filter((id) => id !== 0);
     this.validation = {
       size: session.handle.size,
       writable: session.handle.capabilities.writable,
       structured: session.structured,
       hasContexts: session.baseAllocationId !== 0 || session.allocationDepthId !== 0,
+      extended: session.extended,
+      statusPayload: (session.transmissionFlags & NbdFlag.BLOCK_STATUS_PAYLOAD) !== 0,
     };
     this.traceEnabled = io.log.isLevelEnabled('trace');
   }
@@ -127,16 +143,18 @@ export class TransmissionSession {
         pending.filled += reader.takeInto(pending.buf, pending.filled, pending.buf.length - pending.filled);
         if (pending.filled < pending.buf.length) return;
         this.pendingWrite = undefined;
-        this.start(pending.h, pending.buf, pending.pooled);
+        if (pending.h.type === NbdCmd.BLOCK_STATUS) this.startWithStatusPayload(pending.h, pending.buf);
+        else this.start(pending.h, pending.buf, pending.pooled);
         continue;
       }
       if (!this.shuttingDown && (this.inFlight >= MAX_IN_FLIGHT || this.inFlightBytes >= MAX_IN_FLIGHT_BYTES || this.writeBlocked)) {
         this.pauseReading();
         return;
       }
-      if (reader.length < REQUEST_HEADER_SIZE) return;
+      if (reader.length < this.headerSize) return;
       // A bad magic throws ProtocolError: the connection closes (caller catches).
-      this.dispatch(decodeRequestHeader(reader.take(REQUEST_HEADER_SIZE)));
+      const header = reader.take(this.headerSize);
+      this.dispatch(this.extended ? decodeExtendedRequestHeader(header) : decodeRequestHeader(header));
     }
   }
 
@@ -213,21 +231,23 @@ export class TransmissionSession {
       void this.whenIdle().then(() => this.io.end());
       return;
     }
-    const rejection = validateRequest(h, this.validation);
-    const isWrite = COMMAND_RULES[h.type]?.hasPayload === true;
-    if (rejection) {
-      if (isWrite) this.discardPayload(h);
-      this.io.log.debug({ cmd: nameOf(NbdCmd, h.type), offset: h.offset, length: h.length, error: rejection.message }, 'request rejected');
-      this.sendError(h, rejection.error, rejection.message);
-      this.observer?.(h.type, 0, 0n, rejection.error);
-      return;
-    }
+    const payload = this.payloadLength(h);
+    const statusPayload = this.validation.statusPayload === true && h.type === NbdCmd.BLOCK_STATUS && (h.flags & NbdCmdFlag.PAYLOAD_LEN) !== 0;
+    // A status payload carries the effect length: the request is validated once it is read.
+    // One longer than 8 + 4 × (ids negotiated) cannot be valid: drained, not buffered.
+    const rejection = !statusPayload
+      ? validateRequest(h, this.validation)
+      : payload > 8 + 4 * this.selectedIds.length
+        ? { error: NbdError.EINVAL, message: `BLOCK_STATUS payload of ${payload} bytes names more contexts than the ${this.selectedIds.length} negotiated` }
+        : undefined;
+    if (rejection) return this.reject(h, rejection, payload);
+    if (statusPayload && payload === 0 && !this.shuttingDown) return this.startWithStatusPayload(h, Buffer.alloc(0));
     if (this.shuttingDown) {
-      if (isWrite) this.discardPayload(h);
+      this.discardPayload(payload);
       this.sendError(h, NbdError.ESHUTDOWN, 'server is shutting down');
       return;
     }
-    if (isWrite && h.length > 0) {
+    if (payload > 0) {
       // pump() fills it and starts the request once the payload is complete.
       const pooled = h.length >= MIN_POOLED ? this.pool.acquire(h.length) : undefined;
       this.pendingWrite = { h, buf: pooled ? pooled.subarray(0, h.length) : Buffer.allocUnsafe(h.length), pooled, filled: 0 };
@@ -236,15 +256,48 @@ export class TransmissionSession {
     this.start(h, undefined);
   }
 
-  private discardPayload(h: RequestHeader): void {
-    if (h.length > MAX_DRAIN) {
+  /**
+   * Payload bytes following this header. Compact headers: a WRITE's length. Extended headers:
+   * `length` when PAYLOAD_LEN is set, else none; a WRITE without PAYLOAD_LEN (it may or may not
+   * be followed by data: guessing could run data as requests) and a payload above the maximum
+   * payload are refused by closing, as the specification recommends.
+   */
+  private payloadLength(h: RequestHeader): number {
+    if (!this.extended) return COMMAND_RULES[h.type]?.hasPayload === true ? h.length : 0;
+    if ((h.flags & NbdCmdFlag.PAYLOAD_LEN) === 0) {
+      if (h.type === NbdCmd.WRITE) throw new ProtocolError('NBD_ERR_EXTENDED_HEADERS', `WRITE without PAYLOAD_LEN (offset=${h.offset} length=${h.length}): with extended headers a WRITE must set it`);
+      return 0;
+    }
+    if (h.length > MAX_PAYLOAD) {
+      throw new ProtocolError('NBD_ERR_PAYLOAD_TOO_BIG', `${nameOf(NbdCmd, h.type)} payload of ${h.length} bytes exceeds the maximum payload ${MAX_PAYLOAD}`);
+    }
+    return h.length;
+  }
+
+  private reject(h: RequestHeader, rejection: { error: number; message: string }, payload: number): void {
+    this.discardPayload(payload);
+    this.io.log.debug({ cmd: nameOf(NbdCmd, h.type), offset: h.offset, length: h.length, error: rejection.message }, 'request rejected');
+    this.sendError(h, rejection.error, rejection.message);
+    this.observer?.(h.type, 0, 0n, rejection.error);
+  }
+
+  /** Extended headers, BLOCK_STATUS with a context-id payload: validate with its effect length, then run. */
+  private startWithStatusPayload(h: RequestHeader, payload: Buffer): void {
+    const request = statusPayloadRequest(h, payload, this.selectedIds);
+    const rejection = 'error' in request ? request : validateRequest(request, this.validation);
+    if (rejection) return this.reject(h, rejection, 0);
+    this.start(request as RequestHeader, payload);
+  }
+
+  private discardPayload(length: number): void {
+    if (length > MAX_DRAIN) {
       // Not worth reading: treat as abuse and close (the spec allows it above 32 MiB).
-      this.io.log.warn({ length: h.length }, 'WRITE payload too large to drain; closing connection');
+      this.io.log.warn({ length }, 'WRITE payload too large to drain; closing connection');
       this.stopReading = true;
       this.io.end();
       return;
     }
-    this.drainLeft = h.length;
+    this.drainLeft = length;
   }
 
   private start(h: RequestHeader, payload: Buffer | undefined, pooled?: Buffer): void {
@@ -293,12 +346,13 @@ export class TransmissionSession {
 
   sendError(h: RequestHeader, error: number, message: string, offset?: number): void {
     this.stats.errors++;
-    if (this.structured) this.send(encodeErrorChunk(h.cookieHi, h.cookieLo, error, message, offset));
+    if (this.structured) this.send(this.chunks.error(h, error, message, offset));
     else this.send(encodeSimpleReply(error, h.cookieHi, h.cookieLo));
   }
 
+  /** Success without data: a simple reply, except with extended headers (never simple replies). */
   sendOk(h: RequestHeader): void {
-    this.send(encodeSimpleReply(0, h.cookieHi, h.cookieLo));
+    this.send(this.extended ? this.chunks.none(h) : encodeSimpleReply(0, h.cookieHi, h.cookieLo));
   }
 
   private pauseReading(): void {
