@@ -24,7 +24,7 @@ import { gate } from './tools.js';
  * expects in one place; with `false` the same tests check the fallback to structured
  * replies instead. Tests that depend on it name it in their titles ("[ext]").
  */
-export const EXTENDED_HEADERS_EXPECTED = false;
+export const EXTENDED_HEADERS_EXPECTED = true;
 
 export const MODERN_ROOT = process.env.COWNBD_MODERN_ROOT ?? '/var/cache/cownbd/trixie-root';
 const RUNNER = path.join(REPO_ROOT, 'scripts', 'modern-run.sh');

@@ -96,8 +96,6 @@ describe.runIf(hasLibnbd || hasNbdClient)('today\'s libnbd and nbd-client agains
       can_trim: e.can_trim,
       can_zero: e.can_zero,
       can_multi_conn: e.can_multi_conn,
-      // NBD_FLAG_BLOCK_STATUS_PAYLOAD comes with extended headers (issue 27).
-      can_block_status_payload: e.can_block_status_payload,
     }).toEqual({
       is_read_only: false,
       can_flush: true,
@@ -105,8 +103,10 @@ describe.runIf(hasLibnbd || hasNbdClient)('today\'s libnbd and nbd-client agains
       can_trim: true,
       can_zero: true,
       can_multi_conn: true,
-      can_block_status_payload: EXTENDED_HEADERS_EXPECTED,
     });
+    // NBD_FLAG_BLOCK_STATUS_PAYLOAD is not asserted here: nbdinfo selects no meta context on this
+    // connection, and a server may leave the flag off then (qemu-nbd 10 sets it, cownbd does not);
+    // the nbdsh test below checks it on a connection with contexts.
     expect(e.block_size_minimum).toBe(1);
     expect(e.block_size_preferred).toBe(4096);
     expect(e.block_size_maximum).toBeGreaterThanOrEqual(MiB);
@@ -124,7 +124,6 @@ describe.runIf(hasLibnbd || hasNbdClient)('today\'s libnbd and nbd-client agains
     const can = async (what: string, flag = '--can') => (await modern('nbdinfo', [flag, what, tcp.uri('disk0')])).code;
     expect(await can('structured-reply')).toBe(0);
     expect(await can('extended-headers')).toBe(EXTENDED_HEADERS_EXPECTED ? 0 : 2);
-    expect(await can('block-status-payload')).toBe(EXTENDED_HEADERS_EXPECTED ? 0 : 2);
     for (const f of ['flush', 'fua', 'trim', 'zero', 'fast-zero', 'multi-conn', 'cache', 'df']) expect(await can(f), f).toBe(0);
     expect(await can('read-only', '--is')).toBe(2);
   });
