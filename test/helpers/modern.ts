@@ -11,10 +11,11 @@
  * Paths given to a modern tool must be under /tmp (or $TMPDIR): the chroot sees those
  * at the same paths, nothing else of the host (makeTempDir() puts fixtures there).
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { mustSucceed, runTool, type RunOptions, type ToolResult } from './clients.js';
+import { mustSucceed, runTool, serverLog, type RunOptions, type ToolResult } from './clients.js';
 import { REPO_ROOT } from './server.js';
 import { gate } from './tools.js';
 
@@ -46,6 +47,38 @@ export function modern(tool: string, args: string[], opts: RunOptions = {}): Pro
   // Bind the directory os.tmpdir() names when it is not /tmp (modern-run.sh binds $TMPDIR).
   const env = { COWNBD_MODERN_ROOT: MODERN_ROOT, TMPDIR: tmpdir(), ...opts.env };
   return runTool('bash', [RUNNER, tool, ...args], { ...opts, env });
+}
+
+/**
+ * Start a long-running tool from the root (a reference server such as qemu-nbd). The PID is
+ * the tool's own (modern-run.sh execs through), so kill() ends it and its mount namespace.
+ */
+export function startModern(tool: string, args: string[]): { proc: ChildProcess; output(): string; stop(): Promise<void> } {
+  const proc = spawn('bash', [RUNNER, tool, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, COWNBD_MODERN_ROOT: MODERN_ROOT, TMPDIR: tmpdir() },
+  });
+  let out = '';
+  proc.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  proc.stderr!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  const kill = () => proc.kill('SIGKILL');
+  process.once('exit', kill);
+  return {
+    proc,
+    output: () => out,
+    async stop() {
+      process.off('exit', kill);
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+/** The server's warnings and errors (e.g. why it closed a connection), for assertion messages. */
+export function serverComplaints(srv: { stderr(): string }): string {
+  const lines = serverLog(srv).filter((l) => Number(l.level) >= 40);
+  return `\n--- cownbd warnings ---\n${lines.map((l) => `${String(l.msg)}: ${String(l.reason ?? '')}`).join('\n')}`;
 }
 
 /** modern() that throws with the transcript unless the tool exits 0. */

@@ -10,7 +10,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeResult, serverLog, type QemuMapEntry } from '../helpers/clients.js';
 import { createRawImage, makeTempDir, pattern, sha256File, type TempDir } from '../helpers/images.js';
-import { modern, modernOk, requireModernTool } from '../helpers/modern.js';
+import { modern, modernOk, requireModernTool, serverComplaints, startModern } from '../helpers/modern.js';
 import { startServer, type RunningServer } from '../helpers/server.js';
 
 const MiB = 1024 * 1024;
@@ -20,6 +20,7 @@ const DATA: Array<[number, number]> = [
   [20 * MiB, 3 * MiB],
 ];
 const hasQemu = requireModernTool('qemu-img', 'qemu-io');
+const hasReference = requireModernTool('qemu-nbd', 'nbdinfo');
 
 /** qemu-img map entries merged into [start, length, data] runs. */
 function dataRuns(map: QemuMapEntry[]): Array<[number, number, boolean]> {
@@ -89,7 +90,8 @@ describe.runIf(hasQemu)('qemu 10 block tools against cownbd', () => {
     writeFileSync(src, Buffer.concat([randomBytes(5 * MiB), Buffer.alloc(6 * MiB), randomBytes(5 * MiB)]));
     writeFileSync(tmp.file('rw.raw'), randomBytes(16 * MiB)); // the zero run must overwrite old data
     for (const [how, srv] of both()) {
-      await modernOk('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', src, srv.uri('rw')]);
+      const conv = await modern('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', src, srv.uri('rw')]);
+      expect(conv.code, describeResult(conv) + serverComplaints(srv)).toBe(0);
       expect(readFileSync(tmp.file('rw.raw')).equals(readFileSync(src)), how).toBe(true);
       const same = await modern('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', src, srv.uri('rw')]);
       expect(same.code, describeResult(same)).toBe(0);
@@ -110,7 +112,8 @@ describe.runIf(hasQemu)('qemu 10 block tools against cownbd', () => {
     for (const [how, srv] of both()) {
       const args = ['-f', 'raw'];
       for (const c of cmds) args.push('-c', c);
-      const r = await modernOk('qemu-io', [...args, srv.uri('rw')]);
+      const r = await modern('qemu-io', [...args, srv.uri('rw')]);
+      expect(r.code, describeResult(r) + serverComplaints(srv)).toBe(0);
       expect(r.stdout + r.stderr, how).not.toMatch(/Pattern verification failed|error/i);
       expect(r.stdout, how).toMatch(/discard 2097152\/2097152 bytes at offset 12582912/);
     }
@@ -134,5 +137,40 @@ describe.runIf(hasQemu)('qemu 10 block tools against cownbd', () => {
     const w = await modern('qemu-io', ['-f', 'raw', '-c', 'write 0 4k', tcp.uri('disk')]);
     expect(w.code, describeResult(w)).not.toBe(0);
     expect(w.stderr + w.stdout).toMatch(/read.only|Operation not permitted|Permission denied/i);
+  });
+});
+
+/**
+ * The harness itself, against the reference server of the same generation (qemu-nbd 10 from
+ * the root): extended headers are negotiated and qemu-io's writes and reads succeed. When this
+ * fails the tier's tooling is broken; when only the cownbd tests above fail, cownbd is.
+ */
+describe.runIf(hasQemu && hasReference)('reference: qemu-nbd 10 from the same root', () => {
+  let tmp: TempDir;
+  let ref: ReturnType<typeof startModern>;
+  let uri: string;
+
+  beforeAll(async () => {
+    tmp = makeTempDir();
+    createRawImage(tmp.file('ref.raw'), 4 * MiB);
+    uri = `nbd+unix:///ref?socket=${tmp.file('ref.sock')}`;
+    ref = startModern('qemu-nbd', ['-t', '-k', tmp.file('ref.sock'), '-f', 'raw', '-x', 'ref', tmp.file('ref.raw')]);
+    const deadline = Date.now() + 15_000;
+    while ((await modern('nbdinfo', ['--size', uri])).code !== 0) {
+      if (Date.now() > deadline) throw new Error(`qemu-nbd did not start:\n${ref.output()}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  });
+  afterAll(async () => {
+    await ref?.stop();
+    tmp?.cleanup();
+  });
+
+  it('negotiates extended packets and takes qemu-io writes (which carry no PAYLOAD_LEN)', async () => {
+    const info = await modernOk('nbdinfo', [uri]);
+    expect(info.stdout.split('\n')[0]).toBe('protocol: newstyle-fixed without TLS, using extended packets');
+    const r = await modernOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x3e 64k 64k', '-c', 'read -P 0x3e 64k 64k', uri]);
+    expect(r.stdout + r.stderr, ref.output()).not.toMatch(/Pattern verification failed|error/i);
+    expect(readFileSync(tmp.file('ref.raw')).subarray(64 * 1024, 128 * 1024).every((b) => b === 0x3e)).toBe(true);
   });
 });

@@ -10,7 +10,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeResult } from '../helpers/clients.js';
 import { createRawImage, makeTempDir, type TempDir } from '../helpers/images.js';
-import { EXPECTED_PACKETS, EXTENDED_HEADERS_EXPECTED, modern, modernNbdinfoJson, modernOk, requireModernTool } from '../helpers/modern.js';
+import { EXPECTED_PACKETS, EXTENDED_HEADERS_EXPECTED, modern, modernNbdinfoJson, modernOk, requireModernTool, serverComplaints } from '../helpers/modern.js';
 import { startServer, type RunningServer } from '../helpers/server.js';
 import { makeTlsFixture, requireTlsTools, type TlsFixture } from '../helpers/tls-creds.js';
 
@@ -72,7 +72,8 @@ describe.runIf(hasTls && (hasLibnbd || hasQemu || hasNbdClient))('today\'s clien
     const opts = `driver=nbd,host=127.0.0.1,port=${srv.port},export=disk,tls-creds=tls0`;
     const info = await modernOk('qemu-img', ['info', '--output=json', '--object', obj, '--image-opts', opts]);
     expect((JSON.parse(info.stdout) as { 'virtual-size': number })['virtual-size']).toBe(8 * MiB);
-    const io = await modernOk('qemu-io', ['--object', obj, '--image-opts', opts, '-c', 'write -P 0x6b 6M 128k', '-c', 'read -P 0x6b 6M 128k', '-c', 'flush']);
+    const io = await modern('qemu-io', ['--object', obj, '--image-opts', opts, '-c', 'write -P 0x6b 6M 128k', '-c', 'read -P 0x6b 6M 128k', '-c', 'flush']);
+    expect(io.code, describeResult(io) + serverComplaints(srv)).toBe(0);
     expect(io.stdout + io.stderr).not.toMatch(/Pattern verification failed|error/i);
     expect(readFileSync(tmp.file('disk.raw')).subarray(6 * MiB, 6 * MiB + 128 * 1024).every((b) => b === 0x6b)).toBe(true);
     // Converting through TLS reads the same bytes the file holds.
