@@ -4,6 +4,7 @@
  * target fields (lengths, magics, offsets, flags) as well as raw bytes.
  */
 import { CMD, OPT, infoData, metaData, optionRequest, request, u32 } from '../helpers/nbd-fixtures.js';
+import { EXT, extRequest, statusPayload } from '../helpers/nbd-extended.js';
 
 interface Field {
   pos: number;
@@ -34,12 +35,18 @@ function pick<T>(r: () => number, xs: readonly T[]): T {
   return xs[Math.floor(r() * xs.length)]!;
 }
 
-/** A plausible conversation against an export of `size` bytes. */
+/**
+ * A plausible conversation against an export of `size` bytes. About a third negotiate extended
+ * headers first and then speak 32-byte requests (u64 lengths, PAYLOAD_LEN on WRITE, sometimes a
+ * BLOCK_STATUS context-id payload; now and then a WRITE without PAYLOAD_LEN or a compact header).
+ */
 export function conversation(r: () => number, size: number): { bytes: Buffer; fields: Field[] } {
   const b = new Builder();
   b.add(u32(r() < 0.9 ? 3 : pick(r, [0, 1, 2, 4, 0xffffffff])), [[0, 4]]);
   const nOpts = Math.floor(r() * 5);
   const opt = (o: number, data: Buffer = Buffer.alloc(0)) => b.add(optionRequest(o, data), [[0, 8], [8, 4], [12, 4]]);
+  const extended = r() < 0.35;
+  if (extended) opt(EXT.OPT_EXTENDED_HEADERS);
   for (let i = 0; i < nOpts; i++) {
     const x = r();
     if (x < 0.2) opt(OPT.STRUCTURED_REPLY);
@@ -63,9 +70,26 @@ export function conversation(r: () => number, size: number): { bytes: Buffer; fi
     const offset = r() < 0.9 ? Math.floor(r() * Math.max(1, size - length)) : pick(r, [size, size - 1, 2 ** 53 - 1, 2 ** 63]);
     const flags = r() < 0.7 ? 0 : Math.floor(r() * 32);
     const payload = type === CMD.WRITE && length <= 65536 ? Buffer.alloc(length, 0x5a) : undefined;
+    if (extended && r() < 0.95) {
+      b.add(extendedRequest(r, type, flags, BigInt(i + 1), BigInt(Math.min(offset, 2 ** 64 - 1)), length, payload), [[0, 4], [4, 2], [6, 2], [16, 8], [24, 8]]);
+      continue;
+    }
     b.add(request(type, { flags, cookie: BigInt(i + 1), offset: BigInt(Math.min(offset, 2 ** 64 - 1)), length, payload }), [[0, 4], [4, 2], [6, 2], [16, 8], [24, 4]]);
   }
   return { bytes: b.bytes(), fields: b.fields };
+}
+
+const INTERESTING_U64 = [2n ** 32n, 2n ** 32n + 1n, 5n * 2n ** 30n, 2n ** 53n, 2n ** 63n, 2n ** 64n - 1n];
+
+/** One extended request: PAYLOAD_LEN on WRITE (mostly), u64 lengths, BLOCK_STATUS payloads. */
+function extendedRequest(r: () => number, type: number, flags: number, cookie: bigint, offset: bigint, length: number, payload: Buffer | undefined): Buffer {
+  const len: bigint = r() < 0.1 ? pick(r, INTERESTING_U64) : BigInt(length);
+  if (type === CMD.WRITE && r() < 0.95) return extRequest(type, { flags: flags | EXT.CMD_FLAG_PAYLOAD_LEN, cookie, offset, payload: payload ?? Buffer.alloc(0) });
+  if (type === CMD.BLOCK_STATUS && r() < 0.4) {
+    const ids = Array.from({ length: Math.floor(r() * 4) }, () => pick(r, [0, 1, 2, 3, 0xffffffff]));
+    return extRequest(type, { flags: flags | EXT.CMD_FLAG_PAYLOAD_LEN, cookie, offset, payload: statusPayload(len, ids) });
+  }
+  return extRequest(type, { flags, cookie, offset, length: len });
 }
 
 /** Apply 0–4 mutations (field-aware most of the time). */

@@ -45,6 +45,7 @@ describe.runIf(hasTls)('--tls require before STARTTLS', () => {
       optionRequest(OPT.GO, infoData('secret-name')),
       optionRequest(OPT.LIST_META, metaData('secret-name', [])),
       optionRequest(OPT.STRUCTURED_REPLY),
+      optionRequest(11), // EXTENDED_HEADERS: refused like every option before TLS
       optionRequest(99),
     ];
     const replies = [];
@@ -166,6 +167,50 @@ describe.runIf(hasTls)('TLS versions and PSK suites (Node client on the raw sock
     // The server answers with a protocol_version alert (70) and logs why.
     expect(String(s)).toMatch(/alert protocol version/);
     await expect.poll(() => serverLog(srv).some((l) => /TLS handshake failed: the client offered only TLS versions older than 1\.2/.test(String(l.reason))), { timeout: 5000 }).toBe(true);
+  });
+});
+
+describe.runIf(hasTls)('--tls on: header styles negotiated in plaintext do not survive STARTTLS', () => {
+  let tmp: TempDir;
+  let srv: RunningServer;
+  let psk: Buffer;
+  const EXTENDED_HEADERS = 11;
+
+  beforeAll(async () => {
+    tmp = makeTempDir();
+    const fx = makeTlsFixture(tmp.file('tls'), [], ['alice']);
+    psk = Buffer.from(readFileSync(fx.pskFile, 'utf8').trim().split(':')[1]!, 'hex');
+    createRawImage(tmp.file('d.raw'), 1024 * 1024);
+    srv = await startServer([tmp.file('d.raw'), '-n', 'd', '--tls', 'on', '--tls-psk', fx.pskFile]);
+  });
+  afterAll(async () => {
+    await srv?.stop();
+    tmp?.cleanup();
+  });
+
+  it('EXTENDED_HEADERS before STARTTLS is forgotten: inside TLS STRUCTURED_REPLY and EXTENDED_HEADERS are fresh', async () => {
+    const c = await RawClient.connect({ port: srv.port! });
+    await c.greet();
+    c.write(optionRequest(EXTENDED_HEADERS));
+    expect((await c.readOptionReply()).type).toBe(ACK);
+    c.write(optionRequest(OPT.STARTTLS));
+    expect((await c.readOptionReply()).type).toBe(ACK);
+    c.socket.removeAllListeners('data');
+    const t = await new Promise<tls.TLSSocket>((resolve, reject) => {
+      const s = tls.connect({ socket: c.socket, pskCallback: () => ({ identity: 'alice', psk }), checkServerIdentity: () => undefined });
+      s.once('secureConnect', () => resolve(s));
+      s.once('error', reject);
+    });
+    const inner = RawClient.wrap(t);
+    try {
+      // Were extended headers still on, these would be ERR_EXT_HEADER_REQD and ERR_INVALID.
+      inner.write(optionRequest(OPT.STRUCTURED_REPLY));
+      expect((await inner.readOptionReply()).type).toBe(ACK);
+      inner.write(optionRequest(EXTENDED_HEADERS));
+      expect((await inner.readOptionReply()).type).toBe(ACK);
+    } finally {
+      inner.close();
+    }
   });
 });
 
