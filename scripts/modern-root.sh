@@ -5,6 +5,7 @@
 #
 #   bash scripts/modern-root.sh          # build if needed, print the root's path + versions
 #   COWNBD_MODERN_ROOT=/some/dir …       # cache somewhere else (default below)
+#   COWNBD_MODERN_SUITE=sid …            # another Debian suite (root: /var/cache/cownbd/sid-root)
 #   COWNBD_MODERN_REBUILD=1 …            # throw the cached root away and build again
 #   bash scripts/modern-root.sh --status # current | stale | absent, builds nothing
 #
@@ -24,8 +25,8 @@
 # Prints the root's path as the LAST line of stdout (everything else goes to stderr).
 set -euo pipefail
 
-ROOT=${COWNBD_MODERN_ROOT:-/var/cache/cownbd/trixie-root}
 SUITE=${COWNBD_MODERN_SUITE:-trixie}
+ROOT=${COWNBD_MODERN_ROOT:-/var/cache/cownbd/$SUITE-root}
 MIRROR=${COWNBD_MODERN_MIRROR:-http://deb.debian.org/debian}
 # fio is for the benchmark rows with extended headers (issue 27); gnutls-bin for certtool.
 PACKAGES=(libnbd-bin python3-libnbd nbdkit qemu-utils qemu-block-extra nbd-client gnutls-bin fio)

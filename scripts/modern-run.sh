@@ -17,7 +17,7 @@
 # and bind mounts are allowed too.
 set -euo pipefail
 
-ROOT=${COWNBD_MODERN_ROOT:-/var/cache/cownbd/trixie-root}
+ROOT=${COWNBD_MODERN_ROOT:-/var/cache/cownbd/${COWNBD_MODERN_SUITE:-trixie}-root}
 
 if [[ ${1:-} == --inside-namespace ]]; then
   shift

@@ -27,7 +27,9 @@ import { gate } from './tools.js';
  */
 export const EXTENDED_HEADERS_EXPECTED = true;
 
-export const MODERN_ROOT = process.env.COWNBD_MODERN_ROOT ?? '/var/cache/cownbd/trixie-root';
+/** The suite scripts/modern-root.sh built (COWNBD_MODERN_SUITE, default trixie) and where. */
+export const MODERN_SUITE = process.env.COWNBD_MODERN_SUITE ?? 'trixie';
+export const MODERN_ROOT = process.env.COWNBD_MODERN_ROOT ?? `/var/cache/cownbd/${MODERN_SUITE}-root`;
 const RUNNER = path.join(REPO_ROOT, 'scripts', 'modern-run.sh');
 /** Written last by scripts/modern-root.sh: without it the root is absent or half-built. */
 const STAMP = path.join(MODERN_ROOT, '.cownbd-root-stamp');

@@ -11,7 +11,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, type TempDir } from '../helpers/images.js';
-import { MODERN_ROOT, modern, requireModernTool, startModern } from '../helpers/modern.js';
+import { MODERN_ROOT, MODERN_SUITE, modern, requireModernTool, startModern } from '../helpers/modern.js';
 import { REPO_ROOT } from '../helpers/server.js';
 
 const SCRIPT = path.join(REPO_ROOT, 'scripts', 'modern-root.sh');
@@ -34,7 +34,7 @@ describe.runIf(hasRoot)('scripts/modern-root.sh: which cached roots it trusts', 
 
   it('the cached root is current, and its stamp records suite, mirror and package list', () => {
     expect(status(MODERN_ROOT)).toBe('current');
-    expect(stamp).toMatch(/^suite=trixie\nmirror=\S+\npackages=.*\blibnbd-bin\b.*\bqemu-utils\b.*\bnbd-client\b/);
+    expect(stamp).toMatch(new RegExp(`^suite=${MODERN_SUITE}\\nmirror=\\S+\\npackages=.*\\blibnbd-bin\\b.*\\bqemu-utils\\b.*\\bnbd-client\\b`));
   });
 
   it('a missing root and a root without a stamp (an interrupted build) are "absent"', () => {
@@ -55,7 +55,7 @@ describe.runIf(hasRoot)('scripts/modern-root.sh: which cached roots it trusts', 
     expect(status(fewer)).toBe('stale');
     const sid = tmp.file('sid');
     mkdirSync(sid);
-    writeFileSync(path.join(sid, STAMP), stamp.replace('suite=trixie', 'suite=sid'));
+    writeFileSync(path.join(sid, STAMP), stamp.replace(`suite=${MODERN_SUITE}`, 'suite=another-suite'));
     expect(status(sid)).toBe('stale');
   });
 
