@@ -6,7 +6,7 @@
  * The Debian 12 generation of the same clients is tested in test/interop/.
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeResult, serverLog, type MapEntry } from '../helpers/clients.js';
 import { createRawImage, makeTempDir, sha256File, type TempDir } from '../helpers/images.js';
@@ -219,5 +219,66 @@ describe.runIf(hasLibnbd || hasNbdClient)('today\'s libnbd and nbd-client agains
       const lines = r.stdout.split('\n').filter((l) => l && !l.startsWith('Negotiation'));
       expect(lines.sort(), describeResult(r)).toEqual(['disk0: Modern disk 0', 'scratch']);
     }
+  });
+});
+
+/**
+ * 64-bit lengths, the reason extended headers exist: on an 8 GiB sparse export with one byte
+ * of data at 6 GiB, libnbd gets the leading 6 GiB hole as ONE extent (a compact reply cannot
+ * say more than 4 GiB - 1), and sends single 5 GiB TRIM and WRITE_ZEROES requests.
+ */
+describe.runIf(hasLibnbd)('[ext] 64-bit lengths from libnbd 1.22', () => {
+  const GiB = 1024 ** 3;
+  let tmp: TempDir;
+  let srv: RunningServer;
+
+  beforeAll(async () => {
+    tmp = makeTempDir();
+    createRawImage(tmp.file('big.raw'), 8 * GiB);
+    const fd = openSync(tmp.file('big.raw'), 'r+');
+    writeSync(fd, Buffer.from('x'), 0, 1, 6 * GiB);
+    closeSync(fd);
+    srv = await startServer([tmp.file('big.raw'), '-n', 'big', '--log-level', 'trace'], { unix: true });
+  });
+  afterAll(async () => {
+    await srv?.stop();
+    tmp?.cleanup();
+  });
+
+  it('[ext] block status reports a 6 GiB hole in one extent; 5 GiB TRIM and WRITE_ZEROES are single requests', async () => {
+    const script = [
+      'import json',
+      'h.add_meta_context("base:allocation")',
+      `h.connect_uri(${JSON.stringify(srv.uri('big'))})`,
+      'ext = h.get_extended_headers_negotiated()',
+      'seen = []',
+      'h.block_status_64(h.get_size(), 0, lambda ctx, off, entries, err: seen.extend([list(e) for e in entries]))',
+      'done = []',
+      'if ext:',
+      `    h.trim(5 * ${GiB}, 0)`,
+      '    done.append("trim")',
+      `    h.zero(5 * ${GiB}, ${GiB})`,
+      '    done.append("zero")',
+      `tail = h.pread(2, 6 * ${GiB} - 1).hex()`,
+      'print(json.dumps({"ext": ext, "extents": seen, "done": done, "tail": tail}))',
+    ].join('\n');
+    const r = await modernOk('nbdsh', ['-c', script]);
+    const doc = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { ext: boolean; extents: Array<[number, number]>; done: string[]; tail: string };
+    expect(doc.ext).toBe(EXTENDED_HEADERS_EXPECTED);
+    if (EXTENDED_HEADERS_EXPECTED) {
+      expect(doc.extents[0]).toEqual([6 * GiB, 3]);
+      expect(doc.done).toEqual(['trim', 'zero']);
+      // One request each on the wire (the trace log names every request the server read).
+      const big = serverLog(srv).filter((l) => l.msg === 'request' && (l.cmd === 'TRIM' || l.cmd === 'WRITE_ZEROES'));
+      expect(big.map((l) => [l.cmd, Number(l.offset), Number(l.length)])).toEqual([
+        ['TRIM', 0, 5 * GiB],
+        ['WRITE_ZEROES', GiB, 5 * GiB],
+      ]);
+    } else {
+      expect(doc.extents.every(([len]) => len < 4 * GiB)).toBe(true);
+    }
+    // The byte at 6 GiB survived the zeroing that ended just before it.
+    expect(doc.tail).toBe('0078');
+    expect(statSync(tmp.file('big.raw')).size).toBe(8 * GiB);
   });
 });
