@@ -105,7 +105,8 @@ export interface HandshakeTls {
   start(): Promise<void>;
 }
 
-export interface HandshakeState {
+/** Exported for header-options.ts, the header-style option handlers. */
+export interface State {
   readonly io: HandshakeIo;
   noZeroes: boolean;
   structured: boolean;
@@ -123,7 +124,7 @@ export interface HandshakeState {
 
 /** undefined = keep haggling; 'abort' = close softly; a session = enter transmission. */
 type OptResult = NegotiatedSession | 'abort' | undefined;
-type OptHandler = (s: HandshakeState, data: Buffer) => Promise<OptResult>;
+type OptHandler = (s: State, data: Buffer) => Promise<OptResult>;
 
 /** Run the whole handshake. Resolves to the session, or undefined after ABORT. */
 export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | undefined> {
@@ -134,7 +135,7 @@ export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | un
     // MUST: drop the connection on flags we did not advertise.
     throw new ProtocolError('NBD_ERR_BAD_CLIENT_FLAGS', `unknown client flags 0x${clientFlags.toString(16)}`);
   }
-  const s: HandshakeState = {
+  const s: State = {
     io,
     noZeroes: (clientFlags & NbdClientFlag.C_NO_ZEROES) !== 0,
     structured: false,
@@ -161,7 +162,7 @@ export async function negotiate(io: HandshakeIo): Promise<NegotiatedSession | un
   }
 }
 
-async function dispatchOption(s: HandshakeState, option: number, data: Buffer): Promise<OptResult> {
+async function dispatchOption(s: State, option: number, data: Buffer): Promise<OptResult> {
   if (tlsRequired(s, option)) return undefined;
   const handler = OPTION_HANDLERS[option];
   if (!handler) {
@@ -194,7 +195,7 @@ async function dispatchOption(s: HandshakeState, option: number, data: Buffer): 
  * cannot be opened ("the requested export is not available"), then with the reason as
  * the message text, which clients print (nbdinfo, qemu: "server reported: …").
  */
-async function findExport<T>(s: HandshakeState, option: number, name: string, find: () => Promise<T | undefined>): Promise<T | undefined> {
+async function findExport<T>(s: State, option: number, name: string, find: () => Promise<T | undefined>): Promise<T | undefined> {
   let found: T | undefined;
   try {
     found = await find();
@@ -216,7 +217,7 @@ async function findExport<T>(s: HandshakeState, option: number, name: string, fi
  * One line per refused name and connection (names capped at 4096 bytes; logs at 200): warn
  * for GO, debug for INFO, a question libnbd's `nbdinfo --list` asks about "" on every listing.
  */
-function logRefused(s: HandshakeState, name: string, option: number): void {
+function logRefused(s: State, name: string, option: number): void {
   // A client guessing names gets 16 lines, not one per option (up to 1000 per connection).
   const key = `${option}:${name}`;
   if (s.refused.has(key) || s.refused.size >= 16) return;
@@ -226,7 +227,7 @@ function logRefused(s: HandshakeState, name: string, option: number): void {
   s.io.log[level]({ export: name.slice(0, 200), reason, option: nameOf(NbdOpt, option) }, 'refused export name');
 }
 
-async function handleOptExportName(s: HandshakeState, data: Buffer): Promise<OptResult> {
+async function handleOptExportName(s: State, data: Buffer): Promise<OptResult> {
   const name = decodeString(data, 'export name');
   if (s.extended) throw new ProtocolError('NBD_ERR_EXTENDED_HEADERS', 'EXPORT_NAME after EXTENDED_HEADERS (the client must use GO)');
   let handle: ExportHandle | undefined;
@@ -242,12 +243,12 @@ async function handleOptExportName(s: HandshakeState, data: Buffer): Promise<Opt
   return session(s, handle, flags);
 }
 
-async function handleOptAbort(s: HandshakeState): Promise<OptResult> {
+async function handleOptAbort(s: State): Promise<OptResult> {
   reply(s, NbdOpt.ABORT, NbdRep.ACK);
   return 'abort';
 }
 
-async function handleOptList(s: HandshakeState, data: Buffer): Promise<OptResult> {
+async function handleOptList(s: State, data: Buffer): Promise<OptResult> {
   requireEmpty(NbdOpt.LIST, data);
   const exports = await s.io.provider.list();
   // Raised, never stacked: repeating LIST cannot buy an unbounded number of options.
@@ -264,7 +265,7 @@ async function handleOptList(s: HandshakeState, data: Buffer): Promise<OptResult
  * ERR_TLS_REQD whatever it names (nothing about exports leaks), and EXPORT_NAME, which
  * has no error reply, closes the connection. True when the option was refused.
  */
-function tlsRequired(s: HandshakeState, option: number): boolean {
+function tlsRequired(s: State, option: number): boolean {
   const t = s.io.tls;
   if (t?.mode !== 'require' || t.active() || option === NbdOpt.STARTTLS || option === NbdOpt.ABORT) return false;
   if (option === NbdOpt.EXPORT_NAME) throw new ProtocolError('NBD_ERR_TLS_REQUIRED', 'EXPORT_NAME before STARTTLS on a --tls require server');
@@ -277,7 +278,7 @@ function tlsRequired(s: HandshakeState, option: number): boolean {
   return true;
 }
 
-async function handleOptStartTls(s: HandshakeState, data: Buffer): Promise<OptResult> {
+async function handleOptStartTls(s: State, data: Buffer): Promise<OptResult> {
   const t = s.io.tls;
   if (!t || t.mode === 'off') {
     reply(s, NbdOpt.STARTTLS, NbdRep.ERR_POLICY, 'TLS is not configured on this server');
@@ -295,14 +296,14 @@ async function handleOptStartTls(s: HandshakeState, data: Buffer): Promise<OptRe
   return undefined;
 }
 
-async function handleOptInfo(s: HandshakeState, data: Buffer): Promise<OptResult> {
+async function handleOptInfo(s: State, data: Buffer): Promise<OptResult> {
   const req = decodeInfoRequest(data);
   const info = await findExport(s, NbdOpt.INFO, req.name, () => s.io.provider.describe(req.name));
   if (info) sendInfoReplies(s, NbdOpt.INFO, info, req.infos, headerStyleFlags(s, info.name, transmissionFlags(info, s.structured)));
   return undefined;
 }
 
-async function handleOptGo(s: HandshakeState, data: Buffer): Promise<OptResult> {
+async function handleOptGo(s: State, data: Buffer): Promise<OptResult> {
   const req = decodeInfoRequest(data);
   const handle = await findExport(s, NbdOpt.GO, req.name, () => s.io.provider.open(req.name, s.io.ctx));
   if (!handle) return undefined;
@@ -311,7 +312,7 @@ async function handleOptGo(s: HandshakeState, data: Buffer): Promise<OptResult> 
   return session(s, handle, flags);
 }
 
-function sendInfoReplies(s: HandshakeState, option: number, info: ExportInfo, requested: readonly number[], flags: number): void {
+function sendInfoReplies(s: State, option: number, info: ExportInfo, requested: readonly number[], flags: number): void {
   const send = (payload: Buffer) => s.io.send(encodeOptionReply(option, NbdRep.INFO, payload));
   // Answer each requested type once; unknown types are ignored (spec).
   for (const type of new Set(requested)) {
@@ -323,7 +324,7 @@ function sendInfoReplies(s: HandshakeState, option: number, info: ExportInfo, re
   reply(s, option, NbdRep.ACK);
 }
 
-function session(s: HandshakeState, handle: ExportHandle, flags: number): NegotiatedSession {
+function session(s: State, handle: ExportHandle, flags: number): NegotiatedSession {
   // Contexts selected for another export do not apply (spec: SET_META_CONTEXT names the export).
   const ids = s.metaExport === handle.name ? s.metaIds : [];
   return {
@@ -348,11 +349,11 @@ export function matchContexts(queries: readonly string[], list: boolean): number
   return [...ids].sort((a, b) => a - b);
 }
 
-async function handleOptListMetaContext(s: HandshakeState, data: Buffer): Promise<OptResult> {
+async function handleOptListMetaContext(s: State, data: Buffer): Promise<OptResult> {
   return metaContext(s, NbdOpt.LIST_META_CONTEXT, data, true);
 }
 
-async function handleOptSetMetaContext(s: HandshakeState, data: Buffer): Promise<OptResult> {
+async function handleOptSetMetaContext(s: State, data: Buffer): Promise<OptResult> {
   // The selection is replaced even when the request fails (spec).
   s.metaExport = undefined;
   s.metaIds = [];
@@ -363,7 +364,7 @@ async function handleOptSetMetaContext(s: HandshakeState, data: Buffer): Promise
   return metaContext(s, NbdOpt.SET_META_CONTEXT, data, false);
 }
 
-async function metaContext(s: HandshakeState, option: number, data: Buffer, list: boolean): Promise<OptResult> {
+async function metaContext(s: State, option: number, data: Buffer, list: boolean): Promise<OptResult> {
   const req = decodeMetaContextRequest(data);
   const info = await findExport(s, option, req.name, () => s.io.provider.describe(req.name));
   if (!info) return undefined;

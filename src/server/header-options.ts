@@ -15,7 +15,7 @@
  */
 import { NbdFlag, NbdOpt, NbdRep } from '../protocol/constants.js';
 import { InvalidOptionError } from '../protocol/handshake-codec.js';
-import type { HandshakeState } from './handshake.js';
+import type { State as HandshakeState } from './handshake.js';
 import { reply, requireEmpty } from './option-reply.js';
 
 function answer(s: HandshakeState, option: number, type: number, message?: string): undefined {

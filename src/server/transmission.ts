@@ -15,7 +15,8 @@
  *   device reads into a subarray; a WRITE payload is copied once, as its bytes arrive, out
  *   of the shared read buffer (shared-reads.ts) into a pooled buffer.
  * - Errors: validation failures and device errors become NBD error replies (the real
- *   cause is logged at debug); only a ProtocolError (bad magic) closes the connection.
+ *   cause is logged at debug); only a ProtocolError (bad magic, an oversized extended payload)
+ *   closes the connection.
  */
 import type { Logger } from '../logging.js';
 import type { BlockDevice } from '../block/block-device.js';
@@ -258,16 +259,13 @@ export class TransmissionSession {
 
   /**
    * Payload bytes following this header. Compact headers: a WRITE's length. Extended headers:
-   * `length` when PAYLOAD_LEN is set, else none; a WRITE without PAYLOAD_LEN (it may or may not
-   * be followed by data: guessing could run data as requests) and a payload above the maximum
-   * payload are refused by closing, as the specification recommends.
+   * `length` when PAYLOAD_LEN is set, else none — except WRITE, which always carries its data:
+   * the specification makes PAYLOAD_LEN mandatory on WRITE, but QEMU 10's client omits it (and
+   * QEMU's server reads the data anyway), so we do as QEMU's server does. A PAYLOAD_LEN payload
+   * above the maximum payload closes the connection, as the specification recommends.
    */
   private payloadLength(h: RequestHeader): number {
-    if (!this.extended) return COMMAND_RULES[h.type]?.hasPayload === true ? h.length : 0;
-    if ((h.flags & NbdCmdFlag.PAYLOAD_LEN) === 0) {
-      if (h.type === NbdCmd.WRITE) throw new ProtocolError('NBD_ERR_EXTENDED_HEADERS', `WRITE without PAYLOAD_LEN (offset=${h.offset} length=${h.length}): with extended headers a WRITE must set it`);
-      return 0;
-    }
+    if (!this.extended || (h.flags & NbdCmdFlag.PAYLOAD_LEN) === 0) return COMMAND_RULES[h.type]?.hasPayload === true ? h.length : 0;
     if (h.length > MAX_PAYLOAD) {
       throw new ProtocolError('NBD_ERR_PAYLOAD_TOO_BIG', `${nameOf(NbdCmd, h.type)} payload of ${h.length} bytes exceeds the maximum payload ${MAX_PAYLOAD}`);
     }

@@ -38,7 +38,7 @@ function pick<T>(r: () => number, xs: readonly T[]): T {
 /**
  * A plausible conversation against an export of `size` bytes. About a third negotiate extended
  * headers first and then speak 32-byte requests (u64 lengths, PAYLOAD_LEN on WRITE, sometimes a
- * BLOCK_STATUS context-id payload; now and then a WRITE without PAYLOAD_LEN or a compact header).
+ * BLOCK_STATUS context-id payload; now and then a WRITE without PAYLOAD_LEN, as QEMU 10 sends it, or a compact header).
  */
 export function conversation(r: () => number, size: number): { bytes: Buffer; fields: Field[] } {
   const b = new Builder();
