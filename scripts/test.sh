@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-utils gcc libc6-dev qemu-block-extra libnbd-bin python3-libnbd nbdkit fio nbd-client time gnutls-bin chromium
-          uml-utilities user-mode-linux patchelf e2fsprogs qemu-system-x86 busybox-static systemd strace jq)
+          uml-utilities user-mode-linux patchelf e2fsprogs qemu-system-x86 busybox-static systemd strace jq debootstrap)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,6 +28,14 @@ bash scripts/build-native.sh
 uml_dir=$(bash scripts/uml-kernel.sh)
 if [[ -n "$uml_dir" ]]; then export PATH="$uml_dir:$PATH"; fi
 npm run build
+# Today's NBD clients for test/modern/ (docs/modern-clients.md): a Debian trixie root,
+# built once (about a minute) and cached outside the repository. A failed build is
+# reported here; the modern tests then fail under CI=true and skip locally.
+if [[ $(id -u) -eq 0 ]]; then
+  bash scripts/modern-root.sh >/dev/null || echo "test.sh: WARNING: scripts/modern-root.sh failed: test/modern cannot run" >&2
+else
+  bash scripts/modern-root.sh >/dev/null 2>&1 || echo "test.sh: WARNING: no modern root (build it as root: scripts/modern-root.sh): test/modern will skip" >&2
+fi
 # Default reporter for people, JSON for the closing summary line CI reads.
 results=$(mktemp -t cownbd-vitest-XXXXXX.json)
 trap 'rm -f "$results"' EXIT

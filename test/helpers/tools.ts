@@ -39,7 +39,8 @@ export function hasPythonModule(module: string): boolean {
   return found;
 }
 
-function gate(label: string, found: boolean): boolean {
+/** Skip (locally) or fail (CI=true) when `found` is false; `label` names what is missing. */
+export function gate(label: string, found: boolean): boolean {
   if (found) return true;
   if (process.env.CI === 'true') {
     throw new Error(`required test tool "${label}" is missing (CI=true: missing tools are failures)`);
