@@ -108,6 +108,38 @@ describe('block status with extended headers', () => {
     }
   });
 
+  it('qemu:dirty-bitmap:overlay over extended headers: u64 descriptors, and the payload form answers the bitmap alone', async () => {
+    const { c, flags, ids } = await open('m2', ['base:allocation', 'qemu:dirty-bitmap:overlay']);
+    try {
+      expect(flags & EXT.FLAG_BLOCK_STATUS_PAYLOAD).toBe(EXT.FLAG_BLOCK_STATUS_PAYLOAD);
+      const bitmap = ids['qemu:dirty-bitmap:overlay']!;
+      const base = ids['base:allocation']!;
+      expect(bitmap).toBeGreaterThan(0);
+      c.write(extRequest(CMD.WRITE, { flags: EXT.CMD_FLAG_PAYLOAD_LEN, cookie: 1n, offset: 2 * MiB, payload: pattern(2 * MiB, 128 * 1024, 4) }));
+      expect(replyError(await readExtReply(c))).toBe(0);
+
+      // Unfiltered: both contexts answer, the bitmap marks exactly the written range dirty (flag 1).
+      c.write(extRequest(CMD.BLOCK_STATUS, { cookie: 2n, offset: 0, length: BASE_SIZE }));
+      const both = Object.fromEntries((await readExtReply(c)).map((ch) => decodeStatusExt(ch)).map((d) => [d.id, descriptors(d.extents)]));
+      expect(Object.keys(both).map(Number).sort()).toEqual([base, bitmap].sort());
+      expect(both[bitmap]).toEqual([
+        [2 * MiB, 0],
+        [128 * 1024, 1],
+        [BASE_SIZE - 2 * MiB - 128 * 1024, 0],
+      ]);
+
+      // Filtered to the bitmap: one chunk, DONE, only its id.
+      c.write(extRequest(CMD.BLOCK_STATUS, { cookie: 3n, offset: 0, flags: EXT.CMD_FLAG_PAYLOAD_LEN, payload: statusPayload(BASE_SIZE, [bitmap]) }));
+      const only = await readExtReply(c);
+      expect(only).toHaveLength(1);
+      expect(only[0]).toMatchObject({ flags: 1, cookie: 3n });
+      expect(decodeStatusExt(only[0]!).id).toBe(bitmap);
+      expect(descriptors(decodeStatusExt(only[0]!).extents)).toEqual(both[bitmap]);
+    } finally {
+      c.close();
+    }
+  });
+
   it('without selected contexts BLOCK_STATUS_PAYLOAD is not offered and the payload form is refused', async () => {
     const { c, flags } = await open('m3', []);
     try {
