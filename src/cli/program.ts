@@ -12,6 +12,7 @@ import { registerDemoCommand } from './demo-register.js';
 import { checkToolPaths } from './image-path.js';
 import { registerCtlCommand } from './ctl-command.js';
 import { registerObjectStoreCommands } from './objectstore-commands.js';
+import { addConfigDefaults } from './program-config.js';
 
 export const PROGRAM_DESCRIPTION = 'NBD server for copy-on-write disk images (User-Mode-Linux cow and add-cow overlays)';
 
@@ -26,6 +27,8 @@ export function buildProgram(io: FileIo): Command {
   program.hook('preAction', (_program, action) => checkToolPaths(action.name(), action.processedArgs));
   registerCtlCommand(program);
   registerObjectStoreCommands(program);
+  // Last: it adds --config to every command registered above that reads s3:// images.
+  addConfigDefaults(program);
   return program;
 }
 
