@@ -92,6 +92,10 @@ describe('docs walk-through (README.md and docs/*.md)', () => {
     let runs = 0;
     let compared = 0;
     for (const { file, blocks } of byFile) {
+      // A `$ ` sample in a plain or other fence would be a sample nobody checks.
+      for (const b of blocks.filter((x) => !runnable(x))) {
+        expect(b.body.some((l) => l.startsWith('$ ')), `${file}:${b.line}: a \`$ \` sample belongs in a \`\`\`console block (or a skip with its reason)`).toBe(false);
+      }
       for (const b of blocks.filter(runnable)) {
         if (b.directive !== undefined) expect(b.directive, `${file}:${b.line}`).toMatch(/^(skip: \S.{5,}|demo|servers)$/);
         if (b.directive?.startsWith('skip')) continue;
