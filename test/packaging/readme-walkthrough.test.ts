@@ -8,7 +8,7 @@
  *
  *   <!-- readme-test: skip: REASON -->    not run (VM boots, Docker, root/kernel setup, npm)
  *   <!-- readme-test: demo -->            run while `cownbd demo` serves (a free port is
- *                                         substituted for 10809)
+ *                                         substituted for 10809, in commands and output)
  *   <!-- readme-test: servers -->         each `cownbd serve …` line is a long-running server:
  *                                         it runs with `-p 0` (unless it names -U/-p) and
  *                                         `--run 'nbdinfo --list "$uri"'`, so it starts, serves
@@ -129,7 +129,9 @@ describe('docs walk-through (README.md and docs/*.md)', () => {
     const redirect = (cmd: string) => cmd.replace(/(^|[\s=,])\/(run|var\/lib\/cownbd)\//g, `$1${sys}/$2/`);
     const mismatches: string[] = [];
     for (const block of blocks) {
-      const steps = stepsOf(block);
+      let steps = stepsOf(block);
+      // The demo runs on a free port: shown output naming 10809 names that port.
+      if (block.directive === 'demo') steps = steps.map((st) => ({ ...st, expected: st.expected.map((l) => l.replaceAll('127.0.0.1:10809', '127.0.0.1:[...]')) }));
       const script = blockScript(block, steps, redirect);
       const r = await bash(script, work, env);
       const where = (line: number) => `${file}:${line}`;
