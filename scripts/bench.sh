@@ -50,7 +50,7 @@ esac
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
 for tool in fio nbdinfo nbdcopy python3; do
-  command -v "$tool" >/dev/null || die "'$tool' is required (Debian: fio, libnbd-bin, python3; see README, Performance)"
+  command -v "$tool" >/dev/null || die "'$tool' is required (Debian: fio, libnbd-bin, python3; see docs/performance.md)"
 done
 fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd ioengine (Debian's fio has it)"
 

@@ -2,7 +2,7 @@
 // `npm run torture -- [--kills N] [--points N] [--protocol-cases N] [--image-cases N] [--control-rounds N] [--seed N]`:
 // the reliability campaign (test/campaign/) with long-run sizes. `--points N` asks for N
 // crash points (each kill verifies three exports, so kills = ceil(N / 3)). Prints the
-// "campaign:" figure lines the README quotes. Needs `npm run build` first.
+// "campaign:" figure lines docs/reliability.md quotes. Needs `npm run build` first.
 import { spawnSync } from 'node:child_process';
 
 const args = process.argv.slice(2);

@@ -1,6 +1,6 @@
 /**
  * Public API of cownbd as a library: what `import … from 'cownbd'` reaches (package.json's
- * "exports" map publishes this file only). README "Using cownbd from code" shows it:
+ * "exports" map publishes this file only). docs/library.md shows it:
  *
  *   import { createServer } from 'cownbd';
  *   const server = await createServer({ export: [{ name: 'disk', path: 'disk.cow' }], listen: [{ host: '127.0.0.1', port: 0 }] });

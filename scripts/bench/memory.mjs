@@ -1,5 +1,5 @@
 // Memory benchmark (scripts/bench.sh memory): RSS of cownbd as a function of disk size and
-// of what was written, for the table in the README (issue: "memory flat in disk size").
+// of what was written, for the table in docs/performance.md (issue: "memory flat in disk size").
 //
 // Per overlay (cow 16 GiB, cow 1 TiB, add-cow 1 TiB, over sparse bases of that size):
 //   open     seconds from `cownbd serve` spawn until it answers NBD (Node start included)

@@ -99,7 +99,7 @@ export async function createServer(config: ServerConfig, options: CreateServerOp
   // Every overlay this server opens (exports, machines, snapshot tops) persists its bitmap
   // on this interval (IoPolicy.bitmapSyncMs, formats/bitmap-persistence.ts).
   const io = config.bitmapSyncInterval === undefined ? given : new FileIo({ ...given.policy, bitmapSyncMs: Math.round(config.bitmapSyncInterval * 1000) });
-  const a: Assembly = { config, log, io, sio: new FileIo(io.policy, new OpenGuard(config.allowPath)), objectStore: lazyObjectStore(config, log, io) };
+  const a: Assembly = { config, log, io, sio: new FileIo(io.policy, new OpenGuard(config.allowPath)), objectStore: lazyObjectStore(config, log, io, true) };
   const golden = config.ephemeral || config.overlayDir ? config.base : undefined;
   // Every export's files go through one registry (a file read-only in one layer is never
   // opened writable by another export) and --allow-path; see block/open-guard.ts.

@@ -19,12 +19,12 @@ export interface ServerConfig extends Omit<FileOptions, ProcessSettings | 'expor
   listen?: readonly ListenEndpoint[];
   /** The named exports, opened by createServer() (a missing file fails it). */
   export?: readonly StaticExportConfig[];
-  /** The TOML file a reload reads (README "Operating"); without it reload() fails. */
+  /** The TOML file a reload reads (docs/configuration.md); without it reload() fails. */
   config?: string;
 }
 
 export const DEFAULT_ENDPOINT: ListenEndpoint = { host: '127.0.0.1', port: 10809 };
-/** The export name --overlay-dir answers when there are no static exports (the README's). */
+/** The export name --overlay-dir answers when there are no static exports (docs/serving.md's examples). */
 const OVERLAY_DIR_DEFAULT_EXPORT = 'vm1';
 
 /** Refuse a config that cannot work; the message names the setting (as the CLI spells it). */

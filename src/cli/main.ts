@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
- * cownbd command line: `serve`, `demo`, and the image tools (registered by
- * image-commands.ts). Kept thin: parsing and wiring only.
+ * cownbd command line: parses argv with the program program.ts builds (serve, demo, the
+ * image tools, ctl, the object-store commands). Kept thin: parsing and wiring only.
  *
  * Start-up cost: the modules imported here register options and help text only. Every
  * action imports its implementation when it runs (`await import(...)`), so `--version`,
@@ -11,36 +11,15 @@
  */
 // First: refuse a Node older than `engines` before the rest loads (node-version.ts).
 import './node-version.js';
-import { readFileSync } from 'node:fs';
-import { Command } from 'commander';
 import { FileIo } from '../block/file-io.js';
 import { ioPolicyFromEnv } from '../block/io-policy.js';
-import { registerImageCommands } from './image-commands.js';
-import { registerServeCommand } from './serve-register.js';
-import { registerDemoCommand } from './demo-register.js';
-import { checkToolPaths } from './image-path.js';
-import { registerCtlCommand } from './ctl-command.js';
+import { buildProgram } from './program.js';
 
 // `ps`, `pgrep cownbd`, `ss -p` and `top` show "cownbd" rather than "node".
 process.title = 'cownbd';
-import { registerObjectStoreCommands } from './objectstore-commands.js';
-
-const program = new Command();
-program
-  .name('cownbd')
-  .description('NBD server for copy-on-write disk images (User-Mode-Linux cow and add-cow overlays)')
-  .version(packageVersion());
 
 // The one place the I/O switches are read (io-policy.ts); everything below gets the object.
-const io = new FileIo(ioPolicyFromEnv(process.env));
-registerServeCommand(program, io);
-registerDemoCommand(program, io);
-registerImageCommands(program, io);
-// File arguments are checked (stat, never open) before a command runs: a FIFO must not hang
-// us, a missing file gets qemu-img's words (image-path.ts).
-program.hook('preAction', (_program, action) => checkToolPaths(action.name(), action.processedArgs));
-registerCtlCommand(program);
-registerObjectStoreCommands(program);
+const program = buildProgram(new FileIo(ioPolicyFromEnv(process.env)));
 
 // Operator errors (bad option, missing file, cow "mtime mismatch", port in use) end the
 // process with ONE line naming the problem and status 1; a stack trace would bury the
@@ -60,11 +39,3 @@ function operatorMessage(err: unknown): string {
   return err.message;
 }
 
-/** The version in package.json (dist/cli/main.js → ../../package.json): one source of truth. */
-function packageVersion(): string {
-  try {
-    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
-  } catch {
-    return 'unknown';
-  }
-}

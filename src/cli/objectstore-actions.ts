@@ -8,6 +8,7 @@ import { InvalidArgumentError } from 'commander';
 import cliProgress from 'cli-progress';
 import { openImage, type ImageFormat } from '../formats/open-image.js';
 import { createLogger } from '../logging.js';
+import { readCacheBound } from '../objectstore/cache-bound.js';
 import { clearCacheDir, inspectCacheDir } from '../objectstore/chunk-cache.js';
 import { cacheConfigFrom, lazyObjectStore, storeConfigFrom, type ObjectStoreFlags } from '../objectstore/cli-options.js';
 import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE } from '../objectstore/manifest.js';
@@ -135,11 +136,25 @@ export async function gcAction(bucketUri: string, flags: GcFlags): Promise<void>
   }
 }
 
+/**
+ * The bound shown is the one the cache is kept to: the running server's (recorded in the
+ * directory, cache-bound.ts), else the last server's, else this command's --cache-size.
+ */
 export async function cacheShowAction(flags: ObjectStoreFlags & { json?: boolean }): Promise<void> {
   const { cacheDir, cacheSize } = cacheConfigFrom(flags);
   const s = await inspectCacheDir(cacheDir);
-  if (flags.json) process.stdout.write(`${JSON.stringify({ ...s, maxBytes: cacheSize }, null, 2)}\n`);
-  else process.stdout.write(`cache ${s.dir}: ${s.chunks} chunks, ${formatSize(s.bytes)} (bound ${formatSize(cacheSize)})\n`);
+  const rec = await readCacheBound(s.dir);
+  const maxBytes = rec?.maxBytes ?? cacheSize;
+  const bound = rec
+    ? { source: rec.running ? 'running-server' : 'last-server', pid: rec.pid, minFreeBytes: rec.minFreeBytes, startedAt: rec.startedAt }
+    : { source: 'this-command' };
+  const said = !rec
+    ? "this command's --cache-size (no server has used this cache)"
+    : rec.running
+      ? `set by the running server (pid ${rec.pid})`
+      : `set by the last server (pid ${rec.pid}, not running)`;
+  if (flags.json) process.stdout.write(`${JSON.stringify({ ...s, maxBytes, bound }, null, 2)}\n`);
+  else process.stdout.write(`cache ${s.dir}: ${s.chunks} chunks, ${formatSize(s.bytes)} (bound ${formatSize(maxBytes)}, ${said})\n`);
 }
 
 export async function cacheClearAction(flags: ObjectStoreFlags): Promise<void> {

@@ -1,5 +1,5 @@
 /**
- * The `serve` options for TLS, access control and limits (README "Security"), kept apart
+ * The `serve` options for TLS, access control and limits (docs/tls.md), kept apart
  * from serve-register.ts: they are registered on the command here; createServer() turns
  * them (like a config file's [tls] and [limits]) into the plain SecurityOptions object
  * (src/server/security.ts) with api/server-config.ts's securityOptionsOf().

@@ -71,7 +71,7 @@ function addServeOptions(serve: Command): void {
     )
     .option('--ignore-mtime', 'cow exports: accept a backing file whose mtime no longer matches the header (recovery after the base was touched but not changed)')
     .optionsGroup('Operating:')
-    .option('-c, --config <file>', 'TOML configuration file (README "Operating"); options given on the command line override it; SIGHUP reloads it')
+    .option('-c, --config <file>', 'TOML configuration file (docs/configuration.md); options given on the command line override it; SIGHUP reloads it')
     .option('--admin <endpoint>', 'admin API (HTTP/JSON) on unix:/path, or HOST:PORT with --admin-token-file', parseAdminEndpoint)
     .option('--admin-token-file <file>', 'bearer token clients of a TCP admin API must send');
 }

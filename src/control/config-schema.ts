@@ -1,6 +1,6 @@
 /**
  * The configuration file's schema (zod) and its translation into serve options: every
- * table and key of README "Operating", strict (unknown keys are errors), with the option
+ * table and key of docs/configuration.md, strict (unknown keys are errors), with the option
  * names the command line uses (kebab-case keys ↔ --long-options). config.ts parses the
  * TOML, reports errors with lines, and merges the result with the command line.
  */

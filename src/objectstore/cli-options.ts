@@ -1,7 +1,8 @@
 /**
  * Command-line options for object-store access, shared by serve, publish, create, info,
- * map, convert and cache, and the one place that turns them (plus the standard AWS
- * environment variables, read when a command runs — never at import) into a context.
+ * map, convert and cache, and the one place that turns them (plus COWNBD_S3_* and the
+ * standard AWS environment variables, read when a command runs — never at import) into a
+ * context.
  *
  * The context is created lazily, on the first s3:// image a command meets (a local image
  * whose cow header names an s3:// backing counts), so commands on local files never touch
@@ -47,9 +48,9 @@ export function addCacheOptions(cmd: Command): Command {
 
 export function addObjectStoreOptions(cmd: Command): Command {
   addCacheOptions(cmd)
-    .option('--s3-endpoint <url>', 'S3-compatible endpoint (MinIO, Ceph RGW, Garage); default $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS')
-    .option('--s3-region <region>', 'region (default $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1)')
-    .addOption(new Option('--s3-addressing <style>', 'bucket addressing (default: path with a custom endpoint, virtual on AWS)').choices(['path', 'virtual']))
+    .option('--s3-endpoint <url>', 'S3-compatible endpoint (MinIO, Ceph RGW, Garage); default: the config file\'s, $COWNBD_S3_ENDPOINT, $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS')
+    .option('--s3-region <region>', 'region (default: the config file\'s, $COWNBD_S3_REGION, $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1)')
+    .addOption(new Option('--s3-addressing <style>', 'bucket addressing (default: the config file\'s, $COWNBD_S3_ADDRESSING, else path with a custom endpoint, virtual on AWS)').choices(['path', 'virtual']))
     .option('--s3-max-gets <n>', 'bound on parallel chunk GETs', positiveInt('--s3-max-gets'), DEFAULT_STORE_CONFIG.maxParallelGets)
     .option('--s3-timeout <ms>', 'give up on one S3 operation (all retries) after this many ms', positiveInt('--s3-timeout'), DEFAULT_STORE_CONFIG.deadlineMs)
     .option('--s3-retries <n>', 'retries per S3 operation (exponential backoff)', (v) => Number(v), DEFAULT_STORE_CONFIG.maxAttempts - 1);
@@ -60,16 +61,30 @@ export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   return path.join(env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'cownbd');
 }
 
+/**
+ * The first value set, with the name an error should blame. Flags include what a config
+ * file set (the CLI merges its [object-store] table in as flags, program-config.ts), so the
+ * order is: command line, config file, COWNBD_S3_*, then the AWS SDK's own variables
+ * (docs/object-store.md#one-default-for-every-command). Empty variables count as unset.
+ */
+function firstOf(sources: ReadonlyArray<[string, string | undefined]>): { value: string; from: string } | undefined {
+  for (const [from, value] of sources) if (value !== undefined && value !== '') return { value, from };
+  return undefined;
+}
+
 export function storeConfigFrom(flags: ObjectStoreFlags, env: NodeJS.ProcessEnv = process.env): StoreConfig {
-  const endpoint = flags.s3Endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL ?? undefined;
-  if (endpoint !== undefined && !/^https?:\/\/[^/]+/.test(endpoint)) throw new Error(`--s3-endpoint must be an http(s):// URL (got "${endpoint}")`);
+  const ep = firstOf([['--s3-endpoint', flags.s3Endpoint], ['COWNBD_S3_ENDPOINT', env.COWNBD_S3_ENDPOINT], ['AWS_ENDPOINT_URL_S3', env.AWS_ENDPOINT_URL_S3], ['AWS_ENDPOINT_URL', env.AWS_ENDPOINT_URL]]);
+  const endpoint = ep?.value;
+  if (ep && !/^https?:\/\/[^/]+/.test(ep.value)) throw new Error(`${ep.from} must be an http(s):// URL (got "${ep.value}")`);
+  const addr = firstOf([['--s3-addressing', flags.s3Addressing], ['COWNBD_S3_ADDRESSING', env.COWNBD_S3_ADDRESSING]]);
+  if (addr && addr.value !== 'path' && addr.value !== 'virtual') throw new Error(`${addr.from} must be path or virtual (got "${addr.value}")`);
   const retries = flags.s3Retries ?? DEFAULT_STORE_CONFIG.maxAttempts - 1;
   if (!Number.isInteger(retries) || retries < 0 || retries > 20) throw new Error(`--s3-retries must be 0-20 (got "${flags.s3Retries}")`);
   const deadlineMs = flags.s3Timeout ?? DEFAULT_STORE_CONFIG.deadlineMs;
   return {
     endpoint: endpoint || undefined,
-    region: flags.s3Region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? 'us-east-1',
-    forcePathStyle: (flags.s3Addressing ?? (endpoint ? 'path' : 'virtual')) === 'path',
+    region: firstOf([['', flags.s3Region], ['', env.COWNBD_S3_REGION], ['', env.AWS_REGION], ['', env.AWS_DEFAULT_REGION]])?.value ?? 'us-east-1',
+    forcePathStyle: (addr?.value ?? (endpoint ? 'path' : 'virtual')) === 'path',
     maxParallelGets: flags.s3MaxGets ?? DEFAULT_STORE_CONFIG.maxParallelGets,
     // One attempt may use at most a third of the whole budget, so retries get their turn.
     requestTimeoutMs: Math.min(DEFAULT_STORE_CONFIG.requestTimeoutMs, Math.max(500, Math.floor(deadlineMs / 3))),
@@ -94,15 +109,18 @@ export interface LazyObjectStore {
   close(): Promise<void>;
 }
 
-/** `log`: where the cache reports (default: nowhere, as the image tools want it). */
-export function lazyObjectStore(flags: ObjectStoreFlags, log?: Logger, io?: FileIo): LazyObjectStore {
+/**
+ * `log`: where the cache reports (default: nowhere, as the image tools want it);
+ * `recordBound`: a server, whose cache bound `cache show` should report (cache-bound.ts).
+ */
+export function lazyObjectStore(flags: ObjectStoreFlags, log?: Logger, io?: FileIo, recordBound = false): LazyObjectStore {
   let ctx: Promise<ObjectStoreContext> | undefined;
   let ready: ObjectStoreContext | undefined;
   const get = (() => {
     ctx ??= (async () => {
       const store = storeConfigFrom(flags);
       const { createObjectStoreContext } = await import('./open.js');
-      return createObjectStoreContext({ store, ...cacheConfigFrom(flags), log: log ?? (await import('../logging.js')).silentLogger(), io });
+      return createObjectStoreContext({ store, ...cacheConfigFrom(flags), log: log ?? (await import('../logging.js')).silentLogger(), io, recordBound });
     })().then((c) => (ready = c));
     return ctx;
   }) as LazyObjectStore;

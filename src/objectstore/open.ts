@@ -12,6 +12,7 @@
  */
 import type { FileIo } from '../block/file-io.js';
 import type { Logger } from '../logging.js';
+import { recordCacheBound } from './cache-bound.js';
 import { ChunkCache } from './chunk-cache.js';
 import { manifestMtime, type Manifest } from './manifest.js';
 import { fetchManifest, listVersions, ManifestCache } from './manifest-cache.js';
@@ -38,11 +39,18 @@ export interface ObjectStoreContextOptions {
   readonly log: Logger;
   /** I/O policy for reading cache files (the server's; default: every fast path). */
   readonly io?: FileIo;
+  /** A server: record its bound in the cache directory for `cache show` (cache-bound.ts). */
+  readonly recordBound?: boolean;
 }
 
 export async function createObjectStoreContext(o: ObjectStoreContextOptions): Promise<ObjectStoreContext> {
   const client = new StoreClient(o.store, o.log);
   const cache = await ChunkCache.open({ dir: o.cacheDir, maxBytes: o.cacheSize, minFreeBytes: o.cacheMinFree, log: o.log, io: o.io });
+  if (o.recordBound) {
+    const record = { pid: process.pid, maxBytes: o.cacheSize, minFreeBytes: o.cacheMinFree ?? 0, startedAt: new Date().toISOString() };
+    // Only `cache show` reads it: a cache directory we cannot write a small file to is the cache's problem, not this one's.
+    await recordCacheBound(cache.dir, record).catch((err: Error) => o.log.warn({ cacheDir: cache.dir, err: err.message }, 'could not record the cache bound for cache show'));
+  }
   return {
     client,
     cache,

@@ -2,7 +2,7 @@
  * Sizes of the reliability campaign (issue 15). `npm test` runs the CI sizes below;
  * `npm run torture -- --points 1000 --protocol-cases 200000 --image-cases 20000` (scripts/
  * torture.mjs) passes larger ones through these variables. Every test prints what it ran
- * ("campaign: …" lines), which the README's figures come from.
+ * ("campaign: …" lines), which docs/reliability.md's figures come from.
  */
 function knob(name: string, ci: number): number {
   const v = Number(process.env[name]);

@@ -1,5 +1,5 @@
 /**
- * TLS with real clients (README "Security"): X.509 with client certificates and TLS-PSK,
+ * TLS with real clients (docs/tls.md): X.509 with client certificates and TLS-PSK,
  * through libnbd (nbdinfo, nbdcopy, python nbd), QEMU (qemu-img/qemu-io with
  * tls-creds-x509 / tls-creds-psk) and nbd-client -l. Credentials are made at test time
  * (test/helpers/tls-creds.ts). Per-export allow= lists are checked with two identities.

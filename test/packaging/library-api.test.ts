@@ -1,6 +1,6 @@
 /**
- * cownbd as a library, through the package's front door: README "Using cownbd from code"
- * runs as written (its ```js block, saved as serve.mjs next to a disk.img) in a directory
+ * cownbd as a library, through the package's front door: docs/library.md ("Using cownbd from
+ * code") runs as written (its ```js block, saved as serve.mjs next to a disk.img) in a directory
  * whose node_modules/cownbd is this package, so `import { createServer } from 'cownbd'`
  * goes through package.json's "exports" map to the built dist/index.js. Real clients
  * read the export (nbdinfo for what INFO says, nbdcopy for every byte); Ctrl-C (SIGINT)
@@ -24,13 +24,12 @@ const hasNbdinfo = requireTool('nbdinfo');
 const hasNbdcopy = requireTool('nbdcopy');
 const SIZE = 3 * 1024 * 1024;
 
-/** The first ```js block under README's "## Using cownbd from code". */
+/** The first ```js block of docs/library.md ("# Using cownbd from code"). */
 function readmeExample(): string {
-  const text = readFileSync(path.join(REPO_ROOT, 'README.md'), 'utf8');
-  const section = text.split(/^## /m).find((s) => s.startsWith('Using cownbd from code\n'));
-  expect(section, 'README has a "Using cownbd from code" section').toBeDefined();
-  const m = /^```js\n([\s\S]*?)^```$/m.exec(section!);
-  expect(m, 'that section has a ```js example').not.toBeNull();
+  const text = readFileSync(path.join(REPO_ROOT, 'docs', 'library.md'), 'utf8');
+  expect(text.startsWith('# Using cownbd from code\n'), 'docs/library.md is the "Using cownbd from code" page').toBe(true);
+  const m = /^```js\n([\s\S]*?)^```$/m.exec(text);
+  expect(m, 'that page has a ```js example').not.toBeNull();
   return m![1]!;
 }
 
@@ -79,7 +78,7 @@ describe('cownbd as a library (import from "cownbd")', () => {
     tmp.cleanup();
   });
 
-  it.runIf(hasNbdinfo && hasNbdcopy)("README's example serves disk.img to nbdinfo and nbdcopy, and Ctrl-C stops it", async () => {
+  it.runIf(hasNbdinfo && hasNbdcopy)("docs/library.md's example serves disk.img to nbdinfo and nbdcopy, and Ctrl-C stops it", async () => {
     writeFileSync(tmp.file('serve.mjs'), readmeExample());
     const before = sha256File(img);
     const p = runProgram(tmp.path, 'serve.mjs');

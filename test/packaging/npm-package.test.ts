@@ -1,6 +1,6 @@
 /**
  * The npm package: `npm pack` ships only what runs (dist without source maps, the addon's
- * C source and its build script, contrib/systemd, docs, LICENSE, README) and nothing from
+ * C source and its build script, the man page, contrib/systemd, docs, LICENSE, README) and nothing from
  * test/, bench or e2e; package.json carries repository/homepage; `cownbd --version` is
  * package.json's version. Then the packed tarball is installed with the real npm into a
  * temporary prefix (`npm install -g --prefix`) and the installed `cownbd` serves a disk
@@ -8,7 +8,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, realpathSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { createRawImage, makeTempDir, sha256File } from '../helpers/images.js';
 import { CLI_PATH, REPO_ROOT, assertBuilt } from '../helpers/server.js';
@@ -66,7 +66,7 @@ describe('npm package', () => {
     const [info] = JSON.parse(r.stdout) as Array<{ filename: string; files: Array<{ path: string }> }>;
     tarball = path.join(tmp.path, info!.filename);
     files = info!.files.map((f) => f.path);
-    for (const must of ['package.json', 'LICENSE', 'README.md', 'native/fsx.c', 'scripts/build-native.sh', 'scripts/ci-mount.sh', pkg.bin.cownbd!, 'contrib/systemd/cownbd.service', 'contrib/systemd/cownbd.socket', 'contrib/systemd/cownbd.default']) {
+    for (const must of ['package.json', 'LICENSE', 'README.md', 'native/fsx.c', 'scripts/build-native.sh', 'scripts/ci-mount.sh', pkg.bin.cownbd!, 'dist/cownbd.1', 'contrib/systemd/cownbd.service', 'contrib/systemd/cownbd.socket', 'contrib/systemd/cownbd.default']) {
       expect(files, must).toContain(must);
     }
     expect(files.filter((f) => /^(test|src|bench)\/|^scripts\/(bench|e2e|ci-(?!mount\.sh$))|\.map$|^\.|tsconfig|vitest|Dockerfile/.test(f))).toEqual([]);
@@ -94,6 +94,13 @@ describe('npm package', () => {
     const bin = path.join(prefix, 'bin', 'cownbd');
     expect(statSync(bin).mode & 0o111).not.toBe(0);
     const installed = path.join(prefix, 'lib', 'node_modules', 'cownbd');
+    // package.json "man": npm links the page where `man cownbd` finds it under this prefix.
+    expect(existsSync(path.join(prefix, 'share', 'man', 'man1', 'cownbd.1')), 'man page installed').toBe(true);
+    if (requireTool('man')) {
+      const man = spawnSync('man', ['-w', 'cownbd'], { encoding: 'utf8', env: { ...process.env, MANPATH: path.join(prefix, 'share', 'man') } });
+      // man prints the page it found with the link resolved: the package's own dist/cownbd.1.
+      expect(man.stdout.trim(), man.stderr).toBe(realpathSync(path.join(installed, 'dist', 'cownbd.1')));
+    }
     expect(existsSync(path.join(installed, 'test'))).toBe(false);
     const img = createRawImage(tmp.file('disk.raw'), 3 * 1024 * 1024);
     const before = sha256File(img);

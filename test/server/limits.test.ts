@@ -1,5 +1,5 @@
 /**
- * Limits a hostile network cannot break (README "Security"): the handshake timeout, the
+ * Limits a hostile network cannot break (docs/tls.md): the handshake timeout, the
  * connection caps and the IP allow-list at accept, and the overlay caps (--max-overlays,
  * --min-free, escaping names). Each limit is shown to hold AND to leave others unaffected.
  * Loopback connections from 127.0.0.2 stand in for a second machine.

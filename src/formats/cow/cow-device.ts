@@ -152,7 +152,7 @@ export class CowDevice implements BlockDevice {
    * conflict with (the lock is free for whole sectors), written synchronously into the page
    * cache (FileIo.writeNow), bits set right after — the same data-then-bit order as
    * writeAligned, with no await in between, so no lock, promise chain or closure is needed.
-   * Measured with callgrind: see README, Performance.
+   * Measured with callgrind: see docs/performance.md.
    */
   private tryWriteNow(offset: number, data: Buffer): boolean {
     if (offset % SECTOR !== 0 || data.length % SECTOR !== 0 || data.length === 0 || !this.lock.wholeSectorsFree) return false;
