@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { cpuSeconds } from './proc.mjs';
 import { ROWS, runRow } from './rows.mjs';
-import { OURS, PEERS, SCALES, isOurs, startTargets } from './targets.mjs';
+import { OURS, PEERS, isOurs, processesOf, scales, startTargets } from './targets.mjs';
 import { printReport } from './report.mjs';
 import { TLS_ROWS, isTls, makeServerCertificate } from './tls.mjs';
 
@@ -88,7 +88,8 @@ for (let round = 1; round <= rounds; round++) {
   for (const row of rows) {
     for (const target of targets) {
       if (isTls(target) && !TLS_ROWS.includes(row.name)) continue; // not measured over TLS
-      if ((row.clients ?? 1) > 1 && !SCALES.includes(target)) continue; // one image per process
+      if ((row.clients ?? 1) > 1 && !scales(target)) continue; // one image per process
+      if ((row.clients ?? 1) === 1 && processesOf(target)) continue; // scaling rows only
       const label = `round ${round} ${row.name.padEnd(22)} ${target.padEnd(16)}`;
       try {
         const r = await cell(target, row, round);

@@ -18,6 +18,10 @@
 // processes, one fresh overlay each (nbdkit's cow filter has one overlay per process, so
 // that is its way to serve N machines). Targets that serve one image per process by
 // design (cownbd-addcow, the references, TLS targets) are not measured there.
+//   cownbd-cow-pN      scaling rows only, a measured stand-in for N worker processes: N
+//                      cownbd-cow processes, machine i served by process i mod N (what a
+//                      multi-process design with per-machine ownership would give, minus the
+//                      socket handoff; docs/performance.md)
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -30,6 +34,9 @@ export const REFERENCE = ['cownbd-raw', 'nbdkit-file'];
 export const isOurs = (t) => t.startsWith('cownbd-');
 /** Targets measured on the scaling rows (see above). */
 export const SCALES = ['cownbd-cow', 'nbdkit-cow64k', 'nbdkit-cow4k', 'qemu-threads', 'qemu-uring', 'nbd-server-cow'];
+/** cownbd-cow-pN: N processes (scaling rows only); the process count, or undefined. */
+export const processesOf = (t) => Number(/^cownbd-cow-p(\d+)$/.exec(t)?.[1]) || undefined;
+export const scales = (t) => SCALES.includes(t) || processesOf(t) !== undefined;
 
 function run(argv, log) {
   const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8' });
@@ -134,6 +141,8 @@ export async function startTarget(target, ctx, dir, port, log) {
  * one URI per client; the pids are every server process whose CPU counts.
  */
 export async function startTargets(target, ctx, dir, clients, log) {
+  const procs = processesOf(target);
+  if (procs) return startProcesses(ctx, dir, clients, procs, log);
   if (clients === 1 || target === 'cownbd-cow') {
     const s = await startTarget(target, ctx, dir, await freePort(), log);
     const uris = clients === 1 ? [s.uri] : Array.from({ length: clients }, (_, i) => s.uri.replace(/\/vm$/, `/vm${i}`));
@@ -153,6 +162,24 @@ export async function startTargets(target, ctx, dir, clients, log) {
     throw err;
   }
   return { pids: servers.map((s) => s.pid), uris: servers.map((s) => s.uri), stop };
+}
+
+/** cownbd-cow-pN: `procs` cownbd-cow processes; client i uses export vm<i> of process i mod procs. */
+async function startProcesses(ctx, dir, clients, procs, log) {
+  const servers = [];
+  const stop = () => Promise.all(servers.map((s) => s.stop()));
+  try {
+    for (let p = 0; p < procs; p++) {
+      const sub = join(dir, `p${p}`);
+      mkdirSync(sub);
+      servers.push(await startTarget('cownbd-cow', ctx, sub, await freePort(), log));
+    }
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  const uris = Array.from({ length: clients }, (_, i) => servers[i % procs].uri.replace(/\/vm$/, `/vm${i}`));
+  return { pids: servers.map((s) => s.pid), uris, stop };
 }
 
 function alive(pid) {

@@ -260,12 +260,9 @@ export class Connection {
   /**
    * Replies completing in the same event-loop turn (e.g. a batch of threadpool reads)
    * are corked and leave in one writev() at setImmediate: far fewer syscalls at high
-   * queue depth, no added latency beyond the current turn.
-   *
-   * `alone`: the session knows no other reply can join this one in this turn (its only
-   * request is answering: a QD1 or synchronous client). Corking would only add a
-   * setImmediate and a zero-timeout poll before the same single write, so the reply
-   * leaves now (unless this turn already corked: then it queues behind what is there).
+   * queue depth, no added latency beyond the current turn. `alone` (no other reply can
+   * join this one: a QD1 or synchronous client): corking would only add a setImmediate and
+   * a zero-timeout poll, so it leaves now (behind this turn's corked replies, if any).
    */
   private write(buf: Buffer, onWritten?: () => void, alone = false): boolean {
     if (this.destroyed || !this.socket.writable) {
