@@ -27,15 +27,21 @@
 # Rows (BENCH_ROWS, prefixes): randread-4k-qd32 (1 conn), randread-4k-qd32-4conn (4 conns × QD8),
 #   seqread-1m-qd8, randrw-70-30-4k-qd32, randwrite-4k-qd32, seqwrite-1m-qd8 (fio ioengine=nbd),
 #   nbdcopy-null (2 conns × 64 requests × 256K → null:), nbdcopy-devnull-sync (--synchronous →
-#   /dev/null), nbdcopy-file (→ a file; nbdcopy rows repeat whole-disk copies for BENCH_SECONDS).
+#   /dev/null), nbdcopy-file (→ a file; nbdcopy rows repeat whole-disk copies for BENCH_SECONDS);
+#   randread-4k-qd1, randwrite-4k-qd1 (fio, also completion latency mean and p99 in µs);
+#   scale8-randwrite-4k-qd8, scale8-seqwrite-1m-qd2: 8 machines at once, each its own overlay
+#   and connection, aggregate (cownbd-cow: ONE process, exports vm0…vm7 of --overlay-dir;
+#   peers: 8 processes; cownbd-addcow, TLS and reference targets skip them; the extra target
+#   cownbd-cow-pN, scaling rows only, runs N cownbd processes: see docs/performance.md).
 # Rounds are interleaved (BENCH_ROUNDS, default 2); each cell is the median over rounds, with
-# server CPU (the server's process tree, from /proc) and client CPU in % of one core.
+# server CPU (the server's process tree, from /proc) and client CPU in % of one core, and the
+# server's CPU-seconds per GiB moved (its CPU share over the throughput, same window).
 # Output: the table, each cownbd target's ratio to the best peer per row, .bench/results.json.
 #
 # Environment: BENCH_SECONDS (per cell, default 8), BENCH_RAMP (fio warm-up, default 1),
 # BENCH_ROUNDS (2), BENCH_ROWS, BENCH_TARGETS, BENCH_ADDCOW_CLUSTER (4K), BENCH_SIZE_MIB (1024),
 # BENCH_DIR (.bench), COWNBD_SERVE_ARGS, COWNBD_CLI (dist/cli/main.js).
-# Timing: defaults = 7 targets × 9 rows × 2 rounds × ~11 s ≈ 23 minutes, + 2 TLS targets × 2 rows.
+# Timing: defaults = 7 targets × 13 rows × 2 rounds × ~11 s ≈ 33 minutes, + 2 TLS targets × 2 rows.
 # Memory (scripts/bench.sh memory): see scripts/bench/memory.mjs; MEMORY_WRITES (10000).
 set -euo pipefail
 cd "$(dirname "$0")/.."

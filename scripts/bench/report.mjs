@@ -1,7 +1,9 @@
 // Table and results.json for scripts/bench/run.mjs: medians over rounds per (row, target),
 // the best peer per row, and each cownbd target's ratio to it. Reference targets
 // (cownbd-raw, nbdkit-file) are shown but are never "the best peer". A "-tls" target is
-// compared with the best "-tls" peer only.
+// compared with the best "-tls" peer only. Besides the throughput table: server/client CPU
+// per cell, server CPU-seconds per GiB moved (lower is better: what a bigger host gets per
+// core), and for the QD1 rows fio's completion latency (mean / p99).
 import { REFERENCE } from './targets.mjs';
 import { isTls } from './tls.mjs';
 
@@ -12,6 +14,7 @@ const median = (xs) => {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 const round1 = (x) => (x === undefined ? null : Math.round(x * 10) / 10);
+const round3 = (x) => (x === undefined ? null : Math.round(x * 1000) / 1000);
 
 export function printReport({ cells, rows, targets, isOurs, meta }) {
   const peers = targets.filter((t) => !isOurs(t) && !REFERENCE.includes(t));
@@ -26,6 +29,10 @@ export function printReport({ cells, rows, targets, isOurs, meta }) {
             value: round1(median(ok.map((c) => c.value))),
             serverCpuPct: round1(median(ok.map((c) => c.serverCpuPct))),
             clientCpuPct: round1(median(ok.map((c) => c.clientCpuPct))),
+            cpuSecPerGiB: round3(median(ok.map((c) => c.cpuSecPerGiB).filter((x) => x !== undefined))),
+            ...(row.latency
+              ? { latMeanUs: round1(median(ok.map((c) => c.latMeanUs))), latP99Us: round1(median(ok.map((c) => c.latP99Us))) }
+              : {}),
             rounds: ok.map((c) => round1(c.value)),
           }
         : { value: null, failures: mine.map((c) => c.reason), notMeasured: mine.length === 0 };
@@ -63,10 +70,21 @@ export function printReport({ cells, rows, targets, isOurs, meta }) {
   for (const s of summary) {
     cpu.push([s.row, ...targets.map((t) => (s.targets[t].value === null ? '-' : `${s.targets[t].serverCpuPct.toFixed(0)}/${s.targets[t].clientCpuPct.toFixed(0)}`))]);
   }
+  const perGiB = [['server CPU-s per GiB', ...targets]];
+  for (const s of summary) perGiB.push([s.row, ...targets.map((t) => (s.targets[t].cpuSecPerGiB == null ? '-' : s.targets[t].cpuSecPerGiB.toFixed(2)))]);
+  const latRows = summary.filter((s) => rows.find((r) => r.name === s.row)?.latency);
+  const lat = [['latency µs mean/p99', ...targets]];
+  for (const s of latRows) lat.push([s.row, ...targets.map((t) => (s.targets[t].latMeanUs == null ? '-' : `${s.targets[t].latMeanUs.toFixed(0)}/${s.targets[t].latP99Us.toFixed(0)}`))]);
   console.log(`\ncownbd benchmark: medians of ${meta.rounds} interleaved round(s), ${meta.seconds}s per cell (+${meta.ramp}s ramp), base ${meta.baseSizeMiB} MiB`);
   printTable(table, 2);
   console.log('');
   printTable(cpu, 1);
+  console.log('');
+  printTable(perGiB, 1);
+  if (latRows.length) {
+    console.log('');
+    printTable(lat, 1);
+  }
   const failures = cells.filter((c) => !c.ok);
   if (failures.length) {
     const byReason = new Map();

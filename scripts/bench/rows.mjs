@@ -1,12 +1,21 @@
 // The benchmark rows: fio (ioengine=nbd, libnbd) for the block-I/O rows and nbdcopy for
 // the copy rows. Each run() drives one server for about `seconds` and returns
-// { value, clientCpuPct, wall } (client CPU in % of one core over the client's wall time;
-// the caller measures the server over the same window).
+// { value, bytesPerSec, clientCpuPct, wall } (client CPU in % of one core over the client's
+// wall time; the caller measures the server over the same window and turns bytesPerSec and
+// the server's CPU into CPU-seconds per GiB moved), plus for the QD1 rows the fio
+// completion-latency mean and p99 in µs (latMeanUs, latP99Us).
+//
+// Scaling rows (`clients`: 8) run one fio job per machine, each on its own export URI (the
+// target hands out one per client: cownbd-cow one process with 8 per-machine overlays,
+// peers 8 processes), reported as the aggregate.
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { runMeasured } from './proc.mjs';
 
-const fio = (name, rw, bs, qd, extra = {}) => ({ name, kind: 'fio', rw, bs, qd, jobs: extra.jobs ?? 1, mix: extra.mix, unit: bs === '4k' ? 'IOPS' : 'MiB/s' });
+const fio = (name, rw, bs, qd, extra = {}) => ({
+  name, kind: 'fio', rw, bs, qd, jobs: extra.jobs ?? 1, mix: extra.mix, latency: extra.latency === true, clients: extra.clients ?? 1,
+  unit: bs === '4k' ? 'IOPS' : 'MiB/s',
+});
 const copy = (name, dest, args) => ({ name, kind: 'nbdcopy', dest, args, unit: 'MiB/s' });
 
 export const ROWS = [
@@ -17,22 +26,33 @@ export const ROWS = [
   fio('randrw-70-30-4k-qd32', 'randrw', '4k', 32, { mix: 70 }),
   fio('randwrite-4k-qd32', 'randwrite', '4k', 32),
   fio('seqwrite-1m-qd8', 'write', '1M', 8),
+  // QD1: each request waits for the one before (a booting machine); latency is the figure.
+  fio('randread-4k-qd1', 'randread', '4k', 1, { latency: true }),
+  fio('randwrite-4k-qd1', 'randwrite', '4k', 1, { latency: true }),
+  // Scaling: 8 machines, each its own overlay and connection (QD8 of 4k, QD2 of 1M each).
+  fio('scale8-randwrite-4k-qd8', 'randwrite', '4k', 8, { clients: 8 }),
+  fio('scale8-seqwrite-1m-qd2', 'write', '1M', 2, { clients: 8 }),
   copy('nbdcopy-null', 'null:', ['--connections=2', '--requests=64', '--request-size=262144']),
   copy('nbdcopy-devnull-sync', '/dev/null', ['--synchronous']),
   copy('nbdcopy-file', 'FILE', []),
 ];
 
-export function runRow(row, uri, { seconds, ramp, dir, sizeBytes, log }) {
-  return row.kind === 'fio' ? runFio(row, uri, seconds, ramp, dir, log) : runCopy(row, uri, seconds, dir, sizeBytes);
+/** `uris`: one URI, or one per client (row.clients of them). */
+export function runRow(row, uriOrUris, { seconds, ramp, dir, sizeBytes, log }) {
+  const uris = Array.isArray(uriOrUris) ? uriOrUris : [uriOrUris];
+  return row.kind === 'fio' ? runFio(row, uris, seconds, ramp, dir, log) : runCopy(row, uris[0], seconds, dir, sizeBytes);
 }
 
-function runFio(row, uri, seconds, ramp, dir, log) {
+function runFio(row, uris, seconds, ramp, dir, log) {
   const out = join(dir, `${row.name}.fio.json`);
+  // Options before the first --name are global; each client is one job with its own URI.
+  const jobs = uris.length === 1 ? [`--name=${row.name}`, `--uri=${uris[0]}`] : uris.flatMap((u, i) => [`--name=${row.name}-c${i}`, `--uri=${u}`]);
   const argv = [
-    'fio', `--name=${row.name}`, '--ioengine=nbd', `--uri=${uri}`, `--rw=${row.rw}`, `--bs=${row.bs}`,
+    'fio', '--ioengine=nbd', `--rw=${row.rw}`, `--bs=${row.bs}`,
     `--iodepth=${row.qd}`, `--numjobs=${row.jobs}`, '--group_reporting', '--time_based',
     `--runtime=${seconds}`, `--ramp_time=${ramp}`, '--randrepeat=0', '--output-format=json', `--output=${out}`,
     ...(row.mix ? [`--rwmixread=${row.mix}`] : []),
+    ...jobs,
   ];
   const m = runMeasured(argv);
   if (m.rc !== 0) throw new Error(`fio failed (rc ${m.rc}): ${m.stderr.trim().split('\n').pop()} (log ${log})`);
@@ -42,7 +62,16 @@ function runFio(row, uri, seconds, ramp, dir, log) {
   if (sides.length === 0) throw new Error('fio moved no data');
   const iops = sides.reduce((a, s) => a + s.iops, 0);
   const bytesPerSec = sides.reduce((a, s) => a + s.bw_bytes, 0);
-  return { value: row.unit === 'IOPS' ? iops : bytesPerSec / 2 ** 20, clientCpuPct: (100 * m.cpu) / m.wall, wall: m.wall };
+  const lat = row.latency ? latencyUs(sides[0]) : {};
+  return { value: row.unit === 'IOPS' ? iops : bytesPerSec / 2 ** 20, bytesPerSec, ...lat, clientCpuPct: (100 * m.cpu) / m.wall, wall: m.wall };
+}
+
+/** fio's completion latency (clat: submission to completion) of one side, in µs. */
+function latencyUs(side) {
+  const clat = side.clat_ns ?? {};
+  const p99 = clat.percentile?.['99.000000'];
+  if (typeof clat.mean !== 'number' || typeof p99 !== 'number') throw new Error('fio reported no clat percentiles');
+  return { latMeanUs: clat.mean / 1000, latP99Us: p99 / 1000 };
 }
 
 /** nbdcopy of the whole disk, repeated until `seconds` have passed; MiB/s over all copies. */
@@ -60,5 +89,5 @@ function runCopy(row, uri, seconds, dir, sizeBytes) {
     copies++;
   }
   if (row.dest === 'FILE') rmSync(dest, { force: true });
-  return { value: (copies * sizeBytes) / 2 ** 20 / wall, clientCpuPct: (100 * cpu) / wall, wall };
+  return { value: (copies * sizeBytes) / 2 ** 20 / wall, bytesPerSec: (copies * sizeBytes) / wall, clientCpuPct: (100 * cpu) / wall, wall };
 }

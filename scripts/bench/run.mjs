@@ -7,9 +7,9 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, copyFileSync, existsSync, readdirSync, openSync, readSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { cpuSeconds, freePort } from './proc.mjs';
+import { cpuSeconds } from './proc.mjs';
 import { ROWS, runRow } from './rows.mjs';
-import { OURS, PEERS, isOurs, startTarget } from './targets.mjs';
+import { OURS, PEERS, isOurs, processesOf, scales, startTargets } from './targets.mjs';
 import { printReport } from './report.mjs';
 import { TLS_ROWS, isTls, makeServerCertificate } from './tls.mjs';
 
@@ -61,17 +61,21 @@ async function cell(target, row, round) {
   mkdirSync(dir);
   warmBase();
   const log = join(dir, 'log');
-  const server = await startTarget(target, ctx, dir, await freePort(), log);
+  const servers = await startTargets(target, ctx, dir, row.clients ?? 1, log);
+  const serverCpu = () => servers.pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
   try {
-    const cpu0 = cpuSeconds(server.pid);
-    const r = runRow(row, server.uri, { seconds, ramp, dir, sizeBytes, log });
+    const cpu0 = serverCpu();
+    const r = runRow(row, servers.uris, { seconds, ramp, dir, sizeBytes, log });
     await new Promise((res) => setTimeout(res, 100)); // let forked children be reaped
-    const serverCpuPct = (100 * (cpuSeconds(server.pid) - cpu0)) / r.wall;
-    return { ...r, serverCpuPct };
+    const serverCpuPct = (100 * (serverCpu() - cpu0)) / r.wall;
+    // CPU-seconds per GiB moved: the server's CPU share over the client's throughput (both
+    // taken over the same window, fio's ramp included), the machine-independent figure.
+    const cpuSecPerGiB = serverCpuPct / 100 / (r.bytesPerSec / 2 ** 30);
+    return { ...r, serverCpuPct, cpuSecPerGiB };
   } finally {
-    await server.stop();
+    await servers.stop();
     // Overlays of up to a few GiB per cell: keep only the logs.
-    for (const f of readdirSync(dir)) if (f !== 'log' && !f.endsWith('.json')) rmSync(join(dir, f), { force: true });
+    for (const f of readdirSync(dir)) if (f !== 'log' && !f.endsWith('.json')) rmSync(join(dir, f), { recursive: true, force: true });
   }
 }
 
@@ -84,11 +88,15 @@ for (let round = 1; round <= rounds; round++) {
   for (const row of rows) {
     for (const target of targets) {
       if (isTls(target) && !TLS_ROWS.includes(row.name)) continue; // not measured over TLS
+      if ((row.clients ?? 1) > 1 && !scales(target)) continue; // one image per process
+      if ((row.clients ?? 1) === 1 && processesOf(target)) continue; // scaling rows only
       const label = `round ${round} ${row.name.padEnd(22)} ${target.padEnd(16)}`;
       try {
         const r = await cell(target, row, round);
-        cells.push({ target, row: row.name, round, ok: true, value: r.value, serverCpuPct: r.serverCpuPct, clientCpuPct: r.clientCpuPct });
-        console.error(`bench: ${label} ${r.value.toFixed(row.unit === 'IOPS' ? 0 : 1)} ${row.unit}  server ${r.serverCpuPct.toFixed(0)}% client ${r.clientCpuPct.toFixed(0)}%`);
+        const { value, serverCpuPct, clientCpuPct, cpuSecPerGiB, latMeanUs, latP99Us } = r;
+        cells.push({ target, row: row.name, round, ok: true, value, serverCpuPct, clientCpuPct, cpuSecPerGiB, latMeanUs, latP99Us });
+        const lat = latMeanUs === undefined ? '' : `  lat mean ${latMeanUs.toFixed(1)} µs p99 ${latP99Us.toFixed(1)} µs`;
+        console.error(`bench: ${label} ${value.toFixed(row.unit === 'IOPS' ? 0 : 1)} ${row.unit}  server ${serverCpuPct.toFixed(0)}% client ${clientCpuPct.toFixed(0)}%  ${cpuSecPerGiB.toFixed(2)} CPU-s/GiB${lat}`);
       } catch (err) {
         cells.push({ target, row: row.name, round, ok: false, reason: err.message });
         console.error(`bench: ${label} FAIL: ${err.message}`);

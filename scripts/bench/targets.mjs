@@ -12,15 +12,31 @@
 //   qemu-uring         same with --aio=io_uring
 //   nbd-server-cow     nbd-server with copyonwrite = true (a diff file per connection)
 //   <target>-tls       cownbd-* and nbdkit-* targets with --tls require (scripts/bench/tls.mjs)
+//
+// Scaling rows (N clients, one machine each) use startTargets(): cownbd-cow is ONE process
+// serving N per-machine overlays (exports vm0 … vmN-1 of its --overlay-dir); a peer runs N
+// processes, one fresh overlay each (nbdkit's cow filter has one overlay per process, so
+// that is its way to serve N machines). Targets that serve one image per process by
+// design (cownbd-addcow, the references, TLS targets) are not measured there.
+//   cownbd-cow-pN      scaling rows only, a measured stand-in for N worker processes: N
+//                      cownbd-cow processes, machine i served by process i mod N (what a
+//                      multi-process design with per-machine ownership would give, minus the
+//                      socket handoff; docs/performance.md)
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { isTls, plainTarget, tlsServerArgs, tlsUri } from './tls.mjs';
+import { freePort } from './proc.mjs';
 
 export const PEERS = ['nbdkit-cow64k', 'nbdkit-cow4k', 'qemu-threads', 'qemu-uring', 'nbd-server-cow', 'nbdkit-cow64k-tls'];
 export const OURS = ['cownbd-cow', 'cownbd-addcow', 'cownbd-cow-tls'];
 export const REFERENCE = ['cownbd-raw', 'nbdkit-file'];
 export const isOurs = (t) => t.startsWith('cownbd-');
+/** Targets measured on the scaling rows (see above). */
+export const SCALES = ['cownbd-cow', 'nbdkit-cow64k', 'nbdkit-cow4k', 'qemu-threads', 'qemu-uring', 'nbd-server-cow'];
+/** cownbd-cow-pN: N processes (scaling rows only); the process count, or undefined. */
+export const processesOf = (t) => Number(/^cownbd-cow-p(\d+)$/.exec(t)?.[1]) || undefined;
+export const scales = (t) => SCALES.includes(t) || processesOf(t) !== undefined;
 
 function run(argv, log) {
   const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8' });
@@ -118,6 +134,52 @@ export async function startTarget(target, ctx, dir, port, log) {
   }
   await stop();
   throw new Error(`server did not answer on ${uri} within 15 s (see ${log})`);
+}
+
+/**
+ * `clients` machines on one target (see the header): resolves to { pids, uris, stop() },
+ * one URI per client; the pids are every server process whose CPU counts.
+ */
+export async function startTargets(target, ctx, dir, clients, log) {
+  const procs = processesOf(target);
+  if (procs) return startProcesses(ctx, dir, clients, procs, log);
+  if (clients === 1 || target === 'cownbd-cow') {
+    const s = await startTarget(target, ctx, dir, await freePort(), log);
+    const uris = clients === 1 ? [s.uri] : Array.from({ length: clients }, (_, i) => s.uri.replace(/\/vm$/, `/vm${i}`));
+    return { pids: [s.pid], uris, stop: s.stop };
+  }
+  if (!SCALES.includes(target)) throw new Error(`${target} is not measured with ${clients} clients`);
+  const servers = [];
+  const stop = () => Promise.all(servers.map((s) => s.stop()));
+  try {
+    for (let i = 0; i < clients; i++) {
+      const sub = join(dir, `m${i}`);
+      mkdirSync(sub);
+      servers.push(await startTarget(target, ctx, sub, await freePort(), log));
+    }
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { pids: servers.map((s) => s.pid), uris: servers.map((s) => s.uri), stop };
+}
+
+/** cownbd-cow-pN: `procs` cownbd-cow processes; client i uses export vm<i> of process i mod procs. */
+async function startProcesses(ctx, dir, clients, procs, log) {
+  const servers = [];
+  const stop = () => Promise.all(servers.map((s) => s.stop()));
+  try {
+    for (let p = 0; p < procs; p++) {
+      const sub = join(dir, `p${p}`);
+      mkdirSync(sub);
+      servers.push(await startTarget('cownbd-cow', ctx, sub, await freePort(), log));
+    }
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  const uris = Array.from({ length: clients }, (_, i) => servers[i % procs].uri.replace(/\/vm$/, `/vm${i}`));
+  return { pids: servers.map((s) => s.pid), uris, stop };
 }
 
 function alive(pid) {

@@ -206,7 +206,7 @@ export class Connection {
     const session = new TransmissionSession(
       {
         reader: this.reader,
-        write: (buf, onWritten) => this.write(buf, onWritten),
+        write: (buf, onWritten, alone) => this.write(buf, onWritten, alone),
         pause: () => this.socket.pause(),
         resume: () => this.socket.resume(),
         end: () => this.end(),
@@ -260,14 +260,16 @@ export class Connection {
   /**
    * Replies completing in the same event-loop turn (e.g. a batch of threadpool reads)
    * are corked and leave in one writev() at setImmediate: far fewer syscalls at high
-   * queue depth, no added latency beyond the current turn.
+   * queue depth, no added latency beyond the current turn. `alone` (no other reply can
+   * join this one: a QD1 or synchronous client): corking would only add a setImmediate and
+   * a zero-timeout poll, so it leaves now (behind this turn's corked replies, if any).
    */
-  private write(buf: Buffer, onWritten?: () => void): boolean {
+  private write(buf: Buffer, onWritten?: () => void, alone = false): boolean {
     if (this.destroyed || !this.socket.writable) {
       onWritten?.();
       return true;
     }
-    if (!this.corked) {
+    if (!this.corked && !alone) {
       this.corked = true;
       this.socket.cork();
       setImmediate(this.uncork);

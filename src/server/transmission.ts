@@ -48,9 +48,10 @@ export interface TransmissionIo {
   /**
    * Write one reply; returns false when the socket buffer is full (wait for drain).
    * `onWritten` runs once the bytes were handed to the kernel (or dropped): only then may
-   * a pooled buffer be reused.
+   * a pooled buffer be reused. `alone`: no other reply of this session can follow in the
+   * current turn (its only running request is replying), so there is nothing to batch.
    */
-  write(buf: Buffer, onWritten?: () => void): boolean;
+  write(buf: Buffer, onWritten?: () => void, alone?: boolean): boolean;
   pause(): void;
   resume(): void;
   /** Close the connection (after everything written so far is flushed). */
@@ -333,7 +334,12 @@ export class TransmissionSession {
       onWritten?.();
       return;
     }
-    if (!this.io.write(buf, onWritten)) this.writeBlocked = true;
+    // Replies are sent before complete(): inFlight 1 is this request alone. Requests
+    // parsed from one socket read are all started before a handler that awaits the device
+    // replies, so 1 means no other reply can join this one in this turn. (A reply sent
+    // synchronously while parsing, e.g. a zero-length READ, may go out uncorked and a later
+    // one of the same read corked: order is the socket's either way, only batching differs.)
+    if (!this.io.write(buf, onWritten, this.inFlight === 1)) this.writeBlocked = true;
   }
 
   /** A reply buffer of `size` bytes; pooled when large. Pass the result to sendReply(). */
