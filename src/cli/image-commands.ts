@@ -66,8 +66,8 @@ function registerInfo(program: Command, io: FileIo): void {
     .addOption(backingFormatOption())
     .addOption(layoutOption())
     .option('--backing-chain', 'also describe every backing layer (JSON: an array, top first)')
-    .option('--json', 'machine-readable output')
-    .addOption(outputOption())
+    .option('--json', "machine-readable output (cownbd's document; --output=json: qemu-img's)")
+    .addOption(outputOption(true))
     .addOption(forceShareOption());
   addObjectStoreOptions(info).action(async (file: string, flags: InfoFlags) => (await actions()).infoAction(file, flags, io));
 }
@@ -84,8 +84,8 @@ function registerCheck(program: Command): void {
     .addOption(
       new Option('-r, --repair-mode <what>', 'qemu-img check -r: leaks or all; both repair exactly what --repair does (cownbd never repairs corruption)').choices(['leaks', 'all']),
     )
-    .option('--json', 'machine-readable output')
-    .addOption(outputOption())
+    .option('--json', "machine-readable output (cownbd's document; --output=json: qemu-img's)")
+    .addOption(outputOption(true))
     .addOption(forceShareOption());
   // An overlay over an s3:// base: its pinned version must exist (in the store or cached here).
   addObjectStoreOptions(check).action(async (file: string, flags: CheckFlags) => (await actions()).checkAction(file, flags));
@@ -100,8 +100,8 @@ function registerMap(program: Command, io: FileIo): void {
     .addOption(backingFormatOption())
     .addOption(layoutOption())
     .option('--ignore-mtime', 'cow: open even if the backing mtime does not match')
-    .option('--json', 'machine-readable output')
-    .addOption(outputOption())
+    .option('--json', "machine-readable output (cownbd's document; --output=json: qemu-img's)")
+    .addOption(outputOption(true))
     .addOption(forceShareOption());
   addObjectStoreOptions(map).action(async (file: string, flags: MapFlags) => (await actions()).mapAction(file, flags, io));
 }

@@ -108,7 +108,7 @@ export const INFO_SCHEMA = {
     qcow2: {
       type: 'object',
       additionalProperties: false,
-      required: ['compat', 'clusterSize', 'extendedL2', 'compressionType', 'refcountBits', 'snapshots', 'dirty', 'l1Size'],
+      required: ['compat', 'clusterSize', 'extendedL2', 'compressionType', 'refcountBits', 'snapshots', 'dirty', 'lazyRefcounts', 'l1Size'],
       properties: {
         compat: { enum: ['0.10', '1.1'], description: 'qemu-img compat= name of the version: 0.10 = version 2, 1.1 = version 3' },
         clusterSize: { type: 'integer', minimum: 512, maximum: 2097152 },
@@ -117,6 +117,7 @@ export const INFO_SCHEMA = {
         refcountBits: uint,
         snapshots: { ...uint, description: 'internal snapshots (the active layer is what cownbd reads)' },
         dirty: { type: 'boolean', description: 'incompatible bit 0: refcounts may be stale (reading is unaffected; docs/qcow2-format.md)' },
+        lazyRefcounts: { type: 'boolean', description: 'compatible bit 0 (lazy refcounts), qemu-img info\'s "lazy-refcounts"' },
         l1Size: { ...uint, description: 'entries of the active L1 table' },
       },
     },

@@ -59,6 +59,8 @@ function infoSection(h: Qcow2Header): InfoSection {
     refcountBits: 1 << h.refcountOrder,
     snapshots: h.nbSnapshots,
     dirty: h.dirty,
+    // Compatible bit 0 (docs/qcow2-format.md): qemu-img info's "lazy-refcounts".
+    lazyRefcounts: (h.compatible & 1n) !== 0n,
     l1Size: h.l1Size,
   };
   const text: Array<[string, string | number]> = [

@@ -22,6 +22,7 @@ import type { OpenRequest } from '../format-record.js';
 import { mapRecordedPath, type PathMapping } from '../path-map.js';
 import { Qcow2Device } from './qcow2-device.js';
 import { headerReadLength, parseQcow2Header, type Qcow2Header } from './qcow2-header.js';
+import { Qcow2Map } from './qcow2-map.js';
 
 export interface Qcow2File {
   readonly fh: FileHandle;
@@ -92,6 +93,29 @@ export async function openQcow2(file: string, req: OpenRequest): Promise<BlockDe
     return new Qcow2Device({ path: file, fh, fileLength, header, l1, backing, backingPath, backingFormat, io: req.io });
   } catch (err) {
     await backing?.close().catch(() => {});
+    await fh.close();
+    throw err;
+  }
+}
+
+/**
+ * The active layer's cluster map of `file` alone (no backing opened, L2 slices read
+ * uncached): what `map --output=json` asks for host offsets. The caller calls close().
+ */
+export async function openQcow2Map(file: string): Promise<{ readonly map: Qcow2Map; close(): Promise<void> }> {
+  const { fh, header } = await readQcow2File(file);
+  try {
+    const l1 = Buffer.alloc(header.l1Size * 8);
+    await readFully(fh, header.l1TableOffset, l1, l1.length);
+    const source = {
+      slice: async (at: number, len: number): Promise<Buffer> => {
+        const b = Buffer.alloc(len);
+        await readFully(fh, at, b, len);
+        return b;
+      },
+    };
+    return { map: new Qcow2Map(header, l1, source, file), close: () => fh.close() };
+  } catch (err) {
     await fh.close();
     throw err;
   }
