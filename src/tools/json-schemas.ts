@@ -6,6 +6,7 @@
  */
 import { FOREIGN_FORMATS } from '../formats/foreign-magic.js';
 import { FORMAT_NAMES as REGISTERED, FORMATS } from '../formats/registry.js';
+import { QEMU_CHECK_SCHEMA, QEMU_INFO_CHAIN_SCHEMA, QEMU_INFO_SCHEMA, QEMU_MAP_SCHEMA } from './qemu-json-schemas.js';
 
 
 /** Format names come from the registry (a new format appears in the schemas by itself). */
@@ -268,4 +269,9 @@ export const SCHEMAS = {
   commit: COMMIT_SCHEMA,
   convert: CONVERT_SCHEMA,
   rebase: REBASE_SCHEMA,
+  // --output=json of info, map, check: qemu-img's documents (qemu-json-schemas.ts).
+  qemuInfo: QEMU_INFO_SCHEMA,
+  qemuInfoChain: QEMU_INFO_CHAIN_SCHEMA,
+  qemuCheck: QEMU_CHECK_SCHEMA,
+  qemuMap: QEMU_MAP_SCHEMA,
 } as const;
