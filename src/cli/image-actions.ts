@@ -1,5 +1,5 @@
 /**
- * The work of the short image subcommands (create, add-cow finalize, info, check, map),
+ * The work of the short image subcommands (create, add-cow finalize, info, check, map, compare),
  * registered in image-commands.ts and imported when one of them runs. Printing only; the
  * work lives in src/tools/*.ts (one module per subcommand) and in the format records.
  */
@@ -30,6 +30,7 @@ export interface CreateFlags extends ObjectStoreFlags {
 export type InfoFlags = CommonFlags & ObjectStoreFlags & { backingChain?: boolean };
 export type CheckFlags = CommonFlags & ObjectStoreFlags & { repair?: boolean; repairMode?: 'leaks' | 'all' };
 export type MapFlags = CommonFlags & ObjectStoreFlags;
+export type CompareFlags = ObjectStoreFlags & { format?: string; secondFormat?: string; strict?: boolean; quiet?: boolean; ignoreMtime?: boolean };
 
 export async function createAction(file: string, sizeArg: string | undefined, flags: CreateFlags, io: FileIo): Promise<void> {
   if (sizeArg !== undefined && flags.size !== undefined && parseSize(flags.size) !== parseSize(sizeArg)) throw new Error(`SIZE ${sizeArg} and --size ${flags.size} disagree`);
@@ -129,4 +130,21 @@ export async function mapAction(file: string, flags: MapFlags, io: FileIo): Prom
   const m = await runMap(file, { ...flags, io, objectStore }).finally(() => objectStore.close());
   if (wantsJson(flags)) printJson(m);
   else process.stdout.write(formatMapText(m));
+}
+
+/** compare: qemu-img's exit codes, so an error is exit 2 (not the tool's usual 1). */
+export async function compareAction(first: string, second: string, flags: CompareFlags, io: FileIo): Promise<void> {
+  const { runCompare } = await import('../tools/compare.js');
+  const objectStore = lazyObjectStore(flags);
+  const common = { io, objectStore, ignoreMtime: flags.ignoreMtime };
+  try {
+    const r = await runCompare(first, second, { first: { ...common, format: flags.format }, second: { ...common, format: flags.secondFormat }, strict: flags.strict });
+    if (!flags.quiet) process.stdout.write(r.lines.map((l) => `${l}\n`).join(''));
+    process.exitCode = r.exitCode;
+  } catch (err) {
+    process.stderr.write(`cownbd: compare: ${(err as Error).message.replace(/\s*\n\s*/g, ' ')}\n`);
+    process.exitCode = 2;
+  } finally {
+    await objectStore.close();
+  }
 }
