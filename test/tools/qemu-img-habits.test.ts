@@ -166,7 +166,7 @@ describe('qemu-img habits', () => {
   });
 
   it('help texts carry no internal references', async () => {
-    const cmds = ['', 'serve', 'demo', 'create', 'info', 'check', 'map', 'commit', 'convert', 'rebase', 'add-cow finalize'];
+    const cmds = ['', 'serve', 'demo', 'create', 'info', 'check', 'map', 'compare', 'commit', 'convert', 'rebase', 'add-cow finalize'];
     let all = '';
     for (const c of cmds) {
       const r = await cli([...(c ? c.split(' ') : []), '--help']);
