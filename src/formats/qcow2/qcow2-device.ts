@@ -23,8 +23,8 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { type BlockDevice, type DeviceCapabilities, DeviceError, EXTENT_HOLE, EXTENT_ZERO, type Extent, type LayerInfo } from '../../block/block-device.js';
-import { MAX_EXTENTS_PER_CALL, readFully, type FileIo } from '../../block/file-io.js';
-import { decompressCluster } from './qcow2-decompress.js';
+import { MAX_EXTENTS_PER_CALL, type FileIo } from '../../block/file-io.js';
+import { ClusterDecoder } from './qcow2-decompress.js';
 import type { Qcow2Header } from './qcow2-header.js';
 import { BoundedLru } from './qcow2-lru.js';
 import { Qcow2Map, type Piece } from './qcow2-map.js';
@@ -46,6 +46,8 @@ export const DEFAULT_CLUSTER_CACHE_BYTES = 4 * 1024 * 1024;
  * clusters when clusters are small (512 B clusters: 2 M L2 entries per GiB).
  */
 const STATUS_WINDOW = 1024 * 1024 * 1024;
+/** Compressed-input buffers kept for reuse (one per read in flight, up to a QD of 32). */
+const INPUT_POOL = 32;
 const STATUS_WINDOW_CLUSTERS = 131072;
 
 export interface Qcow2DeviceParts {
@@ -79,12 +81,16 @@ export class Qcow2Device implements BlockDevice {
   readonly map: Qcow2Map;
   private readonly l2Cache: BoundedLru;
   private readonly clusterCache: BoundedLru;
+  private readonly decoder: ClusterDecoder;
+  /** Buffers for compressed input, reused (a read may wait on the threadpool, so not one). */
+  private readonly inputs: Buffer[] = [];
 
   constructor(private readonly parts: Qcow2DeviceParts) {
     const h = parts.header;
     this.size = h.size;
     this.preferredBlockSize = Math.max(4096, Math.min(h.clusterSize, 65536));
     this.l2Cache = new BoundedLru(parts.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES);
+    this.decoder = new ClusterDecoder(h.compression, h.clusterSize);
     this.clusterCache = new BoundedLru(Math.max(parts.clusterCacheBytes ?? DEFAULT_CLUSTER_CACHE_BYTES, h.clusterSize));
     this.map = new Qcow2Map(h, parts.l1, { slice: (at, len) => this.l2Cache.get(at, () => this.loadSlice(at, len)) }, parts.path);
   }
@@ -126,8 +132,13 @@ export class Qcow2Device implements BlockDevice {
       case 'compressed': {
         // A read of the whole cluster (sequential copies) is not cached: keeping it would
         // only push other clusters out and promote garbage to the old generation.
-        const whole = p.within === 0 && p.length === this.parts.header.clusterSize;
-        const cluster = whole ? await this.loadCompressed(p) : await this.clusterCache.get(p.cluster, () => this.loadCompressed(p));
+        // A whole cluster decodes straight into the reply: no copy, no garbage.
+        if (p.within === 0 && p.length === this.parts.header.clusterSize) return this.loadCompressed(p, part);
+        const cluster = await this.clusterCache.get(p.cluster, async () => {
+          const buf = Buffer.allocUnsafeSlow(this.parts.header.clusterSize);
+          await this.loadCompressed(p, buf);
+          return buf;
+        });
         cluster.copy(part, 0, p.within, p.within + p.length);
         return;
       }
@@ -146,18 +157,27 @@ export class Qcow2Device implements BlockDevice {
       throw new DeviceError('EIO', `${this.parts.path}: corrupt image: L2 table slice at ${at} lies past the end of the file (${this.parts.fileLength} bytes)`);
     }
     const buf = Buffer.allocUnsafe(length);
-    await readFully(this.parts.fh, at, buf, length);
+    await this.parts.io.read(this.parts.fh, at, buf, length);
     return buf;
   }
 
-  private async loadCompressed(p: Extract<Piece, { kind: 'compressed' }>): Promise<Buffer> {
+  /** Read and decode the compressed cluster `p` into `out` (one cluster). */
+  private async loadCompressed(p: Extract<Piece, { kind: 'compressed' }>, out: Buffer): Promise<void> {
     const where = `${this.parts.path}: guest offset ${p.cluster} (compressed at ${p.host})`;
     // The last compressed cluster may end inside the file's final sector: read what exists.
     const len = Math.max(0, Math.min(p.hostLength, this.parts.fileLength - p.host));
     if (len === 0) throw new DeviceError('EIO', `${where}: compressed data lies past the end of the file (${this.parts.fileLength} bytes)`);
-    const input = Buffer.allocUnsafe(len);
-    await readFully(this.parts.fh, p.host, input, len);
-    return decompressCluster(this.parts.header.compression, input, this.parts.header.clusterSize, where);
+    const scratch = this.inputs.pop() ?? Buffer.allocUnsafeSlow(Math.max(len, this.parts.header.clusterSize + 1024));
+    const input = scratch.length >= len ? scratch : Buffer.allocUnsafeSlow(len);
+    try {
+      // The page-cache fast path (FileIo.read: RWF_NOWAIT inline, threadpool on a miss): a
+      // compressed cluster is a few KiB, and the threadpool round trip cost more than the
+      // decode (docs/qcow2-format.md "Performance").
+      await this.parts.io.read(this.parts.fh, p.host, input.subarray(0, len), len);
+      await this.decoder.decode(input.subarray(0, len), out, where);
+    } finally {
+      if (this.inputs.length < INPUT_POOL) this.inputs.push(input);
+    }
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
@@ -209,6 +229,8 @@ export class Qcow2Device implements BlockDevice {
   async cache(): Promise<void> {}
 
   async close(): Promise<void> {
+    this.decoder.drop();
+    this.inputs.length = 0;
     this.l2Cache.clear();
     this.clusterCache.clear();
     try {
