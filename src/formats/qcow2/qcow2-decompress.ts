@@ -104,17 +104,31 @@ export class ClusterDecoder {
     return this.engine !== undefined;
   }
 
+  /** True when decode() finishes synchronously (clusters up to SYNC_MAX): decodeNow applies. */
+  get synchronous(): boolean {
+    return this.clusterSize <= SYNC_MAX;
+  }
+
   /** Decode the cluster whose compressed bytes start `input` into `out` (clusterSize bytes). */
   async decode(input: Buffer, out: Buffer, where: string): Promise<void> {
-    const codec = this.codec;
-    if (!codec) throw new DeviceError('ENOTSUP', `${where}: zstd-compressed cluster, but this Node.js has no zstd (needs Node >= 22.15)`);
-    let data = input;
+    if (this.synchronous) return this.decodeNow(input, out, where);
+    const codec = this.codecOrThrow(where);
+    const data = this.frame(input, where);
+    let got: Buffer;
     try {
-      if (this.type === 'zstd') data = input.subarray(0, zstdFrameLength(input));
+      const options = { chunkSize: this.clusterSize + 64, maxOutputLength: this.clusterSize };
+      got = await run(codec.decode, data, options);
     } catch (err) {
       throw new DeviceError('EIO', `${where}: cannot decompress ${this.type} cluster: ${(err as Error).message}`);
     }
-    if (this.clusterSize <= SYNC_MAX && this.reusable) {
+    this.accept(got, out, where);
+  }
+
+  /** decode() on the calling stack, for clusters up to SYNC_MAX (`synchronous`). */
+  decodeNow(input: Buffer, out: Buffer, where: string): void {
+    const codec = this.codecOrThrow(where);
+    const data = this.frame(input, where);
+    if (this.reusable) {
       this.engine ??= openEngine(codec);
       if (this.engine) return this.decodeReused(this.engine, data, out, where);
       this.reusable = false;
@@ -125,10 +139,30 @@ export class ClusterDecoder {
       // chunkSize just above the cluster: one output buffer; exactly the cluster size would
       // make zlib ask for a second buffer to learn that the stream ended, then join them.
       const options = { chunkSize: this.clusterSize + 64, maxOutputLength: this.clusterSize };
-      got = this.clusterSize <= SYNC_MAX ? codec.decodeSync(data, options) : await run(codec.decode, data, options);
+      got = codec.decodeSync(data, options);
     } catch (err) {
       throw new DeviceError('EIO', `${where}: cannot decompress ${this.type} cluster: ${(err as Error).message}`);
     }
+    this.accept(got, out, where);
+  }
+
+  private codecOrThrow(where: string): Codec {
+    if (!this.codec) throw new DeviceError('ENOTSUP', `${where}: zstd-compressed cluster, but this Node.js has no zstd (needs Node >= 22.15)`);
+    return this.codec;
+  }
+
+  /** The compressed stream itself: zstd's frame measured, deflate's bytes as they are. */
+  private frame(input: Buffer, where: string): Buffer {
+    if (this.type !== 'zstd') return input;
+    try {
+      return input.subarray(0, zstdFrameLength(input));
+    } catch (err) {
+      throw new DeviceError('EIO', `${where}: cannot decompress ${this.type} cluster: ${(err as Error).message}`);
+    }
+  }
+
+  /** A one-shot result: exactly one cluster, copied into `out`. */
+  private accept(got: Buffer, out: Buffer, where: string): void {
     if (got.length !== this.clusterSize) throw new DeviceError('EIO', `${where}: ${this.type} cluster decompressed to ${got.length} bytes, not the cluster size ${this.clusterSize}`);
     got.copy(out);
   }

@@ -84,14 +84,22 @@ export class Qcow2Device implements BlockDevice {
   private readonly decoder: ClusterDecoder;
   /** Buffers for compressed input, reused (a read may wait on the threadpool, so not one). */
   private readonly inputs: Buffer[] = [];
+  /** One cluster for partial reads that are not cached (see admit). */
+  private scratch: Buffer | undefined;
+  /** Clusters read partially once, oldest first (see admit), at most seenOnceMax. */
+  private readonly seenOnce = new Set<number>();
+  private readonly seenOnceMax: number;
 
   constructor(private readonly parts: Qcow2DeviceParts) {
     const h = parts.header;
     this.size = h.size;
     this.preferredBlockSize = Math.max(4096, Math.min(h.clusterSize, 65536));
     this.l2Cache = new BoundedLru(parts.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES);
-    this.decoder = new ClusterDecoder(h.compression, h.clusterSize);
     this.clusterCache = new BoundedLru(Math.max(parts.clusterCacheBytes ?? DEFAULT_CLUSTER_CACHE_BYTES, h.clusterSize));
+    this.decoder = new ClusterDecoder(h.compression, h.clusterSize);
+    // Remember twice as many clusters as the cache holds: a sequential reader comes back
+    // to its cluster within a few requests, a random one rarely within this window.
+    this.seenOnceMax = 2 * Math.max(1, Math.floor(this.clusterCache.maxBytes / h.clusterSize));
     this.map = new Qcow2Map(h, parts.l1, { slice: (at, len) => this.l2Cache.get(at, () => this.loadSlice(at, len)) }, parts.path);
   }
 
@@ -102,6 +110,11 @@ export class Qcow2Device implements BlockDevice {
   /** Bytes the L2 cache holds now (memory reports and tests). */
   get cachedL2Bytes(): number {
     return this.l2Cache.size;
+  }
+
+  /** Bytes of decompressed clusters cached now (tests of the admission policy). */
+  get cachedClusterBytes(): number {
+    return this.clusterCache.size;
   }
 
   async read(offset: number, target: Buffer): Promise<void> {
@@ -134,6 +147,21 @@ export class Qcow2Device implements BlockDevice {
         // only push other clusters out and promote garbage to the old generation.
         // A whole cluster decodes straight into the reply: no copy, no garbage.
         if (p.within === 0 && p.length === this.parts.header.clusterSize) return this.loadCompressed(p, part);
+        const cached = this.clusterCache.peek(p.cluster);
+        if (cached) {
+          cached.copy(part, 0, p.within, p.within + p.length);
+          return;
+        }
+        // First partial read of a cluster: decode into the scratch cluster and copy at once
+        // (nothing is kept, so random reads make no garbage). A second partial read soon
+        // after (sequential small reads) caches it: qcow2-format.md "Performance".
+        if (this.decoder.synchronous && !this.admit(p.cluster)) {
+          return this.withInput(p, (input, where) => {
+            const scratch = (this.scratch ??= Buffer.allocUnsafeSlow(this.parts.header.clusterSize));
+            this.decoder.decodeNow(input, scratch, where);
+            scratch.copy(part, 0, p.within, p.within + p.length);
+          });
+        }
         const cluster = await this.clusterCache.get(p.cluster, async () => {
           const buf = Buffer.allocUnsafeSlow(this.parts.header.clusterSize);
           await this.loadCompressed(p, buf);
@@ -162,22 +190,41 @@ export class Qcow2Device implements BlockDevice {
   }
 
   /** Read and decode the compressed cluster `p` into `out` (one cluster). */
-  private async loadCompressed(p: Extract<Piece, { kind: 'compressed' }>, out: Buffer): Promise<void> {
+  private loadCompressed(p: CompressedPiece, out: Buffer): Promise<void> {
+    return this.withInput(p, (input, where) => this.decoder.decode(input, out, where));
+  }
+
+  /**
+   * Read the compressed bytes of `p` into a pooled buffer and hand them to `use` (run as
+   * soon as they are read; a synchronous `use` runs without yielding in between).
+   */
+  private async withInput(p: CompressedPiece, use: (input: Buffer, where: string) => void | Promise<void>): Promise<void> {
     const where = `${this.parts.path}: guest offset ${p.cluster} (compressed at ${p.host})`;
     // The last compressed cluster may end inside the file's final sector: read what exists.
     const len = Math.max(0, Math.min(p.hostLength, this.parts.fileLength - p.host));
     if (len === 0) throw new DeviceError('EIO', `${where}: compressed data lies past the end of the file (${this.parts.fileLength} bytes)`);
-    const scratch = this.inputs.pop() ?? Buffer.allocUnsafeSlow(Math.max(len, this.parts.header.clusterSize + 1024));
-    const input = scratch.length >= len ? scratch : Buffer.allocUnsafeSlow(len);
+    const pooled = this.inputs.pop() ?? Buffer.allocUnsafeSlow(Math.max(len, this.parts.header.clusterSize + 1024));
+    const input = pooled.length >= len ? pooled : Buffer.allocUnsafeSlow(len);
     try {
       // The page-cache fast path (FileIo.read: RWF_NOWAIT inline, threadpool on a miss): a
       // compressed cluster is a few KiB, and the threadpool round trip cost more than the
       // decode (docs/qcow2-format.md "Performance").
       await this.parts.io.read(this.parts.fh, p.host, input.subarray(0, len), len);
-      await this.decoder.decode(input.subarray(0, len), out, where);
+      await use(input.subarray(0, len), where);
     } finally {
       if (this.inputs.length < INPUT_POOL) this.inputs.push(input);
     }
+  }
+
+  /**
+   * Admission to the decompressed-cluster cache: true when `cluster` was read partially
+   * recently (then it is cached), false the first time (it is remembered, not cached).
+   */
+  private admit(cluster: number): boolean {
+    if (this.seenOnce.delete(cluster)) return true;
+    this.seenOnce.add(cluster);
+    if (this.seenOnce.size > this.seenOnceMax) this.seenOnce.delete(this.seenOnce.values().next().value!);
+    return false;
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
@@ -231,6 +278,8 @@ export class Qcow2Device implements BlockDevice {
   async close(): Promise<void> {
     this.decoder.drop();
     this.inputs.length = 0;
+    this.seenOnce.clear();
+    this.scratch = undefined;
     this.l2Cache.clear();
     this.clusterCache.clear();
     try {
@@ -259,6 +308,8 @@ export class Qcow2Device implements BlockDevice {
     };
   }
 }
+
+type CompressedPiece = Extract<Piece, { kind: 'compressed' }>;
 
 /** Append `e`, merging it into the previous extent when flags and depth match. */
 function add(out: Extent[], e: Extent): void {
