@@ -12,18 +12,19 @@
  *            the run.
  *   present  a layer holds the run (cownbd depth > 0).
  *   zero     reads as zeros;  data: not a hole (EXTENT_HOLE clear).
- *   offset   where the bytes are in the layer's file, when they are at one place: raw and
- *            add-cow (its image file is raw) at the guest offset, cow at data offset +
- *            guest offset, qcow2 data clusters at their host cluster; none for qcow2 zero
- *            and compressed clusters, unallocated runs, or an s3:// layer (as qemu-img: no
- *            offset where qemu's driver reports none).
+ *   offset   where the bytes are in the layer's file, as its format record says
+ *            (FormatRecord.hostOffsets): raw and add-cow (its image file is raw) at the guest
+ *            offset, cow at data offset + guest offset, qcow2 data clusters at their host
+ *            cluster; none for qcow2 zero and compressed clusters, unallocated runs, or a
+ *            format without offsets such as s3:// (as qemu-img: no offset where qemu's
+ *            driver reports none).
  *
  * Runs are merged as qemu-img merges them: same depth/present/zero/data and, when they
  * carry offsets, contiguous ones.
  */
 import { EXTENT_HOLE, EXTENT_ZERO, type LayerInfo } from '../block/block-device.js';
 import { mergeExtents } from '../block/checked-device.js';
-import { openQcow2Map } from '../formats/qcow2/index.js';
+import { FORMATS } from '../formats/registry.js';
 import { openChain, type ChainOptions } from './chain.js';
 
 export interface QemuMapEntry {
@@ -39,7 +40,7 @@ export interface QemuMapEntry {
 const ASK = 1 << 30;
 
 /** Host offsets of a run in one layer: [length, offset | undefined] pieces covering it. */
-type OffsetsOf = (start: number, length: number) => Promise<Array<[number, number | undefined]>>;
+type OffsetsOf = (start: number, length: number) => Promise<Array<readonly [number, number | undefined]>>;
 
 interface Layer {
   readonly size: number;
@@ -83,21 +84,14 @@ function answeringDepth(layers: readonly Layer[], at: number): number {
   return layers.length - 1;
 }
 
+/** A layer's size and its format's host offsets (FormatRecord.hostOffsets; none without). */
 async function layerOf(info: LayerInfo): Promise<Layer> {
   const d = info.detail ?? {};
   const size = typeof d.virtualSize === 'number' ? d.virtualSize : typeof d.size === 'number' ? d.size : 0;
-  const none = async (): Promise<void> => {};
-  if (info.format === 'raw' || info.format === 'add-cow') return { size, offsets: async (s, l) => [[l, s]], close: none };
-  if (info.format === 'cow' && typeof d.dataOffset === 'number') {
-    const base = d.dataOffset;
-    return { size, offsets: async (s, l) => [[l, base + s]], close: none };
-  }
-  if (info.format === 'qcow2' && info.path) {
-    const q = await openQcow2Map(info.path);
-    const offsets: OffsetsOf = async (s, l) => (await q.map.mapRange(s, l)).map((p) => [p.length, p.kind === 'data' ? p.host : undefined]);
-    return { size, offsets, close: () => q.close() };
-  }
-  return { size, offsets: async (_s, l) => [[l, undefined]], close: none };
+  const record = FORMATS.find((f) => f.name === info.format);
+  const offsets = record?.hostOffsets ? await record.hostOffsets(info) : undefined;
+  if (!offsets) return { size, offsets: async (_s, l) => [[l, undefined]], close: async () => {} };
+  return { size, offsets: async (s, l) => [...(await offsets.at(s, l))], close: () => offsets.close() };
 }
 
 /** Append `e`, merged into the previous entry when qemu-img would merge them. */

@@ -14,5 +14,4 @@
 export { qcow2Format } from './format.js';
 export { Qcow2Device } from './qcow2-device.js';
 export { isQcow2Magic, parseQcow2Header, Qcow2HeaderError, QCOW2_MAGIC, type Qcow2Header } from './qcow2-header.js';
-export { openQcow2, openQcow2Map, readQcow2File } from './qcow2-open.js';
-export type { Piece } from './qcow2-map.js';
+export { openQcow2, readQcow2File } from './qcow2-open.js';

@@ -4,8 +4,11 @@
  *   read(off, buf) ─► Qcow2Map.mapRange ─► data:       pread of the image file (merged runs)
  *                                         zero:       fill
  *                                         backing:    the backing device (zeros past its end)
- *                                         compressed: decode (via the decompressed-cluster
- *                                                     cache unless the whole cluster is read) ─► copy
+ *                                         compressed: decode with the device's reused decoder:
+ *                                                     a whole cluster straight into the reply;
+ *                                                     part of one via the scratch cluster, or the
+ *                                                     decompressed-cluster cache from its second
+ *                                                     partial read (admit) ─► copy
  *
  * Every piece of a request is fetched concurrently and there is no lock: the image never
  * changes while open (cownbd never writes qcow2), so reads share the caches freely.

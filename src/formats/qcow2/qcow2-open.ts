@@ -18,7 +18,7 @@ import { readFully } from '../../block/file-io.js';
 import type { FileHandle } from 'node:fs/promises';
 import { isObjectStoreUri } from '../../objectstore/uri.js';
 import { quotedPath } from '../../util/quoted-path.js';
-import type { OpenRequest } from '../format-record.js';
+import type { HostOffsets, OpenRequest } from '../format-record.js';
 import { mapRecordedPath, type PathMapping } from '../path-map.js';
 import { Qcow2Device } from './qcow2-device.js';
 import { headerReadLength, parseQcow2Header, type Qcow2Header } from './qcow2-header.js';
@@ -99,10 +99,11 @@ export async function openQcow2(file: string, req: OpenRequest): Promise<BlockDe
 }
 
 /**
- * The active layer's cluster map of `file` alone (no backing opened, L2 slices read
- * uncached): what `map --output=json` asks for host offsets. The caller calls close().
+ * Where the active layer of `file` keeps guest ranges (map --output=json's offsets): data
+ * clusters at their host offset; zero and compressed clusters at none (qemu-img reports none
+ * for them either). Reads the L1 table and L2 slices of `file` alone, uncached.
  */
-export async function openQcow2Map(file: string): Promise<{ readonly map: Qcow2Map; close(): Promise<void> }> {
+export async function qcow2HostOffsets(file: string): Promise<HostOffsets> {
   const { fh, header } = await readQcow2File(file);
   try {
     const l1 = Buffer.alloc(header.l1Size * 8);
@@ -114,7 +115,11 @@ export async function openQcow2Map(file: string): Promise<{ readonly map: Qcow2M
         return b;
       },
     };
-    return { map: new Qcow2Map(header, l1, source, file), close: () => fh.close() };
+    const map = new Qcow2Map(header, l1, source, file);
+    return {
+      at: async (start, length) => (await map.mapRange(start, length)).map((p) => [p.length, p.kind === 'data' ? p.host : undefined] as const),
+      close: () => fh.close(),
+    };
   } catch (err) {
     await fh.close();
     throw err;
