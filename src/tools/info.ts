@@ -67,6 +67,7 @@ export interface InfoJson {
     dirty: boolean;
     lazyRefcounts: boolean;
     l1Size: number;
+    snapshotList: Array<{ id: string; name: string; vmStateSize: number; dateSec: number; dateNsec: number; vmClockNsec: number; icount: number | null }>;
   };
   commitInProgress: { target: string; started: string } | null;
 }

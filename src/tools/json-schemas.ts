@@ -109,7 +109,7 @@ export const INFO_SCHEMA = {
     qcow2: {
       type: 'object',
       additionalProperties: false,
-      required: ['compat', 'clusterSize', 'extendedL2', 'compressionType', 'refcountBits', 'snapshots', 'dirty', 'lazyRefcounts', 'l1Size'],
+      required: ['compat', 'clusterSize', 'extendedL2', 'compressionType', 'refcountBits', 'snapshots', 'dirty', 'lazyRefcounts', 'l1Size', 'snapshotList'],
       properties: {
         compat: { enum: ['0.10', '1.1'], description: 'qemu-img compat= name of the version: 0.10 = version 2, 1.1 = version 3' },
         clusterSize: { type: 'integer', minimum: 512, maximum: 2097152 },
@@ -120,6 +120,16 @@ export const INFO_SCHEMA = {
         dirty: { type: 'boolean', description: 'incompatible bit 0: refcounts may be stale (reading is unaffected; docs/qcow2-format.md)' },
         lazyRefcounts: { type: 'boolean', description: 'compatible bit 0 (lazy refcounts), qemu-img info\'s "lazy-refcounts"' },
         l1Size: { ...uint, description: 'entries of the active L1 table' },
+        snapshotList: {
+          type: 'array',
+          description: 'the internal snapshot table (described only; empty if it cannot be read)',
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['id', 'name', 'vmStateSize', 'dateSec', 'dateNsec', 'vmClockNsec', 'icount'],
+            properties: { id: { type: 'string' }, name: { type: 'string' }, vmStateSize: uint, dateSec: uint, dateNsec: uint, vmClockNsec: uint, icount: nullableUint },
+          },
+        },
       },
     },
     commitInProgress: {

@@ -30,6 +30,25 @@ export const QEMU_INFO_SCHEMA = {
       properties: { type: { enum: ['qcow2', 'cow', 'add-cow'] }, data: { type: 'object', description: "qcow2: qemu-img's keys; cow/add-cow: the --json section in kebab-case" } },
     },
     'dirty-flag': { type: 'boolean' },
+    snapshots: {
+      type: 'array',
+      description: 'qcow2 internal snapshots (absent when there are none)',
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['id', 'name', 'vm-state-size', 'date-sec', 'date-nsec', 'vm-clock-sec', 'vm-clock-nsec'],
+        properties: {
+          id: { type: 'string' },
+          name: { type: 'string' },
+          'vm-state-size': uint,
+          'date-sec': uint,
+          'date-nsec': uint,
+          'vm-clock-sec': uint,
+          'vm-clock-nsec': uint,
+          icount: uint,
+        },
+      },
+    },
   },
 } as const;
 

@@ -32,6 +32,19 @@ export function qemuInfo(info: InfoJson): QemuJson {
     out['full-backing-filename'] = fullBackingName(info.filename, b.stored, b.resolved);
     if (b.format !== null) out['backing-filename-format'] = b.format;
   }
+  const snapshots = info.qcow2?.snapshotList ?? [];
+  if (snapshots.length > 0) {
+    out.snapshots = snapshots.map((s) => ({
+      id: s.id,
+      name: s.name,
+      'vm-state-size': s.vmStateSize,
+      'date-sec': s.dateSec,
+      'date-nsec': s.dateNsec,
+      'vm-clock-sec': Math.floor(s.vmClockNsec / 1e9),
+      'vm-clock-nsec': s.vmClockNsec % 1e9,
+      ...(s.icount === null ? {} : { icount: s.icount }),
+    }));
+  }
   const specific = formatSpecific(info);
   if (specific) out['format-specific'] = specific;
   out['dirty-flag'] = Boolean(info.qcow2?.dirty);

@@ -42,6 +42,11 @@ describe.skipIf(!hasTools)('--output=json: qemu-img documents', () => {
     runOk('qemu-io', ['-f', 'qcow2', ...WRITES.flatMap((w) => ['-c', w]), 'top.qcow2'], tmp.path);
     runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'top.qcow2', '-F', 'qcow2', 'chain.qcow2'], tmp.path);
     runOk('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', 'base.raw', 'packed.qcow2'], tmp.path);
+    // Internal snapshots: qemu-img info lists them under "snapshots".
+    runOk('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', 'base.raw', 'snap.qcow2'], tmp.path);
+    runOk('qemu-img', ['snapshot', '-c', 'before', 'snap.qcow2'], tmp.path);
+    runOk('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 0 64k', 'snap.qcow2'], tmp.path);
+    runOk('qemu-img', ['snapshot', '-c', 'after-write', 'snap.qcow2'], tmp.path);
     // The same writes as the qcow2, into overlays on the same base: qemu-io writes a raw
     // copy, cownbd convert keeps what differs from the base in a cow / add-cow overlay.
     runOk('cp', ['--sparse=always', 'base.raw', 'flat.raw'], tmp.path);
@@ -50,8 +55,9 @@ describe.skipIf(!hasTools)('--output=json: qemu-img documents', () => {
     cliOk(['convert', '-f', 'raw', 'flat.raw', '-O', 'add-cow', 'vm.add-cow', '--image', 'vm.img', '-B', 'base.raw', '-F', 'raw', '-q'], { cwd: tmp.path });
   });
 
-  it('info: the same document as qemu-img for qcow2 images (alone, over raw, in a chain, compressed)', () => {
-    for (const f of ['top.qcow2', 'chain.qcow2', 'packed.qcow2']) {
+  it('info: the same document as qemu-img for qcow2 images (alone, over raw, in a chain, compressed, with snapshots)', () => {
+    expect(qemuJson(['info', 'snap.qcow2']).snapshots).toHaveLength(2);
+    for (const f of ['top.qcow2', 'chain.qcow2', 'packed.qcow2', 'snap.qcow2']) {
       const theirs = qemuJson(['info', f]);
       const ours = ourJson(['info', '-f', 'qcow2', f]);
       expectSchema(QEMU_INFO_SCHEMA, ours);
