@@ -11,7 +11,7 @@
  *     next good cluster still decodes (the failed decoder is replaced).
  */
 import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
-import { deflateRawSync } from 'node:zlib';
+import { deflateRawSync, zstdCompressSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileIo, readFully } from '../../src/block/file-io.js';
 import { ClusterDecoder } from '../../src/formats/qcow2/qcow2-decompress.js';
@@ -115,6 +115,17 @@ describe.runIf(hasQemu)('compressed qcow2 clusters', () => {
     await decoder.decode(good, out, 'test');
     expect(out.equals(text)).toBe(true);
     decoder.drop();
+    // zstd: the frame is measured, the next cluster's bytes after it are not read as a frame.
+    const zstd = new ClusterDecoder('zstd', CLUSTER);
+    const frame = Buffer.concat([zstdCompressSync(text), Buffer.alloc(100, 0xaa)]);
+    out.fill(0);
+    await zstd.decode(frame, out, 'test');
+    expect(out.equals(text)).toBe(true);
+    expect(zstd.reusesEngine).toBe(true);
+    await expect(zstd.decode(zstdCompressSync(text.subarray(0, 1000)), out, 'test')).rejects.toMatchObject({ code: 'EIO', message: 'test: zstd cluster decompressed to 1000 bytes, not the cluster size 65536' });
+    await zstd.decode(frame, out, 'test');
+    expect(out.equals(text)).toBe(true);
+    zstd.drop();
   });
 
   it('a corrupt compressed cluster in an image is EIO naming the guest offset; the others still read', async () => {
