@@ -7,7 +7,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QEMU_CHECK_SCHEMA, QEMU_INFO_CHAIN_SCHEMA, QEMU_INFO_SCHEMA, QEMU_MAP_SCHEMA } from '../../src/tools/qemu-json-schemas.js';
-import { INFO_SCHEMA } from '../../src/tools/json-schemas.js';
+import { INFO_SCHEMA, SCHEMAS } from '../../src/tools/json-schemas.js';
+import { readFileSync } from 'node:fs';
 import { createRawImage, makeTempDir } from '../helpers/images.js';
 import { requireTool } from '../helpers/tools.js';
 import { cli, cliOk, expectSchema, run, runOk } from './tool-helpers.js';
@@ -159,3 +160,25 @@ describe.skipIf(!hasTools)('--output=json: qemu-img documents', () => {
 function cliPath(): string {
   return new URL('../../dist/cli/main.js', import.meta.url).pathname;
 }
+
+describe('the schemas in docs/image-tool.md', () => {
+  it('are the exported SCHEMAS, every one of them', () => {
+    const doc = readFileSync(new URL('../../docs/image-tool.md', import.meta.url), 'utf8');
+    const headings: Record<string, keyof typeof SCHEMAS> = {
+      info: 'info',
+      check: 'check',
+      map: 'map',
+      commit: 'commit',
+      convert: 'convert',
+      rebase: 'rebase',
+      'info --output=json': 'qemuInfo',
+      'check --output=json': 'qemuCheck',
+      'map --output=json': 'qemuMap',
+    };
+    for (const [heading, key] of Object.entries(headings)) {
+      const m = new RegExp(`#### ${heading.replace(/[-=]/g, '\\$&')}\\n\\n\`\`\`json\\n([\\s\\S]*?)\\n\`\`\`\\n`).exec(doc);
+      expect(m, heading).not.toBeNull();
+      expect(JSON.parse(m![1]!), heading).toEqual(JSON.parse(JSON.stringify(SCHEMAS[key])));
+    }
+  });
+});
