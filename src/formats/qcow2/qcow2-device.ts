@@ -49,8 +49,11 @@ export const DEFAULT_CLUSTER_CACHE_BYTES = 4 * 1024 * 1024;
  * clusters when clusters are small (512 B clusters: 2 M L2 entries per GiB).
  */
 const STATUS_WINDOW = 1024 * 1024 * 1024;
-/** Compressed-input buffers kept for reuse (one per read in flight, up to a QD of 32). */
-const INPUT_POOL = 32;
+/**
+ * Compressed-input buffers kept for reuse (each one cluster + 1 KiB). Reads in flight beyond
+ * this allocate; the bound keeps a fleet's per-device memory small (docs/qcow2-format.md#memory).
+ */
+const INPUT_POOL = 8;
 const STATUS_WINDOW_CLUSTERS = 131072;
 
 export interface Qcow2DeviceParts {
