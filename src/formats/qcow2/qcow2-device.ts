@@ -49,12 +49,12 @@ export const DEFAULT_CLUSTER_CACHE_BYTES = 4 * 1024 * 1024;
  * clusters when clusters are small (512 B clusters: 2 M L2 entries per GiB).
  */
 const STATUS_WINDOW = 1024 * 1024 * 1024;
+const STATUS_WINDOW_CLUSTERS = 131072;
 /**
  * Compressed-input buffers kept for reuse (each one cluster + 1 KiB). Reads in flight beyond
  * this allocate; the bound keeps a fleet's per-device memory small (docs/qcow2-format.md#memory).
  */
 const INPUT_POOL = 8;
-const STATUS_WINDOW_CLUSTERS = 131072;
 
 export interface Qcow2DeviceParts {
   readonly path: string;
@@ -150,8 +150,7 @@ export class Qcow2Device implements BlockDevice {
         return this.readBacking(guest, part);
       case 'compressed': {
         // A read of the whole cluster (sequential copies) is not cached: keeping it would
-        // only push other clusters out and promote garbage to the old generation.
-        // A whole cluster decodes straight into the reply: no copy, no garbage.
+        // only push other clusters out. It decodes straight into the reply: no copy, no garbage.
         if (p.within === 0 && p.length === this.parts.header.clusterSize) return this.loadCompressed(p, part);
         const cached = this.clusterCache.peek(p.cluster);
         if (cached) {
