@@ -1,5 +1,5 @@
 /**
- * Image subcommands: create, add-cow finalize, info, check, map here; the long-running
+ * Image subcommands: create, add-cow finalize, info, check, map, compare here; the long-running
  * commit, convert and rebase in image-long-commands.ts. Registered on the commander
  * program by cli/main.ts. Registration only: each action imports image-actions.ts when it
  * runs, so `--help`, `--version` and the other commands never load the tools, the formats'
@@ -13,7 +13,7 @@ import { type Command, Option } from 'commander';
 import { FileIo } from '../block/file-io.js';
 import { creatableFormats, FORMAT_NAMES } from '../formats/registry.js';
 import { addObjectStoreOptions } from '../objectstore/cli-options.js';
-import type { CheckFlags, CreateFlags, InfoFlags, MapFlags } from './image-actions.js';
+import type { CheckFlags, CompareFlags, CreateFlags, InfoFlags, MapFlags } from './image-actions.js';
 import { registerLongImageCommands } from './image-long-commands.js';
 import { backingFormatOption, formatOption, layoutOption } from './image-options.js';
 import { forceShareOption, outputOption } from './qemu-img-habits.js';
@@ -28,6 +28,7 @@ export function registerImageCommands(program: Command, serverIo: FileIo): void 
   registerInfo(program, io);
   registerCheck(program);
   registerMap(program, io);
+  registerCompare(program, io);
   registerLongImageCommands(program, io);
 }
 
@@ -66,8 +67,8 @@ function registerInfo(program: Command, io: FileIo): void {
     .addOption(backingFormatOption())
     .addOption(layoutOption())
     .option('--backing-chain', 'also describe every backing layer (JSON: an array, top first)')
-    .option('--json', 'machine-readable output')
-    .addOption(outputOption())
+    .option('--json', "machine-readable output (cownbd's document; --output=json: qemu-img's)")
+    .addOption(outputOption(true))
     .addOption(forceShareOption());
   addObjectStoreOptions(info).action(async (file: string, flags: InfoFlags) => (await actions()).infoAction(file, flags, io));
 }
@@ -84,8 +85,8 @@ function registerCheck(program: Command): void {
     .addOption(
       new Option('-r, --repair-mode <what>', 'qemu-img check -r: leaks or all; both repair exactly what --repair does (cownbd never repairs corruption)').choices(['leaks', 'all']),
     )
-    .option('--json', 'machine-readable output')
-    .addOption(outputOption())
+    .option('--json', "machine-readable output (cownbd's document; --output=json: qemu-img's)")
+    .addOption(outputOption(true))
     .addOption(forceShareOption());
   // An overlay over an s3:// base: its pinned version must exist (in the store or cached here).
   addObjectStoreOptions(check).action(async (file: string, flags: CheckFlags) => (await actions()).checkAction(file, flags));
@@ -100,8 +101,24 @@ function registerMap(program: Command, io: FileIo): void {
     .addOption(backingFormatOption())
     .addOption(layoutOption())
     .option('--ignore-mtime', 'cow: open even if the backing mtime does not match')
-    .option('--json', 'machine-readable output')
-    .addOption(outputOption())
+    .option('--json', "machine-readable output (cownbd's document; --output=json: qemu-img's)")
+    .addOption(outputOption(true))
     .addOption(forceShareOption());
   addObjectStoreOptions(map).action(async (file: string, flags: MapFlags) => (await actions()).mapAction(file, flags, io));
+}
+
+function registerCompare(program: Command, io: FileIo): void {
+  const compare = program
+    .command('compare')
+    .description('compare the contents of two images, as qemu-img compare: exit 0 identical, 1 different, 2 error')
+    .argument('<first>', 'image file, or s3://BUCKET/PREFIX[@VERSION]')
+    .argument('<second>', 'image file, or s3://BUCKET/PREFIX[@VERSION]')
+    // qemu-img compare's letters: -f is the FIRST image's format, -F the SECOND's (not a backing format here).
+    .addOption(new Option('-f, --format <format>', 'format of the first image (default: detected from its magic)').choices([...FORMAT_NAMES]))
+    .addOption(new Option('-F, --second-format <format>', 'format of the second image (default: detected from its magic)').choices([...FORMAT_NAMES]))
+    .option('-s, --strict', 'images of different sizes, or whose block status differs (allocated / zero), are different')
+    .option('-q, --quiet', 'print nothing; the exit code is the answer')
+    .option('--ignore-mtime', 'cow: open even if the backing mtime does not match')
+    .addOption(forceShareOption());
+  addObjectStoreOptions(compare).action(async (first: string, second: string, flags: CompareFlags) => (await actions()).compareAction(first, second, flags, io));
 }

@@ -2,7 +2,11 @@
  * Options the image tool accepts because qemu-img users type them (shared by the commands
  * in image-commands.ts, so each command only says which ones apply):
  *
- *   --output=json        qemu-img's spelling of --json (--output=human is the default)
+ *   --output=json        info, map, check: the document qemu-img prints (its keys and shapes,
+ *                        src/tools/qemu-json.ts, qemu-map.ts), so qemu-img's jq recipes work;
+ *                        --json keeps cownbd's richer documents (and wins if both are given).
+ *                        The other commands have no qemu-img JSON: there it is --json.
+ *                        (--output=human is the default.)
  *   -p, --progress       draw the progress bar even when stderr is not a terminal
  *   -q, --quiet          never draw it (each long command already has -q)
  *   -U, --force-share    qemu-img: open without taking locks. cownbd's read-only opens take
@@ -12,7 +16,8 @@
 import { Option } from 'commander';
 import type { ProgressMode } from '../tools/progress.js';
 
-export const outputOption = (): Option => new Option('--output <format>', 'output format, as qemu-img: human or json (same as --json)').choices(['human', 'json']);
+export const outputOption = (qemuShapes = false): Option =>
+  new Option('--output <format>', qemuShapes ? "output format, as qemu-img: human or json (json: qemu-img's keys and shapes; --json: cownbd's richer document)" : 'output format, as qemu-img: human or json (same as --json)').choices(['human', 'json']);
 
 export const progressOption = (): Option => new Option('-p, --progress', 'show the progress bar even when stderr is not a terminal (as qemu-img -p)');
 
@@ -29,6 +34,16 @@ export interface HabitFlags {
 /** --json or --output=json. */
 export function wantsJson(flags: HabitFlags): boolean {
   return Boolean(flags.json || flags.output === 'json');
+}
+
+/** --output=json without --json: print what qemu-img prints (info, map, check). */
+export function wantsQemuJson(flags: HabitFlags): boolean {
+  return flags.output === 'json' && !flags.json;
+}
+
+/** qemu-img's layout of a JSON document (4-space indent). */
+export function printQemuJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 4)}\n`);
 }
 
 /** -q and JSON silence the bar; -p forces it; otherwise it follows the terminal. */

@@ -16,7 +16,7 @@
  * Sizes of a backing always come from the OPENED backing device (openBacking), for every
  * format: a file's length is the disk size only for raw (docs/cow-format.md, chains).
  */
-import type { BlockDevice } from '../block/block-device.js';
+import type { BlockDevice, LayerInfo } from '../block/block-device.js';
 import type { FileIo } from '../block/file-io.js';
 import type { FileHandle } from 'node:fs/promises';
 import type { ObjectStoreContext } from '../objectstore/open.js';
@@ -193,6 +193,23 @@ export interface FormatRecord {
   readonly liveSnapshots?: boolean;
   /** What a new writable overlay of this format over `backing` will report (INFO before GO). */
   overlayGeometry?(backing: BlockDevice, io: FileIo, multiConn: boolean): ExportGeometry;
+  /**
+   * Where a layer of this format keeps the bytes of the guest ranges it holds (`layer`: its
+   * device's describe()), for qemu-img's "offset" in `map --output=json`
+   * (docs/image-tool.md). Absent: no offsets are reported (as qemu-img for such drivers).
+   */
+  hostOffsets?(layer: LayerInfo): Promise<HostOffsets>;
+}
+
+/** A layer's guest → file offsets: `at` answers [length, offset | undefined] pieces covering the range. */
+export interface HostOffsets {
+  at(start: number, length: number): Promise<ReadonlyArray<readonly [number, number | undefined]>>;
+  close(): Promise<void>;
+}
+
+/** Guest offset n at file offset `base + n` (raw files, add-cow image files, cow data areas). */
+export function linearOffsets(base: number): HostOffsets {
+  return { at: async (start, length) => [[length, base + start]], close: async () => {} };
 }
 
 /**

@@ -57,6 +57,18 @@ export interface InfoJson {
     allocatedClusters: number;
     imageFile: { stored: string; resolved: string; format: string; apparentSize: number; actualSize: number };
   };
+  qcow2?: {
+    compat: '0.10' | '1.1';
+    clusterSize: number;
+    extendedL2: boolean;
+    compressionType: 'zlib' | 'zstd';
+    refcountBits: number;
+    snapshots: number;
+    dirty: boolean;
+    lazyRefcounts: boolean;
+    l1Size: number;
+    snapshotList: Array<{ id: string; name: string; vmStateSize: number; dateSec: number; dateNsec: number; vmClockNsec: number; icount: number | null }>;
+  };
   commitInProgress: { target: string; started: string } | null;
 }
 

@@ -6,6 +6,7 @@
  */
 import { FOREIGN_FORMATS } from '../formats/foreign-magic.js';
 import { FORMAT_NAMES as REGISTERED, FORMATS } from '../formats/registry.js';
+import { QEMU_CHECK_SCHEMA, QEMU_INFO_CHAIN_SCHEMA, QEMU_INFO_SCHEMA, QEMU_MAP_SCHEMA } from './qemu-json-schemas.js';
 
 
 /** Format names come from the registry (a new format appears in the schemas by itself). */
@@ -108,7 +109,7 @@ export const INFO_SCHEMA = {
     qcow2: {
       type: 'object',
       additionalProperties: false,
-      required: ['compat', 'clusterSize', 'extendedL2', 'compressionType', 'refcountBits', 'snapshots', 'dirty', 'l1Size'],
+      required: ['compat', 'clusterSize', 'extendedL2', 'compressionType', 'refcountBits', 'snapshots', 'dirty', 'lazyRefcounts', 'l1Size', 'snapshotList'],
       properties: {
         compat: { enum: ['0.10', '1.1'], description: 'qemu-img compat= name of the version: 0.10 = version 2, 1.1 = version 3' },
         clusterSize: { type: 'integer', minimum: 512, maximum: 2097152 },
@@ -117,7 +118,18 @@ export const INFO_SCHEMA = {
         refcountBits: uint,
         snapshots: { ...uint, description: 'internal snapshots (the active layer is what cownbd reads)' },
         dirty: { type: 'boolean', description: 'incompatible bit 0: refcounts may be stale (reading is unaffected; docs/qcow2-format.md)' },
+        lazyRefcounts: { type: 'boolean', description: 'compatible bit 0 (lazy refcounts), qemu-img info\'s "lazy-refcounts"' },
         l1Size: { ...uint, description: 'entries of the active L1 table' },
+        snapshotList: {
+          type: 'array',
+          description: 'the internal snapshot table (described only; empty if it cannot be read)',
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['id', 'name', 'vmStateSize', 'dateSec', 'dateNsec', 'vmClockNsec', 'icount'],
+            properties: { id: { type: 'string' }, name: { type: 'string' }, vmStateSize: uint, dateSec: uint, dateNsec: uint, vmClockNsec: uint, icount: nullableUint },
+          },
+        },
       },
     },
     commitInProgress: {
@@ -267,4 +279,9 @@ export const SCHEMAS = {
   commit: COMMIT_SCHEMA,
   convert: CONVERT_SCHEMA,
   rebase: REBASE_SCHEMA,
+  // --output=json of info, map, check: qemu-img's documents (qemu-json-schemas.ts).
+  qemuInfo: QEMU_INFO_SCHEMA,
+  qemuInfoChain: QEMU_INFO_CHAIN_SCHEMA,
+  qemuCheck: QEMU_CHECK_SCHEMA,
+  qemuMap: QEMU_MAP_SCHEMA,
 } as const;

@@ -2,7 +2,7 @@
  * The add-cow format record (QEMU's proposed format, final V19/V20 spec;
  * docs/add-cow-format.md): what the registry lists.
  */
-import type { FormatRecord } from '../format-record.js';
+import { linearOffsets, type FormatRecord } from '../format-record.js';
 import { checkAddCow } from './add-cow-check.js';
 import { createAddCowImage } from './add-cow-create.js';
 import { ADD_COW_MAGIC } from './add-cow-header.js';
@@ -22,4 +22,6 @@ export const addCowFormat: FormatRecord = {
   check: checkAddCow,
   layer: addCowLayer,
   rebase: rebaseAddCow,
+  // The image file is raw: guest offset n is byte n of it.
+  hostOffsets: async () => linearOffsets(0),
 };

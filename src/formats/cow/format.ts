@@ -3,7 +3,7 @@
  * uml_moo; docs/cow-format.md): what the registry lists.
  */
 import { overlayCapabilities } from '../overlay-capabilities.js';
-import type { FormatRecord } from '../format-record.js';
+import { linearOffsets, type FormatRecord } from '../format-record.js';
 import { checkCow } from './cow-check.js';
 import { createCowImage } from './cow-create.js';
 import { COW_MAGIC, COW_SECTOR_SIZE } from './cow-header.js';
@@ -25,6 +25,12 @@ export const cowFormat: FormatRecord = {
   check: checkCow,
   layer: cowLayer,
   rebase: rebaseCow,
+  // Sector n at data_offset + n * 512 (docs/cow-format.md); describe() carries data_offset.
+  hostOffsets: async (layer) => {
+    const at = layer.detail?.dataOffset;
+    if (typeof at !== 'number') throw new Error(`${layer.path ?? 'cow layer'}: no data offset in its description`);
+    return linearOffsets(at);
+  },
   overlayGeometry: (backing, io, multiConn) => ({
     size: Math.ceil(backing.size / COW_SECTOR_SIZE) * COW_SECTOR_SIZE,
     capabilities: overlayCapabilities(true, io.native !== undefined, multiConn),

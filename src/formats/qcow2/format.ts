@@ -8,6 +8,7 @@
  * foreign-image guard's job; isQcow2Magic (qcow2-header.ts) is what it can call.
  */
 import type { FormatRecord } from '../format-record.js';
+import { qcow2HostOffsets } from './qcow2-open.js';
 import { inspectQcow2 } from './qcow2-inspect.js';
 import { openQcow2 } from './qcow2-open.js';
 
@@ -18,4 +19,5 @@ export const qcow2Format: FormatRecord = {
   fileSuffix: '.qcow2',
   open: openQcow2,
   inspect: inspectQcow2,
+  hostOffsets: (layer) => qcow2HostOffsets(layer.path ?? ''),
 };

@@ -4,8 +4,11 @@
  *   read(off, buf) ─► Qcow2Map.mapRange ─► data:       pread of the image file (merged runs)
  *                                         zero:       fill
  *                                         backing:    the backing device (zeros past its end)
- *                                         compressed: decode (via the decompressed-cluster
- *                                                     cache unless the whole cluster is read) ─► copy
+ *                                         compressed: decode with the device's reused decoder:
+ *                                                     a whole cluster straight into the reply;
+ *                                                     part of one via the scratch cluster, or the
+ *                                                     decompressed-cluster cache from its second
+ *                                                     partial read (admit) ─► copy
  *
  * Every piece of a request is fetched concurrently and there is no lock: the image never
  * changes while open (cownbd never writes qcow2), so reads share the caches freely.
@@ -23,8 +26,8 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { type BlockDevice, type DeviceCapabilities, DeviceError, EXTENT_HOLE, EXTENT_ZERO, type Extent, type LayerInfo } from '../../block/block-device.js';
-import { MAX_EXTENTS_PER_CALL, readFully, type FileIo } from '../../block/file-io.js';
-import { decompressCluster } from './qcow2-decompress.js';
+import { MAX_EXTENTS_PER_CALL, type FileIo } from '../../block/file-io.js';
+import { ClusterDecoder } from './qcow2-decompress.js';
 import type { Qcow2Header } from './qcow2-header.js';
 import { BoundedLru } from './qcow2-lru.js';
 import { Qcow2Map, type Piece } from './qcow2-map.js';
@@ -47,6 +50,11 @@ export const DEFAULT_CLUSTER_CACHE_BYTES = 4 * 1024 * 1024;
  */
 const STATUS_WINDOW = 1024 * 1024 * 1024;
 const STATUS_WINDOW_CLUSTERS = 131072;
+/**
+ * Compressed-input buffers kept for reuse (each one cluster + 1 KiB). Reads in flight beyond
+ * this allocate; the bound keeps a fleet's per-device memory small (docs/qcow2-format.md#memory).
+ */
+const INPUT_POOL = 8;
 
 export interface Qcow2DeviceParts {
   readonly path: string;
@@ -79,6 +87,14 @@ export class Qcow2Device implements BlockDevice {
   readonly map: Qcow2Map;
   private readonly l2Cache: BoundedLru;
   private readonly clusterCache: BoundedLru;
+  private readonly decoder: ClusterDecoder;
+  /** Buffers for compressed input, reused (a read may wait on the threadpool, so not one). */
+  private readonly inputs: Buffer[] = [];
+  /** One cluster for partial reads that are not cached (see admit). */
+  private scratch: Buffer | undefined;
+  /** Clusters read partially once, oldest first (see admit), at most seenOnceMax. */
+  private readonly seenOnce = new Set<number>();
+  private readonly seenOnceMax: number;
 
   constructor(private readonly parts: Qcow2DeviceParts) {
     const h = parts.header;
@@ -86,6 +102,10 @@ export class Qcow2Device implements BlockDevice {
     this.preferredBlockSize = Math.max(4096, Math.min(h.clusterSize, 65536));
     this.l2Cache = new BoundedLru(parts.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES);
     this.clusterCache = new BoundedLru(Math.max(parts.clusterCacheBytes ?? DEFAULT_CLUSTER_CACHE_BYTES, h.clusterSize));
+    this.decoder = new ClusterDecoder(h.compression, h.clusterSize);
+    // Remember twice as many clusters as the cache holds: a sequential reader comes back
+    // to its cluster within a few requests, a random one rarely within this window.
+    this.seenOnceMax = 2 * Math.max(1, Math.floor(this.clusterCache.maxBytes / h.clusterSize));
     this.map = new Qcow2Map(h, parts.l1, { slice: (at, len) => this.l2Cache.get(at, () => this.loadSlice(at, len)) }, parts.path);
   }
 
@@ -96,6 +116,11 @@ export class Qcow2Device implements BlockDevice {
   /** Bytes the L2 cache holds now (memory reports and tests). */
   get cachedL2Bytes(): number {
     return this.l2Cache.size;
+  }
+
+  /** Bytes of decompressed clusters cached now (tests of the admission policy). */
+  get cachedClusterBytes(): number {
+    return this.clusterCache.size;
   }
 
   async read(offset: number, target: Buffer): Promise<void> {
@@ -125,9 +150,28 @@ export class Qcow2Device implements BlockDevice {
         return this.readBacking(guest, part);
       case 'compressed': {
         // A read of the whole cluster (sequential copies) is not cached: keeping it would
-        // only push other clusters out and promote garbage to the old generation.
-        const whole = p.within === 0 && p.length === this.parts.header.clusterSize;
-        const cluster = whole ? await this.loadCompressed(p) : await this.clusterCache.get(p.cluster, () => this.loadCompressed(p));
+        // only push other clusters out. It decodes straight into the reply: no copy, no garbage.
+        if (p.within === 0 && p.length === this.parts.header.clusterSize) return this.loadCompressed(p, part);
+        const cached = this.clusterCache.peek(p.cluster);
+        if (cached) {
+          cached.copy(part, 0, p.within, p.within + p.length);
+          return;
+        }
+        // First partial read of a cluster: decode into the scratch cluster and copy at once
+        // (nothing is kept, so random reads make no garbage). A second partial read soon
+        // after (sequential small reads) caches it: qcow2-format.md "Performance".
+        if (this.decoder.synchronous && !this.admit(p.cluster)) {
+          return this.withInput(p, (input, where) => {
+            const scratch = (this.scratch ??= Buffer.allocUnsafeSlow(this.parts.header.clusterSize));
+            this.decoder.decodeNow(input, scratch, where);
+            scratch.copy(part, 0, p.within, p.within + p.length);
+          });
+        }
+        const cluster = await this.clusterCache.get(p.cluster, async () => {
+          const buf = Buffer.allocUnsafeSlow(this.parts.header.clusterSize);
+          await this.loadCompressed(p, buf);
+          return buf;
+        });
         cluster.copy(part, 0, p.within, p.within + p.length);
         return;
       }
@@ -146,18 +190,46 @@ export class Qcow2Device implements BlockDevice {
       throw new DeviceError('EIO', `${this.parts.path}: corrupt image: L2 table slice at ${at} lies past the end of the file (${this.parts.fileLength} bytes)`);
     }
     const buf = Buffer.allocUnsafe(length);
-    await readFully(this.parts.fh, at, buf, length);
+    await this.parts.io.read(this.parts.fh, at, buf, length);
     return buf;
   }
 
-  private async loadCompressed(p: Extract<Piece, { kind: 'compressed' }>): Promise<Buffer> {
+  /** Read and decode the compressed cluster `p` into `out` (one cluster). */
+  private loadCompressed(p: CompressedPiece, out: Buffer): Promise<void> {
+    return this.withInput(p, (input, where) => this.decoder.decode(input, out, where));
+  }
+
+  /**
+   * Read the compressed bytes of `p` into a pooled buffer and hand them to `use` (run as
+   * soon as they are read; a synchronous `use` runs without yielding in between).
+   */
+  private async withInput(p: CompressedPiece, use: (input: Buffer, where: string) => void | Promise<void>): Promise<void> {
     const where = `${this.parts.path}: guest offset ${p.cluster} (compressed at ${p.host})`;
     // The last compressed cluster may end inside the file's final sector: read what exists.
     const len = Math.max(0, Math.min(p.hostLength, this.parts.fileLength - p.host));
     if (len === 0) throw new DeviceError('EIO', `${where}: compressed data lies past the end of the file (${this.parts.fileLength} bytes)`);
-    const input = Buffer.allocUnsafe(len);
-    await readFully(this.parts.fh, p.host, input, len);
-    return decompressCluster(this.parts.header.compression, input, this.parts.header.clusterSize, where);
+    const pooled = this.inputs.pop() ?? Buffer.allocUnsafeSlow(Math.max(len, this.parts.header.clusterSize + 1024));
+    const input = pooled.length >= len ? pooled : Buffer.allocUnsafeSlow(len);
+    try {
+      // The page-cache fast path (FileIo.read: RWF_NOWAIT inline, threadpool on a miss): a
+      // compressed cluster is a few KiB, and the threadpool round trip cost more than the
+      // decode (docs/qcow2-format.md "Performance").
+      await this.parts.io.read(this.parts.fh, p.host, input.subarray(0, len), len);
+      await use(input.subarray(0, len), where);
+    } finally {
+      if (this.inputs.length < INPUT_POOL) this.inputs.push(input);
+    }
+  }
+
+  /**
+   * Admission to the decompressed-cluster cache: true when `cluster` was read partially
+   * recently (then it is cached), false the first time (it is remembered, not cached).
+   */
+  private admit(cluster: number): boolean {
+    if (this.seenOnce.delete(cluster)) return true;
+    this.seenOnce.add(cluster);
+    if (this.seenOnce.size > this.seenOnceMax) this.seenOnce.delete(this.seenOnce.values().next().value!);
+    return false;
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
@@ -209,6 +281,10 @@ export class Qcow2Device implements BlockDevice {
   async cache(): Promise<void> {}
 
   async close(): Promise<void> {
+    this.decoder.drop();
+    this.inputs.length = 0;
+    this.seenOnce.clear();
+    this.scratch = undefined;
     this.l2Cache.clear();
     this.clusterCache.clear();
     try {
@@ -237,6 +313,8 @@ export class Qcow2Device implements BlockDevice {
     };
   }
 }
+
+type CompressedPiece = Extract<Piece, { kind: 'compressed' }>;
 
 /** Append `e`, merging it into the previous extent when flags and depth match. */
 function add(out: Extent[], e: Extent): void {

@@ -11,13 +11,18 @@ import { fileSizes, nextOf, recordedBackingReport, type BackingReport, type Info
 import type { Qcow2Header } from './qcow2-header.js';
 import { Qcow2Map } from './qcow2-map.js';
 import { readQcow2File, resolveQcow2Backing } from './qcow2-open.js';
+import { readSnapshots, type Qcow2Snapshot } from './qcow2-snapshots.js';
 
 const WINDOW = 1024 * 1024 * 1024;
 
 export async function inspectQcow2(file: string, req: InspectRequest): Promise<LayerInspection> {
-  const { fh, header } = await readQcow2File(file);
+  const { fh, header, fileLength } = await readQcow2File(file);
   let allocatedBytes = 0;
+  let snapshots: Qcow2Snapshot[] = [];
   try {
+    // The snapshot list is only described (qemu-img info's "snapshots"); a damaged table
+    // must not stop info from describing the active layer, which reading never ties to it.
+    snapshots = await readSnapshots(fh, fileLength, header.snapshotsOffset, header.nbSnapshots).catch(() => []);
     const l1 = Buffer.alloc(header.l1Size * 8);
     await readFully(fh, header.l1TableOffset, l1, l1.length);
     const map = new Qcow2Map(header, l1, { slice: async (at, len) => { const b = Buffer.alloc(len); await readFully(fh, at, b, len); return b; } }, file);
@@ -36,7 +41,7 @@ export async function inspectQcow2(file: string, req: InspectRequest): Promise<L
     file: await fileSizes(file),
     allocatedBytes,
     backing,
-    section: infoSection(header),
+    section: infoSection(header, snapshots),
     next: nextOf(backing),
   };
 }
@@ -49,7 +54,7 @@ async function backingReport(h: Qcow2Header, resolved: string, req: InspectReque
   );
 }
 
-function infoSection(h: Qcow2Header): InfoSection {
+function infoSection(h: Qcow2Header, snapshotList: Qcow2Snapshot[]): InfoSection {
   const compat = h.version === 2 ? '0.10' : '1.1';
   const json = {
     compat,
@@ -59,7 +64,10 @@ function infoSection(h: Qcow2Header): InfoSection {
     refcountBits: 1 << h.refcountOrder,
     snapshots: h.nbSnapshots,
     dirty: h.dirty,
+    // Compatible bit 0 (docs/qcow2-format.md): qemu-img info's "lazy-refcounts".
+    lazyRefcounts: (h.compatible & 1n) !== 0n,
     l1Size: h.l1Size,
+    snapshotList,
   };
   const text: Array<[string, string | number]> = [
     ['compat', compat],

@@ -18,6 +18,16 @@ export class BoundedLru {
     readonly maxBytes: number,
   ) {}
 
+  /** The cached buffer for `key` if there is one now (made the most recent), without loading. */
+  peek(key: number): Buffer | undefined {
+    const hit = this.entries.get(key);
+    if (hit) {
+      this.entries.delete(key);
+      this.entries.set(key, hit);
+    }
+    return hit;
+  }
+
   /** The cached buffer for `key`, or the result of `load()` (cached when it fits). */
   get(key: number, load: () => Promise<Buffer>): Promise<Buffer> {
     const hit = this.entries.get(key);

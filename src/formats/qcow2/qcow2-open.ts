@@ -18,10 +18,11 @@ import { readFully } from '../../block/file-io.js';
 import type { FileHandle } from 'node:fs/promises';
 import { isObjectStoreUri } from '../../objectstore/uri.js';
 import { quotedPath } from '../../util/quoted-path.js';
-import type { OpenRequest } from '../format-record.js';
+import type { HostOffsets, OpenRequest } from '../format-record.js';
 import { mapRecordedPath, type PathMapping } from '../path-map.js';
 import { Qcow2Device } from './qcow2-device.js';
 import { headerReadLength, parseQcow2Header, type Qcow2Header } from './qcow2-header.js';
+import { Qcow2Map } from './qcow2-map.js';
 
 export interface Qcow2File {
   readonly fh: FileHandle;
@@ -92,6 +93,34 @@ export async function openQcow2(file: string, req: OpenRequest): Promise<BlockDe
     return new Qcow2Device({ path: file, fh, fileLength, header, l1, backing, backingPath, backingFormat, io: req.io });
   } catch (err) {
     await backing?.close().catch(() => {});
+    await fh.close();
+    throw err;
+  }
+}
+
+/**
+ * Where the active layer of `file` keeps guest ranges (map --output=json's offsets): data
+ * clusters at their host offset; zero and compressed clusters at none (qemu-img reports none
+ * for them either). Reads the L1 table and L2 slices of `file` alone, uncached.
+ */
+export async function qcow2HostOffsets(file: string): Promise<HostOffsets> {
+  const { fh, header } = await readQcow2File(file);
+  try {
+    const l1 = Buffer.alloc(header.l1Size * 8);
+    await readFully(fh, header.l1TableOffset, l1, l1.length);
+    const source = {
+      slice: async (at: number, len: number): Promise<Buffer> => {
+        const b = Buffer.alloc(len);
+        await readFully(fh, at, b, len);
+        return b;
+      },
+    };
+    const map = new Qcow2Map(header, l1, source, file);
+    return {
+      at: async (start, length) => (await map.mapRange(start, length)).map((p) => [p.length, p.kind === 'data' ? p.host : undefined] as const),
+      close: () => fh.close(),
+    };
+  } catch (err) {
     await fh.close();
     throw err;
   }

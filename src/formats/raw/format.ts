@@ -6,7 +6,7 @@
  * file of the given size (qemu-img create's default), crash-safely like every file we make.
  */
 import { RawFileDevice } from '../../block/raw-file-device.js';
-import type { FormatRecord } from '../format-record.js';
+import { linearOffsets, type FormatRecord } from '../format-record.js';
 import { fileSizes } from '../inspection.js';
 import { createFileAtomically } from '../../util/atomic-file.js';
 
@@ -28,4 +28,5 @@ export const rawFormat: FormatRecord = {
     const file = await fileSizes(path);
     return { path, format: 'raw', virtualSize: file.apparentSize, file, allocatedBytes: file.actualSize, backing: null };
   },
+  hostOffsets: async () => linearOffsets(0),
 };
