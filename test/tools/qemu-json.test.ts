@@ -176,7 +176,7 @@ describe('the schemas in docs/image-tool.md', () => {
       'map --output=json': 'qemuMap',
     };
     for (const [heading, key] of Object.entries(headings)) {
-      const m = new RegExp(`#### ${heading.replace(/[-=]/g, '\\$&')}\\n\\n\`\`\`json\\n([\\s\\S]*?)\\n\`\`\`\\n`).exec(doc);
+      const m = new RegExp(`### ${heading.replace(/[-=]/g, '\\$&')}\\n\\n\`\`\`json\\n([\\s\\S]*?)\\n\`\`\`\\n`).exec(doc);
       expect(m, heading).not.toBeNull();
       expect(JSON.parse(m![1]!), heading).toEqual(JSON.parse(JSON.stringify(SCHEMAS[key])));
     }
