@@ -62,12 +62,30 @@ export function encodeCompactManifest(m: Manifest, image: string, publishedSha25
   return Buffer.concat([body, createHash('sha256').update(body).digest()]);
 }
 
+type Bad = (field: string, value: unknown, why: string) => never;
+
+/** The length-prefixed strings at HEADER: image, version, created, chunkPrefix[, source]; they must fill `length` exactly. */
+function readStrings(data: Buffer, hasSource: boolean, length: number, bad: Bad): Record<string, string> {
+  const end = HEADER + length;
+  const strings: Record<string, string> = {};
+  let pos = HEADER;
+  for (const name of ['image', 'version', 'created', 'chunkPrefix', ...(hasSource ? ['source'] : [])]) {
+    if (pos + 2 > end) bad(name, null, `missing: the strings end at byte ${end}`);
+    const len = data.readUInt16LE(pos);
+    if (pos + 2 + len > end) bad(`${name} length`, len, `runs past the strings' end (byte ${end})`);
+    strings[name] = data.toString('utf8', pos + 2, pos + 2 + len);
+    pos += 2 + len;
+  }
+  if (pos !== end) bad('stringsLength', length, `the strings take ${pos - HEADER} bytes`);
+  return strings;
+}
+
 /**
  * Decode a compact manifest file; `where` (its path) prefixes every error. `bodySha256`: the
  * SHA-256 of every byte but the last 32, when the caller hashed while reading (readCompactFile).
  */
 export function decodeCompactManifest(data: Buffer, where: string, bodySha256?: Buffer): CompactManifestFile {
-  const bad = (field: string, value: unknown, why: string): never => {
+  const bad: Bad = (field, value, why) => {
     throw new ManifestError(`${where}: compact manifest field ${field} = ${JSON.stringify(value)?.slice(0, 80)}: ${why}`);
   };
   if (data.length < HEADER + TRAILER) bad('(file length)', data.length, `shorter than the ${HEADER + TRAILER}-byte header and checksum`);
@@ -92,17 +110,7 @@ export function decodeCompactManifest(data: Buffer, where: string, bodySha256?: 
   const wantLength = tableStart + chunkCount * HASH_BYTES + TRAILER;
   if (data.length !== wantLength) bad('(file length)', data.length, `header says ${wantLength} (${stringsLength} bytes of strings, ${chunkCount} chunks)`);
 
-  const names = ['image', 'version', 'created', 'chunkPrefix', ...((flags & FLAG_SOURCE) !== 0 ? ['source'] : [])];
-  const strings: Record<string, string> = {};
-  let pos = HEADER;
-  for (const name of names) {
-    if (pos + 2 > tableStart) bad(name, null, `missing: the strings end at byte ${tableStart}`);
-    const len = data.readUInt16LE(pos);
-    if (pos + 2 + len > tableStart) bad(`${name} length`, len, `runs past the strings' end (byte ${tableStart})`);
-    strings[name] = data.toString('utf8', pos + 2, pos + 2 + len);
-    pos += 2 + len;
-  }
-  if (pos !== tableStart) bad('stringsLength', stringsLength, `the strings take ${pos - HEADER} bytes`);
+  const strings = readStrings(data, (flags & FLAG_SOURCE) !== 0, stringsLength, bad);
   try {
     const u = parseObjectStoreUri(`s3://${strings.image!}`);
     if (u.version !== undefined) throw new Error('it names a version');
