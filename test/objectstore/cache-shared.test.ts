@@ -5,10 +5,13 @@
  * file it verified, delete a file it was about to read, start up (and clean tmp/) while the
  * other writes — is noticed by the fstat check or the failed open, and the chunk is
  * verified or fetched again. Both serve the right bytes throughout; afterwards every file is
- * named by the SHA-256 of its bytes and nothing is left in tmp/.
+ * named by the SHA-256 of its bytes and nothing is left in tmp/. A process starting on the
+ * directory removes only temporary files old enough to be a dead writer's, never the
+ * directory another process is writing in (that made the starting server exit with
+ * ENOTEMPTY, or the writer's rename fail).
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFaultS3Server, type FaultS3Server } from '../helpers/fault-s3-server.js';
@@ -79,4 +82,23 @@ describe.runIf(hasTools)('a cache directory shared by two servers', () => {
     expect(bytes).toBeLessThanOrEqual(2 * 6 * MiB);
     expect(existsSync(path.join(cacheDir, 'tmp')) ? readdirSync(path.join(cacheDir, 'tmp')) : []).toEqual([]);
   }, 240_000);
+
+  it('a server starting on the directory leaves the temporary files of a live writer alone and removes only stale ones', async () => {
+    const cacheDir = tmp.file('cache-tmp');
+    mkdirSync(path.join(cacheDir, 'tmp'), { recursive: true });
+    // Another process's chunk being written right now, and one a writer left when it died an hour ago.
+    const live = path.join(cacheDir, 'tmp', `${'a'.repeat(64)}.0badcafe`);
+    const stale = path.join(cacheDir, 'tmp', `${'b'.repeat(64)}.deadbeef`);
+    writeFileSync(live, Buffer.alloc(4096, 1));
+    writeFileSync(stale, Buffer.alloc(4096, 2));
+    const hourAgo = new Date(Date.now() - 3_600_000);
+    utimesSync(stale, hourAgo, hourAgo);
+    const srv = await serveS3(s3, ['--export', 'd=s3://golden/shared'], cacheDir, CACHE);
+    try {
+      expect(existsSync(live)).toBe(true); // its writer renames it into chunks/ in a moment
+      expect(existsSync(stale)).toBe(false);
+    } finally {
+      await srv.stop();
+    }
+  }, 60_000);
 });
