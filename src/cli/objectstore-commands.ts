@@ -1,6 +1,6 @@
 /**
  * Object-store subcommands: `publish IMAGE s3://BUCKET/PREFIX`, `fsck s3://BUCKET/PREFIX`,
- * `gc s3://BUCKET` and `cache show|clear`.
+ * `gc s3://BUCKET`, `delete s3://BUCKET/PREFIX@VERSION` and `cache show|clear`.
  * Registration only: the actions (objectstore-actions.ts, with the progress bar and the
  * object-store code) are imported when one of these commands runs.
  */
@@ -8,6 +8,7 @@ import { type Command, Option } from 'commander';
 import { FORMAT_NAMES } from '../formats/registry.js';
 import { addCacheOptions, addObjectStoreOptions, type ObjectStoreFlags } from '../objectstore/cli-options.js';
 import type { FsckFlags, GcFlags, PublishFlags } from './objectstore-actions.js';
+import type { DeleteFlags } from './objectstore-delete.js';
 
 /** Chunk size when --chunk-size is not given (1 MiB: see docs/object-store.md). */
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
@@ -50,6 +51,15 @@ export function registerObjectStoreCommands(program: Command): void {
       .option('--delete', 'delete them (default: only list them)')
       .option('--json', 'machine-readable output'),
   ).action(async (bucket: string, flags: GcFlags) => (await actions()).gcAction(bucket, flags));
+  addObjectStoreOptions(
+    program
+      .command('delete')
+      .description('withdraw one published version (its manifest; `gc` then reclaims chunks no other version names); refused while an overlay given with --overlays pins it')
+      .argument('<version>', 's3://BUCKET/PREFIX@VERSION (the version must be named)')
+      .option('--overlays <path...>', 'overlay files or directories (e.g. a server\'s --overlay-dir) that must not pin the version')
+      .option('--force', 'delete even if an overlay pins it (that overlay loses its base once gc runs)')
+      .option('--json', 'machine-readable output'),
+  ).action(async (version: string, flags: DeleteFlags) => (await import('./objectstore-delete.js')).deleteAction(version, flags));
   registerCacheCommands(program);
 }
 

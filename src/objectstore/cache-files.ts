@@ -2,7 +2,8 @@
  * Files of the chunk cache (chunk-cache.ts keeps the index, this module the files):
  *
  *   DIR/chunks/<sha256>   a chunk, named by its hash
- *   DIR/tmp/              files being written (renamed into chunks/ when complete)
+ *   DIR/tmp/              files being written (renamed into chunks/ when complete); a file
+ *                         older than STALE_TEMP_MS was left by a dead writer
  *
  * A Stamp is what a file looked like when it was verified (inode, size, mtime): a file
  * whose fstat differs, or that was deleted (no links), is hashed again before use.
@@ -10,7 +11,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { fstatSync } from 'node:fs';
-import { open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { lstat, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 
 export const CHUNK_NAME = /^[0-9a-f]{64}$/;
@@ -27,6 +28,27 @@ export function sameFile(v: Stamp | undefined, fh: FileHandle): boolean {
   const st = fstatSync(fh.fd);
   if (!v) return st.nlink > 0;
   return st.nlink > 0 && st.ino === v.ino && st.size === v.size && st.mtimeMs === v.mtimeMs;
+}
+
+/**
+ * A temporary file is written and renamed within seconds; one older than this was left by a
+ * writer that died (kill -9, full disk, power loss).
+ */
+export const STALE_TEMP_MS = 10 * 60_000;
+
+/**
+ * Remove what dead writers left in DIR/tmp. Only old entries: a cache directory may be shared
+ * by several processes (docs/object-store.md), and another one may be writing a file there
+ * right now — removing the whole directory would fail its rename (and with ENOTEMPTY, racing
+ * its next write, this process's start-up).
+ */
+export async function removeStaleTemp(dir: string, now = Date.now()): Promise<void> {
+  const tmp = path.join(dir, 'tmp');
+  for (const name of await readdir(tmp).catch(() => [] as string[])) {
+    const file = path.join(tmp, name);
+    const st = await lstat(file).catch(() => undefined);
+    if (st && now - st.mtimeMs > STALE_TEMP_MS) await rm(file, { recursive: true, force: true }).catch(() => {});
+  }
 }
 
 /** Every chunk file in DIR/chunks, least recently used (oldest mtime) first. */

@@ -4,7 +4,7 @@
  *
  *   DIR/chunks/<sha256>   one file per chunk, named by its hash (content addressed: chunks
  *                         of any image, version or bucket share one entry)
- *   DIR/tmp/              files being written; emptied at start-up
+ *   DIR/tmp/              files being written; left-overs of dead writers removed at start-up
  *
  * Rules:
  *   - Verified before use: a chunk fetched from the store is hashed before anyone reads it,
@@ -32,12 +32,12 @@
  */
 import { createHash } from 'node:crypto';
 import { fstatSync } from 'node:fs';
-import { mkdir, open, rm, stat, statfs, unlink, utimes, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, stat, statfs, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { DeviceError } from '../block/block-device.js';
 import { FileIo } from '../block/file-io.js';
 import type { Logger } from '../logging.js';
-import { readWhole, sameFile, scanChunkFiles, writeChunkFile, type Stamp } from './cache-files.js';
+import { readWhole, removeStaleTemp, sameFile, scanChunkFiles, writeChunkFile, type Stamp } from './cache-files.js';
 
 export { clearCacheDir, inspectCacheDir } from './cache-files.js';
 
@@ -167,7 +167,7 @@ export class ChunkCache {
   }
 
   private async load(): Promise<void> {
-    await rm(path.join(this.dir, 'tmp'), { recursive: true, force: true });
+    await removeStaleTemp(this.dir); // not tmp/ itself: another process may be writing there now
     await this.makeDirs();
     for (const f of await scanChunkFiles(this.dir)) this.insert(f.hash, f.size, false, f.mtime);
     this.evict();

@@ -5,15 +5,18 @@
  *
  *   resolve('s3://b/img')       → LIST (newest version); store unreachable → the newest
  *                                  version cached on disk for b/img (a warning says so)
- *   resolve('s3://b/img@V')     → memory → DIR/manifests/<id>/V.mf (verified) → GET
+ *   resolve('s3://b/img@V')     → memory → DIR/manifests/<id>/V.cmf (verified) → GET
  *
  * Facts it relies on (docs/object-store.md): a manifest is written once and never changed,
  * so a version's manifest may be kept forever; its object name is its version id.
  *
- * Disk file: one header line `cownbd-manifest-cache 1 <bucket>/<prefix> <sha256>` and the
- * manifest's exact bytes. The hash covers those bytes, so a torn or damaged file is
- * noticed, dropped and fetched again (never used); the bucket/prefix line guards against
- * a hash-of-name collision. Files are written under tmp/ and renamed (complete or absent).
+ * Disk file: DIR/manifests/<id>/VERSION.cmf, the compact binary form (manifest-binary.ts,
+ * docs/object-store.md): the version's fields, its chunk hashes as 32-byte entries, the
+ * SHA-256 of the published bytes it came from, and a checksum over the file. Read back, it
+ * is checked field by field (image, version, checksum), so a torn or damaged file is
+ * noticed, dropped and fetched again (never used); its table is used as read, without a
+ * JSON parse (open of a 1 TiB image: ~0.1 s, the JSON took seconds). Files are written under tmp/ and renamed
+ * (complete or absent). `VERSION.mf` files of earlier releases are read and converted.
  * <id> is a hash of bucket/prefix (prefix segments are free-form; this keeps one flat level).
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -21,10 +24,12 @@ import { mkdir, readdir, readFile, rename, unlink, writeFile } from 'node:fs/pro
 import path from 'node:path';
 import type { Logger } from '../logging.js';
 import { decodeManifest, type Manifest } from './manifest.js';
+import { decodeCompactManifest, encodeCompactManifest, readCompactFile } from './manifest-binary.js';
 import { ObjectNotFoundError, type StoreClient } from './store-client.js';
 import { formatObjectStoreUri, manifestFolder, manifestKey, parseObjectStoreUri, VERSION_PATTERN, type ObjectStoreUri } from './uri.js';
 
-const MAGIC = 'cownbd-manifest-cache 1';
+/** First line of the cache files of earlier releases (`VERSION.mf`), still read. */
+const LEGACY_MAGIC = 'cownbd-manifest-cache 1';
 
 export type PinnedUri = ObjectStoreUri & { version: string };
 
@@ -102,7 +107,7 @@ export class ManifestCache {
     const fromDisk = await this.readDisk(uri);
     if (fromDisk) return fromDisk;
     const { manifest, bytes } = await fetchManifest(this.client, uri);
-    await this.writeDisk(uri, bytes).catch((err: unknown) =>
+    await this.writeDisk(uri, manifest, createHash('sha256').update(bytes).digest('hex')).catch((err: unknown) =>
       this.log.warn({ manifest: formatObjectStoreUri(uri), err: (err as Error).message }, 'could not keep the manifest on disk (kept in memory)'),
     );
     return manifest;
@@ -116,26 +121,49 @@ export class ManifestCache {
   private async cachedVersions(u: ObjectStoreUri): Promise<string[]> {
     if (this.dir === undefined) return [];
     const names = await readdir(this.folder(u)).catch(() => [] as string[]);
-    return names
-      .filter((n) => n.endsWith('.mf'))
-      .map((n) => n.slice(0, -3))
-      .filter((v) => VERSION_PATTERN.test(v))
-      .sort();
+    const versions = names.map((n) => /^(.+)\.(?:cmf|mf)$/.exec(n)?.[1]).filter((v): v is string => v !== undefined && VERSION_PATTERN.test(v));
+    return [...new Set(versions)].sort();
   }
 
+  /** The compact file (checked field by field and by its checksum); else a legacy `.mf`, converted. */
   private async readDisk(uri: PinnedUri): Promise<Manifest | undefined> {
     if (this.dir === undefined) return undefined;
+    const file = path.join(this.folder(uri), `${uri.version}.cmf`);
+    const read = await readCompactFile(file).catch(() => undefined);
+    if (read) {
+      try {
+        const f = decodeCompactManifest(read.data, file, read.bodySha256);
+        if (f.image !== `${uri.bucket}/${uri.prefix}`) throw new Error(`it belongs to ${f.image}`);
+        if (f.manifest.version !== uri.version) throw new Error(`it holds version ${f.manifest.version}`);
+        return f.manifest;
+      } catch (err) {
+        this.log.warn({ file, err: (err as Error).message }, 'cached manifest is damaged: dropped, fetching it again');
+        await unlink(file).catch(() => {});
+      }
+    }
+    return this.readLegacy(uri);
+  }
+
+  /**
+   * A `.mf` file (a header line, then the published JSON) written by cownbd before the
+   * compact form: used and converted, so an upgraded server still starts during an outage.
+   */
+  private async readLegacy(uri: PinnedUri): Promise<Manifest | undefined> {
     const file = path.join(this.folder(uri), `${uri.version}.mf`);
     const data = await readFile(file).catch(() => undefined);
     if (!data) return undefined;
     const nl = data.indexOf(0x0a);
     const header = nl < 0 ? '' : data.subarray(0, nl).toString('latin1');
     const bytes = data.subarray(nl + 1);
-    const want = `${MAGIC} ${uri.bucket}/${uri.prefix} ${createHash('sha256').update(bytes).digest('hex')}`;
+    const sha = createHash('sha256').update(bytes).digest('hex');
     try {
-      if (header !== want) throw new Error('header or hash does not match its contents');
+      if (header !== `${LEGACY_MAGIC} ${uri.bucket}/${uri.prefix} ${sha}`) throw new Error('header or hash does not match its contents');
       const m = decodeManifest(bytes, formatObjectStoreUri(uri));
       if (m.version !== uri.version) throw new Error(`it holds version ${m.version}`);
+      await this.writeDisk(uri, m, sha).then(
+        () => unlink(file),
+        () => {},
+      );
       return m;
     } catch (err) {
       this.log.warn({ file, err: (err as Error).message }, 'cached manifest is damaged: dropped, fetching it again');
@@ -144,17 +172,16 @@ export class ManifestCache {
     }
   }
 
-  private async writeDisk(uri: PinnedUri, bytes: Buffer): Promise<void> {
+  private async writeDisk(uri: PinnedUri, manifest: Manifest, publishedSha256: string): Promise<void> {
     if (this.dir === undefined) return;
     const folder = this.folder(uri);
     const tmpDir = path.join(this.dir, 'tmp');
     await mkdir(folder, { recursive: true });
     await mkdir(tmpDir, { recursive: true });
     const tmp = path.join(tmpDir, `manifest.${uri.version}.${randomBytes(4).toString('hex')}`);
-    const header = Buffer.from(`${MAGIC} ${uri.bucket}/${uri.prefix} ${createHash('sha256').update(bytes).digest('hex')}\n`, 'latin1');
     try {
-      await writeFile(tmp, Buffer.concat([header, bytes]));
-      await rename(tmp, path.join(folder, `${uri.version}.mf`));
+      await writeFile(tmp, encodeCompactManifest(manifest, `${uri.bucket}/${uri.prefix}`, publishedSha256));
+      await rename(tmp, path.join(folder, `${uri.version}.cmf`));
     } catch (err) {
       await unlink(tmp).catch(() => {});
       throw err;

@@ -13,6 +13,7 @@
  * Pure codec: no I/O. Validation names the field and the value that is wrong.
  */
 import { z } from 'zod';
+import { ChunkTable, compactManifest, HASH_BYTES, type CompactManifest } from './chunk-table.js';
 import { VERSION_PATTERN } from './uri.js';
 
 export const MANIFEST_FORMAT = 'cownbd-manifest';
@@ -20,7 +21,7 @@ export const MIN_CHUNK_SIZE = 64 * 1024;
 export const MAX_CHUNK_SIZE = 64 * 1024 * 1024;
 const HASH = /^[0-9a-f]{64}$/;
 /** Bounds the chunks array: 2^24 chunks × 64 MiB chunks is far beyond any disk; 1 GiB at 64 KiB is 16 Ki. */
-const MAX_CHUNKS = 1 << 24;
+export const MAX_CHUNKS = 1 << 24;
 
 export interface Manifest {
   readonly version: string;
@@ -33,14 +34,12 @@ export interface Manifest {
   readonly chunks: readonly (string | null)[];
 }
 
-const schema = z.object({
-  format: z.literal(MANIFEST_FORMAT),
-  formatVersion: z.literal(1),
+/** The fields every form of a manifest carries (JSON here, binary in manifest-binary.ts). */
+export const manifestFieldsSchema = z.object({
   version: z.string().regex(VERSION_PATTERN),
   created: z.iso.datetime(),
   virtualSize: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
   chunkSize: z.number().int().min(MIN_CHUNK_SIZE).max(MAX_CHUNK_SIZE),
-  hash: z.literal('sha256'),
   // Key segments only; "." and ".." would be resolved away by HTTP clients (another object).
   chunkPrefix: z
     .string()
@@ -48,8 +47,19 @@ const schema = z.object({
     .regex(/^(?:[A-Za-z0-9._-]+\/)*$/)
     .refine((p) => !p.split('/').some((seg) => seg === '.' || seg === '..'), 'no "." or ".." segments'),
   source: z.string().max(4096).optional(),
-  chunks: z.array(z.string().regex(HASH).nullable()).max(MAX_CHUNKS),
 });
+
+const schema = z.object({
+  format: z.literal(MANIFEST_FORMAT),
+  formatVersion: z.literal(1),
+  ...manifestFieldsSchema.shape,
+  hash: z.literal('sha256'),
+  // Entries are checked by chunkTableFromJson (one pass straight into the compact table:
+  // a 1 TiB image has a million of them, too many for a schema per entry).
+  chunks: z.array(z.unknown()).max(MAX_CHUNKS),
+});
+
+const ZERO_HASH = '0'.repeat(64);
 
 export class ManifestError extends Error {
   override name = 'ManifestError';
@@ -65,7 +75,7 @@ export function chunkLength(m: Pick<Manifest, 'virtualSize' | 'chunkSize'>, inde
 }
 
 export function encodeManifest(m: Manifest): Buffer {
-  checkShape(m, 'encodeManifest');
+  checkShape({ ...m, chunkCount: m.chunks.length }, 'encodeManifest');
   const doc = {
     format: MANIFEST_FORMAT,
     formatVersion: 1,
@@ -81,8 +91,11 @@ export function encodeManifest(m: Manifest): Buffer {
   return Buffer.from(`${JSON.stringify(doc)}\n`);
 }
 
-/** Parse and validate a manifest object; `where` (its address) prefixes every error. */
-export function decodeManifest(bytes: Buffer, where: string): Manifest {
+/**
+ * Parse and validate a manifest object; `where` (its address) prefixes every error. The
+ * result is compact (chunk-table.ts): its hashes are one Buffer, `chunks` is made on demand.
+ */
+export function decodeManifest(bytes: Buffer, where: string): CompactManifest {
   let raw: unknown;
   try {
     raw = JSON.parse(bytes.toString('utf8'));
@@ -97,27 +110,39 @@ export function decodeManifest(bytes: Buffer, where: string): Manifest {
     throw new ManifestError(`${where}: manifest field ${field} = ${JSON.stringify(value)?.slice(0, 80)}: ${issue.message}`);
   }
   const d = parsed.data;
-  const m: Manifest = {
+  const fields = {
     version: d.version,
     created: d.created,
     virtualSize: d.virtualSize,
     chunkSize: d.chunkSize,
     chunkPrefix: d.chunkPrefix,
     ...(d.source === undefined ? {} : { source: d.source }),
-    chunks: d.chunks,
   };
-  checkShape(m, where);
-  return m;
+  checkShape({ ...fields, chunkCount: d.chunks.length }, where);
+  return compactManifest(fields, chunkTableFromJson(d.chunks, where));
+}
+
+/** JSON `chunks` entries (64 lower-case hex digits or null) into a table; names the first bad entry. */
+function chunkTableFromJson(chunks: readonly unknown[], where: string): ChunkTable {
+  const bytes = Buffer.alloc(chunks.length * HASH_BYTES);
+  for (let i = 0; i < chunks.length; i++) {
+    const h = chunks[i];
+    if (h === null) continue;
+    const why = typeof h !== 'string' || !HASH.test(h) ? 'not 64 lower-case hex digits or null' : h === ZERO_HASH ? 'reserved (it marks a zero chunk)' : undefined;
+    if (why !== undefined) throw new ManifestError(`${where}: manifest field chunks.${i} = ${JSON.stringify(h)?.slice(0, 80)}: ${why}`);
+    bytes.write(h as string, i * HASH_BYTES, HASH_BYTES, 'hex');
+  }
+  return new ChunkTable(bytes);
 }
 
 /** Cross-field rules zod cannot say: power-of-two chunk size, chunk count matches the size. */
-function checkShape(m: Manifest, where: string): void {
+export function checkShape(m: Pick<Manifest, 'virtualSize' | 'chunkSize'> & { chunkCount: number }, where: string): void {
   if ((m.chunkSize & (m.chunkSize - 1)) !== 0 || m.chunkSize < MIN_CHUNK_SIZE || m.chunkSize > MAX_CHUNK_SIZE) {
     throw new ManifestError(`${where}: manifest field chunkSize = ${m.chunkSize}: must be a power of two from 64 KiB to 64 MiB`);
   }
   const want = chunkCount(m.virtualSize, m.chunkSize);
-  if (m.chunks.length !== want) {
-    throw new ManifestError(`${where}: manifest field chunks has ${m.chunks.length} entries; virtualSize ${m.virtualSize} / chunkSize ${m.chunkSize} needs ${want}`);
+  if (m.chunkCount !== want) {
+    throw new ManifestError(`${where}: manifest field chunks has ${m.chunkCount} entries; virtualSize ${m.virtualSize} / chunkSize ${m.chunkSize} needs ${want}`);
   }
 }
 

@@ -26,6 +26,7 @@ import {
 } from '../block/block-device.js';
 import type { Logger } from '../logging.js';
 import type { ChunkCache, ChunkFetcher } from './chunk-cache.js';
+import { chunkTableOf, type ChunkTable } from './chunk-table.js';
 import { chunkLength, manifestMtime, type Manifest } from './manifest.js';
 import type { StoreClient } from './store-client.js';
 import { formatObjectStoreUri, type ObjectStoreUri } from './uri.js';
@@ -58,6 +59,8 @@ export class ObjectStoreDevice implements BlockDevice {
   readonly size: number;
   /** The address with the version pinned: what overlays record. */
   readonly pinnedUri: string;
+  /** The chunk hashes (shared with every device of this version: never copied per device). */
+  private readonly table: ChunkTable;
   private nextSequential = -1;
   private streak = 0;
 
@@ -67,6 +70,7 @@ export class ObjectStoreDevice implements BlockDevice {
     private readonly deps: ObjectStoreDeviceDeps,
   ) {
     this.size = manifest.virtualSize;
+    this.table = chunkTableOf(manifest);
     this.pinnedUri = formatObjectStoreUri(uri);
   }
 
@@ -79,8 +83,8 @@ export class ObjectStoreDevice implements BlockDevice {
       const inChunk = pos - index * cs;
       const n = Math.min(end - pos, cs - inChunk);
       const slice = target.subarray(pos - offset, pos - offset + n);
-      const hash = this.manifest.chunks[index];
-      if (hash === null || hash === undefined) slice.fill(0);
+      const hash = this.table.hash(index);
+      if (hash === null) slice.fill(0);
       else parts.push(this.deps.cache.read(hash, chunkLength(this.manifest, index), inChunk, slice, this.fetcher(hash)).catch((err: unknown) => this.fail(index, err)));
       pos += n;
     }
@@ -106,7 +110,7 @@ export class ObjectStoreDevice implements BlockDevice {
     for (let pos = offset; pos < end && out.length < MAX_EXTENTS_PER_CALL; ) {
       const index = Math.floor(pos / cs);
       const n = Math.min(end - pos, (index + 1) * cs - pos);
-      const flags = this.manifest.chunks[index] === null ? EXTENT_HOLE | EXTENT_ZERO : 0;
+      const flags = this.table.isZero(index) ? EXTENT_HOLE | EXTENT_ZERO : 0;
       const last = out[out.length - 1];
       if (last && last.flags === flags) out[out.length - 1] = { ...last, length: last.length + n };
       else out.push({ length: n, flags, depth: 1 });
@@ -129,7 +133,7 @@ export class ObjectStoreDevice implements BlockDevice {
   async close(): Promise<void> {}
 
   describe(): LayerInfo {
-    const stored = this.manifest.chunks.filter((h) => h !== null).length;
+    const stored = this.table.storedCount();
     return {
       format: 's3',
       path: this.pinnedUri,
@@ -139,7 +143,7 @@ export class ObjectStoreDevice implements BlockDevice {
         created: this.manifest.created,
         mtime: manifestMtime(this.manifest),
         chunkSize: this.manifest.chunkSize,
-        chunks: this.manifest.chunks.length,
+        chunks: this.table.count,
         storedChunks: stored,
         endpoint: this.deps.client.describe(),
       },
@@ -148,7 +152,7 @@ export class ObjectStoreDevice implements BlockDevice {
 
   /** Chunk `index` into the cache; EIO on failure. Zero chunks need nothing. */
   private async prefetch(index: number): Promise<void> {
-    const hash = this.manifest.chunks[index];
+    const hash = this.table.hash(index);
     if (!hash) return;
     await this.deps.cache.prefetch(hash, chunkLength(this.manifest, index), this.fetcher(hash)).catch((err: unknown) => this.fail(index, err));
   }
@@ -164,9 +168,9 @@ export class ObjectStoreDevice implements BlockDevice {
     if (this.streak < 2 || end >= this.size) return;
     const cs = this.manifest.chunkSize;
     const first = Math.ceil(end / cs);
-    const last = Math.min(this.manifest.chunks.length - 1, Math.floor((end + READ_AHEAD_BYTES - 1) / cs));
+    const last = Math.min(this.table.count - 1, Math.floor((end + READ_AHEAD_BYTES - 1) / cs));
     for (let i = first; i <= last; i++) {
-      const hash = this.manifest.chunks[i];
+      const hash = this.table.hash(i);
       if (!hash || this.deps.cache.has(hash)) continue;
       this.prefetch(i).catch((err: unknown) => this.deps.log.debug({ err, chunk: i }, 'read-ahead failed'));
     }

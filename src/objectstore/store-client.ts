@@ -98,8 +98,11 @@ export class StoreClient {
       trace: () => {},
       debug: () => {},
       info: (...a: unknown[]) => log?.trace({ source: 'aws-sdk' }, a.map(String).join(' ')),
-      warn: (...a: unknown[]) => log?.warn({ source: 'aws-sdk' }, a.map(String).join(' ')),
-      error: (...a: unknown[]) => log?.error({ source: 'aws-sdk' }, a.map(String).join(' ')),
+      warn: (...a: unknown[]) => log?.warn({ source: 'aws-sdk' }, a.map(sdkText).join(' ')),
+      // The SDK logs each failed request as an error object ({ commandName, error, … }); every
+      // one is also an attempt this client logs (retrying: warn; final: the caller's error),
+      // so the SDK's copy is debug detail, in words rather than "[object Object]".
+      error: (...a: unknown[]) => log?.debug({ source: 'aws-sdk' }, a.map(sdkText).join(' ')),
     };
     this.connected ??= import('@aws-sdk/client-s3').then((sdk) => ({
       sdk,
@@ -271,6 +274,15 @@ export class StoreClient {
     const detail = e.message && e.message !== 'UnknownError' ? `: ${e.message}` : '';
     return `${status === undefined ? '' : `HTTP ${status} `}${code}${detail}`;
   }
+}
+
+/** One SDK log argument in words: a string, an error's message, or an entry's command and error. */
+function sdkText(x: unknown): string {
+  if (typeof x !== 'object' || x === null) return String(x);
+  if (x instanceof Error) return `${x.name}: ${x.message}`;
+  const o = x as { commandName?: unknown; error?: unknown };
+  const err = o.error instanceof Error ? `${o.error.name}: ${o.error.message}` : undefined;
+  return [o.commandName, err].filter((v) => v !== undefined).join(' ') || Object.keys(o).join(',');
 }
 
 /** The whole body; the attempt's abort destroys the stream (a trickle cannot outlive its timer). */
