@@ -1,7 +1,9 @@
 // The benchmark rows: fio (ioengine=nbd, libnbd) for the block-I/O rows and nbdcopy for
 // the copy rows. Each run() drives one server for about `seconds` and returns
 // { value, clientCpuPct, wall } (client CPU in % of one core over the client's wall time;
-// the caller measures the server over the same window).
+// the caller measures the server over the same window). `client` wraps each client command
+// line (default: as is, the host's tools; the modern mode runs them from the trixie root,
+// scripts/bench/modern.mjs), so both modes measure the very same rows.
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { runMeasured } from './proc.mjs';
@@ -22,11 +24,13 @@ export const ROWS = [
   copy('nbdcopy-file', 'FILE', []),
 ];
 
-export function runRow(row, uri, { seconds, ramp, dir, sizeBytes, log }) {
-  return row.kind === 'fio' ? runFio(row, uri, seconds, ramp, dir, log) : runCopy(row, uri, seconds, dir, sizeBytes);
+const asIs = (argv) => argv;
+
+export function runRow(row, uri, { seconds, ramp, dir, sizeBytes, log, client = asIs }) {
+  return row.kind === 'fio' ? runFio(row, uri, seconds, ramp, dir, log, client) : runCopy(row, uri, seconds, dir, sizeBytes, client);
 }
 
-function runFio(row, uri, seconds, ramp, dir, log) {
+function runFio(row, uri, seconds, ramp, dir, log, client) {
   const out = join(dir, `${row.name}.fio.json`);
   const argv = [
     'fio', `--name=${row.name}`, '--ioengine=nbd', `--uri=${uri}`, `--rw=${row.rw}`, `--bs=${row.bs}`,
@@ -34,7 +38,7 @@ function runFio(row, uri, seconds, ramp, dir, log) {
     `--runtime=${seconds}`, `--ramp_time=${ramp}`, '--randrepeat=0', '--output-format=json', `--output=${out}`,
     ...(row.mix ? [`--rwmixread=${row.mix}`] : []),
   ];
-  const m = runMeasured(argv);
+  const m = runMeasured(client(argv));
   if (m.rc !== 0) throw new Error(`fio failed (rc ${m.rc}): ${m.stderr.trim().split('\n').pop()} (log ${log})`);
   const job = JSON.parse(readFileSync(out, 'utf8')).jobs[0];
   if (job.error) throw new Error(`fio job error ${job.error}`);
@@ -46,14 +50,14 @@ function runFio(row, uri, seconds, ramp, dir, log) {
 }
 
 /** nbdcopy of the whole disk, repeated until `seconds` have passed; MiB/s over all copies. */
-function runCopy(row, uri, seconds, dir, sizeBytes) {
+function runCopy(row, uri, seconds, dir, sizeBytes, client) {
   let wall = 0;
   let cpu = 0;
   let copies = 0;
   const dest = row.dest === 'FILE' ? join(dir, 'copy.img') : row.dest;
   while (copies === 0 || wall < seconds) {
     if (row.dest === 'FILE') rmSync(dest, { force: true });
-    const m = runMeasured(['nbdcopy', ...row.args, uri, dest]);
+    const m = runMeasured(client(['nbdcopy', ...row.args, uri, dest]));
     if (m.rc !== 0) throw new Error(`nbdcopy failed (rc ${m.rc}): ${m.stderr.trim().split('\n').pop()}`);
     wall += m.wall;
     cpu += m.cpu;
