@@ -89,6 +89,7 @@ export BENCH_DIR="${BENCH_DIR:-$ROOT/.bench}"
 mkdir -p "$BENCH_DIR"
 # Keep logs of the last runs only.
 find "$BENCH_DIR" -maxdepth 1 -name 'run.*' -type d -mmin +60 -exec rm -rf {} + 2>/dev/null || true
+find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'cownbd-bench-modern.*' -type d -mmin +60 -exec rm -rf {} + 2>/dev/null || true
 
 if [[ $MODE == memory ]]; then exec "$NODE24" "$ROOT/scripts/bench/memory.mjs"; fi
 
