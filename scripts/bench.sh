@@ -21,7 +21,8 @@
 #                               per target whether the clients got extended headers (the root's
 #                               nbdinfo --json). Run dir and a hard link of the base under /tmp (all
 #                               the chroot sees); results in .bench/results-modern.json
-#                               (scripts/bench/modern.mjs; any peer takes a trixie- prefix).
+#                               (scripts/bench/modern.mjs; any nbdkit-*/qemu-* peer takes a trixie-
+#                               prefix, e.g. trixie-qemu-uring; not combined with -tls).
 #                               Short run: BENCH_SECONDS=3 BENCH_ROUNDS=2 BENCH_SIZE_MIB=256 nice …
 #
 # Throughput: every target serves a FRESH, EMPTY overlay over the same 1 GiB random base, for

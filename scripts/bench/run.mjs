@@ -4,6 +4,9 @@
 // drifts of a shared machine hit every target alike; each cell is the median over rounds.
 //
 //   node run.mjs  (configured by environment, see scripts/bench.sh --help)
+//
+// BENCH_MODE=modern (scripts/bench.sh modern): the same cells with today's clients and peers
+// from the trixie root, plus a protocol probe per target first (scripts/bench/modern.mjs).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, copyFileSync, existsSync, readdirSync, openSync, readSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -87,7 +90,8 @@ const cells = []; // { target, row, round, ok, value, serverCpuPct, clientCpuPct
 const stop = () => process.exit(130);
 process.on('SIGINT', stop);
 process.on('SIGTERM', stop);
-const notes = modern ? protocolNotes(clientVersions(), await probeAll()) : [];
+const protocols = modern ? await probeAll() : undefined; // { target: { extended, structured } }
+const notes = modern ? protocolNotes(clientVersions(), protocols) : [];
 for (const n of notes) console.error(`bench: ${n}`);
 
 /** Modern mode: start each target once and ask what the root's libnbd negotiates with it. */
@@ -131,7 +135,7 @@ rmSync(join(runDir, 'raw.img'), { force: true });
 if (modern) rmSync(base, { force: true }); // the link (or copy) in /tmp, never the base itself
 
 const out = join(benchDir, modern ? 'results-modern.json' : 'results.json');
-const meta = { mode: modern ? 'modern' : 'throughput', seconds, ramp, rounds, baseSizeMiB: sizeBytes / 2 ** 20, runDir, notes };
+const meta = { mode: modern ? 'modern' : 'throughput', seconds, ramp, rounds, baseSizeMiB: sizeBytes / 2 ** 20, runDir, notes, protocols };
 const report = printReport({ cells, rows, targets, isOurs, meta });
 writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
 console.log(`\nresults: ${out}`);
