@@ -10,6 +10,20 @@
 #   scripts/bench.sh objectstore  s3:// base (cold/warm) vs the same local base, and publish
 #                               MiB/s, against s3rver (scripts/bench/objectstore.mjs;
 #                               BENCH_S3_CHUNKS=1M,2M,4M compares chunk sizes)
+#   scripts/bench.sh modern     today's clients with extended headers (issue 27): the throughput
+#                               table with fio 3.39 (ioengine=nbd) and nbdcopy (libnbd 1.22) run
+#                               from the cached trixie root (scripts/modern-run.sh, built by
+#                               scripts/modern-root.sh), against cownbd-cow, cownbd-addcow and the
+#                               root's own servers, trixie-qemu-threads (qemu-nbd 10, extended
+#                               headers) and trixie-nbdkit-cow64k (nbdkit 1.42 --filter=cow, none).
+#                               Rows: randread-4k-qd32, seqread-1m-qd8, randwrite-4k-qd32,
+#                               seqwrite-1m-qd8, nbdcopy-null, nbdcopy-devnull-sync. The header says
+#                               per target whether the clients got extended headers (the root's
+#                               nbdinfo --json). Run dir and a hard link of the base under /tmp (all
+#                               the chroot sees); results in .bench/results-modern.json
+#                               (scripts/bench/modern.mjs; any nbdkit-*/qemu-* peer takes a trixie-
+#                               prefix, e.g. trixie-qemu-uring; not combined with -tls).
+#                               Short run: BENCH_SECONDS=3 BENCH_ROUNDS=2 BENCH_SIZE_MIB=256 nice …
 #
 # Throughput: every target serves a FRESH, EMPTY overlay over the same 1 GiB random base, for
 # every (round, row), so reads go to the base and writes are first writes. Targets (BENCH_TARGETS):
@@ -49,16 +63,27 @@ ROOT=$PWD
 
 MODE="${1:-throughput}"
 case "$MODE" in
-  throughput | memory | objectstore | qcow2) ;;
+  throughput | memory | objectstore | qcow2 | modern) ;;
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "bench.sh: unknown mode '$MODE' (expected nothing, memory, qcow2 or objectstore)" >&2; exit 2 ;;
+  *) echo "bench.sh: unknown mode '$MODE' (expected nothing, memory, qcow2, objectstore or modern)" >&2; exit 2 ;;
 esac
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
-for tool in fio nbdinfo nbdcopy python3; do
-  command -v "$tool" >/dev/null || die "'$tool' is required (Debian: fio, libnbd-bin, python3; see docs/performance.md)"
-done
-fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd ioengine (Debian's fio has it)"
+if [[ $MODE == modern ]]; then
+  # The clients come from the root; the host still needs nbdinfo (readiness checks) and python3.
+  for tool in nbdinfo python3; do
+    command -v "$tool" >/dev/null || die "'$tool' is required (Debian: libnbd-bin, python3; see docs/performance.md)"
+  done
+  status="$(bash scripts/modern-root.sh --status)"
+  [[ $status == current ]] || die "the modern root is $status (build it: sudo bash scripts/modern-root.sh; docs/modern-clients.md)"
+  bash scripts/modern-run.sh fio --enghelp=nbd >/dev/null 2>&1 || die "the modern root's fio has no nbd ioengine"
+  export BENCH_MODE=modern
+else
+  for tool in fio nbdinfo nbdcopy python3; do
+    command -v "$tool" >/dev/null || die "'$tool' is required (Debian: fio, libnbd-bin, python3; see docs/performance.md)"
+  done
+  fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd ioengine (Debian's fio has it)"
+fi
 
 # Node 24 from the `node` devDependency, called directly (not through npx) so the pid we
 # kill is the server itself.
@@ -71,6 +96,7 @@ export BENCH_DIR="${BENCH_DIR:-$ROOT/.bench}"
 mkdir -p "$BENCH_DIR"
 # Keep logs of the last runs only.
 find "$BENCH_DIR" -maxdepth 1 -name 'run.*' -type d -mmin +60 -exec rm -rf {} + 2>/dev/null || true
+find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'cownbd-bench-modern.*' -type d -mmin +60 -exec rm -rf {} + 2>/dev/null || true
 
 if [[ $MODE == memory ]]; then exec "$NODE24" "$ROOT/scripts/bench/memory.mjs"; fi
 

@@ -76,6 +76,7 @@ export function printReport({ cells, rows, targets, isOurs, meta }) {
   const lat = [['latency µs mean/p99', ...targets]];
   for (const s of latRows) lat.push([s.row, ...targets.map((t) => (s.targets[t].latMeanUs == null ? '-' : `${s.targets[t].latMeanUs.toFixed(0)}/${s.targets[t].latP99Us.toFixed(0)}`))]);
   console.log(`\ncownbd benchmark: medians of ${meta.rounds} interleaved round(s), ${meta.seconds}s per cell (+${meta.ramp}s ramp), base ${meta.baseSizeMiB} MiB`);
+  for (const n of meta.notes ?? []) console.log(n); // e.g. the modern mode's negotiated protocol per target
   printTable(table, 2);
   console.log('');
   printTable(cpu, 1);

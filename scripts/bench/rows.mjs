@@ -8,6 +8,10 @@
 // Scaling rows (`clients`: 8) run one fio job per machine, each on its own export URI (the
 // target hands out one per client: cownbd-cow one process with 8 per-machine overlays,
 // peers 8 processes), reported as the aggregate.
+//
+// `client` wraps each client command line (default: as is, the host's tools; the modern mode
+// runs them from the trixie root, scripts/bench/modern.mjs), so both modes measure the very
+// same rows.
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { runMeasured } from './proc.mjs';
@@ -37,13 +41,15 @@ export const ROWS = [
   copy('nbdcopy-file', 'FILE', []),
 ];
 
+const asIs = (argv) => argv;
+
 /** `uris`: one URI, or one per client (row.clients of them). */
-export function runRow(row, uriOrUris, { seconds, ramp, dir, sizeBytes, log }) {
+export function runRow(row, uriOrUris, { seconds, ramp, dir, sizeBytes, log, client = asIs }) {
   const uris = Array.isArray(uriOrUris) ? uriOrUris : [uriOrUris];
-  return row.kind === 'fio' ? runFio(row, uris, seconds, ramp, dir, log) : runCopy(row, uris[0], seconds, dir, sizeBytes);
+  return row.kind === 'fio' ? runFio(row, uris, seconds, ramp, dir, log, client) : runCopy(row, uris[0], seconds, dir, sizeBytes, client);
 }
 
-function runFio(row, uris, seconds, ramp, dir, log) {
+function runFio(row, uris, seconds, ramp, dir, log, client) {
   const out = join(dir, `${row.name}.fio.json`);
   // Options before the first --name are global; each client is one job with its own URI.
   const jobs = uris.length === 1 ? [`--name=${row.name}`, `--uri=${uris[0]}`] : uris.flatMap((u, i) => [`--name=${row.name}-c${i}`, `--uri=${u}`]);
@@ -54,7 +60,7 @@ function runFio(row, uris, seconds, ramp, dir, log) {
     ...(row.mix ? [`--rwmixread=${row.mix}`] : []),
     ...jobs,
   ];
-  const m = runMeasured(argv);
+  const m = runMeasured(client(argv));
   if (m.rc !== 0) throw new Error(`fio failed (rc ${m.rc}): ${m.stderr.trim().split('\n').pop()} (log ${log})`);
   const job = JSON.parse(readFileSync(out, 'utf8')).jobs[0];
   if (job.error) throw new Error(`fio job error ${job.error}`);
@@ -75,14 +81,14 @@ function latencyUs(side) {
 }
 
 /** nbdcopy of the whole disk, repeated until `seconds` have passed; MiB/s over all copies. */
-function runCopy(row, uri, seconds, dir, sizeBytes) {
+function runCopy(row, uri, seconds, dir, sizeBytes, client) {
   let wall = 0;
   let cpu = 0;
   let copies = 0;
   const dest = row.dest === 'FILE' ? join(dir, 'copy.img') : row.dest;
   while (copies === 0 || wall < seconds) {
     if (row.dest === 'FILE') rmSync(dest, { force: true });
-    const m = runMeasured(['nbdcopy', ...row.args, uri, dest]);
+    const m = runMeasured(client(['nbdcopy', ...row.args, uri, dest]));
     if (m.rc !== 0) throw new Error(`nbdcopy failed (rc ${m.rc}): ${m.stderr.trim().split('\n').pop()}`);
     wall += m.wall;
     cpu += m.cpu;

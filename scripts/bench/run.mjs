@@ -4,6 +4,9 @@
 // drifts of a shared machine hit every target alike; each cell is the median over rounds.
 //
 //   node run.mjs  (configured by environment, see scripts/bench.sh --help)
+//
+// BENCH_MODE=modern (scripts/bench.sh modern): the same cells with today's clients and peers
+// from the trixie root, plus a protocol probe per target first (scripts/bench/modern.mjs).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, copyFileSync, existsSync, readdirSync, openSync, readSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -12,14 +15,22 @@ import { ROWS, runRow } from './rows.mjs';
 import { OURS, PEERS, isOurs, processesOf, scales, startTargets } from './targets.mjs';
 import { printReport } from './report.mjs';
 import { TLS_ROWS, isTls, makeServerCertificate } from './tls.mjs';
+import { MODERN_ROWS, MODERN_TARGETS, clientVersions, modernRunDir, probeProtocol, protocolNotes, viaRoot } from './modern.mjs';
 
-import { base, benchDir, env, ramp, rounds, seconds, sizeBytes, split } from './settings.mjs';
-const targets = split(env.BENCH_TARGETS).length ? split(env.BENCH_TARGETS) : [...OURS, ...PEERS];
+import { benchDir, env, ramp, rounds, seconds, sizeBytes, split } from './settings.mjs';
+// BENCH_MODE=modern (scripts/bench.sh modern): clients and peers from the trixie root.
+const modern = env.BENCH_MODE === 'modern';
+const targets = split(env.BENCH_TARGETS).length ? split(env.BENCH_TARGETS) : modern ? MODERN_TARGETS : [...OURS, ...PEERS];
 const rowNames = split(env.BENCH_ROWS);
-const rows = rowNames.length ? ROWS.filter((r) => rowNames.some((n) => r.name.startsWith(n))) : ROWS;
+// BENCH_ROWS names prefixes; the modern mode's default list names rows exactly.
+const rows = rowNames.length
+  ? ROWS.filter((r) => rowNames.some((n) => r.name.startsWith(n)))
+  : modern ? ROWS.filter((r) => MODERN_ROWS.includes(r.name)) : ROWS;
 if (rows.length === 0) throw new Error(`BENCH_ROWS=${env.BENCH_ROWS} matches no row (rows: ${ROWS.map((r) => r.name).join(', ')})`);
 
-const runDir = mkdtempSync(join(benchDir, 'run.'));
+// The modern mode's tools see only /tmp of the host: its run directory (and base) live there.
+const { runDir, base } = modern ? modernRunDir(env.BENCH_BASE) : { runDir: mkdtempSync(join(benchDir, 'run.')), base: env.BENCH_BASE };
+const client = modern ? viaRoot : undefined;
 const ctx = {
   base,
   cli: env.COWNBD_CLI,
@@ -65,7 +76,7 @@ async function cell(target, row, round) {
   const serverCpu = () => servers.pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
   try {
     const cpu0 = serverCpu();
-    const r = runRow(row, servers.uris, { seconds, ramp, dir, sizeBytes, log });
+    const r = runRow(row, servers.uris, { seconds, ramp, dir, sizeBytes, log, client });
     await new Promise((res) => setTimeout(res, 100)); // let forked children be reaped
     const serverCpuPct = (100 * (serverCpu() - cpu0)) / r.wall;
     // CPU-seconds per GiB moved: the server's CPU share over the client's throughput (both
@@ -83,6 +94,30 @@ const cells = []; // { target, row, round, ok, value, serverCpuPct, clientCpuPct
 const stop = () => process.exit(130);
 process.on('SIGINT', stop);
 process.on('SIGTERM', stop);
+const protocols = modern ? await probeAll() : undefined; // { target: { extended, structured } }
+const notes = modern ? protocolNotes(clientVersions(), protocols) : [];
+for (const n of notes) console.error(`bench: ${n}`);
+
+/** Modern mode: start each target once and ask what the root's libnbd negotiates with it. */
+async function probeAll() {
+  const probes = {};
+  for (const target of targets) {
+    const dir = join(runDir, `${target}.probe`);
+    mkdirSync(dir);
+    try {
+      const server = await startTarget(target, ctx, dir, await freePort(), join(dir, 'log'));
+      try {
+        probes[target] = probeProtocol(server.uri);
+      } finally {
+        await server.stop();
+      }
+    } catch (err) {
+      probes[target] = { extended: null, structured: null, error: err.message };
+    }
+    for (const f of readdirSync(dir)) if (f !== 'log') rmSync(join(dir, f), { force: true });
+  }
+  return probes;
+}
 console.error(`bench: ${targets.length} targets × ${rows.length} rows × ${rounds} rounds, ${seconds}s per cell (+${ramp}s ramp), run dir ${runDir}`);
 for (let round = 1; round <= rounds; round++) {
   for (const row of rows) {
@@ -105,8 +140,10 @@ for (let round = 1; round <= rounds; round++) {
   }
 }
 rmSync(join(runDir, 'raw.img'), { force: true });
+if (modern) rmSync(base, { force: true }); // the link (or copy) in /tmp, never the base itself
 
-const out = join(benchDir, 'results.json');
-const report = printReport({ cells, rows, targets, isOurs, meta: { seconds, ramp, rounds, baseSizeMiB: sizeBytes / 2 ** 20, runDir } });
+const out = join(benchDir, modern ? 'results-modern.json' : 'results.json');
+const meta = { mode: modern ? 'modern' : 'throughput', seconds, ramp, rounds, baseSizeMiB: sizeBytes / 2 ** 20, runDir, notes, protocols };
+const report = printReport({ cells, rows, targets, isOurs, meta });
 writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
 console.log(`\nresults: ${out}`);

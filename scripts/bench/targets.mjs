@@ -22,11 +22,14 @@
 //                      cownbd-cow processes, machine i served by process i mod N (what a
 //                      multi-process design with per-machine ownership would give, minus the
 //                      socket handoff; docs/performance.md)
+//   trixie-<peer>      a peer (nbdkit-*, qemu-*) run from the cached trixie root, i.e. nbdkit
+//                      1.42 / qemu-nbd 10 (scripts/bench/modern.mjs; paths must be under /tmp)
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { isTls, plainTarget, tlsServerArgs, tlsUri } from './tls.mjs';
 import { freePort } from './proc.mjs';
+import { viaRoot } from './modern.mjs';
 
 export const PEERS = ['nbdkit-cow64k', 'nbdkit-cow4k', 'qemu-threads', 'qemu-uring', 'nbd-server-cow', 'nbdkit-cow64k-tls'];
 export const OURS = ['cownbd-cow', 'cownbd-addcow', 'cownbd-cow-tls'];
@@ -46,6 +49,10 @@ function run(argv, log) {
 
 /** Command line (and export name) for one target, TLS added for "-tls" targets. */
 function prepare(target, ctx, dir, port, log) {
+  const trixie = /^trixie-((?:nbdkit|qemu)-.+)$/.exec(target);
+  // TMPDIR: nbdkit's cow filter keeps its overlay in a temporary file, by default in
+  // /var/tmp, which is read-only in the root; the cell's directory is under /tmp (shared).
+  if (trixie) return prepare(trixie[1], { ...ctx, tool: (argv) => viaRoot(['env', `TMPDIR=${dir}`, ...argv]) }, dir, port, log);
   if (!isTls(target)) return preparePlain(target, ctx, dir, port, log);
   const spec = preparePlain(plainTarget(target), ctx, dir, port, log);
   const kind = spec.argv[0] === 'nbdkit' ? 'nbdkit' : target.startsWith('cownbd-') ? 'cownbd' : undefined;
@@ -59,6 +66,8 @@ function prepare(target, ctx, dir, port, log) {
 /** Command line (and export name) for one target; prepares its fresh overlay in dir. */
 function preparePlain(target, ctx, dir, port, log) {
   const { base, cli, node, rawCopy } = ctx;
+  // The peers' own tools (nbdkit, qemu-img, qemu-nbd, nbd-server): the host's, or wrapped.
+  const tool = ctx.tool ?? ((argv) => argv);
   const addr = ['-i', '127.0.0.1', '-p', String(port)];
   if (target === 'cownbd-cow') {
     return { argv: [node, cli, 'serve', '--base', base, '--overlay-dir', dir, '--create-dirs', '-p', String(port), ...ctx.serveArgs], name: 'vm' };
@@ -71,18 +80,18 @@ function preparePlain(target, ctx, dir, port, log) {
     return { argv: [node, cli, 'serve', ov, '-p', String(port), ...ctx.serveArgs], name: '' };
   }
   if (target === 'cownbd-raw') return { argv: [node, cli, 'serve', '-f', 'raw', rawCopy(), '-p', String(port), ...ctx.serveArgs], name: '' };
-  if (target === 'nbdkit-file') return { argv: ['nbdkit', '-f', ...addr, 'file', `file=${rawCopy()}`], name: '' };
+  if (target === 'nbdkit-file') return { argv: tool(['nbdkit', '-f', ...addr, 'file', `file=${rawCopy()}`]), name: '' };
   const kit = /^nbdkit-cow(64k|4k)$/.exec(target);
   if (kit) {
     const block = kit[1] === '4k' ? 4096 : 65536;
-    return { argv: ['nbdkit', '-f', ...addr, '--filter=cow', 'file', `file=${base}`, `cow-block-size=${block}`], name: '' };
+    return { argv: tool(['nbdkit', '-f', ...addr, '--filter=cow', 'file', `file=${base}`, `cow-block-size=${block}`]), name: '' };
   }
   const qemu = /^qemu-(threads|uring)$/.exec(target);
   if (qemu) {
     const ov = join(dir, 'vm.qcow2');
-    run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', base, '-F', 'raw', ov], log);
+    run(tool(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', base, '-F', 'raw', ov]), log);
     const aio = qemu[1] === 'uring' ? 'io_uring' : 'threads';
-    return { argv: ['qemu-nbd', '-t', '--shared=16', '-f', 'qcow2', `--aio=${aio}`, '-b', '127.0.0.1', '-p', String(port), ov], name: '' };
+    return { argv: tool(['qemu-nbd', '-t', '--shared=16', '-f', 'qcow2', `--aio=${aio}`, '-b', '127.0.0.1', '-p', String(port), ov]), name: '' };
   }
   if (target === 'nbd-server-cow') {
     // nbd-server forks into the background (its -d mode serves one client and exits), so
