@@ -73,7 +73,7 @@ describe('deleting a published version', () => {
     expect(doc.remaining).toEqual([vb]);
     expect(doc.pinnedBy.map((p) => p.split('/').pop())).toEqual(['vm1.cow']);
     expect(s3.object('golden', manifestA)).toBeUndefined();
-    const info = JSON.parse(mustSucceed(await cownbd(s3, ['info', 's3://golden/del', '--output', 'json'])).stdout) as { versions: string[]; version: string };
+    const info = JSON.parse(mustSucceed(await cownbd(s3, ['info', 's3://golden/del', '--json'])).stdout) as { versions: string[]; version: string };
     expect(info.versions).toEqual([vb]);
 
     // gc: A's own chunk is unreferenced now; the chunks B shares stay; B is whole.
