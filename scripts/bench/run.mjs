@@ -10,9 +10,9 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, copyFileSync, existsSync, readdirSync, openSync, readSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { cpuSeconds } from './proc.mjs';
+import { cpuSeconds, freePort } from './proc.mjs';
 import { ROWS, runRow } from './rows.mjs';
-import { OURS, PEERS, isOurs, processesOf, scales, startTargets } from './targets.mjs';
+import { OURS, PEERS, isOurs, processesOf, scales, startTarget, startTargets } from './targets.mjs';
 import { printReport } from './report.mjs';
 import { TLS_ROWS, isTls, makeServerCertificate } from './tls.mjs';
 import { MODERN_ROWS, MODERN_TARGETS, clientVersions, modernRunDir, probeProtocol, protocolNotes, viaRoot } from './modern.mjs';
