@@ -36,9 +36,9 @@ export default defineConfig(
     files: ['**/*.ts'],
     extends: [js.configs.recommended, ...tseslint.configs.recommendedTypeChecked],
     languageOptions: {
-      // The project service reads tsconfig.json (src/, test/, vitest.config.ts): one
-      // program for all files, the cheapest type-aware setup.
-      parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
+      // One program from tsconfig.json (src/, test/, vitest.config.ts) for every file:
+      // measured about 15 % less CPU than `projectService: true` here (docs/development.md).
+      parserOptions: { project: './tsconfig.json', tsconfigRootDir: import.meta.dirname },
     },
     rules: {
       // `_`-prefixed names are deliberate (a callback's unused parameter, a destructured

@@ -155,7 +155,7 @@ export class Connection {
     this.log.debug('connection accepted');
     this.startHandshakeTimer();
     let negotiated;
-    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the getters below run with `this` = the object literal
     const conn = this;
     try {
       negotiated = await negotiate({
