@@ -21,8 +21,9 @@ if ((${#missing[@]})); then
   fi
 fi
 
-# Layer rules and import cycles (.dependency-cruiser.cjs): fails fast, before the build.
-npm run --silent lint:deps
+# ESLint (eslint.config.js: type-checked rules, file and function size caps) and the layer
+# rules and import cycles (.dependency-cruiser.cjs): fails fast, before the build.
+npm run --silent lint
 bash scripts/build-native.sh
 # A linux.uml that boots on this CPU (see the script for why Debian 12's may not).
 uml_dir=$(bash scripts/uml-kernel.sh)

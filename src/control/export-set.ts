@@ -130,16 +130,16 @@ export class ReloadableExports implements ExportProvider {
       if (g.refs > 0) throw new ExportOpenError(`export "${name}" still has ${g.refs} connection(s)`);
       this.current.delete(name);
       await this.closeGeneration(g);
-      let changeError: unknown;
+      let changeError: { err: unknown } | undefined;
       try {
         await change(g.config);
       } catch (err) {
-        changeError = err;
+        changeError = { err };
       }
       const [reopened] = await this.openAll([g.config]);
       this.live.add(reopened!);
       this.current.set(name, reopened!);
-      if (changeError) throw changeError;
+      if (changeError) throw changeError.err;
     });
     this.applying = run.catch(() => {});
     return run;

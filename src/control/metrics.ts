@@ -43,8 +43,8 @@ const SCRAPE_BURST = 5;
 
 export interface ServerMetrics {
   readonly registry: Registry;
-  /** Fastify plugin: GET /metrics. */
-  route(app: FastifyInstance): void;
+  /** Fastify plugin: GET /metrics (a closure, registered detached). */
+  readonly route: (app: FastifyInstance) => void;
 }
 
 /** What the object store and its chunk cache counted so far (src/objectstore/). */

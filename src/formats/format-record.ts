@@ -182,7 +182,8 @@ export interface FormatRecord {
   /** The file name ending images of this format carry (check: such a file without magic is broken). */
   readonly fileSuffix?: string;
   open(spec: string, req: OpenRequest): Promise<BlockDevice>;
-  create?(path: string, req: CreateRequest): Promise<CreateResult>;
+  /** A function property, not a method: `.filter((f) => f.create)` reads it detached. */
+  readonly create?: (path: string, req: CreateRequest) => Promise<CreateResult>;
   inspect(path: string, req: InspectRequest): Promise<LayerInspection>;
   /** Metadata consistency findings for `path` (opened read-only as `fh`). */
   check?(path: string, fh: FileHandle, req: CheckRequest, out: Collected): Promise<void>;

@@ -10,7 +10,7 @@
  * any magic into a raw disk, so probing a backing would be a security hole).
  *
  * Format records receive `openBacking` as a parameter and never import this module, so
- * there is no import cycle, static or dynamic (test/unit/structure.test.ts checks).
+ * there is no import cycle, static or dynamic (.dependency-cruiser.cjs checks).
  * Also here: the convenience entry points that need an opener (createImage, createAddCow).
  */
 import { stat } from 'node:fs/promises';

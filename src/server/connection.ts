@@ -45,7 +45,7 @@ export interface ConnectionServer {
   /** Requests running on all of the server's connections. */
   readonly load?: { requests: number };
   /** Told about every finished request of every connection (metrics). */
-  onRequest?(conn: Connection, cmd: number, length: number, startNs: bigint, errno: number): void;
+  readonly onRequest?: (conn: Connection, cmd: number, length: number, startNs: bigint, errno: number) => void;
 }
 
 /** How long a closing connection may go without its queued replies making progress. */
@@ -155,7 +155,7 @@ export class Connection {
     this.log.debug('connection accepted');
     this.startHandshakeTimer();
     let negotiated;
-    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the getters below run with `this` = the object literal
     const conn = this;
     try {
       negotiated = await negotiate({

@@ -50,7 +50,7 @@ export interface ReadSink {
 export interface SharedReadSocket {
   readonly socket: net.Socket;
   /** Set the consumer of incoming bytes; until set, bytes are queued (as copies). */
-  setSink(sink: ReadSink): void;
+  readonly setSink: (sink: ReadSink) => void; // a closure: callers may detach it
   /** True when the socket reads into the shared buffer, false on Node's stream path. */
   readonly shared: boolean;
 }

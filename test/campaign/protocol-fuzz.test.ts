@@ -72,8 +72,8 @@ describe.runIf(hasNbd)('protocol fuzzing campaign', () => {
       const stop = tmp.file('stop');
       const canary = spawn(findNbdPython()!, ['-c', `URI = ${JSON.stringify(srv.uri('canary'))}\nSTOP = ${JSON.stringify(stop)}\n${CANARY}`], { stdio: ['ignore', 'pipe', 'pipe'] });
       let canaryOut = '';
-      canary.stdout.on('data', (d: Buffer) => (canaryOut += d));
-      canary.stderr.on('data', (d: Buffer) => (canaryOut += d));
+      canary.stdout.on('data', (d: Buffer) => (canaryOut += d.toString()));
+      canary.stderr.on('data', (d: Buffer) => (canaryOut += d.toString()));
       const canaryDone = new Promise<number | null>((resolve) => canary.once('exit', resolve));
       const pid = srv.proc.pid!;
       const rssStart = rssMiB(pid);

@@ -107,7 +107,7 @@ async function tracedWorkload(image: string, traceFile: string, size: number, op
   const flushes = opts.flushes ?? true;
   const proc = spawn('strace', ['-f', '-y', '-xx', '-s', '8192', '-qq', '-o', traceFile, '-e', 'trace=pwrite64,pwritev,pwritev2,fdatasync,fsync', process.execPath, CLI_PATH, 'serve', image, '-n', 'disk', '-p', '0', ...(opts.serveArgs ?? [])], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  proc.stdout.on('data', (d: Buffer) => (out += d));
+  proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
   const port = await new Promise<number>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`no listen line: ${out}`)), 30_000);
     proc.stdout.on('data', () => {

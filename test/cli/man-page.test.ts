@@ -26,6 +26,7 @@ function rendered(): string {
   const r = spawnSync('man', ['-l', PAGE], { encoding: 'utf8', env: { ...process.env, MANWIDTH: '250', MAN_KEEP_FORMATTING: '', MANPAGER: 'cat', PAGER: 'cat' } });
   expect(r.status, r.stderr).toBe(0);
   // Overstrike bold/underline if the pager path kept it.
+  // eslint-disable-next-line no-control-regex -- \x08 is the backspace of nroff overstrike
   return r.stdout.replace(/.\x08/g, '').replace(/\u2010/g, '-');
 }
 

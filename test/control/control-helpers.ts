@@ -5,7 +5,7 @@ import { CLI_PATH } from '../helpers/server.js';
 
 export interface HttpReply {
   status: number;
-  body: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+  body: any;
   text: string;
 }
 

@@ -74,6 +74,7 @@ function ignored(rel: string, patterns: string[]): boolean {
   for (const p of patterns) {
     const negate = p.startsWith('!');
     const pat = negate ? p.slice(1) : p;
+    // eslint-disable-next-line no-control-regex -- \u0000 is a placeholder no pattern contains
     const re = new RegExp(`^${pat.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*\*/g, '\u0000').replace(/\*/g, '[^/]*').replace(/\u0000/g, '.*').replace(/\?/g, '[^/]')}$`);
     for (let n = 1; n <= parts.length; n++) {
       if (re.test(parts.slice(0, n).join('/'))) excluded = !negate;

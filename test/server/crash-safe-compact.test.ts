@@ -54,7 +54,7 @@ function compactKilledAt(syscall: string, when: number, args: string[], sock: st
     }, 20_000);
     let finished = false;
     proc.stdout.on('data', (d: Buffer) => {
-      out += d;
+      out += d.toString();
       if (!asked && out.includes('admin API on')) {
         asked = true;
         void api({ socketPath: sock }, 'POST', '/exports/vm1/compact').then(
@@ -68,7 +68,7 @@ function compactKilledAt(syscall: string, when: number, args: string[], sock: st
         );
       }
     });
-    proc.stderr.on('data', (d: Buffer) => (out += d));
+    proc.stderr.on('data', (d: Buffer) => (out += d.toString()));
     proc.once('exit', (code, signal) => {
       clearTimeout(timer);
       resolve(`${finished ? 'finished' : timedOut ? `not killed: no ${syscall} #${when} within 20 s` : (signal ?? (code === 137 ? 'SIGKILL' : `exit ${code}`))}\n${out}`);

@@ -33,14 +33,14 @@ function runKilledAt(syscall: string, args: string[], onListening?: (uri: string
       proc.kill('SIGKILL');
     }, 15_000);
     proc.stdout.on('data', (d: Buffer) => {
-      out += d;
+      out += d.toString();
       const m = /listening on (\S+)/.exec(out);
       if (m && !started && onListening) {
         started = true;
         void onListening(m[1]!).catch(() => undefined);
       }
     });
-    proc.stderr.on('data', (d: Buffer) => (out += d));
+    proc.stderr.on('data', (d: Buffer) => (out += d.toString()));
     // strace exits with the tracee's status; a SIGKILLed tracee makes strace report it.
     proc.once('exit', (code, signal) => {
       clearTimeout(timer);

@@ -179,8 +179,8 @@ describe('descriptor exhaustion (defect 7)', () => {
     const proc = spawn('bash', ['-c', `ulimit -n 48 && exec "${process.execPath}" "${CLI_PATH}" serve "${img}" -p 0`], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
-    proc.stdout.on('data', (d: Buffer) => (out += d));
-    proc.stderr.on('data', (d: Buffer) => (err += d));
+    proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
     try {
       const port = await new Promise<number>((resolve, reject) => {
         const t = setTimeout(() => reject(new Error(`no listen line: ${out} ${err}`)), 15000);

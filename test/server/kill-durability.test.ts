@@ -177,7 +177,7 @@ describe.runIf(usable)('a process kill loses at most the bitmap sync interval', 
         let out = '';
         const t = setTimeout(() => reject(new Error(`no listen line: ${out}`)), 30_000);
         proc.stdout.on('data', (d: Buffer) => {
-          out += d;
+          out += d.toString();
           if (out.includes('listening on')) {
             clearTimeout(t);
             resolve();

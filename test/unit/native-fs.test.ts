@@ -189,7 +189,7 @@ describe.runIf(available)('native-fs addon', () => {
     await expect(fsx.seekData(987_654, 0)).rejects.toMatchObject({ code: 'EBADF', syscall: 'lseek' });
     await expect(fsx.punchHole(987_654, 0, 4096)).rejects.toMatchObject({ code: 'EBADF' });
     const file = path.join(dir, 'ro');
-    (await open(file, 'w')).close();
+    await (await open(file, 'w')).close();
     const ro = await open(file, 'r');
     try {
       await expect(fsx.punchHole(ro.fd, 0, 4096)).rejects.toMatchObject({ code: 'EBADF', syscall: 'fallocate' });
