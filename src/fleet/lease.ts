@@ -210,8 +210,13 @@ export class MachineLease {
 
   /** Renew every TTL/3 until stopped, released or lost; `onLost` is called once when lost. */
   startRenewing(onLost?: (err: Error) => void): void {
+    let inFlight = false;
     const tick = (): void => {
-      this.renewing = this.renew().then(
+      // One renewal at a time: two would race with the same If-Match and the loser would
+      // read the winner's object as someone else's — a lease lost to ourselves.
+      if (inFlight) return;
+      inFlight = true;
+      this.renewing = this.renew().finally(() => (inFlight = false)).then(
         () => undefined,
         (err: Error) => {
           if (err instanceof LeaseLostError) {
