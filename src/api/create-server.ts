@@ -31,10 +31,12 @@ import { openImage } from '../formats/open-image.js';
 import { DEFAULT_OVERLAY_FORMAT, FALLBACK_FORMAT, ForeignImageError, namedBackingFormat } from '../formats/registry.js';
 import { silentLogger, type Logger } from '../logging.js';
 import { lazyObjectStore, storeConfigFrom, type LazyObjectStore } from '../objectstore/cli-options.js';
-import { isObjectStoreUri } from '../objectstore/uri.js';
+import { isObjectStoreUri, parseObjectStoreUri } from '../objectstore/uri.js';
 import { CompositeExportProvider, type ExportProvider, type StaticExportConfig } from '../server/exports.js';
 import { NbdServer, type ListenAddress } from '../server/listener.js';
 import { EphemeralProvider, OverlayDirProvider, type BaseImage } from '../server/overlay-providers.js';
+import { FleetProvider } from '../server/fleet-provider.js';
+import { parseShipPolicy } from '../fleet/machine-device.js';
 import { buildServerSecurity, type ServerSecurity } from '../server/security.js';
 import { formatUri, listenOn } from './endpoints.js';
 import { checkServerConfig, DEFAULT_ENDPOINT, defaultExportName, securityOptionsOf, type ServerConfig } from './server-config.js';
@@ -150,7 +152,13 @@ async function overlayProviders(a: Assembly, security: ServerSecurity): Promise<
   }
   let overlays: OverlayDirProvider | undefined;
   let baseFormat: string | undefined;
-  if (c.overlayDir) {
+  if (c.overlayDir && c.overlayStore) {
+    // Fleet mode: the machines live in the object store (docs/fleet.md).
+    const base = await namedFailure(`--base ${c.base}`, () => resolveBase(a, c.base!));
+    const fleet = { store: parseObjectStoreUri(c.overlayStore), policy: parseShipPolicy(c.ship ?? 'on-flush'), leaseTtlMs: Math.round((c.leaseTtl ?? 10) * 1000) };
+    providers.push(await namedFailure(`--overlay-store ${c.overlayStore}`, () => FleetProvider.create(base, c.overlayDir!, fleet, log)));
+    baseFormat = base.format;
+  } else if (c.overlayDir) {
     const base = await namedFailure(`--base ${c.base}`, () => resolveBase(a, c.base!));
     overlays = await namedFailure(`--base ${base.path} / --overlay-dir ${c.overlayDir}`, () => OverlayDirProvider.create(base, c.overlayDir!, log, security.overlayLimits));
     providers.push(overlays);

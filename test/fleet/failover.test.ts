@@ -1,0 +1,154 @@
+/**
+ * Fleet machines across real servers (docs/fleet.md), two `cownbd serve --overlay-store`
+ * processes over one test S3 server (s3rver with conditional PUTs), real NBD clients:
+ *
+ *   - a clean move: a client writes on A and disconnects (A ships and releases the lease);
+ *     B serves the machine at once, with those bytes;
+ *   - kill -9 of the owner: every byte a FLUSH acknowledged on A is read back on B, which
+ *     takes the machine over within W (lease TTL + drift margin) + a few seconds;
+ *   - split brain: A is SIGSTOPped past the TTL, B takes the machine and writes; on SIGCONT
+ *     A acknowledges no write for it (the client gets an error), publishes nothing, and the
+ *     machine's head stays B's.
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { machineKeys } from '../../src/fleet/fleet-keys.js';
+import { takeoverWaitMs } from '../../src/fleet/lease.js';
+import { readHead } from '../../src/fleet/machine-head.js';
+import type { StoreClient } from '../../src/objectstore/store-client.js';
+import { mustSucceed, qemuIo } from '../helpers/clients.js';
+import { createRawImage, makeTempDir, type TempDir } from '../helpers/images.js';
+import { startS3Server, type S3TestServer } from '../helpers/s3-server.js';
+import { findNbdPython, type RunningServer } from '../helpers/server.js';
+import { requireTool } from '../helpers/tools.js';
+import { MiB, publish, serveS3 } from '../objectstore/s3-helpers.js';
+import { testClient } from './fleet-store.js';
+
+const hasTools = requireTool('qemu-io') && findNbdPython() !== undefined;
+const TTL_S = 3;
+const W_MS = takeoverWaitMs(TTL_S * 1000);
+const STORE = { bucket: 'golden', prefix: 'fleet' };
+
+/** A python3-libnbd client kept open: writes+flushes regions, says "ready", then obeys stdin. */
+const HOLDER = String.raw`
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(URI)
+for i in range(REGIONS):
+    h.pwrite(bytes([0x40 + i]) * 65536, i * 1048576)
+    h.flush()
+h.pwrite(b'\x99' * 65536, 7 * 1048576)  # never flushed: may be lost
+print('ready', flush=True)
+for line in sys.stdin:
+    try:
+        h.pwrite(b'\x22' * 65536, 0)
+        h.flush()
+        print('acked', flush=True)
+    except Exception as e:
+        print('error ' + str(e).replace('\n', ' '), flush=True)
+`;
+
+function holder(uri: string, regions: number): { proc: ChildProcessWithoutNullStreams; line(): Promise<string>; stderr(): string } {
+  const proc = spawn(findNbdPython()!, ['-c', `URI = ${JSON.stringify(uri)}\nREGIONS = ${regions}\n${HOLDER}`]) as ChildProcessWithoutNullStreams;
+  let err = '';
+  proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const lines = createInterface({ input: proc.stdout })[Symbol.asyncIterator]();
+  return {
+    proc,
+    stderr: () => err,
+    async line() {
+      const r = await lines.next();
+      if (r.done) throw new Error(`nbd client ended: ${err}`);
+      return r.value;
+    },
+  };
+}
+
+describe.runIf(hasTools)('fleet machines over two real servers', () => {
+  let s3: S3TestServer;
+  let tmp: TempDir;
+  let client: StoreClient;
+  const servers: RunningServer[] = [];
+
+  const serve = async (name: string): Promise<RunningServer> => {
+    const srv = await serveS3(s3, ['--base', 's3://golden/base', '--overlay-dir', tmp.file(`${name}-machines`), '--overlay-store', 's3://golden/fleet', '--lease-ttl', String(TTL_S), '-p', '0'], tmp.file(`${name}-cache`));
+    servers.push(srv);
+    return srv;
+  };
+
+  beforeAll(async () => {
+    s3 = await startS3Server();
+    tmp = makeTempDir('cownbd-fleet-failover-');
+    await publish(s3, createRawImage(tmp.file('base.raw'), 8 * MiB, [[0, 8 * MiB]], 23), 's3://golden/base');
+    client = testClient(s3.endpoint);
+  });
+  afterAll(async () => {
+    for (const s of servers) await s.stop('SIGKILL').catch(() => {});
+    client?.close();
+    await s3?.close();
+    tmp?.cleanup();
+  });
+
+  it('a clean move: written on A, disconnected, served by B at once', async () => {
+    const [a, b] = [await serve('move-a'), await serve('move-b')];
+    mustSucceed(await qemuIo(a.uri('vm-move'), ['write -P 0x33 1M 64k']));
+    const started = performance.now();
+    const r = await qemuIo(b.uri('vm-move'), ['read -P 0x33 1M 64k'], { readOnly: true });
+    mustSucceed(r);
+    expect(r.patternFailures).toBe(0);
+    expect(performance.now() - started).toBeLessThan(W_MS); // the lease was released: no TTL wait
+    expect(await readHead(client, machineKeys(STORE, 'vm-move'))).toMatchObject({ generation: 2 });
+    await Promise.all([a.stop(), b.stop()]);
+  });
+
+  it('kill -9 of the owner: B takes over within W + a few s with every FLUSH-acknowledged byte', async () => {
+    const [a, b] = [await serve('kill-a'), await serve('kill-b')];
+    const h = holder(a.uri('vm-kill'), 6);
+    try {
+      expect(await h.line()).toBe('ready');
+      a.proc.kill('SIGKILL');
+      const killed = performance.now();
+      const reads = Array.from({ length: 6 }, (_, i) => `read -P ${0x40 + i} ${i}M 64k`);
+      const r = await qemuIo(b.uri('vm-kill'), reads, { readOnly: true, timeoutMs: W_MS + 30_000 });
+      const took = performance.now() - killed;
+      mustSucceed(r);
+      expect(r.patternFailures).toBe(0);
+      expect(took).toBeLessThan(W_MS + 8_000);
+      expect(b.stderr()).toContain('"previousOwner"');
+    } finally {
+      h.proc.kill('SIGKILL');
+      await b.stop();
+    }
+  });
+
+  it('split brain: A paused past the TTL acknowledges no write and publishes nothing after B took over', async () => {
+    const [a, b] = [await serve('split-a'), await serve('split-b')];
+    const keys = machineKeys(STORE, 'vm-split');
+    const h = holder(a.uri('vm-split'), 2);
+    try {
+      expect(await h.line()).toBe('ready');
+      const before = (await readHead(client, keys))!;
+      expect(before.generation).toBe(1);
+      a.proc.kill('SIGSTOP');
+      // B takes the machine (after W) and writes its own data there, flushed (qemu-io flushes on exit).
+      mustSucceed(await qemuIo(b.uri('vm-split'), ['read -P 0x41 1M 64k', 'write -P 0x55 0 64k'], { timeoutMs: W_MS + 30_000 }));
+      const afterB = (await readHead(client, keys))!;
+      expect(afterB.generation).toBe(2);
+      a.proc.kill('SIGCONT');
+      h.proc.stdin.write('write\n');
+      expect(await h.line()).toMatch(/^error /);
+      await new Promise((r) => setTimeout(r, 1000)); // A's renewal meets the new owner's lease
+      expect(a.stderr()).toMatch(/machine lease lost|fenced|not served here any more/);
+      // Nothing A did after the takeover reached the machine's state.
+      expect(await readHead(client, keys)).toMatchObject({ generation: 2, version: afterB.version, seq: afterB.seq });
+      const r = await qemuIo(b.uri('vm-split'), ['read -P 0x55 0 64k', 'read -P 0x41 1M 64k'], { readOnly: true, timeoutMs: W_MS + 30_000 });
+      mustSucceed(r);
+      expect(r.patternFailures).toBe(0);
+    } finally {
+      a.proc.kill('SIGCONT');
+      h.proc.kill('SIGKILL');
+      await Promise.all([a.stop('SIGKILL'), b.stop()]);
+    }
+  });
+});
