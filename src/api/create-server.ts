@@ -120,7 +120,7 @@ export async function createServer(config: ServerConfig, options: CreateServerOp
   const all: ExportProvider[] = [exports, ...overlays.providers];
   const guard = new GuardedProvider(all.length === 1 ? all[0]! : new CompositeExportProvider(all));
   const nbd = new NbdServer({ provider: guard, log, io, security, gc: options.gc });
-  return new Server(a, nbd, { exports, guard, overlays: overlays.overlays, baseFormat: overlays.baseFormat, security, reload: options.reload });
+  return new Server(a, nbd, { exports, guard, overlays: overlays.overlays, fleet: overlays.fleet, baseFormat: overlays.baseFormat, security, reload: options.reload });
 }
 
 async function openStaticExports(a: Assembly): Promise<ReloadableExports> {
@@ -139,7 +139,7 @@ async function openStaticExports(a: Assembly): Promise<ReloadableExports> {
 }
 
 /** The providers, the --overlay-dir one, and the base's format as resolved (what overlays are opened over). */
-async function overlayProviders(a: Assembly, security: ServerSecurity): Promise<{ providers: ExportProvider[]; overlays: OverlayDirProvider | undefined; baseFormat: string | undefined }> {
+async function overlayProviders(a: Assembly, security: ServerSecurity): Promise<{ providers: ExportProvider[]; overlays: OverlayDirProvider | undefined; fleet: FleetProvider | undefined; baseFormat: string | undefined }> {
   const { config: c, log } = a;
   const providers: ExportProvider[] = [];
   if (c.ephemeral) {
@@ -151,12 +151,14 @@ async function overlayProviders(a: Assembly, security: ServerSecurity): Promise<
     providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, c.name ?? '', dir, log, security.overlayLimits)));
   }
   let overlays: OverlayDirProvider | undefined;
+  let fleetProvider: FleetProvider | undefined;
   let baseFormat: string | undefined;
   if (c.overlayDir && c.overlayStore) {
     // Fleet mode: the machines live in the object store (docs/fleet.md).
     const base = await namedFailure(`--base ${c.base}`, () => resolveBase(a, c.base!));
     const fleet = { store: parseObjectStoreUri(c.overlayStore), policy: parseShipPolicy(c.ship ?? 'on-flush'), leaseTtlMs: Math.round((c.leaseTtl ?? 10) * 1000) };
-    providers.push(await namedFailure(`--overlay-store ${c.overlayStore}`, () => FleetProvider.create(base, c.overlayDir!, fleet, log)));
+    fleetProvider = await namedFailure(`--overlay-store ${c.overlayStore}`, () => FleetProvider.create(base, c.overlayDir!, fleet, log));
+    providers.push(fleetProvider);
     baseFormat = base.format;
   } else if (c.overlayDir) {
     const base = await namedFailure(`--base ${c.base}`, () => resolveBase(a, c.base!));
@@ -164,7 +166,7 @@ async function overlayProviders(a: Assembly, security: ServerSecurity): Promise<
     providers.push(overlays);
     baseFormat = base.format;
   }
-  return { providers, overlays, baseFormat };
+  return { providers, overlays, fleet: fleetProvider, baseFormat };
 }
 
 /**
@@ -196,6 +198,7 @@ interface Parts {
   readonly exports: ReloadableExports;
   readonly guard: GuardedProvider;
   readonly overlays: OverlayDirProvider | undefined;
+  readonly fleet: FleetProvider | undefined;
   /** The --overlay-dir base's format as resolved at start (what its overlays are opened over). */
   readonly baseFormat: string | undefined;
   readonly security: ServerSecurity;
@@ -234,7 +237,7 @@ class Server implements CownbdServer {
 
   private startControlPlane(): Promise<ControlPlane> {
     const { config: c, log, io, objectStore } = this.a;
-    const { exports, guard, overlays, baseFormat, reload } = this.parts;
+    const { exports, guard, overlays, fleet, baseFormat, reload } = this.parts;
     return startControlPlane({
       server: this.nbd,
       guard,
@@ -246,6 +249,7 @@ class Server implements CownbdServer {
       io,
       maxSnapshots: c.maxSnapshots,
       log,
+      fleet,
       objectStoreStats: () => {
         const os = objectStore.peek();
         if (!os) return undefined;

@@ -44,6 +44,8 @@ export class MachineDevice implements BlockDevice {
   readonly preferredBlockSize: number;
   private readonly timer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** Set by retire(): the machine was handed over on purpose (ctl release). */
+  private retired: string | undefined;
 
   constructor(private readonly o: MachineDeviceOptions) {
     this.size = o.inner.size;
@@ -59,8 +61,20 @@ export class MachineDevice implements BlockDevice {
     }
   }
 
+  /**
+   * Hand the machine over (ctl release): ship what is left, then refuse every request —
+   * connected clients get EIO and reconnect to whichever server takes the machine next.
+   * The caller releases the lease after this resolves.
+   */
+  async retire(reason: string): Promise<void> {
+    this.guard();
+    await this.o.inner.flush();
+    await this.o.shipper.ship();
+    this.retired = reason;
+  }
+
   private guard(): void {
-    const why = this.o.servingProblem();
+    const why = this.retired ?? this.o.servingProblem();
     if (why !== undefined) throw new DeviceError('EIO', `machine ${this.o.machine}: not served here any more (${why})`);
   }
 
@@ -108,7 +122,7 @@ export class MachineDevice implements BlockDevice {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     let failure: unknown;
-    if (this.o.servingProblem() === undefined && this.o.shipper.lag().bytes > 0) {
+    if (this.retired === undefined && this.o.servingProblem() === undefined && this.o.shipper.lag().bytes > 0) {
       try {
         await this.o.inner.flush();
         await this.o.shipper.ship();

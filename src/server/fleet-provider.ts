@@ -46,8 +46,35 @@ export interface FleetOptions {
   readonly serverId?: string;
 }
 
+interface Attached {
+  readonly device: MachineDevice;
+  readonly lease: MachineLease;
+  readonly shipper: Shipper;
+  readonly head: MachineHead;
+  readonly attachedAt: Date;
+}
+
+/** One machine this server serves, for `ctl machines`, the metrics and the status page. */
+export interface MachineView {
+  readonly name: string;
+  readonly owner: string;
+  readonly generation: number;
+  /** Milliseconds of lease validity left on this server's clock. */
+  readonly leaseRemainingMs: number;
+  /** The server that held the machine before this one took it (undefined: it was free). */
+  readonly previousOwner: string | null;
+  readonly attachedAt: string;
+  readonly version: string | null;
+  readonly lastShip: string | null;
+  readonly lagBytes: number;
+  readonly lagSeconds: number;
+  readonly ships: number;
+  readonly failedShips: number;
+  readonly policy: string;
+}
+
 interface Machine {
-  opening: Promise<{ device: MachineDevice; lease: MachineLease }>;
+  opening: Promise<Attached>;
   refs: number;
   closing?: Promise<void>;
 }
@@ -118,12 +145,56 @@ export class FleetProvider implements ExportProvider {
       m.refs--;
       throw err;
     }
-    return releaseOnce({ ...this.info(name), size: device.size, device }, () => this.releaseOne(name));
+    const entry = m;
+    return releaseOnce({ ...this.info(name), size: device.size, device }, () => this.releaseOne(name, entry));
   }
 
   async close(): Promise<void> {
     this.closed = true;
     await Promise.all([...this.machines.entries()].map(([name, m]) => ((m.refs = 0), this.detach(name, m))));
+  }
+
+  /** The machines attached here (leases held by this server). */
+  async machinesView(): Promise<MachineView[]> {
+    const out: MachineView[] = [];
+    for (const [name, m] of [...this.machines.entries()].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      const a = await m.opening.catch(() => undefined);
+      if (!a) continue;
+      const lag = a.shipper.lag();
+      out.push({
+        name,
+        owner: this.serverId,
+        generation: a.lease.generation,
+        leaseRemainingMs: Math.round(a.lease.remainingMs()),
+        previousOwner: a.lease.previousOwner ?? null,
+        attachedAt: a.attachedAt.toISOString(),
+        version: a.head.state.version,
+        lastShip: a.shipper.lastShipAt?.toISOString() ?? null,
+        lagBytes: lag.bytes,
+        lagSeconds: Math.round(lag.seconds * 1000) / 1000,
+        ships: a.shipper.stats.ships,
+        failedShips: a.shipper.stats.failedShips,
+        policy: this.o.policy.kind,
+      });
+    }
+    return out;
+  }
+
+  /**
+   * `ctl release NAME`: ship, refuse further requests for it here, hand the lease back, so
+   * another server takes it at once. Undefined when this server does not serve NAME.
+   */
+  async release(name: string): Promise<{ version: string | null; generation: number } | undefined> {
+    const m = this.machines.get(name);
+    if (!m || m.closing) return undefined;
+    const a = await m.opening.catch(() => undefined);
+    if (!a) return undefined;
+    await a.device.retire('released by ctl release: reconnect to be served by another server');
+    // A new connection to NAME here takes the machine afresh; the old handles keep their entry.
+    if (this.machines.get(name) === m) this.machines.delete(name);
+    await a.lease.release();
+    this.log.info({ export: name, version: a.head.state.version }, 'fleet machine released on request');
+    return { version: a.head.state.version, generation: a.lease.generation };
   }
 
   private info(name: string): ExportInfo {
@@ -135,7 +206,7 @@ export class FleetProvider implements ExportProvider {
   }
 
   /** Lease, head, fresh local overlay over the shipped state, shipper, device. */
-  private async attach(name: string): Promise<{ device: MachineDevice; lease: MachineLease }> {
+  private async attach(name: string): Promise<Attached> {
     const keys = machineKeys(this.o.store, name);
     const client = this.ctx.client;
     const lease = await MachineLease.take(client, keys, { owner: this.serverId, ttlMs: this.o.leaseTtlMs, log: this.log });
@@ -150,7 +221,7 @@ export class FleetProvider implements ExportProvider {
       const device = new MachineDevice({ machine: name, inner: overlay, shipper, policy: this.o.policy, servingProblem, log: this.log });
       lease.startRenewing();
       this.log.info({ export: name, generation: lease.generation, previousOwner: lease.previousOwner ?? null, backing, policy: this.o.policy.kind }, 'fleet machine attached');
-      return { device, lease };
+      return { device, lease, shipper, head, attachedAt: new Date() };
     } catch (err) {
       await lease.release().catch(() => {});
       throw err;
@@ -165,9 +236,8 @@ export class FleetProvider implements ExportProvider {
     return openImage(file, { format: DEFAULT_OVERLAY_FORMAT.name, io: this.base.io, objectStore });
   }
 
-  private async releaseOne(name: string): Promise<void> {
-    const m = this.machines.get(name);
-    if (!m) return;
+  /** A connection ended; its handle names its own entry (a released machine's entry left the map). */
+  private async releaseOne(name: string, m: Machine): Promise<void> {
     m.refs--;
     if (m.refs <= 0) await this.detach(name, m);
   }

@@ -17,10 +17,10 @@ import { machineKeys } from '../../src/fleet/fleet-keys.js';
 import { takeoverWaitMs } from '../../src/fleet/lease.js';
 import { readHead } from '../../src/fleet/machine-head.js';
 import type { StoreClient } from '../../src/objectstore/store-client.js';
-import { mustSucceed, qemuIo } from '../helpers/clients.js';
+import { mustSucceed, qemuIo, runTool } from '../helpers/clients.js';
 import { createRawImage, makeTempDir, type TempDir } from '../helpers/images.js';
 import { startS3Server, type S3TestServer } from '../helpers/s3-server.js';
-import { findNbdPython, type RunningServer } from '../helpers/server.js';
+import { CLI_PATH, findNbdPython, type RunningServer } from '../helpers/server.js';
 import { requireTool } from '../helpers/tools.js';
 import { MiB, publish, serveS3 } from '../objectstore/s3-helpers.js';
 import { testClient } from './fleet-store.js';
@@ -71,8 +71,8 @@ describe.runIf(hasTools)('fleet machines over two real servers', () => {
   let client: StoreClient;
   const servers: RunningServer[] = [];
 
-  const serve = async (name: string): Promise<RunningServer> => {
-    const srv = await serveS3(s3, ['--base', 's3://golden/base', '--overlay-dir', tmp.file(`${name}-machines`), '--overlay-store', 's3://golden/fleet', '--lease-ttl', String(TTL_S), '-p', '0'], tmp.file(`${name}-cache`));
+  const serve = async (name: string, extra: string[] = []): Promise<RunningServer> => {
+    const srv = await serveS3(s3, ['--base', 's3://golden/base', '--overlay-dir', tmp.file(`${name}-machines`), '--overlay-store', 's3://golden/fleet', '--lease-ttl', String(TTL_S), '-p', '0', ...extra], tmp.file(`${name}-cache`));
     servers.push(srv);
     return srv;
   };
@@ -149,6 +149,38 @@ describe.runIf(hasTools)('fleet machines over two real servers', () => {
       a.proc.kill('SIGCONT');
       h.proc.kill('SIGKILL');
       await Promise.all([a.stop('SIGKILL'), b.stop()]);
+    }
+  });
+
+  it('ctl machines and metrics show the machine; ctl release ships it and hands it over at once', async () => {
+    const admin = tmp.file('ctl-a.sock');
+    const [a, b] = [await serve('ctl-a', ['--admin', `unix:${admin}`]), await serve('ctl-b')];
+    const h = holder(a.uri('vm-ctl'), 2);
+    const ctl = async (...args: string[]) => mustSucceed(await runTool(process.execPath, [CLI_PATH, 'ctl', '--admin', `unix:${admin}`, ...args]));
+    try {
+      expect(await h.line()).toBe('ready');
+      const view = JSON.parse((await ctl('machines', '--json')).stdout) as { server: string; machines: Array<Record<string, unknown>> };
+      expect(view.machines).toHaveLength(1);
+      expect(view.machines[0]).toMatchObject({ name: 'vm-ctl', generation: 1, policy: 'on-flush', lagBytes: MiB, previousOwner: null });
+      expect(view.machines[0]!.leaseRemainingMs as number).toBeGreaterThan(0);
+      const metrics = (await ctl('metrics')).stdout;
+      expect(metrics).toMatch(/cownbd_machine_ship_lag_bytes\{machine="vm-ctl",owner="[^"]+"\} 1048576/);
+      expect(metrics).toMatch(/cownbd_machine_lease_generation\{machine="vm-ctl",owner="[^"]+"\} 1/);
+      expect(JSON.parse((await ctl('release', 'vm-ctl', '--json')).stdout)).toMatchObject({ machine: 'vm-ctl', released: true, generation: 1 });
+      // The client on A is refused from now on; B serves the machine at once, unflushed write included.
+      h.proc.stdin.write('write\n');
+      expect(await h.line()).toMatch(/^error /);
+      const started = performance.now();
+      const r = await qemuIo(b.uri('vm-ctl'), ['read -P 0x40 0 64k', 'read -P 0x41 1M 64k', 'read -P 0x99 7M 64k'], { readOnly: true });
+      mustSucceed(r);
+      expect(r.patternFailures).toBe(0);
+      expect(performance.now() - started).toBeLessThan(W_MS);
+      const missing = await runTool(process.execPath, [CLI_PATH, 'ctl', '--admin', `unix:${admin}`, 'release', 'vm-other']);
+      expect(missing.code).toBe(1);
+      expect(missing.stderr).toContain('machine "vm-other" is not served by this server');
+    } finally {
+      h.proc.kill('SIGKILL');
+      await Promise.all([a.stop(), b.stop()]);
     }
   });
 });
