@@ -182,7 +182,8 @@ export class MachineLease {
       }
       if (o.wait === false) throw new LeaseBusyError(keys.machine, cur!.value.owner!, cur!.value.generation);
       if (now() >= giveUpAt) throw new LeaseBusyError(keys.machine, cur!.value.owner!, cur!.value.generation);
-      await sleep(Math.max(50, Math.min(1000, o.ttlMs / 4)));
+      // Poll often enough that the takeover follows W closely (one small GET per poll).
+      await sleep(Math.max(50, Math.min(500, o.ttlMs / 10)));
     }
   }
 

@@ -160,7 +160,10 @@ export class Connection {
     try {
       negotiated = await negotiate({
         reader: this.reader,
-        send: (buf) => this.write(buf),
+        send: (buf) => {
+          this.handshakeTimer?.answered(); // the client's turn again (handshake-timer.ts)
+          return this.write(buf);
+        },
         get log() {
           return conn.log;
         },

@@ -183,4 +183,21 @@ describe.runIf(hasTools)('fleet machines over two real servers', () => {
       await Promise.all([a.stop(), b.stop()]);
     }
   });
+
+  it('a takeover that waits longer than --handshake-timeout still completes the client\'s GO', async () => {
+    // The idle clock is for clients that stall; waiting for a dead owner's lease is the server's turn.
+    const [a, b] = [await serve('hs-a', ['--handshake-timeout', '1']), await serve('hs-b', ['--handshake-timeout', '1'])];
+    const h = holder(a.uri('vm-hs'), 1);
+    try {
+      expect(await h.line()).toBe('ready');
+      a.proc.kill('SIGKILL');
+      const r = await qemuIo(b.uri('vm-hs'), ['read -P 0x40 0 64k'], { readOnly: true, timeoutMs: W_MS + 30_000 });
+      mustSucceed(r);
+      expect(r.patternFailures).toBe(0);
+      expect(b.stderr()).not.toContain('handshake idle too long');
+    } finally {
+      h.proc.kill('SIGKILL');
+      await b.stop();
+    }
+  });
 });
