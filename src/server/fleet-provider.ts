@@ -219,13 +219,20 @@ export class FleetProvider implements ExportProvider {
       const servingProblem = (): string | undefined =>
         head.isFenced() ? 'fenced: another server published for it' : lease.isLost() ? 'its lease was taken over' : lease.valid() ? undefined : 'lease not renewed in time (object store unreachable?)';
       const device = new MachineDevice({ machine: name, inner: overlay, shipper, policy: this.o.policy, servingProblem, log: this.log });
-      lease.startRenewing();
+      // Lost (taken over): new connections to NAME here must attach afresh, not share this dead device.
+      lease.startRenewing(() => this.forget(name, device));
       this.log.info({ export: name, generation: lease.generation, previousOwner: lease.previousOwner ?? null, backing, policy: this.o.policy.kind }, 'fleet machine attached');
       return { device, lease, shipper, head, attachedAt: new Date() };
     } catch (err) {
       await lease.release().catch(() => {});
       throw err;
     }
+  }
+
+  /** Drop NAME's entry if it still holds `device` (its handles keep their own entry). */
+  private forget(name: string, device: MachineDevice): void {
+    const m = this.machines.get(name);
+    if (m) void m.opening.then((a) => a.device === device && this.machines.get(name) === m && this.machines.delete(name), () => {});
   }
 
   private async freshOverlay(name: string, backing: string): Promise<BlockDevice> {

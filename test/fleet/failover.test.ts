@@ -149,6 +149,13 @@ describe.runIf(hasTools)('fleet machines over two real servers', () => {
       const r = await qemuIo(b.uri('vm-split'), ['read -P 0x55 0 64k', 'read -P 0x41 1M 64k'], { readOnly: true, timeoutMs: W_MS + 30_000 });
       mustSucceed(r);
       expect(r.patternFailures).toBe(0);
+      // A knows it lost the machine; a new client of A (its old client still connected) gets
+      // the machine afresh — B's state — not A's dead device.
+      for (let i = 0; i < 50 && !a.stderr().includes('machine lease lost'); i++) await new Promise((res) => setTimeout(res, 100));
+      expect(a.stderr()).toContain('machine lease lost');
+      const again = await qemuIo(a.uri('vm-split'), ['read -P 0x55 0 64k'], { readOnly: true, timeoutMs: W_MS + 30_000 });
+      mustSucceed(again);
+      expect(again.patternFailures).toBe(0);
     } finally {
       a.proc.kill('SIGCONT');
       h.proc.kill('SIGKILL');
