@@ -52,7 +52,7 @@ describe('shipping a machine to the object store', () => {
   });
 
   /** A machine as a server would set it up: lease, head, overlay over the base, shipper, device. */
-  async function machine(policy: ShipPolicy, name = `vm${++n}`) {
+  async function machine(policy: ShipPolicy, name = `vm${++n}`, wrap: (d: BlockDevice) => BlockDevice = (d) => d) {
     const keys = machineKeys(STORE, name);
     const lease = await MachineLease.take(ctx.client, keys, { owner: 'srv-a', ttlMs: 60_000 });
     const head = await MachineHead.claim(ctx.client, keys, { generation: lease.generation, owner: 'srv-a', base });
@@ -62,7 +62,7 @@ describe('shipping a machine to the object store', () => {
     const { manifest: start } = await ctx.manifests.resolve(base);
     const shipper = new Shipper({ client: ctx.client, keys, head, device: overlay, start });
     const problem = (): string | undefined => (head.isFenced() ? 'fenced' : lease.valid() ? undefined : 'lease expired');
-    const dev = new MachineDevice({ machine: name, inner: overlay, shipper, policy, servingProblem: problem });
+    const dev = new MachineDevice({ machine: name, inner: wrap(overlay), shipper, policy, servingProblem: problem });
     return { keys, lease, head, shipper, dev };
   }
 
@@ -168,5 +168,33 @@ describe('shipping a machine to the object store', () => {
     b.copy(expected, 6 * MiB);
     await m.dev.close();
     expect((await shippedImage(m.keys)).equals(expected)).toBe(true);
+  });
+
+  it('a write still in flight when a ship starts goes out with the next ship (it is marked once it landed)', async () => {
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    // The overlay's write at 4 MiB lands only when the gate opens (a slow disk).
+    const slow = (d: BlockDevice): BlockDevice =>
+      new Proxy(d, {
+        get(target, prop) {
+          if (prop === 'write') return async (offset: number, data: Buffer) => (offset === 4 * MiB && (await gate), target.write(offset, data));
+          const v = Reflect.get(target, prop) as unknown;
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        },
+      });
+    const m = await machine({ kind: 'interval', ms: 3_600_000 }, undefined, slow);
+    const expected = Buffer.from(baseBytes);
+    const a = Buffer.alloc(4096, 0xa1);
+    const b = Buffer.alloc(4096, 0xb2);
+    await m.dev.write(2 * MiB, a);
+    a.copy(expected, 2 * MiB);
+    const inFlight = m.dev.write(4 * MiB, b);
+    await m.shipper.ship(); // runs while the write at 4 MiB has not landed
+    open();
+    await inFlight;
+    b.copy(expected, 4 * MiB);
+    await m.shipper.ship();
+    expect((await shippedImage(m.keys)).equals(expected)).toBe(true);
+    await m.dev.close();
   });
 });
