@@ -121,13 +121,13 @@ export class MachineDevice implements BlockDevice {
     if (this.closed) return;
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
-    let failure: unknown;
+    let failure: Error | undefined;
     if (this.retired === undefined && this.o.servingProblem() === undefined && this.o.shipper.lag().bytes > 0) {
       try {
         await this.o.inner.flush();
         await this.o.shipper.ship();
       } catch (err) {
-        failure = err;
+        failure = err instanceof Error ? err : new Error(String(err));
         this.o.log?.error({ machine: this.o.machine, err: (err as Error).message }, 'machine could not be shipped at close: its last writes are only on this server');
       }
     }
