@@ -115,7 +115,8 @@ export class Shipper {
       return result;
     } catch (err) {
       for (const i of indexes) this.dirty.add(i);
-      this.dirtySince = Math.min(since ?? Infinity, this.dirtySince ?? Infinity);
+      const oldest = Math.min(since ?? Infinity, this.dirtySince ?? Infinity);
+      this.dirtySince = Number.isFinite(oldest) ? oldest : undefined;
       this.stats.failedShips++;
       throw err;
     }

@@ -243,7 +243,8 @@ export class StoreClient {
     } catch (err) {
       const last = err instanceof Error && err.cause instanceof RetriesExhaustedError ? err.cause.last : err instanceof Error ? err.cause : undefined;
       const status = httpStatusOf(last);
-      if (err instanceof ObjectNotFoundError || status === 412 || status === 409) {
+      // 404 is a failed If-Match (no such object); for If-None-Match it would be the bucket: an error.
+      if ((err instanceof ObjectNotFoundError && 'ifMatch' in cond) || status === 412 || status === 409) {
         throw new PreconditionFailedError(`s3://${bucket}/${key}: ${'ifMatch' in cond ? `changed since ETag ${cond.ifMatch}` : 'exists already'} (conditional PUT refused)`);
       }
       throw err;
