@@ -253,4 +253,20 @@ describe.runIf(hasTools)('fleet machines over two real servers', () => {
       await Promise.all([a.stop(), b.stop()]);
     }
   });
+
+  it('shutdown (SIGTERM) with a client connected ships the unflushed writes and releases the machine', async () => {
+    const [a, b] = [await serve('term-a'), await serve('term-b')];
+    const h = holder(a.uri('vm-term'), 1);
+    try {
+      expect(await h.line()).toBe('ready'); // 0x99 at 7 MiB is written, never flushed
+      expect(await a.stop('SIGTERM')).toBe(0);
+      const r = await qemuIo(b.uri('vm-term'), ['read -P 0x40 0 64k', 'read -P 0x99 7M 64k'], { readOnly: true, timeoutMs: W_MS + 30_000 });
+      mustSucceed(r);
+      expect(r.patternFailures).toBe(0);
+      expect(b.stderr()).toMatch(/"generation":2,"previousOwner":null,"msg":"machine lease taken"/);
+    } finally {
+      h.proc.kill('SIGKILL');
+      await b.stop();
+    }
+  });
 });
