@@ -3,6 +3,7 @@
  * the option and the value, before anything is opened: the real CLI, no store needed.
  */
 import { describe, expect, it } from 'vitest';
+import { parseConfigText } from '../../src/control/config.js';
 import { runTool } from '../helpers/clients.js';
 import { CLI_PATH } from '../helpers/server.js';
 import { S3_ENV } from '../helpers/s3-server.js';
@@ -23,5 +24,17 @@ describe('fleet options', () => {
     const r = await serve(args);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain(message);
+  });
+
+  it('the configuration file says the same in [overlays]: store, ship, lease-ttl (a bad value names the key)', () => {
+    const head = '[overlays]\nbase = "s3://golden/base"\ndir = "/var/lib/cownbd/vms"\n';
+    expect(parseConfigText(`${head}store = "s3://golden/fleet"\nship = "interval=5s"\nlease-ttl = 4\n`, '/etc/cownbd/cownbd.toml')).toMatchObject({
+      base: 's3://golden/base',
+      overlayStore: 's3://golden/fleet',
+      ship: 'interval=5s',
+      leaseTtl: 4,
+    });
+    expect(() => parseConfigText(`${head}ship = "sometimes"\n`, 'c.toml')).toThrow(/ship.*must be "on-flush" or "interval=DURATION"/);
+    expect(() => parseConfigText(`${head}lease-ttl = 0\n`, 'c.toml')).toThrow(/lease-ttl.*must be at least 1/);
   });
 });
