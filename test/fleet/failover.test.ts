@@ -29,7 +29,7 @@ const hasTools = requireTool('qemu-io') && findNbdPython() !== undefined;
 const TTL_S = 3;
 const W_MS = takeoverWaitMs(TTL_S * 1000);
 const STORE = { bucket: 'golden', prefix: 'fleet' };
-/** s3rver in the test process answers slowly on a loaded machine: a longer deadline than serveS3's 3 s. */
+/** s3rver in the test process answers slowly on a loaded machine: a longer deadline than serveS3's 3 s (given last: it wins). */
 const SLOW_STORE = ['--s3-timeout', '15000'];
 
 /** A python3-libnbd client kept open: writes+flushes regions, says "ready", then obeys stdin. */
@@ -74,7 +74,7 @@ describe.runIf(hasTools)('fleet machines over two real servers', () => {
   const servers: RunningServer[] = [];
 
   const serve = async (name: string, extra: string[] = []): Promise<RunningServer> => {
-    const srv = await serveS3(s3, ['--base', 's3://golden/base', '--overlay-dir', tmp.file(`${name}-machines`), '--overlay-store', 's3://golden/fleet', '--lease-ttl', String(TTL_S), '-p', '0', ...SLOW_STORE, ...extra], tmp.file(`${name}-cache`));
+    const srv = await serveS3(s3, ['--base', 's3://golden/base', '--overlay-dir', tmp.file(`${name}-machines`), '--overlay-store', 's3://golden/fleet', '--lease-ttl', String(TTL_S), '-p', '0', ...extra], tmp.file(`${name}-cache`), SLOW_STORE);
     servers.push(srv);
     return srv;
   };

@@ -25,7 +25,7 @@ const SEED = Number(process.env.FLEET_KILL_SEED ?? Date.now() % 100_000);
 const TTL_S = 2;
 const W_MS = takeoverWaitMs(TTL_S * 1000);
 const BLOCKS = 96; // 64 KiB blocks over the first 6 MiB
-/** s3rver in the test process answers slowly on a loaded machine: a longer deadline than serveS3's 3 s. */
+/** s3rver in the test process answers slowly on a loaded machine: a longer deadline than serveS3's 3 s (given last: it wins). */
 const SLOW_STORE = ['--s3-timeout', '15000'];
 
 const WRITER = String.raw`
@@ -70,7 +70,7 @@ describe.runIf(findNbdPython() !== undefined)(`fleet kill test (${POINTS} points
   const servers: Array<RunningServer | undefined> = [];
 
   const serve = (i: number): Promise<RunningServer> =>
-    serveS3(s3, ['--base', 's3://golden/base', '--overlay-dir', tmp.file(`srv${i}`), '--overlay-store', 's3://golden/fleet', '--ship', 'on-flush', '--lease-ttl', String(TTL_S), '-p', '0', ...SLOW_STORE], tmp.file(`cache${i}`));
+    serveS3(s3, ['--base', 's3://golden/base', '--overlay-dir', tmp.file(`srv${i}`), '--overlay-store', 's3://golden/fleet', '--ship', 'on-flush', '--lease-ttl', String(TTL_S), '-p', '0'], tmp.file(`cache${i}`), SLOW_STORE);
 
   beforeAll(async () => {
     s3 = await startS3Server();
