@@ -7,7 +7,7 @@
  *   index.ts, api/                       the library (createServer)
  *   control/                             reload, admin API, snapshots
  *   server/, tools/                      NBD server; image tools (siblings: neither imports the other)
- *   formats/                             format records and drivers
+ *   formats/, fleet/                     format records and drivers; machines shipped to the object store (siblings)
  *   objectstore/                         s3:// images and the chunk cache
  *   block/, protocol/, util/, logging.ts devices and file I/O, wire codecs, helpers
  *
@@ -33,12 +33,14 @@ module.exports = {
       to: { circular: true, viaOnly: { dependencyTypesNot: ['type-only'] } },
     },
     forbid('not-to-cli', 'Only the command line imports the command line.', '^src/(?!cli/)', '^src/cli/'),
-    forbid('api-above-control', 'The library assembles the control plane, never the other way round.', '^src/(control|server|tools|formats|objectstore|block|protocol|util)/|^src/logging\\.ts$', '^src/api/|^src/index\\.ts$'),
-    forbid('control-above-server', 'The data path (server) and the image tools never depend on the control plane.', '^src/(server|tools|formats|objectstore|block|protocol|util)/|^src/logging\\.ts$', '^src/control/'),
+    forbid('api-above-control', 'The library assembles the control plane, never the other way round.', '^src/(control|server|tools|formats|fleet|objectstore|block|protocol|util)/|^src/logging\\.ts$', '^src/api/|^src/index\\.ts$'),
+    forbid('control-above-server', 'The data path (server) and the image tools never depend on the control plane.', '^src/(server|tools|formats|fleet|objectstore|block|protocol|util)/|^src/logging\\.ts$', '^src/control/'),
     forbid('server-tools-siblings', 'The NBD server and the image tools are siblings: neither imports the other.', '^src/server/', '^src/tools/'),
     forbid('tools-server-siblings', 'The NBD server and the image tools are siblings: neither imports the other.', '^src/tools/', '^src/server/'),
-    forbid('formats-below-server', 'Formats know nothing of the server or the tools.', '^src/(formats|objectstore|block|protocol|util)/|^src/logging\\.ts$', '^src/(server|tools)/'),
-    forbid('objectstore-below-formats', 'The object store is a device source under the formats.', '^src/(objectstore|block|protocol|util)/|^src/logging\\.ts$', '^src/formats/'),
+    forbid('formats-below-server', 'Formats and the fleet know nothing of the server or the tools.', '^src/(formats|fleet|objectstore|block|protocol|util)/|^src/logging\\.ts$', '^src/(server|tools)/'),
+    forbid('objectstore-below-formats', 'The object store is a device source under the formats and the fleet.', '^src/(objectstore|block|protocol|util)/|^src/logging\\.ts$', '^src/(formats|fleet)/'),
+    forbid('fleet-formats-siblings', 'The fleet ships devices; it does not open formats (the server wires the two).', '^src/fleet/', '^src/formats/'),
+    forbid('formats-fleet-siblings', 'Formats know nothing of the fleet.', '^src/formats/', '^src/fleet/'),
     forbid('low-layers', 'block/, protocol/, util/ and logging.ts are the bottom layer.', LOW, '^src/objectstore/'),
   ],
   options: {

@@ -31,10 +31,12 @@ import { openImage } from '../formats/open-image.js';
 import { DEFAULT_OVERLAY_FORMAT, FALLBACK_FORMAT, ForeignImageError, namedBackingFormat } from '../formats/registry.js';
 import { silentLogger, type Logger } from '../logging.js';
 import { lazyObjectStore, storeConfigFrom, type LazyObjectStore } from '../objectstore/cli-options.js';
-import { isObjectStoreUri } from '../objectstore/uri.js';
+import { isObjectStoreUri, parseObjectStoreUri } from '../objectstore/uri.js';
 import { CompositeExportProvider, type ExportProvider, type StaticExportConfig } from '../server/exports.js';
 import { NbdServer, type ListenAddress } from '../server/listener.js';
 import { EphemeralProvider, OverlayDirProvider, type BaseImage } from '../server/overlay-providers.js';
+import { FleetProvider } from '../server/fleet-provider.js';
+import { parseShipPolicy } from '../fleet/machine-device.js';
 import { buildServerSecurity, type ServerSecurity } from '../server/security.js';
 import { formatUri, listenOn } from './endpoints.js';
 import { checkServerConfig, DEFAULT_ENDPOINT, defaultExportName, securityOptionsOf, type ServerConfig } from './server-config.js';
@@ -118,7 +120,7 @@ export async function createServer(config: ServerConfig, options: CreateServerOp
   const all: ExportProvider[] = [exports, ...overlays.providers];
   const guard = new GuardedProvider(all.length === 1 ? all[0]! : new CompositeExportProvider(all));
   const nbd = new NbdServer({ provider: guard, log, io, security, gc: options.gc });
-  return new Server(a, nbd, { exports, guard, overlays: overlays.overlays, baseFormat: overlays.baseFormat, security, reload: options.reload });
+  return new Server(a, nbd, { exports, guard, overlays: overlays.overlays, fleet: overlays.fleet, baseFormat: overlays.baseFormat, security, reload: options.reload });
 }
 
 async function openStaticExports(a: Assembly): Promise<ReloadableExports> {
@@ -137,7 +139,7 @@ async function openStaticExports(a: Assembly): Promise<ReloadableExports> {
 }
 
 /** The providers, the --overlay-dir one, and the base's format as resolved (what overlays are opened over). */
-async function overlayProviders(a: Assembly, security: ServerSecurity): Promise<{ providers: ExportProvider[]; overlays: OverlayDirProvider | undefined; baseFormat: string | undefined }> {
+async function overlayProviders(a: Assembly, security: ServerSecurity): Promise<{ providers: ExportProvider[]; overlays: OverlayDirProvider | undefined; fleet: FleetProvider | undefined; baseFormat: string | undefined }> {
   const { config: c, log } = a;
   const providers: ExportProvider[] = [];
   if (c.ephemeral) {
@@ -149,14 +151,22 @@ async function overlayProviders(a: Assembly, security: ServerSecurity): Promise<
     providers.push(await namedFailure(`base image ${base.path}`, () => EphemeralProvider.create(base, c.name ?? '', dir, log, security.overlayLimits)));
   }
   let overlays: OverlayDirProvider | undefined;
+  let fleetProvider: FleetProvider | undefined;
   let baseFormat: string | undefined;
-  if (c.overlayDir) {
+  if (c.overlayDir && c.overlayStore) {
+    // Fleet mode: the machines live in the object store (docs/fleet.md).
+    const base = await namedFailure(`--base ${c.base}`, () => resolveBase(a, c.base!));
+    const fleet = { store: parseObjectStoreUri(c.overlayStore), policy: parseShipPolicy(c.ship ?? 'on-flush'), leaseTtlMs: Math.round((c.leaseTtl ?? 10) * 1000) };
+    fleetProvider = await namedFailure(`--overlay-store ${c.overlayStore}`, () => FleetProvider.create(base, c.overlayDir!, fleet, log));
+    providers.push(fleetProvider);
+    baseFormat = base.format;
+  } else if (c.overlayDir) {
     const base = await namedFailure(`--base ${c.base}`, () => resolveBase(a, c.base!));
     overlays = await namedFailure(`--base ${base.path} / --overlay-dir ${c.overlayDir}`, () => OverlayDirProvider.create(base, c.overlayDir!, log, security.overlayLimits));
     providers.push(overlays);
     baseFormat = base.format;
   }
-  return { providers, overlays, baseFormat };
+  return { providers, overlays, fleet: fleetProvider, baseFormat };
 }
 
 /**
@@ -188,6 +198,7 @@ interface Parts {
   readonly exports: ReloadableExports;
   readonly guard: GuardedProvider;
   readonly overlays: OverlayDirProvider | undefined;
+  readonly fleet: FleetProvider | undefined;
   /** The --overlay-dir base's format as resolved at start (what its overlays are opened over). */
   readonly baseFormat: string | undefined;
   readonly security: ServerSecurity;
@@ -226,7 +237,7 @@ class Server implements CownbdServer {
 
   private startControlPlane(): Promise<ControlPlane> {
     const { config: c, log, io, objectStore } = this.a;
-    const { exports, guard, overlays, baseFormat, reload } = this.parts;
+    const { exports, guard, overlays, fleet, baseFormat, reload } = this.parts;
     return startControlPlane({
       server: this.nbd,
       guard,
@@ -238,6 +249,7 @@ class Server implements CownbdServer {
       io,
       maxSnapshots: c.maxSnapshots,
       log,
+      fleet,
       objectStoreStats: () => {
         const os = objectStore.peek();
         if (!os) return undefined;

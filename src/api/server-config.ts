@@ -7,6 +7,8 @@
  * naming the setting, before anything is opened.
  */
 import type { FileOptions } from '../control/config.js';
+import { parseShipPolicy } from '../fleet/machine-device.js';
+import { isObjectStoreUri, parseObjectStoreUri } from '../objectstore/uri.js';
 import type { StaticExportConfig } from '../server/exports.js';
 import type { ListenEndpoint } from '../server/listener.js';
 import { SECURITY_DEFAULTS, type SecurityOptions } from '../server/security.js';
@@ -33,7 +35,24 @@ export function checkServerConfig(c: ServerConfig): void {
   if (c.overlayDir && !c.base) throw new Error('--overlay-dir needs --base (the golden image every overlay is made over)');
   if (c.ephemeral && !c.base) throw new Error('--ephemeral needs a base image: cownbd serve --ephemeral golden.img');
   if (c.ephemeral && c.readOnly) throw new Error('--ephemeral overlays are writable by design; drop --read-only');
+  if (c.overlayStore !== undefined) checkFleetConfig(c);
   if (!c.export?.length && !c.overlayDir && !c.ephemeral && !c.config) throw new Error('nothing to serve: give an IMAGE or at least one --export NAME=PATH');
+}
+
+/** --overlay-store (docs/fleet.md): machines need their local working copies and an s3:// base. */
+function checkFleetConfig(c: ServerConfig): void {
+  const store = c.overlayStore!;
+  if (!c.overlayDir) throw new Error(`--overlay-store ${store} needs --overlay-dir (where the machines' local working copies live)`);
+  if (!c.base || !isObjectStoreUri(c.base)) throw new Error(`--overlay-store ${store} needs an s3:// --base (machines ship into the chunk store of their base); got --base ${c.base ?? '(none)'}`);
+  let u;
+  try {
+    u = parseObjectStoreUri(store);
+  } catch (err) {
+    throw new Error(`--overlay-store: ${(err as Error).message}`);
+  }
+  if (u.version !== undefined) throw new Error(`--overlay-store ${store}: name a place (s3://BUCKET/PREFIX), not a version`);
+  parseShipPolicy(c.ship ?? 'on-flush');
+  if (c.leaseTtl !== undefined && !(c.leaseTtl >= 1 && c.leaseTtl <= 3600)) throw new Error(`--lease-ttl ${c.leaseTtl}: must be 1 to 3600 seconds`);
 }
 
 /**

@@ -105,6 +105,25 @@ function connectionsTable(body: { connections: ConnectionRow[] }): string {
   return formatTable(rows);
 }
 
+interface MachineRow {
+  name: string;
+  generation: number;
+  leaseRemainingMs: number;
+  previousOwner: string | null;
+  lastShip: string | null;
+  lagBytes: number;
+  lagSeconds: number;
+  policy: string;
+}
+
+function machinesTable(body: { server: string; machines: MachineRow[] }): string {
+  const rows = [['NAME', 'GEN', 'LEASE LEFT', 'LAST SHIP', 'LAG', 'POLICY', 'TAKEN FROM']];
+  for (const m of body.machines) {
+    rows.push([m.name, String(m.generation), `${(m.leaseRemainingMs / 1000).toFixed(1)}s`, m.lastShip ?? '-', `${bytes(m.lagBytes)} ${m.lagSeconds.toFixed(1)}s`, m.policy, m.previousOwner ?? '-']);
+  }
+  return `server ${body.server}\n${formatTable(rows)}`;
+}
+
 /** A one-object reply (snapshot, reset, delete, reload) as FIELD  VALUE lines. */
 export function resultTable(body: Record<string, unknown>): string {
   const rows = [['FIELD', 'VALUE']];
@@ -118,7 +137,7 @@ function print(o: CtlOptions, body: unknown, table?: (b: never) => string): void
 }
 
 /** What a reply is printed as on a terminal: a table, or the body as it came. */
-export type CtlView = 'exports' | 'connections' | 'result' | 'text';
+export type CtlView = 'exports' | 'connections' | 'machines' | 'result' | 'text';
 
 /** One ctl command: call the API, print the reply (metrics: the exposition text as is). */
 export async function runCtl(o: CtlOptions, method: string, urlPath: string, view?: CtlView): Promise<void> {
@@ -130,5 +149,6 @@ export async function runCtl(o: CtlOptions, method: string, urlPath: string, vie
 const TABLES: Record<Exclude<CtlView, 'text'>, (b: never) => string> = {
   exports: exportsTable,
   connections: connectionsTable,
+  machines: machinesTable,
   result: (b: unknown) => (typeof b === 'object' && b !== null && !Array.isArray(b) ? resultTable(b as Record<string, unknown>) : `${JSON.stringify(b, null, 2)}\n`),
 };

@@ -3,6 +3,7 @@
  *
  *   cownbd ctl --admin unix:/run/cownbd/admin.sock exports
  *   cownbd ctl connections | reload | snapshot vm1 | compact vm1 --keep 2 | reset vm1 --force | delete vm1 --force
+ *   cownbd ctl machines | release vm1                      (fleet: --overlay-store, docs/fleet.md)
  *
  * Output: a table when stdout is a terminal, JSON otherwise or with --json. An API error
  * is one line on stderr ("cownbd: export "vm1" has 2 connected client(s)…") and status 1.
@@ -47,6 +48,10 @@ export function registerCtlCommand(program: Command): void {
   ctl.command('delete').argument('<name>').option('--force', 'disconnect connected clients first')
     .description('delete a per-machine overlay (--overlay-dir) and its snapshot layers')
     .action((name: string, o: { force?: boolean }, cmd: Command) => run(cmd, 'DELETE', `/exports/${enc(name)}${o.force ? '?force=true' : ''}`));
+  ctl.command('machines').description('fleet (--overlay-store): the machines this server serves, lease, last ship and ship lag')
+    .action((_o, cmd: Command) => run(cmd, 'GET', '/machines', 'machines'));
+  ctl.command('release').argument('<name>').description('fleet: ship the machine, hand its lease back; its clients reconnect to another server')
+    .action((name: string, _o, cmd: Command) => run(cmd, 'POST', `/machines/${enc(name)}/release`));
   ctl.command('metrics').description('print the Prometheus metrics')
     .action((_o, cmd: Command) => run(cmd, 'GET', '/metrics', 'text'));
 }

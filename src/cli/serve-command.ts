@@ -66,6 +66,7 @@ export function exportConfigs(image: string | undefined, o: ServeOptions, allowN
   }
   for (const e of o.export) list.push(o.readOnly ? { ...e, readOnly: true } : e);
   if (list.length === 0 && !allowNone) {
+    if (o.overlayStore) throw new UsageError(`--overlay-store ${o.overlayStore} needs --overlay-dir (where the machines' local working copies live)`);
     if (o.base) throw new UsageError(`--base ${o.base} is a golden base, not an export: add --overlay-dir DIR (a cow overlay DIR/NAME.cow per export name) or --ephemeral (a fresh overlay per connection)`);
     throw new Error('nothing to serve: give an IMAGE or at least one --export NAME=PATH');
   }

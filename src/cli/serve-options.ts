@@ -37,6 +37,10 @@ export interface ServeOptions extends ProcessOptions, SecurityCliOptions, Object
   base?: string;
   baseFormat?: ImageFormat;
   overlayDir?: string;
+  /** Fleet mode (docs/fleet.md). */
+  overlayStore?: string;
+  ship?: string;
+  leaseTtl?: number;
   ephemeral?: boolean;
   ephemeralDir?: string;
   /** Return once listening, the server running on as a detached child (cli/background.ts). */
@@ -124,6 +128,13 @@ function unquote(value: string): string {
 
 /** NBD strings (export names) are at most 4096 bytes. */
 export const MAX_EXPORT_NAME = 4096;
+
+/** `--lease-ttl SECONDS`: 1..3600 (fractions allowed). */
+export function parseLeaseTtl(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < 1 || n > 3600) throw new InvalidArgumentError(`--lease-ttl must be a number of seconds from 1 to 3600 (got "${value}")`);
+  return n;
+}
 
 /** Longest --bitmap-sync-interval: beyond an hour "bounded" would mean little. */
 export const MAX_BITMAP_SYNC_INTERVAL = 3600;

@@ -11,7 +11,7 @@ import { addObjectStoreOptions } from '../objectstore/cli-options.js';
 import type { StaticExportConfig } from '../server/exports.js';
 import { addSecurityOptions } from './security-options.js';
 import { DEFAULT_BITMAP_SYNC_MS } from '../block/io-policy.js';
-import { DEFAULT_BIND, DEFAULT_EPHEMERAL_DIR, DEFAULT_PORT, parseAdminEndpoint, parseBitmapSyncInterval, parseExportSpec, parsePort, type ServeOptions } from './serve-options.js';
+import { DEFAULT_BIND, DEFAULT_EPHEMERAL_DIR, DEFAULT_PORT, parseAdminEndpoint, parseBitmapSyncInterval, parseExportSpec, parseLeaseTtl, parsePort, type ServeOptions } from './serve-options.js';
 import { addProcessOptions } from './serve-process.js';
 
 export function registerServeCommand(program: Command, io: FileIo): void {
@@ -56,6 +56,9 @@ function addServeOptions(serve: Command): void {
     .option('--ephemeral', 'IMAGE (or --base) is a base: every connection gets its own temporary overlay, deleted on disconnect (no CAN_MULTI_CONN)')
     .option('--ephemeral-dir <dir>', 'where ephemeral overlays live', DEFAULT_EPHEMERAL_DIR)
     .option('--create-dirs', 'create a missing --overlay-dir/--ephemeral-dir (without it a missing directory is an error: a mistyped one would boot blank disks)')
+    .option('--overlay-store <s3-uri>', 'fleet mode: --overlay-dir machines live in the object store at s3://BUCKET/PREFIX and move between servers; one server serves a machine at a time (docs/fleet.md)')
+    .option('--ship <policy>', 'fleet: when machines ship to --overlay-store: on-flush (FLUSH/FUA answered once the data is in the store) or interval=DURATION (e.g. interval=10s)', 'on-flush')
+    .option('--lease-ttl <seconds>', 'fleet: machine lease TTL; the machines of a dead server move after about this long', parseLeaseTtl, 10)
     .option(
       '--bitmap-sync-interval <seconds>',
       'writable overlays persist new allocation bits (data first, as FLUSH does) this often while any are unpersisted: what a killed process can lose (0 = only on FLUSH/close)',

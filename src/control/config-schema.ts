@@ -4,6 +4,7 @@
  * names the command line uses (kebab-case keys ↔ --long-options). config.ts parses the
  * TOML, reports errors with lines, and merges the result with the command line.
  */
+import { parseShipPolicy } from '../fleet/machine-device.js';
 import path from 'node:path';
 import { z } from 'zod';
 import { IMAGE_FORMATS, type ImageFormat } from '../formats/open-image.js';
@@ -36,6 +37,10 @@ export interface FileOptions extends ObjectStoreFlags {
   baseFormat?: ImageFormat;
   overlayDir?: string;
   overlayDirMatchIdentity?: boolean;
+  /** Fleet mode (docs/fleet.md): where machines live, when they ship, the lease TTL (seconds). */
+  overlayStore?: string;
+  ship?: string;
+  leaseTtl?: number;
   ephemeral?: boolean;
   ephemeralDir?: string;
   /** [overlays]/[ephemeral] create-dir: create the directory when missing. */
@@ -64,11 +69,22 @@ const format = z.enum(IMAGE_FORMATS as [ImageFormat, ...ImageFormat[]]);
 const nonEmpty = z.string().min(1, 'must not be empty');
 const positive = z.number().int('must be an integer').min(1, 'must be at least 1');
 const size = z.union([z.number().int().min(0), z.string()]).refine((v) => typeof v === 'number' || isSize(v), 'must be a size such as 1G, 512M or a number of bytes');
+const shipPolicy = z.string().refine((v) => isShipPolicy(v), 'must be "on-flush" or "interval=DURATION" (100ms to 60m, e.g. interval=10s)');
+const leaseTtl = z.number().min(1, 'must be at least 1 (seconds)').max(3600, 'must be at most 3600 (seconds)');
 const pathMap = z.string().refine((v) => isPathMap(v), 'must be "OLD=NEW" with two absolute paths');
 
 function isSize(v: string): boolean {
   try {
     parseSize(v);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function isShipPolicy(v: string): boolean {
+  try {
+    parseShipPolicy(v);
     return true;
   } catch {
     return false;
@@ -131,7 +147,7 @@ export const configSchema = z
       })
       .optional(),
     export: z.array(exportSchema).optional(),
-    overlays: z.strictObject({ base: nonEmpty, 'base-format': format.optional(), dir: nonEmpty, 'create-dir': z.boolean().optional(), 'match-identity': z.boolean().optional() }).optional(),
+    overlays: z.strictObject({ base: nonEmpty, 'base-format': format.optional(), dir: nonEmpty, 'create-dir': z.boolean().optional(), 'match-identity': z.boolean().optional(), store: nonEmpty.optional(), ship: shipPolicy.optional(), 'lease-ttl': leaseTtl.optional() }).optional(),
     ephemeral: z
       .strictObject({ base: nonEmpty, 'base-format': format.optional(), name: z.string().optional(), dir: nonEmpty.optional(), 'create-dir': z.boolean().optional() })
       .optional(),
@@ -229,6 +245,9 @@ function setLimitsAndOverlays(out: FileOptions, cfg: RawConfig, abs: (p: string)
     set(out, 'baseFormat', cfg.overlays['base-format']);
     out.overlayDir = abs(cfg.overlays.dir);
     set(out, 'overlayDirMatchIdentity', cfg.overlays['match-identity']);
+    set(out, 'overlayStore', cfg.overlays.store);
+    set(out, 'ship', cfg.overlays.ship);
+    set(out, 'leaseTtl', cfg.overlays['lease-ttl']);
     set(out, 'createDirs', cfg.overlays['create-dir']);
   }
   if (cfg.ephemeral) {

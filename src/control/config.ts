@@ -139,7 +139,7 @@ function escapeRegExp(s: string): string {
 /** Option names a file value may fill in (the command line wins when given there). */
 const MERGED_KEYS = [
   'logLevel', 'readOnly', 'ignoreMtime', 'pidfile', 'exitWithParent', 'allowPath', 'backingPathMap', 'bitmapSyncInterval',
-  'base', 'baseFormat', 'overlayDir', 'overlayDirMatchIdentity', 'ephemeral', 'ephemeralDir', 'createDirs', 'name', 'admin', 'adminTokenFile',
+  'base', 'baseFormat', 'overlayDir', 'overlayDirMatchIdentity', 'overlayStore', 'ship', 'leaseTtl', 'ephemeral', 'ephemeralDir', 'createDirs', 'name', 'admin', 'adminTokenFile',
   'tls', 'tlsCertificates', 'tlsVerifyPeer', 'tlsPsk',
   'allowFrom', 'handshakeTimeout', 'maxConnections', 'maxConnectionsPerClient', 'maxOverlays', 'minFree', 'maxSnapshots',
   's3Endpoint', 's3Region', 's3Addressing', 's3MaxGets', 's3Timeout', 's3Retries', 'cacheDir', 'cacheSize', 'cacheMinFree',

@@ -10,6 +10,9 @@
  * endpoint is configured: a plain `serve` never loads it.
  */
 import { readFileSync } from 'node:fs';
+import type { FastifyInstance } from 'fastify';
+import type { Registry } from 'prom-client';
+import type { FleetProvider } from '../server/fleet-provider.js';
 import type { AdminApi } from './admin-api.js';
 import { readConfigText } from './config-read.js';
 import type { AdminEndpoint } from './endpoint.js';
@@ -23,6 +26,8 @@ export interface ControlPlaneOptions extends OperationsOptions {
   readonly adminTokenFile?: string;
   /** Object-store counters for /metrics, when this server uses s3:// images. */
   readonly objectStoreStats?: () => ObjectStoreStats | undefined;
+  /** Fleet machines (--overlay-store): their routes and gauges (fleet-routes.ts). */
+  readonly fleet?: FleetProvider;
 }
 
 export interface ControlPlane {
@@ -55,9 +60,10 @@ export async function startControlPlane(o: ControlPlaneOptions): Promise<Control
   try {
     const [{ startAdminApi }, { createMetrics }, { statusPageRoutes }] = await Promise.all([import('./admin-api.js'), import('./metrics.js'), import('./status-page.js')]);
     const metrics = createMetrics(o.server, ops, o.objectStoreStats);
+    const fleetPlugins = o.fleet ? await fleetPlugin(o.fleet, metrics.registry) : [];
     const facts = { version: packageVersion(), startedAt: new Date(), listeners: () => o.server.listeningOn() };
     const statusPage = statusPageRoutes(() => ({ version: facts.version, startedAt: facts.startedAt, listeners: facts.listeners() }));
-    api = await startAdminApi({ endpoint: o.admin, token, ops, reload: () => reloader.reload('api'), snapshot: (name) => ops.snapshot(name), plugins: [metrics.route, statusPage], log: o.log });
+    api = await startAdminApi({ endpoint: o.admin, token, ops, reload: () => reloader.reload('api'), snapshot: (name) => ops.snapshot(name), plugins: [metrics.route, statusPage, ...fleetPlugins], log: o.log });
   } catch (err) {
     throw new ControlPlaneError(`cannot start the admin API on ${'path' in o.admin ? o.admin.path : `${o.admin.host}:${o.admin.port}`}: ${(err as Error).message}`);
   }
@@ -67,6 +73,12 @@ export async function startControlPlane(o: ControlPlaneOptions): Promise<Control
 }
 
 /** cownbd's version from its package.json (dist/control → ../../package.json). */
+async function fleetPlugin(fleet: FleetProvider, registry: Registry): Promise<Array<(app: FastifyInstance) => void>> {
+  const { addFleetGauges, fleetRoutes } = await import('./fleet-routes.js');
+  addFleetGauges(registry, fleet);
+  return [fleetRoutes(fleet)];
+}
+
 function packageVersion(): string {
   try {
     return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;

@@ -36,7 +36,7 @@ export interface ReloaderOptions {
 /** Everything but the export list, read-only and log-level applies at the next start only. */
 const RESTART_ONLY = (Object.keys({
   listen: 0, admin: 0, adminTokenFile: 0, ignoreMtime: 0, pidfile: 0, exitWithParent: 0, allowPath: 0, backingPathMap: 0, bitmapSyncInterval: 0,
-  base: 0, baseFormat: 0, overlayDir: 0, overlayDirMatchIdentity: 0, ephemeral: 0, ephemeralDir: 0, createDirs: 0, name: 0,
+  base: 0, baseFormat: 0, overlayDir: 0, overlayDirMatchIdentity: 0, overlayStore: 0, ship: 0, leaseTtl: 0, ephemeral: 0, ephemeralDir: 0, createDirs: 0, name: 0,
   tls: 0, tlsCertificates: 0, tlsVerifyPeer: 0, tlsPsk: 0,
   allowFrom: 0, handshakeTimeout: 0, maxConnections: 0, maxConnectionsPerClient: 0, maxOverlays: 0, minFree: 0, maxSnapshots: 0,
   s3Endpoint: 0, s3Region: 0, s3Addressing: 0, s3MaxGets: 0, s3Timeout: 0, s3Retries: 0, cacheDir: 0, cacheSize: 0, cacheMinFree: 0,

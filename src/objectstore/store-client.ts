@@ -70,6 +70,18 @@ export class ObjectNotFoundError extends Error {
   override name = 'ObjectNotFoundError';
 }
 
+/**
+ * A conditional PUT's condition did not hold (412 Precondition Failed; 409
+ * ConditionalRequestConflict, AWS's answer to a race; 404 for If-Match on a missing key).
+ * Never retried: it is an answer (docs/fleet.md, "What the store must support").
+ */
+export class PreconditionFailedError extends Error {
+  override name = 'PreconditionFailedError';
+}
+
+/** The condition of a conditional PUT: create only if absent, or replace only object `ifMatch`. */
+export type PutCondition = { readonly ifNoneMatch: '*' } | { readonly ifMatch: string };
+
 /** Options of one GET. */
 export interface GetOptions {
   /** Checks the whole body; a returned string says what is wrong and makes the attempt fail (retried). */
@@ -207,6 +219,62 @@ export class StoreClient {
       await s3.send(cmd, { abortSignal: signal });
     });
     this.stats.putBytes += body.length;
+  }
+
+  /**
+   * PUT only if `cond` holds (If-None-Match: * / If-Match: ETAG, atomic at the store);
+   * returns the new object's ETag. A failed condition throws PreconditionFailedError. A
+   * retried attempt may meet its own earlier success as a failed condition: callers that
+   * must know compare the object with what they wrote (src/fleet/conditional-object.ts).
+   */
+  async putConditional(bucket: string, key: string, body: Buffer, cond: PutCondition, contentType = 'application/json'): Promise<string> {
+    try {
+      const etag = await this.retried('PUT', bucket, key, async ({ signal }) => {
+        this.stats.puts++;
+        const { sdk, s3 } = await this.connect();
+        const cmd = new sdk.PutObjectCommand({
+          Bucket: bucket,
+          Key: key,
+          Body: body,
+          ContentType: contentType,
+          ...('ifMatch' in cond ? { IfMatch: cond.ifMatch } : { IfNoneMatch: cond.ifNoneMatch }),
+        });
+        return (await s3.send(cmd, { abortSignal: signal })).ETag ?? '';
+      });
+      this.stats.putBytes += body.length;
+      return etag;
+    } catch (err) {
+      const last = err instanceof Error && err.cause instanceof RetriesExhaustedError ? err.cause.last : err instanceof Error ? err.cause : undefined;
+      const status = httpStatusOf(last);
+      // 404 is a failed If-Match (no such object); for If-None-Match it would be the bucket: an error.
+      if ((err instanceof ObjectNotFoundError && 'ifMatch' in cond) || status === 412 || status === 409) {
+        throw new PreconditionFailedError(`s3://${bucket}/${key}: ${'ifMatch' in cond ? `changed since ETag ${cond.ifMatch}` : 'exists already'} (conditional PUT refused)`);
+      }
+      throw err;
+    }
+  }
+
+  /** The whole object and its ETag (for a following conditional PUT); undefined when absent. */
+  async getWithEtag(bucket: string, key: string): Promise<{ body: Buffer; etag: string } | undefined> {
+    try {
+      return await this.gets.runExclusive(() =>
+        this.retried('GET', bucket, key, async (attempt) => {
+          this.stats.gets++;
+          const { sdk, s3 } = await this.connect();
+          const out = await s3.send(new sdk.GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: attempt.signal });
+          if (!out.Body) throw new BadResponseError('empty response body');
+          const body = await readBody(out.Body as Readable, attempt);
+          if (out.ContentLength !== undefined && body.length !== out.ContentLength) {
+            throw new BadResponseError(`body has ${body.length} bytes, Content-Length said ${out.ContentLength}`);
+          }
+          if (!out.ETag) throw new BadResponseError('no ETag in the answer');
+          return { body, etag: out.ETag };
+        }),
+      );
+    } catch (err) {
+      if (err instanceof ObjectNotFoundError) return undefined;
+      throw err;
+    }
   }
 
   /** Every key under `prefix` (paginated; each page retried on its own). */

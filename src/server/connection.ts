@@ -160,7 +160,7 @@ export class Connection {
     try {
       negotiated = await negotiate({
         reader: this.reader,
-        send: (buf) => this.write(buf),
+        send: (buf) => (this.handshakeTimer?.answered(), this.write(buf)), // the client's turn again (handshake-timer.ts)
         get log() {
           return conn.log;
         },

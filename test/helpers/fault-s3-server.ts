@@ -8,7 +8,8 @@
  *   await s3.stop(); await s3.start();                     // outage, same port, same data
  *
  * Enough of the S3 REST API for cownbd's client (path-style): GET/HEAD/PUT/DELETE object,
- * ListObjectsV2 (with each object's LastModified, which `backdate` moves). Signatures are not checked (the SDK signs with S3_ENV's keys).
+ * ListObjectsV2 (with each object's LastModified, which `backdate` moves), conditional PUT
+ * (If-None-Match: * / If-Match: ETAG → 412). Signatures are not checked (the SDK signs with S3_ENV's keys).
  *
  * Faults (each on the matching GET/HEAD/PUT, `times` requests, Infinity = always):
  *   status   answer with an S3 error (500, 503, 403, 404 for a key that exists)
@@ -16,7 +17,7 @@
  *   short    headers with the right Content-Length, half the body, then a clean close
  *   flip     the whole body with one bit flipped
  *   other    another object's bytes (and its length)
- *   delay    nothing at all for `ms`, then the right answer
+ *   delay    nothing at all for `ms`, then the right answer (a PUT: stored then, and answered)
  *   trickle  the right answer at `bytesPerSecond`
  * s3rver (s3-server.ts) stays the happy-path store; this one is for what goes wrong.
  */
@@ -109,7 +110,7 @@ export async function startFaultS3Server(buckets: string[] = ['golden']): Promis
   };
 
   const codeOf = (status: number): string =>
-    ({ 403: 'AccessDenied', 404: 'NoSuchKey', 500: 'InternalError', 503: 'SlowDown' } as Record<number, string>)[status] ?? 'InternalError';
+    ({ 403: 'AccessDenied', 404: 'NoSuchKey', 412: 'PreconditionFailed', 500: 'InternalError', 503: 'SlowDown' } as Record<number, string>)[status] ?? 'InternalError';
 
   const objectHeaders = (data: Buffer): http.OutgoingHttpHeaders => ({
     'Content-Type': 'application/octet-stream',
@@ -189,6 +190,21 @@ export async function startFaultS3Server(buckets: string[] = ['golden']): Promis
     res.end(body);
   };
 
+  /** A PUT, conditional ones as AWS S3 answers them (docs/fleet.md); one request at a time here. */
+  const storePut = (res: http.ServerResponse, objects: Map<string, Buffer>, bucket: string, key: string, body: Buffer, headers: http.IncomingHttpHeaders): void => {
+    const current = objects.get(key);
+    const etag = current && `"${createHash('md5').update(current).digest('hex')}"`;
+    const ifNoneMatch = headers['if-none-match'];
+    const ifMatch = headers['if-match'];
+    if (ifNoneMatch !== undefined && (ifNoneMatch !== '*' || current)) return sendError(res, 412, 'PreconditionFailed', false);
+    if (ifMatch !== undefined && !current) return sendError(res, 404, 'NoSuchKey', false);
+    if (ifMatch !== undefined && ifMatch !== etag) return sendError(res, 412, 'PreconditionFailed', false);
+    objects.set(key, body);
+    modified.set(`${bucket}/${key}`, Date.now());
+    res.writeHead(200, { ETag: `"${createHash('md5').update(body).digest('hex')}"`, 'Content-Length': 0 });
+    res.end();
+  };
+
   const handle = (req: http.IncomingMessage, res: http.ServerResponse, body: Buffer): void => {
     const url = new URL(req.url ?? '/', 'http://x');
     const [, bucket = '', ...rest] = url.pathname.split('/');
@@ -203,11 +219,9 @@ export async function startFaultS3Server(buckets: string[] = ['golden']): Promis
     if (method === 'PUT') {
       stats.puts++;
       if (fault?.kind === 'status') return sendError(res, fault.status, codeOf(fault.status), false);
-      objects.set(key, body);
-      modified.set(`${bucket}/${key}`, Date.now());
-      res.writeHead(200, { ETag: `"${createHash('md5').update(body).digest('hex')}"`, 'Content-Length': 0 });
-      res.end();
-      return;
+      // A slow store: the PUT takes effect (conditions checked then) and is answered after `ms`.
+      if (fault?.kind === 'delay') return later(fault.ms, () => !res.destroyed && storePut(res, objects, bucket, key, body, req.headers));
+      return storePut(res, objects, bucket, key, body, req.headers);
     }
     if (method === 'DELETE') {
       objects.delete(key);

@@ -8,6 +8,9 @@
  *   await s3.stop(); await s3.start();          // outage and recovery, same port, same data
  *   await s3.close();                           // stop and delete the directory
  *
+ * PUT honours If-None-Match: * and If-Match: ETAG (412 when they fail), requests on one key
+ * are serialised and a PUT is all or nothing (s3-conditional.ts): what docs/fleet.md needs.
+ *
  * S3_ENV holds the credentials s3rver accepts, for the cownbd child processes (the SDK's
  * default chain reads them from the environment like any AWS deployment).
  */
@@ -15,6 +18,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import S3rver from 's3rver';
+import { conditionalWrites } from './s3-conditional.js';
 
 // AWS_EC2_METADATA_DISABLED: nothing may leave the machine, not even the SDK's credentials probe.
 export const S3_ENV = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true' };
@@ -72,6 +76,9 @@ export async function startS3Server(buckets: string[] = ['golden']): Promise<S3T
         stats.chunkKeys.push(ctx.path);
       }
     });
+    // Conditional PUTs, per-key serialisation and all-or-nothing PUTs (s3-conditional.ts),
+    // after the accounting (which sees their 412s) and before s3rver's own handlers.
+    (s as unknown as { middleware: unknown[] }).middleware.splice(1, 0, conditionalWrites());
     const info = await s.run();
     port = info.port;
     server = s;
