@@ -350,7 +350,8 @@ function sdkText(x: unknown): string {
   if (x instanceof Error) return `${x.name}: ${x.message}`;
   const o = x as { commandName?: unknown; error?: unknown };
   const err = o.error instanceof Error ? `${o.error.name}: ${o.error.message}` : undefined;
-  return [o.commandName, err].filter((v) => v !== undefined).join(' ') || Object.keys(o).join(',');
+  const command = typeof o.commandName === 'string' ? o.commandName : undefined;
+  return [command, err].filter((v) => v !== undefined).join(' ') || Object.keys(o).join(',');
 }
 
 /** The whole body; the attempt's abort destroys the stream (a trickle cannot outlive its timer). */
