@@ -35,8 +35,7 @@ import { isObjectStoreUri, parseObjectStoreUri } from '../objectstore/uri.js';
 import { CompositeExportProvider, type ExportProvider, type StaticExportConfig } from '../server/exports.js';
 import { NbdServer, type ListenAddress } from '../server/listener.js';
 import { EphemeralProvider, OverlayDirProvider, type BaseImage } from '../server/overlay-providers.js';
-import { FleetProvider } from '../server/fleet-provider.js';
-import { parseShipPolicy } from '../fleet/machine-device.js';
+import type { FleetProvider } from '../server/fleet-provider.js';
 import { buildServerSecurity, type ServerSecurity } from '../server/security.js';
 import { formatUri, listenOn } from './endpoints.js';
 import { checkServerConfig, DEFAULT_ENDPOINT, defaultExportName, securityOptionsOf, type ServerConfig } from './server-config.js';
@@ -155,6 +154,8 @@ async function overlayProviders(a: Assembly, security: ServerSecurity): Promise<
   let baseFormat: string | undefined;
   if (c.overlayDir && c.overlayStore) {
     // Fleet mode: the machines live in the object store (docs/fleet.md).
+    // Loaded only in fleet mode: the fleet modules bring zod (start-up cost, test/cli/startup.test.ts).
+    const [{ FleetProvider }, { parseShipPolicy }] = await Promise.all([import('../server/fleet-provider.js'), import('../fleet/machine-device.js')]);
     const base = await namedFailure(`--base ${c.base}`, () => resolveBase(a, c.base!));
     const fleet = { store: parseObjectStoreUri(c.overlayStore), policy: parseShipPolicy(c.ship ?? 'on-flush'), leaseTtlMs: Math.round((c.leaseTtl ?? 10) * 1000) };
     fleetProvider = await namedFailure(`--overlay-store ${c.overlayStore}`, () => FleetProvider.create(base, c.overlayDir!, fleet, log));
