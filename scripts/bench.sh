@@ -10,6 +10,11 @@
 #   scripts/bench.sh objectstore  s3:// base (cold/warm) vs the same local base, and publish
 #                               MiB/s, against s3rver (scripts/bench/objectstore.mjs;
 #                               BENCH_S3_CHUNKS=1M,2M,4M compares chunk sizes)
+#   scripts/bench.sh fleet      fleet machines over s3rver (issue 22): interval shipping's write
+#                               cost vs none, FLUSH latency under on-flush vs fdatasync, takeover
+#                               after kill -9 and the first reads after it vs a cold s3:// base
+#                               read (scripts/bench/fleet.mjs; BENCH_FLEET_INTERVAL, _TTL,
+#                               _FLUSHES, _TAKEOVERS). Short run: BENCH_SECONDS=4 BENCH_SIZE_MIB=256
 #   scripts/bench.sh modern     today's clients with extended headers (issue 27): the throughput
 #                               table with fio 3.39 (ioengine=nbd) and nbdcopy (libnbd 1.22) run
 #                               from the cached trixie root (scripts/modern-run.sh, built by
@@ -63,9 +68,9 @@ ROOT=$PWD
 
 MODE="${1:-throughput}"
 case "$MODE" in
-  throughput | memory | objectstore | qcow2 | modern) ;;
+  throughput | memory | objectstore | qcow2 | modern | fleet) ;;
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "bench.sh: unknown mode '$MODE' (expected nothing, memory, qcow2, objectstore or modern)" >&2; exit 2 ;;
+  *) echo "bench.sh: unknown mode '$MODE' (expected nothing, memory, qcow2, objectstore, fleet or modern)" >&2; exit 2 ;;
 esac
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -118,6 +123,7 @@ if [[ ! -f "$BASE" || $(stat -c %s "$BASE") -ne $((SIZE_MIB * 1024 * 1024)) ]]; 
 fi
 export BENCH_BASE="$BASE"
 if [[ $MODE == objectstore ]]; then exec "$NODE24" "$ROOT/scripts/bench/objectstore.mjs"; fi
+if [[ $MODE == fleet ]]; then exec "$NODE24" "$ROOT/scripts/bench/fleet.mjs"; fi
 if [[ $MODE == qcow2 ]]; then exec "$NODE24" "$ROOT/scripts/bench/qcow2.mjs"; fi
 # Nothing may write to the base (we may run as root, so permissions prove nothing: check
 # size + mtime after the run instead).

@@ -97,6 +97,11 @@ export function takeoverWaitMs(ttlMs: number, driftRate = 0.01, margin = 0.1): n
   return Math.ceil((ttlMs * (1 + driftRate)) / (1 - driftRate) + ttlMs * margin);
 }
 
+/** The contender's poll interval while it waits for a held lease (ms). */
+export function pollMs(ttlMs: number): number {
+  return Math.max(50, Math.min(250, ttlMs / 20));
+}
+
 export class MachineLease {
   private lost = false;
   private released = false;
@@ -182,8 +187,11 @@ export class MachineLease {
       }
       if (o.wait === false) throw new LeaseBusyError(keys.machine, cur!.value.owner!, cur!.value.generation);
       if (now() >= giveUpAt) throw new LeaseBusyError(keys.machine, cur!.value.owner!, cur!.value.generation);
-      // Poll often enough that the takeover follows W closely (one small GET per poll).
-      await sleep(Math.max(50, Math.min(500, o.ttlMs / 10)));
+      // Poll (one small GET) often enough to see a release or a renewal soon, but wake at
+      // the exact end of W: the takeover then follows W by one GET + one PUT, not by up to a
+      // whole poll interval (the PUT's If-Match still refuses it if the holder renewed).
+      const untilW = watched!.since + w - now();
+      await sleep(Math.max(5, Math.min(pollMs(o.ttlMs), untilW)));
     }
   }
 

@@ -10,7 +10,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { machineKeys } from '../../src/fleet/fleet-keys.js';
-import { decodeLease, LeaseBusyError, LeaseLostError, MachineLease, takeoverWaitMs } from '../../src/fleet/lease.js';
+import { decodeLease, LeaseBusyError, LeaseLostError, MachineLease, pollMs, takeoverWaitMs } from '../../src/fleet/lease.js';
 import { FencedError, MachineHead, readHead } from '../../src/fleet/machine-head.js';
 import type { StoreClient } from '../../src/objectstore/store-client.js';
 import { startFaultS3Server } from '../helpers/fault-s3-server.js';
@@ -96,9 +96,11 @@ describe('machine lease and head over the test S3 server', () => {
       },
     });
     expect(b.generation).toBe(2);
-    expect(t).toBeGreaterThanOrEqual(takeoverWaitMs(10_000));
-    expect(t).toBeLessThan(takeoverWaitMs(10_000) + 500);
-    expect(sleeps.every((ms) => ms === 500)).toBe(true);
+    // Polls every pollMs (a release is seen soon), and the last sleep ends exactly at W: no
+    // takeover is later than W by a part of a poll interval.
+    expect(t).toBe(takeoverWaitMs(10_000));
+    expect(sleeps.slice(0, -1).every((ms) => ms === pollMs(10_000))).toBe(true);
+    expect(sleeps.at(-1)).toBeLessThanOrEqual(pollMs(10_000));
   });
 
   it('head: claim by a newer generation fences every older writer; a stale claim is refused', async () => {
