@@ -20,12 +20,12 @@ import type { StoreClient } from '../../src/objectstore/store-client.js';
 import { mustSucceed, qemuIo, runTool } from '../helpers/clients.js';
 import { createRawImage, makeTempDir, type TempDir } from '../helpers/images.js';
 import { startS3Server, type S3TestServer } from '../helpers/s3-server.js';
-import { CLI_PATH, findNbdPython, type RunningServer } from '../helpers/server.js';
+import { CLI_PATH, findNbdPython, requireNbdPython, type RunningServer } from '../helpers/server.js';
 import { requireTool } from '../helpers/tools.js';
 import { MiB, publish, serveS3 } from '../objectstore/s3-helpers.js';
 import { testClient } from './fleet-store.js';
 
-const hasTools = requireTool('qemu-io') && findNbdPython() !== undefined;
+const hasTools = requireTool('qemu-io') && requireNbdPython();
 const TTL_S = 3;
 const W_MS = takeoverWaitMs(TTL_S * 1000);
 const STORE = { bucket: 'golden', prefix: 'fleet' };

@@ -19,7 +19,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { takeoverWaitMs } from '../../src/fleet/lease.js';
 import { createRawImage, makeTempDir, type TempDir } from '../helpers/images.js';
 import { startS3Server, type S3TestServer } from '../helpers/s3-server.js';
-import { findNbdPython, type RunningServer } from '../helpers/server.js';
+import { findNbdPython, requireNbdPython, type RunningServer } from '../helpers/server.js';
+import { rng } from '../campaign/knobs.js';
 import { MiB, publish, serveS3 } from '../objectstore/s3-helpers.js';
 
 const POINTS = Number(process.env.FLEET_KILL_POINTS ?? 50);
@@ -54,19 +55,7 @@ while True:
     print('f', flush=True)
 `;
 
-/** Pseudo-random numbers from a seed (mulberry32): a failing run can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-describe.runIf(findNbdPython() !== undefined)(`fleet kill test (${POINTS} points, seed ${SEED})`, () => {
+describe.runIf(requireNbdPython())(`fleet kill test (${POINTS} points, seed ${SEED})`, () => {
   let s3: S3TestServer;
   let tmp: TempDir;
   const servers: Array<RunningServer | undefined> = [];
@@ -90,7 +79,7 @@ describe.runIf(findNbdPython() !== undefined)(`fleet kill test (${POINTS} points
   });
 
   it('every FLUSH-acknowledged block survives each kill -9 of the owner; the next server serves within W + a few s', async () => {
-    const rnd = prng(SEED);
+    const rnd = rng(SEED);
     // Per block: the values it may hold (the last acknowledged one and any later write).
     const allowed = new Map<number, Set<number>>();
     let seq = 0;
