@@ -91,7 +91,8 @@ const MAX_ATTEMPTS = 8;
  * only when the device's chainGeneration says a snapshot stacked a layer.
  */
 export class DirtyBitmapView {
-  private chain: { generation: number | undefined; depths: ChainDepths } | undefined;
+  /** The value functions for the chain of `generation`: rebuilt only when a snapshot stacks a layer. */
+  private chain: { generation: number | undefined; values: readonly ContextValue[] } | undefined;
 
   constructor(
     private readonly device: BlockDevice,
@@ -104,7 +105,7 @@ export class DirtyBitmapView {
    * chain those extents describe. A swap between the two generation reads means the
    * extents may mix chains: they are collected again.
    */
-  async collect<T>(collect: () => Promise<T>): Promise<{ result: T; values: ContextValue[] }> {
+  async collect<T>(collect: () => Promise<T>): Promise<{ result: T; values: readonly ContextValue[] }> {
     if (this.selected.length === 0) return { result: await collect(), values: [] };
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const before = this.device.chainGeneration;
@@ -116,9 +117,12 @@ export class DirtyBitmapView {
     throw new RequestError(NbdError.EIO, `the layer chain changed ${MAX_ATTEMPTS} times during one BLOCK_STATUS`);
   }
 
-  private values(generation: number | undefined): ContextValue[] {
-    if (!this.chain || this.chain.generation !== generation) this.chain = { generation, depths: chainDepths(this.device.describe()) };
-    const depths = this.chain.depths;
-    return this.selected.map((c) => ({ id: c.id, value: dirtyValue(c.name.slice(META_QEMU_DIRTY_BITMAP_PREFIX.length), depths) }));
+  private values(generation: number | undefined): readonly ContextValue[] {
+    if (!this.chain || this.chain.generation !== generation) {
+      const depths = chainDepths(this.device.describe());
+      const values = this.selected.map((c) => ({ id: c.id, value: dirtyValue(c.name.slice(META_QEMU_DIRTY_BITMAP_PREFIX.length), depths) }));
+      this.chain = { generation, values };
+    }
+    return this.chain.values;
   }
 }
